@@ -1,0 +1,3 @@
+module github.com/dqlite-go/dqlite
+
+go 1.26
