@@ -1,0 +1,92 @@
+package raft
+
+import (
+	"errors"
+
+	"github.com/dqlite-go/dqlite/internal/assert"
+)
+
+// startSnapshot switches a replica that needs compacted entries to receiving
+// the newest snapshot, in chunks of at most MaxSnapshotChunkBytes, one chunk
+// in flight at a time.
+func (r *Raft) startSnapshot(to NodeID, pr *progress) {
+	meta := r.cfg.Storage.Snapshot()
+	assert.That(meta.Index > 0, "log compacted below %d but storage has no snapshot", pr.next)
+	pr.becomeSnapshot(meta)
+	r.sendSnapshotChunk(to, pr)
+}
+
+func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
+	if pr.snapDone {
+		return
+	}
+	data, last, err := r.cfg.Storage.SnapshotChunk(pr.snap.Index, pr.snapOffset, r.cfg.MaxSnapshotChunkBytes)
+	if errors.Is(err, ErrSnapshotChanged) {
+		// A newer snapshot replaced it: start over with that one.
+		r.startSnapshot(to, pr)
+		return
+	}
+	assert.NoError(err, "reading snapshot chunk")
+	meta := pr.snap
+	r.send(Message{Type: MsgSnap, To: to, Snapshot: &meta, Offset: pr.snapOffset, Data: data, Done: last})
+	pr.snapOffset += uint64(len(data))
+	pr.snapDone = last
+	pr.snapIdle = 0
+}
+
+func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
+	if pr.state != snapshotState || m.Index != pr.snap.Index {
+		return
+	}
+	pr.snapIdle = 0
+	if m.Offset < pr.snapOffset || m.Reject {
+		// The follower lost chunks (or restarted): rewind.
+		pr.snapOffset, pr.snapDone = m.Offset, false
+	}
+	pr.snapAcked = m.Offset
+	r.sendSnapshotChunk(m.From, pr)
+}
+
+// handleSnapshot receives one chunk of a snapshot from the leader. Chunks
+// must arrive in order; the follower tells the leader the offset it expects
+// next. The last chunk installs the snapshot.
+func (r *Raft) handleSnapshot(m Message) {
+	meta := *m.Snapshot
+	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) {
+		// We already hold everything the snapshot covers.
+		if r.log.matchTerm(meta.Index, meta.Term) {
+			r.matched = max(r.matched, meta.Index)
+			r.log.commitTo(meta.Index)
+		}
+		r.incoming = nil
+		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: m.Offset + uint64(len(m.Data))})
+		r.pendingAck = true
+		r.maybeAck()
+		return
+	}
+	in := r.incoming
+	if in == nil || in.meta.Index != meta.Index || in.meta.Term != meta.Term {
+		if m.Offset != 0 {
+			r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: 0, Reject: true})
+			return
+		}
+		in = &incomingSnapshot{meta: meta}
+		r.incoming = in
+	}
+	if m.Offset != uint64(len(in.buf)) {
+		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: uint64(len(in.buf))})
+		return
+	}
+	in.buf = append(in.buf, m.Data...)
+	r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: uint64(len(in.buf))})
+	if !m.Done {
+		return
+	}
+	r.incoming = nil
+	snap := &Snapshot{Meta: meta, Data: in.buf}
+	snap.Meta.Config = meta.Config.Clone()
+	r.log.restore(snap)
+	r.configs = []configAt{{index: meta.ConfigIndex, config: snap.Meta.Config}}
+	r.matched = meta.Index
+	r.pendingAck = true
+}

@@ -1,0 +1,268 @@
+package raft
+
+import (
+	"fmt"
+
+	"github.com/dqlite-go/dqlite/internal/assert"
+)
+
+type campaignKind uint8
+
+const (
+	campaignPreVote campaignKind = iota + 1
+	campaignElection
+	campaignTransfer
+)
+
+// Step feeds a peer message into the state machine. It returns an error only
+// for a message that is malformed (unknown type, a sender of 0, not addressed
+// to this node); messages from stale terms are silently dropped.
+func (r *Raft) Step(m Message) error {
+	if m.From == None || m.To != r.id || m.Type == 0 || m.Type > MsgTimeoutNow {
+		return fmt.Errorf("raft: malformed message %v", m)
+	}
+	if (m.Type == MsgSnap) != (m.Snapshot != nil) {
+		return fmt.Errorf("raft: malformed message %v: snapshot metadata", m)
+	}
+	if !r.stepTerm(m) {
+		return nil
+	}
+	switch m.Type {
+	case MsgVote, MsgPreVote:
+		r.handleVoteRequest(m)
+	case MsgVoteResp, MsgPreVoteResp:
+		r.handleVoteResponse(m)
+	case MsgApp, MsgHeartbeat, MsgSnap:
+		r.handleFromLeader(m)
+	case MsgTimeoutNow:
+		if r.state == StateFollower && r.isVoter() {
+			r.campaign(campaignTransfer)
+		}
+	case MsgAppResp, MsgHeartbeatResp, MsgSnapResp:
+		if r.state == StateLeader {
+			r.handleLeaderResponse(m)
+		}
+	}
+	return nil
+}
+
+// stepTerm applies the term rules common to every message. It returns false
+// when the message must not be processed further.
+func (r *Raft) stepTerm(m Message) bool {
+	switch {
+	case m.Term > r.term:
+		if m.Type == MsgVote || m.Type == MsgPreVote {
+			// A live leader is known: refuse to be disrupted, unless the
+			// leader itself asked for this election.
+			inLease := r.lead != None && r.electionElapsed < r.cfg.ElectionTicks
+			if inLease && !m.Transfer {
+				return false
+			}
+		}
+		switch {
+		case m.Type == MsgPreVote:
+			// Pre-votes never change our term.
+		case m.Type == MsgPreVoteResp && !m.Reject:
+			// A grant echoes the term we asked for.
+		case m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap:
+			r.becomeFollower(m.Term, m.From)
+		default:
+			r.becomeFollower(m.Term, None)
+		}
+		return true
+	case m.Term < r.term:
+		switch m.Type {
+		case MsgApp, MsgHeartbeat:
+			// A deposed leader: tell it the term so it steps down (it
+			// may be cut off from everyone else and never learn).
+			r.send(Message{Type: MsgAppResp, To: m.From})
+		case MsgPreVote:
+			r.send(Message{Type: MsgPreVoteResp, To: m.From, Reject: true})
+		}
+		return false
+	}
+	return true
+}
+
+// campaign starts a pre-election, election, or transfer election.
+func (r *Raft) campaign(kind campaignKind) {
+	if !r.isVoter() {
+		return
+	}
+	if r.incoming != nil || r.log.unstable.snapshot != nil {
+		// Installing a snapshot: our log is about to change under us.
+		r.resetTimers()
+		return
+	}
+	var typ MessageType
+	term := r.term + 1
+	if kind == campaignPreVote {
+		r.becomePreCandidate()
+		typ = MsgPreVote
+	} else {
+		r.becomeCandidate()
+		typ = MsgVote
+		term = r.term
+	}
+	r.votes[r.id] = true
+	if r.wonVote() {
+		r.winVote()
+		return
+	}
+	for _, id := range r.config().Voters() {
+		if id == r.id {
+			continue
+		}
+		r.send(Message{Type: typ, To: id, Term: term, Index: r.log.lastIndex(),
+			LogTerm: r.log.lastTerm(), Transfer: kind == campaignTransfer})
+	}
+}
+
+func (r *Raft) wonVote() bool {
+	granted := 0
+	for _, id := range r.config().Voters() {
+		if r.votes[id] {
+			granted++
+		}
+	}
+	return granted >= r.config().Quorum()
+}
+
+func (r *Raft) lostVote() bool {
+	rejected := 0
+	for _, id := range r.config().Voters() {
+		if v, ok := r.votes[id]; ok && !v {
+			rejected++
+		}
+	}
+	return rejected >= r.config().Quorum()
+}
+
+func (r *Raft) winVote() {
+	if r.state == StatePreCandidate {
+		r.campaign(campaignElection)
+		return
+	}
+	r.becomeLeader()
+}
+
+func (r *Raft) handleVoteRequest(m Message) {
+	pre := m.Type == MsgPreVote
+	respType := MsgVoteResp
+	if pre {
+		respType = MsgPreVoteResp
+	}
+	canVote := r.vote == m.From ||
+		(r.vote == None && r.lead == None) ||
+		(pre && m.Term > r.term) ||
+		r.cfg.TestingBugs.DoubleVote
+	if canVote && r.log.isUpToDate(m.Index, m.LogTerm) {
+		// A pre-vote grant echoes the requested term so the candidate can
+		// match it; a vote grant is in our (now equal) term.
+		r.send(Message{Type: respType, To: m.From, Term: m.Term})
+		if !pre {
+			r.electionElapsed = 0
+			r.vote = m.From
+		}
+		return
+	}
+	r.send(Message{Type: respType, To: m.From, Reject: true})
+}
+
+func (r *Raft) handleVoteResponse(m Message) {
+	switch {
+	case r.state == StatePreCandidate && m.Type == MsgPreVoteResp:
+		if !m.Reject && m.Term != r.term+1 {
+			return // an answer to an older pre-vote
+		}
+	case r.state == StateCandidate && m.Type == MsgVoteResp:
+	default:
+		return
+	}
+	if _, seen := r.votes[m.From]; seen {
+		return
+	}
+	r.votes[m.From] = !m.Reject
+	if r.wonVote() {
+		r.winVote()
+	} else if r.lostVote() {
+		r.becomeFollower(r.term, None)
+	}
+}
+
+// handleFromLeader handles MsgApp, MsgHeartbeat and MsgSnap of the current
+// term: only its leader sends them.
+func (r *Raft) handleFromLeader(m Message) {
+	if r.state != StateFollower || r.lead != m.From {
+		r.becomeFollower(m.Term, m.From)
+	}
+	r.electionElapsed = 0
+	switch m.Type {
+	case MsgApp:
+		r.handleAppend(m)
+	case MsgHeartbeat:
+		r.log.commitTo(min(m.Commit, r.matched, r.log.lastIndex()))
+		r.send(Message{Type: MsgHeartbeatResp, To: m.From, Context: m.Context})
+	case MsgSnap:
+		r.handleSnapshot(m)
+	}
+}
+
+func (r *Raft) handleAppend(m Message) {
+	if m.Index < r.log.committed {
+		// Everything up to our commit index matches any leader's log.
+		r.matched = max(r.matched, r.log.committed)
+		r.send(Message{Type: MsgAppResp, To: m.From, Index: min(r.log.committed, r.log.persisted())})
+		return
+	}
+	if err := validateEntries(m); err != nil {
+		return // a leader never sends this; drop it rather than corrupt the log
+	}
+	lastNew, appended, ok := r.log.maybeAppend(m.Index, m.LogTerm, m.Entries)
+	if !ok {
+		hint := min(m.Index, r.log.lastIndex())
+		hint, hintTerm := r.log.findConflictByTerm(hint, m.LogTerm)
+		r.send(Message{Type: MsgAppResp, To: m.From, Index: m.Index, Reject: true,
+			RejectHint: hint, LogTerm: hintTerm})
+		return
+	}
+	if err := r.trackConfigs(appended); err != nil {
+		// The leader replicated a config entry nobody can decode.
+		assert.Fail("%v", err)
+	}
+	r.matched = max(r.matched, lastNew)
+	r.log.commitTo(min(m.Commit, r.matched))
+	if r.log.persisted() >= lastNew {
+		r.acked = max(r.acked, lastNew)
+		r.send(Message{Type: MsgAppResp, To: m.From, Index: lastNew})
+		return
+	}
+	r.pendingAck = true
+}
+
+// validateEntries checks a MsgApp's entries are consecutive, follow
+// m.Index, and carry terms no greater than the message's.
+func validateEntries(m Message) error {
+	for i, e := range m.Entries {
+		if e.Index != m.Index+1+uint64(i) || e.Term > m.Term || e.Term == 0 ||
+			e.Type < EntryNormal || e.Type > EntryConfig {
+			return fmt.Errorf("raft: bad entry %d/%d in %v", e.Index, e.Term, m)
+		}
+	}
+	return nil
+}
+
+// findConflictByTerm returns the largest index <= index whose term is <=
+// term, and that term, for fast back-off.
+func (l *raftLog) findConflictByTerm(index, term uint64) (uint64, uint64) {
+	for ; index > 0; index-- {
+		t, err := l.term(index)
+		if err != nil {
+			return index, 0
+		}
+		if t <= term {
+			return index, t
+		}
+	}
+	return 0, 0
+}
