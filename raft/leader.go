@@ -97,8 +97,16 @@ func (r *Raft) handleLeaderResponse(m Message) {
 		r.handleAppendResponse(m, pr)
 	case MsgHeartbeatResp:
 		pr.probeSent = false
+		if pr.state == replicateState && len(pr.inflight) >= r.cfg.MaxInflightMsgs {
+			// The window may be full of lost appends: free a slot so
+			// the follower hears from us and rejects or acknowledges.
+			pr.inflight = pr.inflight[1:]
+		}
 		if pr.state != snapshotState && pr.match < r.log.lastIndex() {
-			r.sendAppend(m.From, false)
+			// Send even if there is nothing new: an append whose
+			// previous entry the follower lacks makes it reject, and
+			// the rejection puts us back to probing.
+			r.sendAppend(m.From, true)
 		}
 		r.handleReadAck(m.From, m.Context)
 	case MsgSnapResp:
