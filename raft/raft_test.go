@@ -1,0 +1,232 @@
+package raft
+
+import (
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+// TestMembershipCodecRoundTrip encodes and decodes a membership, and checks
+// every malformed encoding is an error, never a panic.
+func TestMembershipCodecRoundTrip(t *testing.T) {
+	m := Membership{Servers: []Server{{ID: 1, Address: "a:1", Role: Voter}, {ID: 7, Address: "", Role: Spare}}}
+	got, err := DecodeMembership(EncodeMembership(m))
+	if err != nil || got.String() != m.String() || got.Servers[0].Address != "a:1" {
+		t.Fatalf("round trip: %v %v", got, err)
+	}
+	good := EncodeMembership(m)
+	bad := map[string][]byte{
+		"empty":        nil,
+		"version":      {9},
+		"count":        {1, 0xff},
+		"huge count":   {1, 0xff, 0xff, 0xff, 0x7f},
+		"truncated id": {1, 1},
+		"truncated":    good[:len(good)-1],
+		"trailing":     append(append([]byte{}, good...), 0),
+		"no voter":     EncodeMembership(Membership{Servers: []Server{{ID: 1, Role: Spare}}}),
+		"id zero":      EncodeMembership(Membership{Servers: []Server{{ID: 0, Role: Voter}}}),
+		"bad role":     EncodeMembership(Membership{Servers: []Server{{ID: 1, Role: Voter}, {ID: 2, Role: 9}}}),
+		"unsorted":     EncodeMembership(Membership{Servers: []Server{{ID: 2, Role: Voter}, {ID: 1, Role: Voter}}}),
+	}
+	for name, b := range bad {
+		if _, err := DecodeMembership(b); err == nil {
+			t.Errorf("%s: decoded without error", name)
+		}
+	}
+}
+
+// TestNewRejectsBadConfig checks configuration errors are reported.
+func TestNewRejectsBadConfig(t *testing.T) {
+	s := NewMemoryStorage()
+	rng := rand.New(rand.NewPCG(1, 1))
+	cases := map[string]Config{
+		"zero id":    {Storage: s, Rand: rng},
+		"no storage": {ID: 1, Rand: rng},
+		"heartbeat":  {ID: 1, Storage: s, Rand: rng, ElectionTicks: 3, HeartbeatTicks: 3},
+		"applied":    {ID: 1, Storage: s, Rand: rng, Applied: 5},
+	}
+	for name, c := range cases {
+		if _, err := New(c); err == nil {
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+	// A corrupt config entry in the log is an error at start.
+	must(s.Append([]Entry{{Index: 1, Term: 1, Type: EntryConfig, Data: []byte{9}}}))
+	if _, err := New(Config{ID: 1, Storage: s, Rand: rng}); err == nil {
+		t.Error("New accepted an undecodable config entry")
+	}
+}
+
+// TestStepRejectsMalformed checks malformed messages are errors.
+func TestStepRejectsMalformed(t *testing.T) {
+	h := newHarness(1, nil)
+	h.bootstrap(1)
+	r := h.nodes[1].raft
+	for _, m := range []Message{
+		{Type: MsgApp, From: 0, To: 1},
+		{Type: MsgApp, From: 2, To: 3},
+		{Type: 0, From: 2, To: 1},
+		{Type: 99, From: 2, To: 1},
+		{Type: MsgSnap, From: 2, To: 1},
+		{Type: MsgApp, From: 2, To: 1, Snapshot: &SnapshotMeta{}},
+	} {
+		if err := r.Step(m); err == nil {
+			t.Errorf("Step(%v) accepted", m.Type)
+		}
+	}
+	// An append with entries out of sequence is dropped, not applied.
+	if err := r.Step(Message{Type: MsgApp, From: 2, To: 1, Term: 5, Index: 1, LogTerm: 1,
+		Entries: []Entry{{Index: 3, Term: 5, Type: EntryNormal}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r.log.lastIndex() != 1 {
+		t.Fatalf("bad entries appended: last index %d", r.log.lastIndex())
+	}
+}
+
+// TestProposalLimits checks the named limits on proposals are enforced.
+func TestProposalLimits(t *testing.T) {
+	h := newHarness(1, func(c *Config) { c.MaxMsgBytes = 100; c.MaxUncommittedBytes = 200 })
+	h.bootstrap(1, 2, 3)
+	h.campaign(1)
+	r := h.nodes[1].raft
+	if _, _, err := r.Propose(make([]byte, 100)); !errors.Is(err, ErrProposalTooLarge) {
+		t.Fatalf("oversized proposal: %v", err)
+	}
+	h.isolate(1)
+	var err error
+	for i := 0; i < 10 && err == nil; i++ {
+		_, _, err = r.Propose(make([]byte, 50))
+	}
+	if !errors.Is(err, ErrTooManyPending) {
+		t.Fatalf("uncommitted bound not enforced: %v", err)
+	}
+	// Once they commit, the budget returns.
+	h.heal()
+	h.tickAll(2)
+	if _, _, err := r.Propose(make([]byte, 50)); err != nil {
+		t.Fatalf("after commit: %v", err)
+	}
+	// Pending reads are bounded too.
+	h2 := newHarness(1, func(c *Config) { c.MaxPendingReads = 2 })
+	h2.bootstrap(1, 2, 3)
+	h2.campaign(1)
+	h2.isolate(1)
+	r2 := h2.nodes[1].raft
+	must(r2.ReadIndex(1))
+	must(r2.ReadIndex(2))
+	if err := r2.ReadIndex(3); !errors.Is(err, ErrTooManyPending) {
+		t.Fatalf("read bound not enforced: %v", err)
+	}
+}
+
+// TestStepDown checks a leader steps down on request (after a storage
+// failure) and then refuses proposals.
+func TestStepDown(t *testing.T) {
+	h := newHarness(1, nil)
+	h.bootstrap(1, 2, 3)
+	h.campaign(1)
+	r := h.nodes[1].raft
+	r.StepDown()
+	if r.state != StateFollower || r.term != 2 {
+		t.Fatalf("after StepDown: %s term %d", r.state, r.term)
+	}
+	if _, _, err := r.Propose(nil); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("propose after StepDown: %v", err)
+	}
+	if lt := r.LastTerm(); lt != 2 {
+		t.Fatalf("last term %d", lt)
+	}
+	if tt, err := r.Term(1); err != nil || tt != 1 {
+		t.Fatalf("term of 1: %d %v", tt, err)
+	}
+	if _, err := r.SnapshotMeta(99); err == nil {
+		t.Fatal("snapshot beyond applied accepted")
+	}
+}
+
+// TestMemoryStorageErrors checks the storage reports out-of-range requests.
+func TestMemoryStorageErrors(t *testing.T) {
+	s := NewMemoryStorage()
+	must(s.Append([]Entry{{Index: 1, Term: 1}, {Index: 2, Term: 1}, {Index: 3, Term: 2}}))
+	if err := s.Append([]Entry{{Index: 9, Term: 2}}); err == nil {
+		t.Error("gap accepted")
+	}
+	meta := SnapshotMeta{Index: 2, Term: 1, Config: Membership{Servers: []Server{{ID: 1, Role: Voter}}}}
+	must(s.CreateSnapshot(meta, []byte("abcdef")))
+	if _, err := s.Term(1); !errors.Is(err, ErrCompacted) {
+		t.Errorf("term below snapshot: %v", err)
+	}
+	if _, err := s.Term(4); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("term beyond last: %v", err)
+	}
+	if _, err := s.Entries(2, 3, 100); !errors.Is(err, ErrCompacted) {
+		t.Errorf("entries below first: %v", err)
+	}
+	if _, err := s.Entries(3, 5, 100); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("entries beyond last: %v", err)
+	}
+	if err := s.CreateSnapshot(meta, nil); err == nil {
+		t.Error("old snapshot accepted")
+	}
+	if err := s.CreateSnapshot(SnapshotMeta{Index: 9, Term: 2}, nil); err == nil {
+		t.Error("snapshot beyond last accepted")
+	}
+	if err := s.CreateSnapshot(SnapshotMeta{Index: 3, Term: 9}, nil); err == nil {
+		t.Error("snapshot with wrong term accepted")
+	}
+	data, last, err := s.SnapshotChunk(2, 4, 4)
+	if err != nil || string(data) != "ef" || !last {
+		t.Errorf("chunk: %q %v %v", data, last, err)
+	}
+	if _, _, err := s.SnapshotChunk(1, 0, 4); !errors.Is(err, ErrSnapshotChanged) {
+		t.Errorf("old snapshot chunk: %v", err)
+	}
+	if _, _, err := s.SnapshotChunk(2, 99, 4); err == nil {
+		t.Error("chunk beyond size accepted")
+	}
+	if err := s.ApplySnapshot(Snapshot{Meta: SnapshotMeta{Index: 1}}); err == nil {
+		t.Error("older snapshot applied")
+	}
+	if string(s.SnapshotData()) != "abcdef" || s.HardState() != (HardState{}) {
+		t.Error("accessors")
+	}
+	// Appending entries all below the first index is a no-op.
+	must(s.Append([]Entry{{Index: 1, Term: 1}}))
+}
+
+// TestStringers checks the names used in logs and traces.
+func TestStringers(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{EntryNormal.String(), "normal"}, {EntryNoop.String(), "noop"}, {EntryConfig.String(), "config"},
+		{EntryType(9).String(), "EntryType(9)"}, {Standby.String(), "standby"}, {Role(9).String(), "Role(9)"},
+		{MsgTimeoutNow.String(), "MsgTimeoutNow"}, {MessageType(99).String(), "MessageType(99)"},
+		{StatePreCandidate.String(), "precandidate"}, {StateType(9).String(), "StateType(9)"},
+		{ConfigRemove.String(), "remove"}, {ConfigChangeType(9).String(), "ConfigChangeType(9)"},
+		{probeState.String(), "probe"}, {snapshotState.String(), "snapshot"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q want %q", c.got, c.want)
+		}
+	}
+	msgs := []Message{{Type: MsgApp}, {Type: MsgAppResp}, {Type: MsgVote}, {Type: MsgVoteResp},
+		{Type: MsgHeartbeat}, {Type: MsgHeartbeatResp}, {Type: MsgSnap, Snapshot: &SnapshotMeta{Index: 4}},
+		{Type: MsgSnapResp}}
+	for _, m := range msgs {
+		if !strings.HasPrefix(m.String(), m.Type.String()) {
+			t.Errorf("message string %q", m.String())
+		}
+	}
+	h := newHarness(1, nil)
+	h.bootstrap(1, 2)
+	h.campaign(1)
+	r := h.nodes[1].raft
+	if !strings.Contains(r.log.String(), "committed=2") || !strings.Contains(r.prs[2].String(), "replicate") {
+		t.Errorf("log %q progress %q", r.log.String(), r.prs[2].String())
+	}
+	var u Update
+	if !u.IsEmpty() {
+		t.Error("zero Update not empty")
+	}
+}
