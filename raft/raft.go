@@ -308,6 +308,8 @@ func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 		// What was verified against the previous term's leader says
 		// nothing about the next one's log.
 		r.matched, r.acked, r.pendingAck = 0, 0, false
+		// A partly received snapshot came from the old term's leader.
+		r.incoming = nil
 	}
 	r.abortLeadership()
 	r.state = StateFollower

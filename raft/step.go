@@ -89,11 +89,6 @@ func (r *Raft) campaign(kind campaignKind) {
 	if !r.isVoter() {
 		return
 	}
-	if r.incoming != nil || r.log.unstable.snapshot != nil {
-		// Installing a snapshot: our log is about to change under us.
-		r.resetTimers()
-		return
-	}
 	var typ MessageType
 	term := r.term + 1
 	if kind == campaignPreVote {
