@@ -1,0 +1,15 @@
+// Package fsm is the replicated state machine of dqlite-go: the formats of
+// the commands carried in Raft entries (a write transaction's WAL frames; SQL
+// statements for the rqlite-style comparison mode), and applying committed
+// entries to SQLite through package vfs.
+//
+// Concurrency: none. The node's loop calls it from its one goroutine.
+//
+// Invariants: commands are versioned and checksummed (CRC-32C); a command
+// that does not decode is corruption (ErrCorrupt), never applied in part.
+// Every size has a named limit (MaxCommandBytes, MaxPageSize, MaxStatements,
+// MaxParams, MaxNameBytes) enforced when encoding and decoding. Decoded
+// frames alias the input bytes.
+//
+// The byte formats are drawn in command.go.
+package fsm
