@@ -184,7 +184,12 @@ func (s *MemoryStorage) Append(ents []Entry) error {
 		return fmt.Errorf("raft: append at %d leaves a gap after %d", ents[0].Index, s.LastIndex())
 	}
 	keep := ents[0].Index - s.snap.Index
-	s.ents = append(s.ents[:keep:keep], ents...)
+	if keep < uint64(len(s.ents)) {
+		// Truncating: copy so slices handed out earlier stay intact.
+		s.ents = append(s.ents[:keep:keep], ents...)
+	} else {
+		s.ents = append(s.ents, ents...)
+	}
 	return nil
 }
 
