@@ -82,8 +82,17 @@ func (r *Raft) sendAppend(to NodeID, sendIfEmpty bool) {
 
 func (r *Raft) bcastHeartbeat() {
 	for _, id := range r.replicas {
-		r.send(Message{Type: MsgHeartbeat, To: id, Commit: r.log.committed, Context: r.readSeq})
+		r.sendHeartbeat(id)
 	}
+}
+
+// sendHeartbeat carries the commit index capped at what the follower is
+// known to hold: the follower may commit up to it without verifying its log
+// itself (it acknowledged those entries in this term, and only this leader
+// writes to its log in this term).
+func (r *Raft) sendHeartbeat(to NodeID) {
+	commit := min(r.prs[to].match, r.log.committed)
+	r.send(Message{Type: MsgHeartbeat, To: to, Commit: commit, Context: r.readSeq})
 }
 
 func (r *Raft) handleLeaderResponse(m Message) {
@@ -245,7 +254,7 @@ func (r *Raft) startRead(ctx uint64) {
 	r.reads = append(r.reads, readRequest{ctx: ctx, index: r.log.committed, seq: r.readSeq,
 		acks: map[NodeID]bool{r.id: true}})
 	for _, id := range r.replicas {
-		r.send(Message{Type: MsgHeartbeat, To: id, Commit: r.log.committed, Context: r.readSeq})
+		r.sendHeartbeat(id)
 	}
 }
 

@@ -196,7 +196,8 @@ func (r *Raft) handleFromLeader(m Message) {
 	case MsgApp:
 		r.handleAppend(m)
 	case MsgHeartbeat:
-		r.log.commitTo(min(m.Commit, r.matched, r.log.lastIndex()))
+		// The leader caps m.Commit at what we acknowledged in its term.
+		r.log.commitTo(min(m.Commit, r.log.lastIndex()))
 		r.send(Message{Type: MsgHeartbeatResp, To: m.From, Context: m.Context})
 	case MsgSnap:
 		r.handleSnapshot(m)

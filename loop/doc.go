@@ -1,0 +1,32 @@
+// Package loop is the one event loop that drives a node: it owns the node's
+// Raft, its state machine and the client requests waiting on them, and
+// handles one event at a time (a tick, a peer message, a client request, the
+// completion of a disk write).
+//
+// # Concurrency
+//
+// None inside: a Loop is called by exactly one goroutine, the runtime that
+// wraps it in production (package node: real timers, sockets and an I/O
+// goroutine) or the simulator. Blocking work is done outside: every event
+// returns an Output with the messages to send, at most one WriteJob (an
+// append with one write and one sync) and the replies to deliver; the runtime
+// performs the write and reports WriteDone.
+//
+// # Group commit
+//
+// While a write is in flight, new entries are staged; when it completes they
+// all go out in the next write. The number of syncs is therefore bounded by
+// the disk's latency, not by the number of entries.
+//
+// # Invariants
+//
+//   - Term and vote are durable before any message of the same Raft update
+//     is returned (SetHardState is synchronous and rare).
+//   - A received snapshot is never installed while a write is in flight.
+//   - After a storage failure the loop stops appending and leading; every
+//     waiting request fails with ErrStopped. Failed writes are not retried.
+//   - A write's reply carries the result of applying it, or
+//     ErrLeadershipLost when its entry left the log (it did not happen), or
+//     ErrTimeout (outcome unknown).
+//   - Every queue is bounded: MaxPendingRequests, RequestTimeoutTicks.
+package loop

@@ -1,0 +1,465 @@
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// Storage is the durable Raft log the loop writes. Appends run outside the
+// loop (on the runtime's I/O goroutine, or as a simulated disk operation);
+// everything else runs in the loop.
+type Storage interface {
+	raft.Storage
+	// SetHardState makes term and vote durable before returning.
+	SetHardState(hs raft.HardState) error
+	// InstallSnapshot replaces the log with a received snapshot, durably.
+	InstallSnapshot(snap raft.Snapshot) error
+	// CreateSnapshot records a snapshot of the state machine and compacts
+	// the log it covers.
+	CreateSnapshot(meta raft.SnapshotMeta, data []byte) error
+	// Append durably writes entries (replacing any suffix from
+	// ents[0].Index) with one write and one sync, and makes them readable
+	// through raft.Storage before returning. It may run concurrently with
+	// the loop's reads.
+	Append(ents []raft.Entry) error
+}
+
+// StateMachine is what committed entries are applied to.
+type StateMachine interface {
+	// Apply applies a committed normal entry and returns its result for the
+	// client that proposed it (if any is waiting on this node).
+	Apply(e raft.Entry) (any, error)
+	// Snapshot returns the state as bytes.
+	Snapshot() ([]byte, error)
+	// Restore replaces the state with a snapshot's.
+	Restore(data []byte) error
+}
+
+// Default limits.
+const (
+	DefaultMaxPendingRequests  = 1024
+	DefaultRequestTimeoutTicks = 100
+	DefaultSnapshotThreshold   = 8192
+)
+
+// Config configures a Loop.
+type Config struct {
+	Raft    raft.Config // ID, ticks and limits; Storage and Rand are filled in
+	Storage Storage
+	FSM     StateMachine
+	Rand    *rand.Rand
+	// MaxPendingRequests bounds the client requests waiting (proposed or
+	// reading) at once; more fail with ErrBusy.
+	MaxPendingRequests int
+	// RequestTimeoutTicks bounds how long a request waits.
+	RequestTimeoutTicks int
+	// SnapshotThreshold is the number of applied entries after which the
+	// loop takes a snapshot and compacts the log (0: the default).
+	SnapshotThreshold uint64
+}
+
+// Errors given to clients.
+var (
+	ErrNotLeader      = raft.ErrNotLeader
+	ErrLeadershipLost = errors.New("loop: leadership lost before the request committed")
+	ErrBusy           = errors.New("loop: too many pending requests")
+	ErrTimeout        = errors.New("loop: request timed out")
+	ErrStopped        = errors.New("loop: node stopped after a storage failure")
+)
+
+// WriteJob is an append the runtime performs with Storage.Append outside
+// the loop, then reports with WriteDone.
+type WriteJob struct {
+	Entries []raft.Entry
+}
+
+// Reply answers a client request.
+type Reply struct {
+	ID     uint64
+	Result any
+	Err    error
+	// Index is the log index of a write (0 for reads).
+	Index uint64
+}
+
+// Output is what one event produced: messages to send (after the hard
+// state they depend on is durable, which the loop ensures), a write to
+// start, and replies to deliver.
+type Output struct {
+	Messages []raft.Message
+	Write    *WriteJob
+	Replies  []Reply
+}
+
+// request is a client request waiting in the loop.
+type request struct {
+	id      uint64
+	read    func() (any, error) // reads: run once applied reaches readIndex
+	index   uint64              // writes: proposed at index/term
+	term    uint64
+	ticks   int
+	reading bool
+}
+
+// Loop is one node's event loop state: it owns the Raft, the state machine
+// and the pending requests. Exactly one goroutine calls its methods.
+type Loop struct {
+	cfg     Config
+	raft    *raft.Raft
+	storage Storage
+	fsm     StateMachine
+
+	writing bool // a WriteJob is in flight
+	// snap is a received snapshot waiting for the write in flight to end:
+	// installing it under a running append could leave stale entries
+	// after it.
+	snap     *raft.Snapshot
+	staged   []raft.Entry // entries waiting for the next write (group commit)
+	writeErr error        // sticky storage failure
+	pending  map[uint64]*request
+	byIndex  map[uint64]uint64 // write index -> request id
+	order    []uint64          // request ids in arrival order (for deterministic iteration)
+	applied  uint64
+	snapshot uint64 // index of the last snapshot taken
+	out      Output
+}
+
+// New creates a loop from durable state, restoring the state machine from
+// the storage's snapshot.
+func New(cfg Config) (*Loop, error) {
+	if cfg.MaxPendingRequests == 0 {
+		cfg.MaxPendingRequests = DefaultMaxPendingRequests
+	}
+	if cfg.RequestTimeoutTicks == 0 {
+		cfg.RequestTimeoutTicks = DefaultRequestTimeoutTicks
+	}
+	if cfg.SnapshotThreshold == 0 {
+		cfg.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	snap := cfg.Storage.Snapshot()
+	if snap.Index > 0 {
+		data, err := readSnapshot(cfg.Storage, snap.Index)
+		if err != nil {
+			return nil, fmt.Errorf("loop: reading snapshot %d: %w", snap.Index, err)
+		}
+		if err := cfg.FSM.Restore(data); err != nil {
+			return nil, fmt.Errorf("loop: restoring snapshot %d: %w", snap.Index, err)
+		}
+	}
+	rc := cfg.Raft
+	rc.Storage, rc.Rand, rc.Applied = cfg.Storage, cfg.Rand, snap.Index
+	r, err := raft.New(rc)
+	if err != nil {
+		return nil, err
+	}
+	return &Loop{cfg: cfg, raft: r, storage: cfg.Storage, fsm: cfg.FSM, pending: map[uint64]*request{},
+		byIndex: map[uint64]uint64{}, applied: snap.Index, snapshot: snap.Index}, nil
+}
+
+// readSnapshotChunkBytes is the chunk size used to read a whole snapshot.
+const readSnapshotChunkBytes = 1 << 20
+
+func readSnapshot(s raft.Storage, index uint64) ([]byte, error) {
+	var data []byte
+	for {
+		chunk, last, err := s.SnapshotChunk(index, uint64(len(data)), readSnapshotChunkBytes)
+		if err != nil {
+			return nil, err
+		}
+		data = append(data, chunk...)
+		if last {
+			return data, nil
+		}
+	}
+}
+
+// Raft exposes the state machine for status queries (read only use).
+func (l *Loop) Raft() *raft.Raft { return l.raft }
+
+// Applied is the index of the last applied entry.
+func (l *Loop) Applied() uint64 { return l.applied }
+
+// Tick advances time by one tick.
+func (l *Loop) Tick() Output {
+	l.raft.Tick()
+	for _, id := range l.order {
+		req := l.pending[id]
+		if req == nil {
+			continue
+		}
+		req.ticks++
+		if req.ticks > l.cfg.RequestTimeoutTicks {
+			l.finish(id, Reply{ID: id, Err: ErrTimeout})
+		}
+	}
+	return l.flush()
+}
+
+// Step handles a peer message. Malformed messages are returned as errors
+// (the caller logs them and may drop the link).
+func (l *Loop) Step(m raft.Message) (Output, error) {
+	err := l.raft.Step(m)
+	return l.flush(), err
+}
+
+// Propose submits a write; its reply comes once it is applied (or fails).
+func (l *Loop) Propose(id uint64, data []byte) Output {
+	if err := l.admit(id); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	index, term, err := l.raft.Propose(data)
+	if err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	l.track(&request{id: id, index: index, term: term})
+	l.byIndex[index] = id
+	return l.flush()
+}
+
+// Read submits a linearizable read: fn runs on the state machine once a
+// ReadIndex round confirmed leadership and the read point is applied.
+func (l *Loop) Read(id uint64, fn func() (any, error)) Output {
+	if err := l.admit(id); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	if err := l.raft.ReadIndex(id); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	l.track(&request{id: id, read: fn})
+	return l.flush()
+}
+
+func (l *Loop) admit(id uint64) error {
+	switch {
+	case l.writeErr != nil:
+		return fmt.Errorf("%w: %v", ErrStopped, l.writeErr)
+	case len(l.pending) >= l.cfg.MaxPendingRequests:
+		return fmt.Errorf("%w: %d pending", ErrBusy, len(l.pending))
+	case l.pending[id] != nil:
+		assert.Fail("request id %d reused while pending", id)
+	}
+	return nil
+}
+
+func (l *Loop) track(req *request) {
+	l.pending[req.id] = req
+	l.order = append(l.order, req.id)
+}
+
+func (l *Loop) finish(id uint64, rep Reply) {
+	req := l.pending[id]
+	if req == nil {
+		return
+	}
+	delete(l.pending, id)
+	if req.read == nil {
+		delete(l.byIndex, req.index)
+	}
+	l.out.Replies = append(l.out.Replies, rep)
+}
+
+// WriteDone reports that the last WriteJob finished.
+func (l *Loop) WriteDone(job *WriteJob, err error) Output {
+	assert.That(l.writing, "WriteDone without a write in flight")
+	l.writing = false
+	if err != nil {
+		// Not retried: the kernel may have dropped the dirty pages. Stop
+		// appending and stop leading; what is on disk is the truth.
+		l.writeErr = err
+		l.staged = nil
+		l.raft.StepDown()
+		for _, id := range append([]uint64(nil), l.order...) {
+			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %v", ErrStopped, err)})
+		}
+		return l.flush()
+	}
+	last := job.Entries[len(job.Entries)-1]
+	l.raft.Persisted(last.Index, last.Term)
+	if s := l.snap; s != nil {
+		l.snap = nil
+		l.installSnapshot(s)
+	}
+	return l.flush()
+}
+
+// flush drains raft's Update into the Output.
+func (l *Loop) flush() Output {
+	for l.raft.HasUpdate() {
+		u := l.raft.Update()
+		l.handleUpdate(u)
+	}
+	if !l.writing && l.snap == nil && len(l.staged) > 0 && l.writeErr == nil {
+		l.out.Write = &WriteJob{Entries: l.staged}
+		l.staged = nil
+		l.writing = true
+	}
+	l.compactOrder()
+	out := l.out
+	l.out = Output{}
+	return out
+}
+
+func (l *Loop) handleUpdate(u raft.Update) {
+	if u.HardState != nil {
+		if err := l.storage.SetHardState(*u.HardState); err != nil {
+			l.fail(fmt.Errorf("loop: persisting term and vote: %w", err))
+			return
+		}
+	}
+	if u.Snapshot != nil {
+		l.staged = nil
+		if l.writing {
+			l.snap = u.Snapshot
+		} else {
+			l.installSnapshot(u.Snapshot)
+		}
+	}
+	if len(u.Entries) > 0 && l.writeErr == nil {
+		l.staged = appendStaged(l.staged, u.Entries)
+	}
+	if l.writeErr == nil {
+		l.out.Messages = append(l.out.Messages, u.Messages...)
+	}
+	for _, e := range u.CommittedEntries {
+		l.apply(e)
+	}
+	for _, rs := range u.ReadStates {
+		if req := l.pending[rs.Context]; req != nil {
+			req.index, req.reading = rs.Index, true
+		}
+	}
+	for _, n := range u.Notices {
+		if n.Kind == raft.NoticeReadFailed {
+			l.finish(n.Context, Reply{ID: n.Context, Err: ErrLeadershipLost})
+		}
+	}
+	l.serveReads()
+	l.failLostWrites()
+	l.maybeSnapshot()
+}
+
+// appendStaged adds entries to the staged batch, replacing any staged
+// suffix they overwrite.
+func appendStaged(staged, ents []raft.Entry) []raft.Entry {
+	first := ents[0].Index
+	for len(staged) > 0 && staged[len(staged)-1].Index >= first {
+		staged = staged[:len(staged)-1]
+	}
+	return append(staged, ents...)
+}
+
+func (l *Loop) installSnapshot(s *raft.Snapshot) {
+	if err := l.storage.InstallSnapshot(*s); err != nil {
+		l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
+		return
+	}
+	if err := l.fsm.Restore(s.Data); err != nil {
+		l.fail(fmt.Errorf("loop: restoring snapshot %d: %w", s.Meta.Index, err))
+		return
+	}
+	l.applied, l.snapshot = s.Meta.Index, s.Meta.Index
+	l.raft.Persisted(s.Meta.Index, s.Meta.Term)
+}
+
+func (l *Loop) apply(e raft.Entry) {
+	l.applied = e.Index
+	var result any
+	var err error
+	if e.Type == raft.EntryNormal {
+		result, err = l.fsm.Apply(e)
+	}
+	id, ok := l.byIndex[e.Index]
+	if !ok {
+		return
+	}
+	req := l.pending[id]
+	if req.term != e.Term {
+		l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
+		return
+	}
+	l.finish(id, Reply{ID: id, Result: result, Err: err, Index: e.Index})
+}
+
+func (l *Loop) serveReads() {
+	for _, id := range l.order {
+		req := l.pending[id]
+		if req == nil || !req.reading || req.index > l.applied {
+			continue
+		}
+		result, err := req.read()
+		l.finish(id, Reply{ID: id, Result: result, Err: err})
+	}
+}
+
+// failLostWrites fails writes that can no longer commit: this node lost
+// leadership in their term (another leader may overwrite them) and they are
+// not yet applied. Their outcome is unknown to the client only if the entry
+// reached others; ErrLeadershipLost says exactly that.
+func (l *Loop) failLostWrites() {
+	st := l.raft.Status()
+	for _, id := range l.order {
+		req := l.pending[id]
+		if req == nil || req.read != nil {
+			continue
+		}
+		if st.Term != req.term || st.State != raft.StateLeader {
+			// Keep waiting if the entry may still commit and be applied
+			// here; the apply path resolves it by term. Only give up
+			// when the log no longer holds it.
+			if t, err := l.raft.Term(req.index); err != nil || t != req.term {
+				l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
+			}
+		}
+	}
+}
+
+func (l *Loop) maybeSnapshot() {
+	if l.applied-l.snapshot < l.cfg.SnapshotThreshold || l.writeErr != nil {
+		return
+	}
+	meta, err := l.raft.SnapshotMeta(l.applied)
+	if err != nil {
+		return
+	}
+	data, err := l.fsm.Snapshot()
+	if err == nil {
+		err = l.storage.CreateSnapshot(meta, data)
+	}
+	if err != nil {
+		l.fail(fmt.Errorf("loop: taking snapshot at %d: %w", l.applied, err))
+		return
+	}
+	l.snapshot = l.applied
+}
+
+func (l *Loop) fail(err error) {
+	if l.writeErr == nil {
+		l.writeErr = err
+		l.raft.StepDown()
+	}
+}
+
+// Err returns the storage failure that stopped the node, if any.
+func (l *Loop) Err() error { return l.writeErr }
+
+// compactOrder drops finished request ids from the arrival order.
+func (l *Loop) compactOrder() {
+	if len(l.order) <= 2*len(l.pending)+16 {
+		return
+	}
+	kept := l.order[:0]
+	for _, id := range l.order {
+		if l.pending[id] != nil {
+			kept = append(kept, id)
+		}
+	}
+	l.order = kept
+}

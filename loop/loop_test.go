@@ -1,0 +1,434 @@
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// memStorage is a raft.MemoryStorage made safe for an append running
+// beside the loop's reads, with an injectable write failure.
+type memStorage struct {
+	mu sync.Mutex
+	*raft.MemoryStorage
+	failWrites error
+}
+
+func (s *memStorage) SetHardState(hs raft.HardState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.MemoryStorage.SetHardState(hs)
+	return nil
+}
+
+func (s *memStorage) InstallSnapshot(snap raft.Snapshot) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ApplySnapshot(snap)
+}
+
+func (s *memStorage) CreateSnapshot(meta raft.SnapshotMeta, data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.MemoryStorage.CreateSnapshot(meta, data)
+}
+
+func (s *memStorage) Append(ents []raft.Entry) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failWrites != nil {
+		return s.failWrites
+	}
+	return s.MemoryStorage.Append(ents)
+}
+
+// kv is a tiny state machine: "k=v" sets, the result is the number of keys.
+type kv struct{ m map[string]string }
+
+func (k *kv) Apply(e raft.Entry) (any, error) {
+	key, val, ok := strings.Cut(string(e.Data), "=")
+	if !ok {
+		return nil, fmt.Errorf("bad command %q", e.Data)
+	}
+	k.m[key] = val
+	return len(k.m), nil
+}
+
+func (k *kv) Snapshot() ([]byte, error) {
+	var keys []string
+	for key := range k.m {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, key := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", key, k.m[key])
+	}
+	return []byte(b.String()), nil
+}
+
+func (k *kv) Restore(data []byte) error {
+	k.m = map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if key, val, ok := strings.Cut(line, "="); ok {
+			k.m[key] = val
+		}
+	}
+	return nil
+}
+
+// cluster wires loops together in one goroutine: messages are delivered
+// and writes performed by run, in a deterministic order.
+type cluster struct {
+	t       *testing.T
+	loops   map[raft.NodeID]*Loop
+	stores  map[raft.NodeID]*memStorage
+	fsms    map[raft.NodeID]*kv
+	msgs    []raft.Message
+	writes  map[raft.NodeID]*WriteJob
+	replies map[uint64]Reply
+	down    map[raft.NodeID]bool
+	thresh  uint64
+}
+
+func newCluster(t *testing.T, n int, thresh uint64) *cluster {
+	c := &cluster{t: t, loops: map[raft.NodeID]*Loop{}, stores: map[raft.NodeID]*memStorage{},
+		fsms: map[raft.NodeID]*kv{}, writes: map[raft.NodeID]*WriteJob{}, replies: map[uint64]Reply{},
+		down: map[raft.NodeID]bool{}, thresh: thresh}
+	var m raft.Membership
+	for i := 1; i <= n; i++ {
+		m.Servers = append(m.Servers, raft.Server{ID: raft.NodeID(i), Role: raft.Voter})
+	}
+	for i := 1; i <= n; i++ {
+		id := raft.NodeID(i)
+		s := &memStorage{MemoryStorage: raft.NewMemoryStorage()}
+		if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
+			t.Fatal(err)
+		}
+		s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
+		c.stores[id] = s
+		c.start(id)
+	}
+	return c
+}
+
+func (c *cluster) start(id raft.NodeID) {
+	c.fsms[id] = &kv{m: map[string]string{}}
+	l, err := New(Config{Raft: raft.Config{ID: id, ElectionTicks: 10, HeartbeatTicks: 1},
+		Storage: c.stores[id], FSM: c.fsms[id], Rand: rand.New(rand.NewPCG(uint64(id), 7)),
+		SnapshotThreshold: c.thresh, RequestTimeoutTicks: 50})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.loops[id] = l
+	c.down[id] = false
+}
+
+func (c *cluster) crash(id raft.NodeID) {
+	c.down[id] = true
+	delete(c.writes, id)
+}
+
+func (c *cluster) ids() []raft.NodeID {
+	var ids []raft.NodeID
+	for id := range c.loops {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+func (c *cluster) take(id raft.NodeID, out Output) {
+	c.msgs = append(c.msgs, out.Messages...)
+	if out.Write != nil {
+		if c.writes[id] != nil {
+			c.t.Fatalf("node %d: second write while one is in flight", id)
+		}
+		c.writes[id] = out.Write
+	}
+	for _, r := range out.Replies {
+		c.replies[r.ID] = r
+	}
+}
+
+// run delivers messages and completes writes until quiet.
+func (c *cluster) run() {
+	for i := 0; i < 10000; i++ {
+		moved := false
+		for _, id := range c.ids() {
+			if job := c.writes[id]; job != nil && !c.down[id] {
+				delete(c.writes, id)
+				c.take(id, c.loops[id].WriteDone(job, c.stores[id].Append(job.Entries)))
+				moved = true
+			}
+		}
+		msgs := c.msgs
+		c.msgs = nil
+		for _, m := range msgs {
+			if c.down[m.To] || c.down[m.From] {
+				continue
+			}
+			out, err := c.loops[m.To].Step(m)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.take(m.To, out)
+			moved = true
+		}
+		if !moved {
+			return
+		}
+	}
+	c.t.Fatal("cluster did not settle")
+}
+
+func (c *cluster) tick(n int) {
+	for i := 0; i < n; i++ {
+		for _, id := range c.ids() {
+			if !c.down[id] {
+				c.take(id, c.loops[id].Tick())
+			}
+		}
+		c.run()
+	}
+}
+
+func (c *cluster) leader() raft.NodeID {
+	for _, id := range c.ids() {
+		if !c.down[id] && c.loops[id].Raft().Status().State == raft.StateLeader {
+			return id
+		}
+	}
+	return raft.None
+}
+
+func (c *cluster) elect() raft.NodeID {
+	for i := 0; i < 100 && c.leader() == raft.None; i++ {
+		c.tick(1)
+	}
+	// Let the new leader's no-op commit.
+	c.tick(2)
+	if c.leader() == raft.None {
+		c.t.Fatal("no leader elected")
+	}
+	return c.leader()
+}
+
+// TestWritesAndReads checks proposals return their applied result on the
+// leader, reads see every acknowledged write, and all replicas converge.
+func TestWritesAndReads(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	for i := 1; i <= 20; i++ {
+		c.take(lead, c.loops[lead].Propose(uint64(i), []byte(fmt.Sprintf("k%d=v%d", i%5, i))))
+	}
+	c.run()
+	for i := 1; i <= 20; i++ {
+		r, ok := c.replies[uint64(i)]
+		if !ok || r.Err != nil {
+			t.Fatalf("write %d: %+v %v", i, r, ok)
+		}
+	}
+	c.take(lead, c.loops[lead].Read(100, func() (any, error) { return c.fsms[lead].m["k0"], nil }))
+	c.tick(1)
+	if r := c.replies[100]; r.Err != nil || r.Result != "v20" {
+		t.Fatalf("read: %+v", r)
+	}
+	c.tick(2)
+	for _, id := range c.ids() {
+		if got, _ := c.fsms[id].Snapshot(); string(got) != "k0=v20\nk1=v16\nk2=v17\nk3=v18\nk4=v19\n" {
+			t.Fatalf("node %d state %q", id, got)
+		}
+	}
+	// A follower refuses writes and reads.
+	f := raft.NodeID(1 + lead%3)
+	c.take(f, c.loops[f].Propose(200, []byte("a=b")))
+	c.take(f, c.loops[f].Read(201, func() (any, error) { return nil, nil }))
+	if !errors.Is(c.replies[200].Err, ErrNotLeader) || !errors.Is(c.replies[201].Err, ErrNotLeader) {
+		t.Fatalf("follower accepted: %+v %+v", c.replies[200], c.replies[201])
+	}
+}
+
+// TestGroupCommit checks that writes proposed while a write is in flight
+// go to disk together: one write job for many entries.
+func TestGroupCommit(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	l := c.loops[lead]
+	c.take(lead, l.Propose(1, []byte("a=1")))
+	first := c.writes[lead]
+	for i := 2; i <= 50; i++ {
+		c.take(lead, l.Propose(uint64(i), []byte("a=1")))
+	}
+	if c.writes[lead] != first || len(first.Entries) != 1 {
+		t.Fatalf("a second write started while one was in flight")
+	}
+	delete(c.writes, lead)
+	c.take(lead, l.WriteDone(first, c.stores[lead].Append(first.Entries)))
+	if next := c.writes[lead]; next == nil || len(next.Entries) != 49 {
+		t.Fatalf("staged entries not written together: %+v", next)
+	}
+	c.run()
+	for i := 1; i <= 50; i++ {
+		if r := c.replies[uint64(i)]; r.Err != nil || r.Index == 0 {
+			t.Fatalf("write %d: %+v", i, r)
+		}
+	}
+}
+
+// TestLeaderCrashFailsOrResolvesWrites crashes the leader with writes in
+// flight: each write's client either got a result, or an error; a write
+// acknowledged is present on the new leader.
+func TestLeaderCrashFailsOrResolvesWrites(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.take(lead, c.loops[lead].Propose(1, []byte("x=1")))
+	c.run()
+	c.take(lead, c.loops[lead].Propose(2, []byte("y=2")))
+	// The leader's proposal never leaves: crash before delivery.
+	c.msgs = nil
+	c.crash(lead)
+	next := c.elect()
+	if next == lead {
+		t.Fatal("crashed node still leader")
+	}
+	if c.fsms[next].m["x"] != "1" {
+		t.Fatal("acknowledged write lost")
+	}
+	if _, ok := c.fsms[next].m["y"]; ok {
+		t.Fatal("write that never left the old leader was applied")
+	}
+	// The old leader restarts from its log; its uncommitted entry is
+	// overwritten.
+	c.start(lead)
+	c.tick(5)
+	if _, ok := c.fsms[lead].m["y"]; ok {
+		t.Fatal("restarted node applied an uncommitted write")
+	}
+}
+
+// TestLeadershipLossFailsPendingWrites partitions the leader (its
+// messages are dropped) until it steps down: its pending write fails with
+// ErrLeadershipLost once another leader overwrites the entry.
+func TestLeadershipLossFailsPendingWrites(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.take(lead, c.loops[lead].Propose(7, []byte("z=1")))
+	c.msgs = nil
+	// Isolate: drop everything the old leader sends or receives.
+	c.down[lead] = true
+	var others []raft.NodeID
+	for _, id := range c.ids() {
+		if id != lead {
+			others = append(others, id)
+		}
+	}
+	for i := 0; i < 60 && c.leader() == raft.None; i++ {
+		for _, id := range others {
+			c.take(id, c.loops[id].Tick())
+		}
+		c.run()
+	}
+	newLead := c.leader()
+	c.take(newLead, c.loops[newLead].Propose(8, []byte("w=1")))
+	c.run()
+	c.down[lead] = false
+	for i := 0; i < 10; i++ {
+		for _, id := range c.ids() {
+			c.take(id, c.loops[id].Tick())
+		}
+		c.run()
+	}
+	r, ok := c.replies[7]
+	if !ok || !errors.Is(r.Err, ErrLeadershipLost) {
+		t.Fatalf("pending write on deposed leader: %+v %v", r, ok)
+	}
+	if _, ok := c.fsms[lead].m["z"]; ok {
+		t.Fatal("lost write applied")
+	}
+}
+
+// TestSnapshotCatchUp takes snapshots every few entries and brings a node
+// that was down back through a snapshot.
+func TestSnapshotCatchUp(t *testing.T) {
+	c := newCluster(t, 3, 5)
+	lead := c.elect()
+	lag := raft.NodeID(1 + lead%3)
+	c.crash(lag)
+	for i := 1; i <= 30; i++ {
+		c.take(lead, c.loops[lead].Propose(uint64(i), []byte(fmt.Sprintf("k%d=%d", i, i))))
+		c.run()
+	}
+	if c.stores[lead].Snapshot().Index == 0 {
+		t.Fatal("no snapshot taken")
+	}
+	c.start(lag)
+	c.tick(5)
+	if c.stores[lag].Snapshot().Index == 0 {
+		t.Fatal("lagging node did not receive a snapshot")
+	}
+	a, _ := c.fsms[lead].Snapshot()
+	b, _ := c.fsms[lag].Snapshot()
+	if string(a) != string(b) {
+		t.Fatalf("states differ:\n%s\n%s", a, b)
+	}
+	// Restart from snapshot + log.
+	c.crash(lag)
+	c.start(lag)
+	c.tick(3)
+	b, _ = c.fsms[lag].Snapshot()
+	if string(a) != string(b) {
+		t.Fatal("restarted node differs")
+	}
+}
+
+// TestWriteFailureStops checks a failed write is not retried: the node
+// stops appending, steps down and fails its waiting requests.
+func TestWriteFailureStops(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.stores[lead].failWrites = errors.New("EIO")
+	c.take(lead, c.loops[lead].Propose(1, []byte("a=1")))
+	c.run()
+	if r := c.replies[1]; !errors.Is(r.Err, ErrStopped) {
+		t.Fatalf("write on failed disk: %+v", r)
+	}
+	if c.loops[lead].Err() == nil || c.loops[lead].Raft().Status().State == raft.StateLeader {
+		t.Fatal("node still leading after a write failure")
+	}
+	c.take(lead, c.loops[lead].Propose(2, []byte("a=1")))
+	if r := c.replies[2]; !errors.Is(r.Err, ErrStopped) {
+		t.Fatalf("new request on stopped node: %+v", r)
+	}
+}
+
+// TestBoundsAndTimeouts checks pending requests are bounded and time out.
+func TestBoundsAndTimeouts(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	l := c.loops[lead]
+	l.cfg.MaxPendingRequests = 2
+	for _, id := range c.ids() {
+		if id != lead {
+			c.crash(id)
+		}
+	}
+	c.take(lead, l.Propose(1, []byte("a=1")))
+	c.take(lead, l.Propose(2, []byte("a=2")))
+	c.take(lead, l.Propose(3, []byte("a=3")))
+	if !errors.Is(c.replies[3].Err, ErrBusy) {
+		t.Fatalf("third request: %+v", c.replies[3])
+	}
+	c.tick(51)
+	for _, id := range []uint64{1, 2} {
+		if r := c.replies[id]; r.Err == nil {
+			t.Fatalf("request %d did not fail: %+v", id, r)
+		}
+	}
+}
