@@ -3,3 +3,5 @@ module github.com/dqlite-go/dqlite
 go 1.26
 
 require pgregory.net/rapid v1.3.0
+
+require github.com/anishathalye/porcupine v1.3.1

@@ -608,3 +608,20 @@ func (r *Raft) SnapshotMeta(index uint64) (SnapshotMeta, error) {
 	}
 	return SnapshotMeta{}, fmt.Errorf("raft: no membership known at %d", index)
 }
+
+// BasicStatus is the part of Status that costs no allocation, for checks
+// run after every simulator step.
+type BasicStatus struct {
+	Term      uint64
+	State     StateType
+	Lead      NodeID
+	Commit    uint64
+	Applied   uint64
+	LastIndex uint64
+}
+
+// Basic returns the node's term, state, leader and positions.
+func (r *Raft) Basic() BasicStatus {
+	return BasicStatus{Term: r.term, State: r.state, Lead: r.lead, Commit: r.log.committed,
+		Applied: r.log.applied, LastIndex: r.log.lastIndex()}
+}

@@ -1,0 +1,229 @@
+package sim
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"os"
+	"path/filepath"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+func entryHash(e raft.Entry) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{byte(e.Type)})
+	h.Write(e.Data)
+	return h.Sum64()
+}
+
+// checkEntry: an (index, term) pair names one entry across all nodes and
+// all time (the basis of Log Matching).
+func (s *Sim) checkEntry(id raft.NodeID, e raft.Entry) {
+	key := [2]uint64{e.Index, e.Term}
+	h := entryHash(e)
+	if prev, ok := s.entries[key]; ok && prev != h {
+		s.violate("log matching: node %d persisted a different entry at %d/%d", id, e.Index, e.Term)
+		return
+	}
+	s.entries[key] = h
+}
+
+// checkApply: every node applies the same entry at each index (state
+// machine safety).
+func (s *Sim) checkApply(id raft.NodeID, e raft.Entry) {
+	a := appliedEntry{term: e.Term, hash: entryHash(e)}
+	if prev, ok := s.applied[e.Index]; ok && prev != a {
+		s.violate("state machine safety: node %d applied %d/%d, another node applied %d/%d there",
+			id, e.Index, e.Term, e.Index, prev.term)
+		return
+	}
+	s.applied[e.Index] = a
+	s.tracef("apply %d %d/%d", id, e.Index, e.Term)
+}
+
+// checkStep runs after every event: one leader per term, commit never going
+// back, applied <= commit, and leader completeness (every leader holds every
+// entry applied anywhere).
+func (s *Sim) checkStep() {
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if !n.up {
+			continue
+		}
+		b := n.loop.Raft().Basic()
+		if b.State == raft.StateLeader {
+			if l, ok := s.leaders[b.Term]; ok && l != id {
+				s.violate("two leaders in term %d: %d and %d", b.Term, l, id)
+			}
+			s.leaders[b.Term] = id
+			s.checkLeaderComplete(n, b.Term)
+		}
+		if c, ok := s.commits[id]; ok && b.Commit < c {
+			s.violate("node %d commit index went back from %d to %d", id, c, b.Commit)
+		}
+		s.commits[id] = b.Commit
+		if b.Applied > b.Commit {
+			s.violate("node %d applied %d beyond commit %d", id, b.Applied, b.Commit)
+		}
+	}
+}
+
+// checkLeaderComplete verifies, incrementally, that the leader's log holds
+// every entry applied anywhere.
+func (s *Sim) checkLeaderComplete(n *node, term uint64) {
+	key := [2]uint64{uint64(n.id), term}
+	from := s.leaderCheck[key]
+	r := n.loop.Raft()
+	for idx := from + 1; ; idx++ {
+		a, ok := s.applied[idx]
+		if !ok {
+			// Applied indexes have gaps (only normal entries are seen);
+			// stop at the highest one known.
+			if idx > s.maxApplied() {
+				s.leaderCheck[key] = idx - 1
+				return
+			}
+			continue
+		}
+		t, err := r.Term(idx)
+		if err != nil {
+			continue // compacted into the leader's snapshot
+		}
+		if t != a.term {
+			s.violate("leader completeness: leader %d (term %d) has %d/%d, but %d/%d was applied",
+				n.id, term, idx, t, idx, a.term)
+			s.leaderCheck[key] = idx
+			return
+		}
+	}
+}
+
+func (s *Sim) maxApplied() uint64 {
+	if s.appliedMax < uint64(len(s.applied)) {
+		for idx := range s.applied {
+			s.appliedMax = max(s.appliedMax, idx)
+		}
+	}
+	return s.appliedMax
+}
+
+// heal runs the liveness and convergence phase: with faults off and every
+// node back, a leader must commit a write within the heal phase, and every
+// member must reach the same applied index and state.
+func (s *Sim) heal() {
+	deadline := s.now + s.opts.HealPhase
+	probe := uint64(math.MaxUint64 - 1)
+	committed := false
+	for s.now < deadline && !committed {
+		s.runUntil(s.now + s.electionTimeout())
+		l := s.leader()
+		if l == nil {
+			continue
+		}
+		s.reqOwner[probe] = nil
+		out := l.loop.Propose(probe, []byte("liveness=probe"))
+		for _, r := range out.Replies {
+			if r.ID == probe && r.Err != nil {
+				out.Replies = nil // refused: try again later
+			}
+		}
+		s.take(l, out)
+		probe--
+		s.runUntil(s.now + 5*s.electionTimeout())
+		committed = s.anyApplied("liveness=probe")
+	}
+	if !committed {
+		s.violate("liveness: no write committed within %v after faults stopped", s.opts.HealPhase)
+		return
+	}
+	for s.now < deadline {
+		s.runUntil(s.now + s.electionTimeout())
+		if s.converged() == "" {
+			return
+		}
+	}
+	s.violate("convergence: %s after %v", s.converged(), s.opts.HealPhase)
+}
+
+func (s *Sim) anyApplied(cmd string) bool {
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if n.up {
+			key, val, _ := cutString(cmd)
+			if n.kv.m[key] == val {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func cutString(cmd string) (string, string, bool) {
+	for i := 0; i < len(cmd); i++ {
+		if cmd[i] == '=' {
+			return cmd[:i], cmd[i+1:], true
+		}
+	}
+	return cmd, "", false
+}
+
+// converged returns "" when every voter and standby of the leader's
+// membership is up with the leader's applied index and state.
+func (s *Sim) converged() string {
+	l := s.leader()
+	if l == nil {
+		return "no leader"
+	}
+	lb := l.loop.Raft().Basic()
+	want := l.kv.hash()
+	for _, sv := range l.loop.Raft().Status().Config.Servers {
+		if sv.Role == raft.Spare {
+			continue
+		}
+		n := s.nodes[sv.ID]
+		if n == nil || !n.up {
+			return fmt.Sprintf("member %d is down", sv.ID)
+		}
+		if n.loop.Applied() != l.loop.Applied() || n.loop.Raft().Basic().Commit != lb.Commit {
+			return fmt.Sprintf("node %d applied %d, leader %d applied %d", sv.ID, n.loop.Applied(), l.id, l.loop.Applied())
+		}
+		if n.kv.hash() != want {
+			return fmt.Sprintf("node %d state differs from leader %d", sv.ID, l.id)
+		}
+	}
+	return ""
+}
+
+// check runs the linearizability check on the history.
+func (s *Sim) check() {
+	end := int64(s.now) + 1
+	ops := make([]porcupine.Operation, 0, len(s.history))
+	for _, o := range s.history {
+		ret := o.return_
+		if ret < 0 {
+			ret = end
+		}
+		ops = append(ops, porcupine.Operation{ClientId: o.client, Input: o.input, Output: o.output,
+			Call: o.call, Return: ret})
+	}
+	s.linearizable, s.linInfo = porcupine.CheckOperationsVerbose(kvModel, ops, s.opts.CheckTimeout)
+	if s.linearizable == porcupine.Illegal {
+		s.violate("linearizability: the history of %d operations is not linearizable", len(ops))
+	}
+}
+
+// WriteVisualization writes porcupine's HTML timeline of the last run's
+// history to dir and returns its path.
+func writeVisualization(dir string, seed uint64, info porcupine.LinearizationInfo) (string, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, fmt.Sprintf("dqlite-sim-seed-%d.html", seed))
+	return path, porcupine.VisualizePath(kvModel, info, path)
+}

@@ -1,0 +1,126 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dqlite-go/dqlite/loop"
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// op is one client operation of the history.
+type op struct {
+	client        int
+	input         kvInput
+	output        kvOutput
+	call, return_ int64
+}
+
+// client issues one operation at a time to the node it believes leads.
+type client struct {
+	id      int
+	target  raft.NodeID
+	n       int
+	pending *pendingOp
+}
+
+type pendingOp struct {
+	req   uint64
+	input kvInput
+	call  time.Duration
+}
+
+// clientTimeout is how long a client waits for a reply before it gives up
+// (the outcome of a write is then unknown).
+const clientTimeout = 600 * time.Millisecond
+
+func (s *Sim) clientStep(c *client) {
+	if !s.clientsOn || c.pending != nil {
+		return
+	}
+	n := s.nodes[c.target]
+	if n == nil || !n.up || n.removed {
+		ids := s.sortedIDs()
+		n = s.nodes[ids[s.rng.IntN(len(ids))]]
+		c.target = n.id
+	}
+	c.n++
+	key := fmt.Sprintf("k%d", s.rng.IntN(s.opts.Keys))
+	in := kvInput{key: key}
+	if s.rng.IntN(2) == 0 {
+		in.put, in.value = true, fmt.Sprintf("c%d-%d", c.id, c.n)
+	}
+	s.nextReq++
+	p := &pendingOp{req: s.nextReq, input: in, call: s.now}
+	c.pending = p
+	s.reqOwner[p.req] = c
+	s.after(clientTimeout, &event{kind: evClient, fn: func() { s.clientTimeout(c, p) }})
+	if !n.up || n.paused {
+		return // the request is lost; the timeout resolves it
+	}
+	if in.put {
+		s.take(n, n.loop.Propose(p.req, []byte(key+"="+in.value)))
+	} else {
+		kv := n.kv
+		s.take(n, n.loop.Read(p.req, func() (any, error) { return kv.m[key], nil }))
+	}
+}
+
+func (s *Sim) clientTimeout(c *client, p *pendingOp) {
+	if c.pending != p {
+		return
+	}
+	s.finishOp(c, p, kvOutput{unknown: true}, false)
+}
+
+// reply delivers a loop's answer to the client waiting on it.
+func (s *Sim) reply(n *node, r loop.Reply) {
+	c := s.reqOwner[r.ID]
+	if c == nil || c.pending == nil || c.pending.req != r.ID {
+		return // the client gave up on it
+	}
+	p := c.pending
+	switch {
+	case r.Err == nil:
+		out := kvOutput{}
+		if !p.input.put {
+			out.value, _ = r.Result.(string)
+		}
+		s.finishOp(c, p, out, true)
+	case errors.Is(r.Err, loop.ErrTimeout), errors.Is(r.Err, loop.ErrStopped):
+		s.finishOp(c, p, kvOutput{unknown: true}, false)
+	default:
+		// Refused (not leader, busy, transfer) or the entry left the log
+		// (leadership lost): the operation did not happen.
+		if lead := n.loop.Raft().Basic().Lead; lead != raft.None {
+			c.target = lead
+		} else {
+			c.target = raft.None
+		}
+		s.finishOp(c, p, kvOutput{}, false)
+		s.count("client-retry")
+		return
+	}
+}
+
+// finishOp records the operation (if it may have happened) and schedules
+// the client's next one.
+func (s *Sim) finishOp(c *client, p *pendingOp, out kvOutput, ok bool) {
+	delete(s.reqOwner, p.req)
+	c.pending = nil
+	switch {
+	case ok:
+		s.history = append(s.history, op{client: c.id, input: p.input, output: out,
+			call: int64(p.call), return_: int64(s.now)})
+	case out.unknown && p.input.put:
+		// May or may not have happened: it may take effect any time after
+		// its call, so it returns at the end of history.
+		s.history = append(s.history, op{client: c.id, input: p.input, output: out,
+			call: int64(p.call), return_: -1})
+	}
+	if out.unknown {
+		c.target = raft.None
+	}
+	s.after(s.randDuration(time.Millisecond, 20*time.Millisecond), &event{kind: evClient, fn: func() { s.clientStep(c) }})
+}

@@ -1,0 +1,350 @@
+package sim
+
+import (
+	"time"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// faultKinds are the scheduled faults; per-message faults (drop, duplicate,
+// reorder, slow disk) happen on every message and write of the fault phase.
+var faultKinds = []struct {
+	name   string
+	weight int
+	fn     func(*Sim)
+}{
+	{"crash", 3, (*Sim).faultCrash},
+	{"partition-isolate", 2, (*Sim).faultIsolate},
+	{"partition-halves", 2, (*Sim).faultHalves},
+	{"partition-oneway", 2, (*Sim).faultOneWay},
+	{"partition-flap", 1, (*Sim).faultFlap},
+	{"links-one-by-one", 1, (*Sim).faultLinks},
+	{"heal", 2, (*Sim).faultHeal},
+	{"pause", 1, (*Sim).faultPause},
+	{"clock-jump", 1, (*Sim).faultClockJump},
+	{"membership", 3, (*Sim).faultMembership},
+	{"transfer", 2, (*Sim).faultTransfer},
+}
+
+// electionTimeout is the nominal election timeout of the simulated nodes.
+func (s *Sim) electionTimeout() time.Duration { return 10 * s.opts.Tick }
+
+func (s *Sim) scheduleFault() {
+	d := s.randDuration(s.opts.FaultInterval/2, s.opts.FaultInterval*3/2)
+	s.after(d, &event{kind: evFault, fn: func() {
+		if !s.faultsOn {
+			return
+		}
+		total := 0
+		for _, k := range faultKinds {
+			total += k.weight
+		}
+		pick := s.rng.IntN(total)
+		for _, k := range faultKinds {
+			if pick < k.weight {
+				k.fn(s)
+				break
+			}
+			pick -= k.weight
+		}
+		s.scheduleFault()
+	}})
+}
+
+// liveNodes returns the nodes that are members and running.
+func (s *Sim) liveNodes() []*node {
+	var out []*node
+	for _, id := range s.sortedIDs() {
+		if n := s.nodes[id]; n.up && !n.removed {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (s *Sim) pickLive() *node {
+	live := s.liveNodes()
+	if len(live) == 0 {
+		return nil
+	}
+	return live[s.rng.IntN(len(live))]
+}
+
+// faultCrash crashes a node, keeping a majority of the nodes up, and
+// restarts it later.
+func (s *Sim) faultCrash() {
+	down := 0
+	total := 0
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if n.removed {
+			continue
+		}
+		total++
+		if !n.up {
+			down++
+		}
+	}
+	if (down+1)*2 >= total {
+		return
+	}
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	s.crash(n)
+	s.count("crash")
+	s.after(s.randDuration(50*time.Millisecond, 1500*time.Millisecond), &event{kind: evFault, fn: func() {
+		if !n.up && !n.removed && s.faultsOn {
+			s.startNode(n)
+			s.count("restart")
+		}
+	}})
+}
+
+func (s *Sim) cutBoth(a, b raft.NodeID) {
+	s.net.cut[[2]raft.NodeID{a, b}] = true
+	s.net.cut[[2]raft.NodeID{b, a}] = true
+}
+
+func (s *Sim) faultIsolate() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	// Prefer isolating the leader: that is where the interesting faults are.
+	if l := s.leader(); l != nil && s.rng.IntN(2) == 0 {
+		n = l
+	}
+	for _, id := range s.sortedIDs() {
+		if id != n.id {
+			s.cutBoth(n.id, id)
+		}
+	}
+	s.count("partition-isolate")
+	s.tracef("isolate %d", n.id)
+}
+
+func (s *Sim) faultHalves() {
+	ids := append([]raft.NodeID(nil), s.sortedIDs()...)
+	s.rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	k := 1 + s.rng.IntN(len(ids)-1)
+	for _, a := range ids[:k] {
+		for _, b := range ids[k:] {
+			s.cutBoth(a, b)
+		}
+	}
+	s.count("partition-halves")
+	s.tracef("split %v | %v", ids[:k], ids[k:])
+}
+
+func (s *Sim) faultOneWay() {
+	ids := s.sortedIDs()
+	a, b := ids[s.rng.IntN(len(ids))], ids[s.rng.IntN(len(ids))]
+	if a == b {
+		return
+	}
+	s.net.cut[[2]raft.NodeID{a, b}] = true
+	s.count("partition-oneway")
+	s.tracef("cut %d->%d", a, b)
+}
+
+// faultFlap isolates a node and heals it repeatedly around the election
+// timeout.
+func (s *Sim) faultFlap() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	s.count("partition-flap")
+	at := time.Duration(0)
+	for i := 0; i < 6; i++ {
+		at += s.randDuration(s.electionTimeout()/2, s.electionTimeout()*3/2)
+		cut := i%2 == 0
+		s.after(at, &event{kind: evFault, fn: func() {
+			if !s.faultsOn {
+				return
+			}
+			for _, id := range s.sortedIDs() {
+				if id == n.id {
+					continue
+				}
+				if cut {
+					s.cutBoth(n.id, id)
+				} else {
+					delete(s.net.cut, [2]raft.NodeID{n.id, id})
+					delete(s.net.cut, [2]raft.NodeID{id, n.id})
+				}
+			}
+			s.tracef("flap %d cut=%v", n.id, cut)
+		}})
+	}
+}
+
+// faultLinks stops every link one by one, then restores them in random order.
+func (s *Sim) faultLinks() {
+	ids := s.sortedIDs()
+	var links [][2]raft.NodeID
+	for _, a := range ids {
+		for _, b := range ids {
+			if a != b {
+				links = append(links, [2]raft.NodeID{a, b})
+			}
+		}
+	}
+	s.count("links-one-by-one")
+	step := s.electionTimeout() / 4
+	for i, l := range links {
+		s.after(time.Duration(i+1)*step, &event{kind: evFault, fn: func() {
+			if s.faultsOn {
+				s.net.cut[l] = true
+			}
+		}})
+	}
+	s.rng.Shuffle(len(links), func(i, j int) { links[i], links[j] = links[j], links[i] })
+	base := time.Duration(len(links)+1) * step
+	for i, l := range links {
+		s.after(base+time.Duration(i)*step, &event{kind: evFault, fn: func() { delete(s.net.cut, l) }})
+	}
+}
+
+func (s *Sim) faultHeal() {
+	s.net.cut = map[[2]raft.NodeID]bool{}
+	s.count("heal")
+	s.tracef("heal")
+}
+
+// faultPause stops a node (no ticks, no messages) for longer than the
+// election timeout, then resumes it with everything that arrived meanwhile.
+func (s *Sim) faultPause() {
+	n := s.pickLive()
+	if n == nil || n.paused {
+		return
+	}
+	n.paused = true
+	s.count("pause")
+	s.tracef("pause %d", n.id)
+	inc := n.inc
+	s.after(s.randDuration(s.electionTimeout()*3/2, s.electionTimeout()*4), &event{kind: evFault, fn: func() {
+		if n.up && n.inc == inc && n.paused {
+			s.resume(n)
+		}
+	}})
+}
+
+// faultClockJump gives a node a burst of ticks at once.
+func (s *Sim) faultClockJump() {
+	n := s.pickLive()
+	if n == nil || n.paused {
+		return
+	}
+	s.count("clock-jump")
+	for i := 5 + s.rng.IntN(15); i > 0; i-- {
+		s.take(n, n.loop.Tick())
+	}
+}
+
+func (s *Sim) faultTransfer() {
+	l := s.leader()
+	if l == nil {
+		return
+	}
+	voters := l.loop.Raft().Status().Config.Voters()
+	to := raft.None
+	if s.rng.IntN(2) == 0 {
+		to = voters[s.rng.IntN(len(voters))]
+	}
+	out, err := l.loop.TransferLeadership(to)
+	s.take(l, out)
+	if err == nil {
+		s.count("transfer")
+		s.tracef("transfer %d -> %d", l.id, to)
+	}
+}
+
+// minVoters is the fewest voters a membership change may leave.
+const minVoters = 3
+
+// faultMembership makes one membership change on the leader: add a new node
+// (as spare), promote, demote, remove (the leader too), or replace a removed
+// node by a wiped one under a new id.
+func (s *Sim) faultMembership() {
+	l := s.leader()
+	if l == nil {
+		return
+	}
+	cfg := l.loop.Raft().Status().Config
+	var choices []raft.ConfigChange
+	var kinds []string
+	// Add a node that is not a member yet (a new id).
+	if int(s.nextID) <= s.opts.Nodes+s.opts.Joiners*4 && len(cfg.Servers) < s.opts.Nodes+s.opts.Joiners {
+		choices = append(choices, raft.ConfigChange{Type: raft.ConfigAdd, ID: s.nextID})
+		kinds = append(kinds, "add")
+	}
+	voters := len(cfg.Voters())
+	for _, sv := range cfg.Servers {
+		switch sv.Role {
+		case raft.Spare:
+			choices = append(choices, raft.ConfigChange{Type: raft.ConfigAssign, ID: sv.ID, Role: raft.Standby},
+				raft.ConfigChange{Type: raft.ConfigAssign, ID: sv.ID, Role: raft.Voter})
+			kinds = append(kinds, "promote", "promote")
+		case raft.Standby:
+			choices = append(choices, raft.ConfigChange{Type: raft.ConfigAssign, ID: sv.ID, Role: raft.Voter},
+				raft.ConfigChange{Type: raft.ConfigRemove, ID: sv.ID})
+			kinds = append(kinds, "promote", "remove")
+		case raft.Voter:
+			if voters > minVoters {
+				choices = append(choices, raft.ConfigChange{Type: raft.ConfigAssign, ID: sv.ID, Role: raft.Standby},
+					raft.ConfigChange{Type: raft.ConfigRemove, ID: sv.ID})
+				kinds = append(kinds, "demote", "remove")
+			}
+		}
+	}
+	if len(choices) == 0 {
+		return
+	}
+	i := s.rng.IntN(len(choices))
+	cc, kind := choices[i], kinds[i]
+	if cc.Type == raft.ConfigRemove && cc.ID == l.id {
+		kind = "remove-leader"
+	}
+	out, err := l.loop.ChangeMembership(cc)
+	s.take(l, out)
+	if err != nil {
+		return
+	}
+	s.count(kind)
+	s.tracef("membership %s %d on leader %d", cc.Type, cc.ID, l.id)
+	switch cc.Type {
+	case raft.ConfigAdd:
+		// The new node starts empty and waits to be contacted.
+		n := s.addNode(cc.ID)
+		s.nextID++
+		s.startNode(n)
+		if cc.ID > raft.NodeID(s.opts.Nodes+s.opts.Joiners) {
+			s.count("rejoin-new-id")
+		}
+	case raft.ConfigRemove:
+		// A removed node is wiped after a while: it never comes back
+		// under its old id (a new id may join later).
+		if n := s.nodes[cc.ID]; n != nil {
+			s.after(s.electionTimeout()*5, &event{kind: evFault, fn: func() { s.retire(n) }})
+		}
+	}
+}
+
+// retire stops a removed node for good if the removal took effect.
+func (s *Sim) retire(n *node) {
+	l := s.leader()
+	if l == nil || n.removed {
+		return
+	}
+	if _, member := l.loop.Raft().Status().Config.Get(n.id); member {
+		return // the removal did not commit (leadership changed)
+	}
+	if n.up {
+		s.crash(n)
+	}
+	n.removed = true
+	s.tracef("retire %d", n.id)
+}

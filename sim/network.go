@@ -1,0 +1,40 @@
+package sim
+
+import (
+	"time"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// network holds the directed links that are cut.
+type network struct {
+	cut map[[2]raft.NodeID]bool
+}
+
+// send puts a message on the network with the fault phase's drop,
+// duplication, delay and reordering.
+func (s *Sim) send(m raft.Message) {
+	if s.net.cut[[2]raft.NodeID{m.From, m.To}] {
+		s.count("partitioned-message")
+		return
+	}
+	copies := 1
+	if s.faultsOn {
+		if s.chance(s.opts.DropRate) {
+			s.count("drop")
+			return
+		}
+		if s.chance(s.opts.DupRate) {
+			s.count("duplicate")
+			copies = 2
+		}
+	}
+	for i := 0; i < copies; i++ {
+		d := s.randDuration(s.opts.LatencyMin, s.opts.LatencyMax)
+		if s.faultsOn && s.chance(s.opts.ReorderRate) {
+			d += s.randDuration(10*time.Millisecond, 120*time.Millisecond)
+			s.count("reorder")
+		}
+		s.after(d, &event{kind: evDeliver, msg: m})
+	}
+}

@@ -1,0 +1,364 @@
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"hash"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/loop"
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// Options configures one simulated run.
+type Options struct {
+	Seed uint64
+	// Nodes is the number of initial voters.
+	Nodes int
+	// Joiners is the number of extra nodes that may join during the run.
+	Joiners int
+	// FaultPhase is the simulated time during which faults are injected;
+	// HealPhase bounds the time allowed afterwards for a leader to commit a
+	// write and for all replicas to converge.
+	FaultPhase time.Duration
+	HealPhase  time.Duration
+	// Tick is the nominal interval of a node's ticks (each node is skewed).
+	Tick time.Duration
+	// Network latency bounds and per-message fault rates (fault phase).
+	LatencyMin, LatencyMax time.Duration
+	DropRate, DupRate      float64
+	// ReorderRate is the chance that a message gets a long extra delay.
+	ReorderRate float64
+	// DiskLatency bounds the time of one append + sync.
+	DiskLatencyMin, DiskLatencyMax time.Duration
+	// FaultInterval is the mean time between injected faults.
+	FaultInterval time.Duration
+	// Clients issuing operations over Keys keys.
+	Clients, Keys int
+	// SnapshotThreshold is how many applied entries trigger a snapshot.
+	SnapshotThreshold uint64
+	// Bugs deliberately breaks raft (to show the oracles catch it).
+	Bugs raft.TestingBugs
+	// Trace, when set, receives one line per event.
+	Trace io.Writer
+	// CheckTimeout bounds the linearizability check.
+	CheckTimeout time.Duration
+	// OutDir receives porcupine's visualization of a non-linearizable
+	// history (the system temporary directory if empty).
+	OutDir string
+}
+
+// DefaultOptions returns the CI-sized options for a seed.
+func DefaultOptions(seed uint64) Options {
+	return Options{Seed: seed, Nodes: 3, Joiners: 2, FaultPhase: 6 * time.Second, HealPhase: 10 * time.Second,
+		Tick: 10 * time.Millisecond, LatencyMin: time.Millisecond, LatencyMax: 8 * time.Millisecond,
+		DropRate: 0.05, DupRate: 0.02, ReorderRate: 0.03,
+		DiskLatencyMin: 200 * time.Microsecond, DiskLatencyMax: 3 * time.Millisecond,
+		FaultInterval: 250 * time.Millisecond, Clients: 5, Keys: 3, SnapshotThreshold: 40,
+		CheckTimeout: 10 * time.Second}
+}
+
+// Result is the outcome of one run.
+type Result struct {
+	Seed       uint64
+	Violations []string
+	// Faults counts each fault kind actually injected.
+	Faults    map[string]int
+	Simulated time.Duration
+	TraceHash uint64
+	// Ops is the number of client operations in the history; Unknown of
+	// them are writes whose outcome the client never learned.
+	Ops, Unknown int
+	// Linearizable is "ok", "illegal" or "unknown" (checker timed out).
+	Linearizable string
+	// Visualization is the porcupine HTML written for an illegal history.
+	Visualization string
+}
+
+type eventKind uint8
+
+const (
+	evTick eventKind = iota + 1
+	evDeliver
+	evWriteDone
+	evClient
+	evFault
+)
+
+type event struct {
+	at   time.Duration
+	seq  uint64
+	kind eventKind
+	node raft.NodeID
+	inc  int // the node incarnation a tick or write belongs to
+	msg  raft.Message
+	job  *loop.WriteJob
+	fn   func() // evFault and evClient
+}
+
+type eventQueue []*event
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*event)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+// Sim is one simulated cluster run. It is single-threaded.
+type Sim struct {
+	opts   Options
+	rng    *rand.Rand
+	now    time.Duration
+	seq    uint64
+	queue  eventQueue
+	nodes  map[raft.NodeID]*node
+	ids    []raft.NodeID // sorted
+	nextID raft.NodeID
+	net    network
+	faults map[string]int
+	trace  hash.Hash64
+
+	faultsOn   bool
+	clientsOn  bool
+	clients    []*client
+	reqOwner   map[uint64]*client
+	nextReq    uint64
+	history    []op
+	violations []string
+
+	// Oracles' memory.
+	leaders     map[uint64]raft.NodeID  // term -> leader
+	applied     map[uint64]appliedEntry // index -> entry applied somewhere
+	entries     map[[2]uint64]uint64    // (index, term) -> data hash, over every durable append
+	leaderCheck map[[2]uint64]uint64    // (node, term) -> index verified up to
+	commits     map[raft.NodeID]uint64  // commit index per node incarnation
+	appliedMax  uint64
+
+	linearizable porcupine.CheckResult
+	linInfo      porcupine.LinearizationInfo
+}
+
+type appliedEntry struct {
+	term uint64
+	hash uint64
+}
+
+// New prepares a run.
+func New(opts Options) *Sim {
+	s := &Sim{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15)),
+		nodes: map[raft.NodeID]*node{}, faults: map[string]int{}, trace: fnv.New64a(),
+		reqOwner: map[uint64]*client{}, leaders: map[uint64]raft.NodeID{},
+		applied: map[uint64]appliedEntry{}, entries: map[[2]uint64]uint64{},
+		leaderCheck: map[[2]uint64]uint64{}, commits: map[raft.NodeID]uint64{}}
+	s.net = network{cut: map[[2]raft.NodeID]bool{}}
+	return s
+}
+
+func (s *Sim) schedule(e *event) {
+	s.seq++
+	e.seq = s.seq
+	heap.Push(&s.queue, e)
+}
+
+func (s *Sim) after(d time.Duration, e *event) {
+	e.at = s.now + d
+	s.schedule(e)
+}
+
+func (s *Sim) randDuration(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(s.rng.Int64N(int64(hi-lo)))
+}
+
+func (s *Sim) chance(p float64) bool { return p > 0 && s.rng.Float64() < p }
+
+func (s *Sim) violate(format string, args ...any) {
+	msg := fmt.Sprintf("t=%v: ", s.now) + fmt.Sprintf(format, args...)
+	s.violations = append(s.violations, msg)
+	s.tracef("VIOLATION %s", msg)
+}
+
+func (s *Sim) count(kind string) { s.faults[kind]++ }
+
+func (s *Sim) tracef(format string, args ...any) {
+	line := fmt.Sprintf("%v ", s.now) + fmt.Sprintf(format, args...)
+	s.trace.Write([]byte(line))
+	s.trace.Write([]byte{'\n'})
+	if s.opts.Trace != nil {
+		fmt.Fprintln(s.opts.Trace, line)
+	}
+}
+
+// Run executes the whole run and returns its result. Panics inside the
+// system under test (assertion failures) are reported as violations.
+func Run(opts Options) (res Result) {
+	s := New(opts)
+	defer func() {
+		if r := recover(); r != nil {
+			s.violate("panic: %v", r)
+			res = s.result()
+		}
+	}()
+	s.start()
+	s.runUntil(opts.FaultPhase)
+	s.endFaults()
+	s.heal()
+	s.check()
+	return s.result()
+}
+
+func (s *Sim) result() Result {
+	ops, unknown := 0, 0
+	for _, o := range s.history {
+		ops++
+		if o.output.unknown {
+			unknown++
+		}
+	}
+	res := Result{Seed: s.opts.Seed, Violations: s.violations, Faults: s.faults, Simulated: s.now,
+		TraceHash: s.trace.Sum64(), Ops: ops, Unknown: unknown}
+	switch s.linearizable {
+	case porcupine.Ok:
+		res.Linearizable = "ok"
+	case porcupine.Illegal:
+		res.Linearizable = "illegal"
+		if path, err := writeVisualization(s.opts.OutDir, s.opts.Seed, s.linInfo); err == nil {
+			res.Visualization = path
+		} else {
+			res.Violations = append(res.Violations, "writing visualization: "+err.Error())
+		}
+	default:
+		res.Linearizable = "unknown"
+	}
+	return res
+}
+
+// start bootstraps the initial voters and the clients, and schedules the
+// fault phase.
+func (s *Sim) start() {
+	var m raft.Membership
+	for i := 1; i <= s.opts.Nodes; i++ {
+		m.Servers = append(m.Servers, raft.Server{ID: raft.NodeID(i), Role: raft.Voter, Address: fmt.Sprintf("n%d", i)})
+	}
+	for i := 1; i <= s.opts.Nodes; i++ {
+		n := s.addNode(raft.NodeID(i))
+		assert.NoError(n.disk.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}), "bootstrap")
+		n.disk.SetHardState(raft.HardState{Term: 1})
+		s.startNode(n)
+	}
+	s.nextID = raft.NodeID(s.opts.Nodes + 1)
+	s.faultsOn, s.clientsOn = true, true
+	for i := 0; i < s.opts.Clients; i++ {
+		c := &client{id: i}
+		s.clients = append(s.clients, c)
+		s.after(s.randDuration(0, 50*time.Millisecond), &event{kind: evClient, fn: func() { s.clientStep(c) }})
+	}
+	s.scheduleFault()
+}
+
+// runUntil processes events up to virtual time t.
+func (s *Sim) runUntil(t time.Duration) {
+	for len(s.queue) > 0 && s.queue[0].at <= t {
+		e := heap.Pop(&s.queue).(*event)
+		s.now = e.at
+		s.handle(e)
+		s.checkStep()
+	}
+	if s.now < t {
+		s.now = t
+	}
+}
+
+func (s *Sim) handle(e *event) {
+	switch e.kind {
+	case evTick:
+		n := s.nodes[e.node]
+		if n == nil || !n.up || n.inc != e.inc {
+			return
+		}
+		s.after(n.tickEvery, &event{kind: evTick, node: n.id, inc: n.inc})
+		if n.paused {
+			return
+		}
+		s.take(n, n.loop.Tick())
+	case evDeliver:
+		s.deliver(e.msg)
+	case evWriteDone:
+		n := s.nodes[e.node]
+		if n == nil || !n.up || n.inc != e.inc {
+			return // the write was lost with the crash
+		}
+		err := n.disk.Append(e.job.Entries)
+		s.tracef("disk %d wrote %d..%d", n.id, e.job.Entries[0].Index, e.job.Entries[len(e.job.Entries)-1].Index)
+		s.take(n, n.loop.WriteDone(e.job, err))
+	case evClient, evFault:
+		e.fn()
+	}
+}
+
+func (s *Sim) sortedIDs() []raft.NodeID {
+	s.ids = s.ids[:0]
+	for id := range s.nodes {
+		s.ids = append(s.ids, id)
+	}
+	sort.Slice(s.ids, func(i, j int) bool { return s.ids[i] < s.ids[j] })
+	return s.ids
+}
+
+// leader returns the up, unpaused node that believes it leads in the
+// highest term.
+func (s *Sim) leader() *node {
+	var best *node
+	var term uint64
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if !n.up || n.paused {
+			continue
+		}
+		b := n.loop.Raft().Basic()
+		if b.State == raft.StateLeader && b.Term >= term {
+			best, term = n, b.Term
+		}
+	}
+	return best
+}
+
+// endFaults stops injecting faults and client operations, and repairs the
+// cluster: heal the network, resume paused nodes, restart crashed ones.
+func (s *Sim) endFaults() {
+	s.faultsOn, s.clientsOn = false, false
+	s.net.cut = map[[2]raft.NodeID]bool{}
+	s.tracef("faults end")
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if n.removed {
+			continue
+		}
+		if !n.up {
+			s.startNode(n)
+			s.count("restart")
+		}
+		if n.paused {
+			s.resume(n)
+		}
+	}
+}
