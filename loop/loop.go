@@ -69,6 +69,9 @@ var (
 	ErrBusy           = errors.New("loop: too many pending requests")
 	ErrTimeout        = errors.New("loop: request timed out")
 	ErrStopped        = errors.New("loop: node stopped after a storage failure")
+	// ErrUnknownOutcome: the write may or may not have committed (this node
+	// lost track of it, for example when a snapshot replaced its log).
+	ErrUnknownOutcome = errors.New("loop: outcome of the write is unknown")
 )
 
 // WriteJob is an append the runtime performs with Storage.Append outside
@@ -414,7 +417,13 @@ func (l *Loop) failLostWrites() {
 			// Keep waiting if the entry may still commit and be applied
 			// here; the apply path resolves it by term. Only give up
 			// when the log no longer holds it.
-			if t, err := l.raft.Term(req.index); err != nil || t != req.term {
+			t, err := l.raft.Term(req.index)
+			switch {
+			case errors.Is(err, raft.ErrCompacted):
+				// A snapshot from the new leader covers the index: the
+				// entry there may or may not be ours.
+				l.finish(id, Reply{ID: id, Err: ErrUnknownOutcome})
+			case err != nil || t != req.term:
 				l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
 			}
 		}

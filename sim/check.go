@@ -45,8 +45,8 @@ func (s *Sim) checkApply(id raft.NodeID, e raft.Entry) {
 }
 
 // checkStep runs after every event: one leader per term, commit never going
-// back, applied <= commit, and leader completeness (every leader holds every
-// entry applied anywhere).
+// back, applied <= commit, and leader completeness (a leader holds every
+// entry committed in an earlier term).
 func (s *Sim) checkStep() {
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
@@ -54,15 +54,19 @@ func (s *Sim) checkStep() {
 			continue
 		}
 		b := n.loop.Raft().Basic()
+		prev, known := s.commits[id]
+		if known && b.Commit < prev {
+			s.violate("node %d commit index went back from %d to %d", id, prev, b.Commit)
+		}
 		if b.State == raft.StateLeader {
 			if l, ok := s.leaders[b.Term]; ok && l != id {
 				s.violate("two leaders in term %d: %d and %d", b.Term, l, id)
 			}
 			s.leaders[b.Term] = id
+			if known {
+				s.recordCommits(n, prev, b)
+			}
 			s.checkLeaderComplete(n, b.Term)
-		}
-		if c, ok := s.commits[id]; ok && b.Commit < c {
-			s.violate("node %d commit index went back from %d to %d", id, c, b.Commit)
 		}
 		s.commits[id] = b.Commit
 		if b.Applied > b.Commit {
@@ -71,43 +75,47 @@ func (s *Sim) checkStep() {
 	}
 }
 
-// checkLeaderComplete verifies, incrementally, that the leader's log holds
-// every entry applied anywhere.
+// commitInfo is what the oracle knows of a committed index: the entry's
+// term and the term of the leader that committed it.
+type commitInfo struct {
+	entryTerm, commitTerm uint64
+}
+
+// recordCommits notes the indexes a leader just committed.
+func (s *Sim) recordCommits(n *node, prev uint64, b raft.BasicStatus) {
+	r := n.loop.Raft()
+	for idx := max(prev, s.maxCommitted) + 1; idx <= b.Commit; idx++ {
+		t, err := r.Term(idx)
+		if err != nil {
+			continue
+		}
+		s.commitInfo[idx] = commitInfo{entryTerm: t, commitTerm: b.Term}
+		s.maxCommitted = idx
+	}
+}
+
+// checkLeaderComplete verifies, incrementally, that a leader of term T holds
+// every entry committed in a term before T.
 func (s *Sim) checkLeaderComplete(n *node, term uint64) {
 	key := [2]uint64{uint64(n.id), term}
-	from := s.leaderCheck[key]
 	r := n.loop.Raft()
-	for idx := from + 1; ; idx++ {
-		a, ok := s.applied[idx]
-		if !ok {
-			// Applied indexes have gaps (only normal entries are seen);
-			// stop at the highest one known.
-			if idx > s.maxApplied() {
-				s.leaderCheck[key] = idx - 1
-				return
-			}
+	idx := s.leaderCheck[key] + 1
+	for ; idx <= s.maxCommitted; idx++ {
+		c, ok := s.commitInfo[idx]
+		if !ok || c.commitTerm >= term {
 			continue
 		}
 		t, err := r.Term(idx)
 		if err != nil {
-			continue // compacted into the leader's snapshot
+			continue // compacted into the leader's snapshot, or beyond
 		}
-		if t != a.term {
-			s.violate("leader completeness: leader %d (term %d) has %d/%d, but %d/%d was applied",
-				n.id, term, idx, t, idx, a.term)
-			s.leaderCheck[key] = idx
-			return
-		}
-	}
-}
-
-func (s *Sim) maxApplied() uint64 {
-	if s.appliedMax < uint64(len(s.applied)) {
-		for idx := range s.applied {
-			s.appliedMax = max(s.appliedMax, idx)
+		if t != c.entryTerm {
+			s.violate("leader completeness: leader %d (term %d) has %d/%d, but %d/%d was committed in term %d",
+				n.id, term, idx, t, idx, c.entryTerm, c.commitTerm)
+			break
 		}
 	}
-	return s.appliedMax
+	s.leaderCheck[key] = idx - 1
 }
 
 // heal runs the liveness and convergence phase: with faults off and every

@@ -56,6 +56,7 @@ func (s *Sim) clientStep(c *client) {
 	c.pending = p
 	s.reqOwner[p.req] = c
 	s.after(clientTimeout, &event{kind: evClient, fn: func() { s.clientTimeout(c, p) }})
+	s.tracef("client %d req %d -> node %d: %+v", c.id, p.req, n.id, in)
 	if !n.up || n.paused {
 		return // the request is lost; the timeout resolves it
 	}
@@ -81,6 +82,7 @@ func (s *Sim) reply(n *node, r loop.Reply) {
 		return // the client gave up on it
 	}
 	p := c.pending
+	s.tracef("client %d req %d <- node %d: result=%v err=%v", c.id, r.ID, n.id, r.Result, r.Err)
 	switch {
 	case r.Err == nil:
 		out := kvOutput{}
@@ -88,7 +90,7 @@ func (s *Sim) reply(n *node, r loop.Reply) {
 			out.value, _ = r.Result.(string)
 		}
 		s.finishOp(c, p, out, true)
-	case errors.Is(r.Err, loop.ErrTimeout), errors.Is(r.Err, loop.ErrStopped):
+	case errors.Is(r.Err, loop.ErrTimeout), errors.Is(r.Err, loop.ErrStopped), errors.Is(r.Err, loop.ErrUnknownOutcome):
 		s.finishOp(c, p, kvOutput{unknown: true}, false)
 	default:
 		// Refused (not leader, busy, transfer) or the entry left the log

@@ -144,12 +144,13 @@ type Sim struct {
 	violations []string
 
 	// Oracles' memory.
-	leaders     map[uint64]raft.NodeID  // term -> leader
-	applied     map[uint64]appliedEntry // index -> entry applied somewhere
-	entries     map[[2]uint64]uint64    // (index, term) -> data hash, over every durable append
-	leaderCheck map[[2]uint64]uint64    // (node, term) -> index verified up to
-	commits     map[raft.NodeID]uint64  // commit index per node incarnation
-	appliedMax  uint64
+	leaders      map[uint64]raft.NodeID  // term -> leader
+	applied      map[uint64]appliedEntry // index -> entry applied somewhere
+	entries      map[[2]uint64]uint64    // (index, term) -> data hash, over every durable append
+	leaderCheck  map[[2]uint64]uint64    // (node, term) -> index verified up to
+	commits      map[raft.NodeID]uint64  // commit index per node incarnation
+	commitInfo   map[uint64]commitInfo
+	maxCommitted uint64
 
 	linearizable porcupine.CheckResult
 	linInfo      porcupine.LinearizationInfo
@@ -166,7 +167,8 @@ func New(opts Options) *Sim {
 		nodes: map[raft.NodeID]*node{}, faults: map[string]int{}, trace: fnv.New64a(),
 		reqOwner: map[uint64]*client{}, leaders: map[uint64]raft.NodeID{},
 		applied: map[uint64]appliedEntry{}, entries: map[[2]uint64]uint64{},
-		leaderCheck: map[[2]uint64]uint64{}, commits: map[raft.NodeID]uint64{}}
+		leaderCheck: map[[2]uint64]uint64{}, commits: map[raft.NodeID]uint64{},
+		commitInfo: map[uint64]commitInfo{}}
 	s.net = network{cut: map[[2]raft.NodeID]bool{}}
 	return s
 }
