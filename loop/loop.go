@@ -407,7 +407,7 @@ func (l *Loop) serveReads() {
 // not yet applied. Their outcome is unknown to the client only if the entry
 // reached others; ErrLeadershipLost says exactly that.
 func (l *Loop) failLostWrites() {
-	st := l.raft.Status()
+	st := l.raft.Basic()
 	for _, id := range l.order {
 		req := l.pending[id]
 		if req == nil || req.read != nil {

@@ -50,6 +50,11 @@ type Options struct {
 	Trace io.Writer
 	// CheckTimeout bounds the linearizability check.
 	CheckTimeout time.Duration
+	// NoFaults turns off every injected fault (for benchmarks).
+	NoFaults bool
+	// NoTraceHash skips hashing the event trace (benchmarks); TraceHash is
+	// then zero.
+	NoTraceHash bool
 	// OutDir receives porcupine's visualization of a non-linearizable
 	// history (the system temporary directory if empty).
 	OutDir string
@@ -202,6 +207,9 @@ func (s *Sim) violate(format string, args ...any) {
 func (s *Sim) count(kind string) { s.faults[kind]++ }
 
 func (s *Sim) tracef(format string, args ...any) {
+	if s.opts.NoTraceHash && s.opts.Trace == nil {
+		return
+	}
 	line := fmt.Sprintf("%v ", s.now) + fmt.Sprintf(format, args...)
 	s.trace.Write([]byte(line))
 	s.trace.Write([]byte{'\n'})
@@ -268,13 +276,15 @@ func (s *Sim) start() {
 		s.startNode(n)
 	}
 	s.nextID = raft.NodeID(s.opts.Nodes + 1)
-	s.faultsOn, s.clientsOn = true, true
+	s.faultsOn, s.clientsOn = !s.opts.NoFaults, true
 	for i := 0; i < s.opts.Clients; i++ {
 		c := &client{id: i}
 		s.clients = append(s.clients, c)
 		s.after(s.randDuration(0, 50*time.Millisecond), &event{kind: evClient, fn: func() { s.clientStep(c) }})
 	}
-	s.scheduleFault()
+	if s.faultsOn {
+		s.scheduleFault()
+	}
 }
 
 // runUntil processes events up to virtual time t.
