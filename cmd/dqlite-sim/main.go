@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/sim"
 )
 
@@ -34,13 +35,25 @@ func main() {
 	out := flag.String("out", "", "directory for linearizability visualizations (default: temp dir)")
 	verbose := flag.Bool("v", false, "print the trace of every event (with -seed)")
 	workers := flag.Int("workers", runtime.NumCPU(), "seeds run in parallel")
+	bug := flag.String("testing-bug", "", "break raft on purpose to see the checker fail: double-vote or commit-without-quorum")
 	flag.Parse()
+	var bugs raft.TestingBugs
+	switch *bug {
+	case "":
+	case "double-vote":
+		bugs.DoubleVote = true
+	case "commit-without-quorum":
+		bugs.CommitWithoutQuorum = true
+	default:
+		fmt.Fprintf(os.Stderr, "unknown -testing-bug %q\n", *bug)
+		os.Exit(2)
+	}
 
 	opts := func(s uint64) sim.Options {
 		o := sim.DefaultOptions(s)
 		o.Nodes, o.FaultPhase, o.HealPhase = *nodes, *faultPhase, *healPhase
 		o.DropRate, o.DupRate, o.ReorderRate, o.FaultInterval = *drop, *dup, *reorder, *faultInterval
-		o.OutDir = *out
+		o.OutDir, o.Bugs = *out, bugs
 		if *verbose && *seed != 0 {
 			o.Trace = os.Stdout
 		}
@@ -51,6 +64,9 @@ func main() {
 		start, count = *seed, 1
 	}
 	replay := replayFlags(*nodes, *faultPhase, *healPhase, *drop, *dup, *reorder, *faultInterval)
+	if *bug != "" {
+		replay += " -testing-bug " + *bug
+	}
 	sum := sim.RunSeeds(start, count, *workers, opts, func(r sim.Result) {
 		if len(r.Violations) == 0 {
 			return
