@@ -1,0 +1,310 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sort"
+	"syscall"
+
+	"github.com/dqlite-go/dqlite/wal"
+)
+
+// ErrCrashed is returned by every operation of a Disk past its crash point.
+var ErrCrashed = errors.New("sim: disk crashed")
+
+// Disk is a simulated directory implementing wal.FS. It models what a real
+// disk and file system do to unsynced data on a crash:
+//
+//   - file contents revert to what was last synced, except that a random
+//     prefix of bytes appended since may survive (a torn write);
+//   - the directory reverts to the entries it had at the last SyncDir
+//     (creations, renames and removals not followed by one are undone).
+//
+// Faults can be injected: EIO on any mutating operation, ENOSPC past a
+// capacity, a crash at operation N (every operation from then on fails with
+// ErrCrashed until Crash is called), and bit flips. It is single-threaded.
+type Disk struct {
+	rng     *rand.Rand
+	dir     map[string]*inode // current directory
+	durable map[string]*inode // directory as of the last SyncDir
+	gen     int               // bumped at each crash: older handles are dead
+
+	ops     int   // mutating operations so far
+	crashAt int   // crash at this operation (0: never)
+	failAt  int   // fail this operation with failErr (0: never)
+	failErr error // EIO by default
+	// EIORate fails each mutating operation with this probability.
+	EIORate float64
+	// Capacity bounds the total bytes of all files (0: unlimited).
+	Capacity int64
+
+	// Counts of faults injected.
+	Crashes, TornWrites, LostFiles, EIOs, NoSpace, BitFlips int
+}
+
+type inode struct {
+	data   []byte
+	synced []byte
+}
+
+// NewDisk returns an empty disk whose random choices come from seed.
+func NewDisk(seed uint64) *Disk {
+	return &Disk{rng: rand.New(rand.NewPCG(seed, 0xd15c)), dir: map[string]*inode{}, durable: map[string]*inode{}}
+}
+
+// CrashAt makes operation n (counting mutating operations from now) and
+// every later one fail with ErrCrashed.
+func (d *Disk) CrashAt(n int) { d.crashAt = d.ops + n }
+
+// FailAt makes operation n (from now) fail with err (EIO if nil).
+func (d *Disk) FailAt(n int, err error) {
+	if err == nil {
+		err = syscall.EIO
+	}
+	d.failAt, d.failErr = d.ops+n, err
+}
+
+// Ops returns the number of mutating operations so far.
+func (d *Disk) Ops() int { return d.ops }
+
+// Crash applies a crash: unsynced data and directory entries are lost
+// (with torn tails), and every open handle dies.
+func (d *Disk) Crash() {
+	d.Crashes++
+	d.gen++
+	d.crashAt = 0
+	d.failAt = 0
+	for name, ino := range d.dir {
+		if d.durable[name] != ino {
+			d.LostFiles++
+		}
+	}
+	seen := map[*inode]bool{}
+	names := make([]string, 0, len(d.durable))
+	for n := range d.durable {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	d.dir = map[string]*inode{}
+	for _, n := range names {
+		ino := d.durable[n]
+		d.dir[n] = ino
+		if seen[ino] {
+			continue
+		}
+		seen[ino] = true
+		d.revert(ino)
+	}
+}
+
+// revert keeps the synced content plus, for an append, a random prefix of
+// the unsynced tail.
+func (d *Disk) revert(ino *inode) {
+	keep := append([]byte(nil), ino.synced...)
+	if len(ino.data) > len(ino.synced) && string(ino.data[:len(ino.synced)]) == string(ino.synced) {
+		tail := ino.data[len(ino.synced):]
+		if n := d.rng.IntN(len(tail) + 1); n > 0 && n < len(tail) {
+			d.TornWrites++
+			keep = append(keep, tail[:n]...)
+		}
+	}
+	ino.data, ino.synced = keep, append([]byte(nil), keep...)
+}
+
+// FlipBit flips one bit of a file's durable and current content.
+func (d *Disk) FlipBit(name string, off int64, bit uint) error {
+	ino := d.dir[name]
+	if ino == nil || off >= int64(len(ino.data)) {
+		return fmt.Errorf("sim: no byte %d in %s", off, name)
+	}
+	ino.data[off] ^= 1 << (bit % 8)
+	if off < int64(len(ino.synced)) {
+		ino.synced[off] ^= 1 << (bit % 8)
+	}
+	d.BitFlips++
+	return nil
+}
+
+// Size returns a file's current size (for tests).
+func (d *Disk) Size(name string) int64 {
+	if ino := d.dir[name]; ino != nil {
+		return int64(len(ino.data))
+	}
+	return -1
+}
+
+// op counts a mutating operation and injects crashes and failures.
+func (d *Disk) op() error {
+	d.ops++
+	switch {
+	case d.crashAt > 0 && d.ops >= d.crashAt:
+		return ErrCrashed
+	case d.failAt > 0 && d.ops == d.failAt:
+		d.EIOs++
+		return d.failErr
+	case d.EIORate > 0 && d.rng.Float64() < d.EIORate:
+		d.EIOs++
+		return syscall.EIO
+	}
+	return nil
+}
+
+func (d *Disk) used() int64 {
+	var n int64
+	seen := map[*inode]bool{}
+	for _, ino := range d.dir {
+		if !seen[ino] {
+			seen[ino] = true
+			n += int64(len(ino.data))
+		}
+	}
+	return n
+}
+
+type diskFile struct {
+	d    *Disk
+	ino  *inode
+	name string
+	gen  int
+}
+
+func (d *Disk) Create(name string) (wal.File, error) {
+	if err := d.op(); err != nil {
+		return nil, err
+	}
+	ino := &inode{}
+	d.dir[name] = ino
+	return &diskFile{d: d, ino: ino, name: name, gen: d.gen}, nil
+}
+
+func (d *Disk) Open(name string) (wal.File, error) {
+	if d.crashAt > 0 && d.ops >= d.crashAt {
+		return nil, ErrCrashed
+	}
+	ino := d.dir[name]
+	if ino == nil {
+		return nil, fmt.Errorf("sim: open %s: %w", name, syscall.ENOENT)
+	}
+	return &diskFile{d: d, ino: ino, name: name, gen: d.gen}, nil
+}
+
+func (d *Disk) Remove(name string) error {
+	if err := d.op(); err != nil {
+		return err
+	}
+	if d.dir[name] == nil {
+		return fmt.Errorf("sim: remove %s: %w", name, syscall.ENOENT)
+	}
+	delete(d.dir, name)
+	return nil
+}
+
+func (d *Disk) Rename(oldName, newName string) error {
+	if err := d.op(); err != nil {
+		return err
+	}
+	ino := d.dir[oldName]
+	if ino == nil {
+		return fmt.Errorf("sim: rename %s: %w", oldName, syscall.ENOENT)
+	}
+	delete(d.dir, oldName)
+	d.dir[newName] = ino
+	return nil
+}
+
+func (d *Disk) List() ([]string, error) {
+	names := make([]string, 0, len(d.dir))
+	for n := range d.dir {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func (d *Disk) SyncDir() error {
+	if err := d.op(); err != nil {
+		return err
+	}
+	d.durable = make(map[string]*inode, len(d.dir))
+	for n, ino := range d.dir {
+		d.durable[n] = ino
+	}
+	return nil
+}
+
+func (f *diskFile) live() error {
+	if f.gen != f.d.gen {
+		return ErrCrashed
+	}
+	return nil
+}
+
+func (f *diskFile) ReadAt(p []byte, off int64) (int, error) {
+	if err := f.live(); err != nil {
+		return 0, err
+	}
+	if off >= int64(len(f.ino.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, f.ino.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f *diskFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.live(); err != nil {
+		return 0, err
+	}
+	if err := f.d.op(); err != nil {
+		return 0, err
+	}
+	end := off + int64(len(p))
+	if grow := end - int64(len(f.ino.data)); grow > 0 && f.d.Capacity > 0 && f.d.used()+grow > f.d.Capacity {
+		f.d.NoSpace++
+		return 0, syscall.ENOSPC
+	}
+	if end > int64(len(f.ino.data)) {
+		f.ino.data = append(f.ino.data, make([]byte, end-int64(len(f.ino.data)))...)
+	}
+	copy(f.ino.data[off:], p)
+	return len(p), nil
+}
+
+func (f *diskFile) Sync() error {
+	if err := f.live(); err != nil {
+		return err
+	}
+	if err := f.d.op(); err != nil {
+		return err
+	}
+	f.ino.synced = append(f.ino.synced[:0:0], f.ino.data...)
+	return nil
+}
+
+func (f *diskFile) Truncate(size int64) error {
+	if err := f.live(); err != nil {
+		return err
+	}
+	if err := f.d.op(); err != nil {
+		return err
+	}
+	if size < int64(len(f.ino.data)) {
+		f.ino.data = f.ino.data[:size]
+	} else {
+		f.ino.data = append(f.ino.data, make([]byte, size-int64(len(f.ino.data)))...)
+	}
+	return nil
+}
+
+func (f *diskFile) Size() (int64, error) {
+	if err := f.live(); err != nil {
+		return 0, err
+	}
+	return int64(len(f.ino.data)), nil
+}
+
+func (f *diskFile) Close() error { return nil }

@@ -1,0 +1,320 @@
+package wal_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/sim"
+	"github.com/dqlite-go/dqlite/wal"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+var members = raft.Membership{Servers: []raft.Server{{ID: 1, Role: raft.Voter, Address: "a"}}}
+
+func ents(from, to, term uint64) []raft.Entry {
+	var out []raft.Entry
+	for i := from; i <= to; i++ {
+		out = append(out, raft.Entry{Index: i, Term: term, Type: raft.EntryNormal,
+			Data: []byte(fmt.Sprintf("entry-%d-term-%d", i, term))})
+	}
+	return out
+}
+
+func open(t testing.TB, fs wal.FS, opts wal.Options) *wal.WAL {
+	t.Helper()
+	opts.Logger = quiet
+	w, _, err := wal.Open(fs, opts)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return w
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAll returns every entry in the log.
+func readAll(t testing.TB, w *wal.WAL) []raft.Entry {
+	t.Helper()
+	if w.LastIndex() < w.FirstIndex() {
+		return nil
+	}
+	es, err := w.Entries(w.FirstIndex(), w.LastIndex()+1, ^uint64(0))
+	must(t, err)
+	return es
+}
+
+func sameEntries(a, b []raft.Entry) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Index != b[i].Index || a[i].Term != b[i].Term || a[i].Type != b[i].Type || !bytes.Equal(a[i].Data, b[i].Data) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestAppendReadReopen writes on the real file system, across several
+// segments, with a suffix replacement, and reads everything back after a
+// reopen.
+func TestAppendReadReopen(t *testing.T) {
+	dir := t.TempDir()
+	fs, err := wal.NewOSFS(dir)
+	must(t, err)
+	w := open(t, fs, wal.Options{SegmentSizeMax: 300})
+	must(t, w.SetHardState(raft.HardState{Term: 2, Vote: 1}))
+	must(t, w.Append(ents(1, 10, 1)))
+	must(t, w.Append(ents(11, 20, 1)))
+	must(t, w.Append(ents(15, 25, 2))) // replaces 15..20
+	want := append(ents(1, 14, 1), ents(15, 25, 2)...)
+	if got := readAll(t, w); !sameEntries(got, want) {
+		t.Fatalf("before reopen: got %d entries", len(got))
+	}
+	if tt, _ := w.Term(15); tt != 2 {
+		t.Fatalf("term of 15 is %d", tt)
+	}
+	must(t, w.Close())
+	names, _ := fs.List()
+	segs := 0
+	for _, n := range names {
+		if strings.HasPrefix(n, "seg-") {
+			segs++
+		}
+	}
+	if segs < 3 {
+		t.Fatalf("expected several segments, got %v", names)
+	}
+	w = open(t, fs, wal.Options{SegmentSizeMax: 300})
+	defer w.Close()
+	if got := readAll(t, w); !sameEntries(got, want) {
+		t.Fatalf("after reopen: got %v", got)
+	}
+	if hs, _ := w.InitialState(); hs != (raft.HardState{Term: 2, Vote: 1}) {
+		t.Fatalf("hard state %+v", hs)
+	}
+	// A gap is refused.
+	if err := w.Append(ents(30, 31, 2)); err == nil {
+		t.Fatal("gap accepted")
+	}
+}
+
+// TestSnapshotsAndCompaction creates snapshots, checks compaction keeps the
+// entries the older snapshot needs, chunked reads, and installing a
+// received snapshot.
+func TestSnapshotsAndCompaction(t *testing.T) {
+	disk := sim.NewDisk(1)
+	w := open(t, disk, wal.Options{SegmentSizeMax: 256})
+	for i := uint64(1); i <= 60; i += 5 {
+		must(t, w.Append(ents(i, i+4, 1)))
+	}
+	data := bytes.Repeat([]byte("state"), 100)
+	must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 20, Term: 1, Config: members, ConfigIndex: 1}, data))
+	if w.FirstIndex() > 21 {
+		t.Fatalf("first index %d: entries after the snapshot removed", w.FirstIndex())
+	}
+	must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 40, Term: 1, Config: members, ConfigIndex: 1}, data))
+	// The older snapshot (20) must still be usable with the log after it.
+	if w.FirstIndex() > 21 {
+		t.Fatalf("first index %d: entries the older snapshot needs were removed", w.FirstIndex())
+	}
+	must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 50, Term: 1, Config: members, ConfigIndex: 1}, data))
+	if w.FirstIndex() <= 21 || w.FirstIndex() > 41 {
+		t.Fatalf("first index %d after the third snapshot", w.FirstIndex())
+	}
+	if _, err := w.Term(w.FirstIndex() - 1); err != nil {
+		t.Fatalf("term before the first index: %v", err)
+	}
+	// Chunks.
+	var got []byte
+	for {
+		c, last, err := w.SnapshotChunk(50, uint64(len(got)), 64)
+		must(t, err)
+		got = append(got, c...)
+		if last {
+			break
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("snapshot data differs")
+	}
+	if _, _, err := w.SnapshotChunk(40, 0, 64); !errors.Is(err, raft.ErrSnapshotChanged) {
+		t.Fatalf("old snapshot chunk: %v", err)
+	}
+	// Reopen keeps the newest two snapshots and the log.
+	must(t, w.Close())
+	w = open(t, disk, wal.Options{SegmentSizeMax: 256})
+	if s := w.Snapshot(); s.Index != 50 || s.Config.String() != members.String() {
+		t.Fatalf("snapshot after reopen: %+v", s)
+	}
+	snaps := 0
+	names, _ := disk.List()
+	for _, n := range names {
+		if strings.HasPrefix(n, "snap-") {
+			snaps++
+		}
+	}
+	if snaps != 2 {
+		t.Fatalf("%d snapshot files: %v", snaps, names)
+	}
+	// Install a received snapshot: the log is replaced.
+	must(t, w.InstallSnapshot(raft.Snapshot{Meta: raft.SnapshotMeta{Index: 100, Term: 3, Config: members}, Data: []byte("x")}))
+	if w.FirstIndex() != 101 || w.LastIndex() != 100 {
+		t.Fatalf("after install: first %d last %d", w.FirstIndex(), w.LastIndex())
+	}
+	must(t, w.Append(ents(101, 103, 3)))
+	must(t, w.Close())
+	w = open(t, disk, wal.Options{SegmentSizeMax: 256})
+	defer w.Close()
+	if got := readAll(t, w); !sameEntries(got, ents(101, 103, 3)) {
+		t.Fatalf("after install and reopen: %v", got)
+	}
+	if tt, err := w.Term(100); err != nil || tt != 3 {
+		t.Fatalf("term at snapshot: %d %v", tt, err)
+	}
+}
+
+// TestTornTailIsTruncated cuts the last segment in the middle of its last
+// batch: the node starts, without that batch, and reports it.
+func TestTornTailIsTruncated(t *testing.T) {
+	dir := t.TempDir()
+	fs, _ := wal.NewOSFS(dir)
+	w := open(t, fs, wal.Options{})
+	must(t, w.Append(ents(1, 5, 1)))
+	must(t, w.Append(ents(6, 8, 1)))
+	must(t, w.Close())
+	name := filepath.Join(dir, "seg-00000000000000000001.log")
+	fi, _ := os.Stat(name)
+	must(t, os.Truncate(name, fi.Size()-10))
+	w, rep, err := wal.Open(fs, wal.Options{Logger: quiet})
+	must(t, err)
+	defer w.Close()
+	if w.LastIndex() != 5 || rep.TruncatedFile == "" || rep.TruncatedBytes == 0 {
+		t.Fatalf("last %d report %+v", w.LastIndex(), rep)
+	}
+	// Appends continue after the cut.
+	must(t, w.Append(ents(6, 6, 2)))
+}
+
+// TestCorruptionIsReported flips a bit in a closed segment, in a snapshot
+// and in the term/vote record: each is a corruption error naming the file.
+func TestCorruptionIsReported(t *testing.T) {
+	setup := func() *sim.Disk {
+		disk := sim.NewDisk(2)
+		w := open(t, disk, wal.Options{SegmentSizeMax: 200})
+		must(t, w.SetHardState(raft.HardState{Term: 3, Vote: 2}))
+		for i := uint64(1); i <= 30; i += 3 {
+			must(t, w.Append(ents(i, i+2, 1)))
+		}
+		must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 5, Term: 1, Config: members, ConfigIndex: 1}, []byte("snapshot data")))
+		must(t, w.Close())
+		return disk
+	}
+	cases := map[string]func(names []string) (string, int64){
+		"closed segment": func(names []string) (string, int64) { return firstWith(names, "seg-"), 100 },
+		"segment header": func(names []string) (string, int64) { return firstWith(names, "seg-"), 20 },
+		"snapshot":       func(names []string) (string, int64) { return firstWith(names, "snap-"), 60 },
+		"metadata":       func([]string) (string, int64) { return "meta", 17 },
+	}
+	for name, pick := range cases {
+		t.Run(name, func(t *testing.T) {
+			disk := setup()
+			names, _ := disk.List()
+			file, off := pick(names)
+			must(t, disk.FlipBit(file, off, 3))
+			_, _, err := wal.Open(disk, wal.Options{Logger: quiet, SegmentSizeMax: 200})
+			if !wal.IsCorruption(err) || !strings.Contains(err.Error(), file) {
+				t.Fatalf("flip in %s: %v", file, err)
+			}
+		})
+	}
+}
+
+func firstWith(names []string, prefix string) string {
+	for _, n := range names {
+		if strings.HasPrefix(n, prefix) {
+			return n
+		}
+	}
+	return ""
+}
+
+// TestWriteErrorsAreSticky checks an EIO is not retried: every later write
+// fails, and what is on disk stays readable after a reopen.
+func TestWriteErrorsAreSticky(t *testing.T) {
+	disk := sim.NewDisk(3)
+	w := open(t, disk, wal.Options{})
+	must(t, w.Append(ents(1, 3, 1)))
+	disk.FailAt(1, nil)
+	if err := w.Append(ents(4, 5, 1)); !errors.Is(err, syscall.EIO) || !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("append on failing disk: %v", err)
+	}
+	if err := w.Append(ents(4, 5, 1)); !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("append after failure: %v", err)
+	}
+	if err := w.SetHardState(raft.HardState{Term: 9}); !errors.Is(err, wal.ErrFailed) {
+		t.Fatalf("hard state after failure: %v", err)
+	}
+	if err := w.Resume(); err == nil {
+		t.Fatal("EIO resumed")
+	}
+	w.Close()
+	w = open(t, disk, wal.Options{})
+	defer w.Close()
+	if w.LastIndex() < 3 {
+		t.Fatalf("acknowledged entries lost: last %d", w.LastIndex())
+	}
+}
+
+// TestNoSpaceThenResume fills the disk: the append fails, the log stays
+// consistent, and once space returns it resumes.
+func TestNoSpaceThenResume(t *testing.T) {
+	disk := sim.NewDisk(4)
+	w := open(t, disk, wal.Options{})
+	must(t, w.Append(ents(1, 3, 1)))
+	disk.Capacity = 300
+	big := []raft.Entry{{Index: 4, Term: 1, Type: raft.EntryNormal, Data: make([]byte, 500)}}
+	if err := w.Append(big); !wal.IsNoSpace(err) {
+		t.Fatalf("append on a full disk: %v", err)
+	}
+	if err := w.Append(ents(4, 4, 1)); !wal.IsNoSpace(err) {
+		t.Fatalf("append while failed: %v", err)
+	}
+	disk.Capacity = 0
+	must(t, w.Resume())
+	must(t, w.Append(big))
+	must(t, w.Close())
+	w = open(t, disk, wal.Options{})
+	defer w.Close()
+	got := readAll(t, w)
+	if len(got) != 4 || len(got[3].Data) != 500 {
+		t.Fatalf("after resume: %d entries", len(got))
+	}
+}
+
+// TestCacheBudget checks entries beyond the cache budget are read back
+// from disk correctly.
+func TestCacheBudget(t *testing.T) {
+	disk := sim.NewDisk(5)
+	w := open(t, disk, wal.Options{CacheBytes: 100})
+	defer w.Close()
+	must(t, w.Append(ents(1, 50, 1)))
+	if got := readAll(t, w); !sameEntries(got, ents(1, 50, 1)) {
+		t.Fatal("entries read back differ")
+	}
+}

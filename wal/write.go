@@ -1,0 +1,384 @@
+package wal
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+const (
+	metaName     = "meta"
+	metaTempName = "meta.tmp"
+	segTempName  = "segment.tmp"
+	snapTempName = "snapshot.tmp"
+)
+
+func segmentName(first uint64) string { return fmt.Sprintf("seg-%020d.log", first) }
+
+func snapshotName(index, term uint64) string {
+	return fmt.Sprintf("snap-%020d-%020d.snap", index, term)
+}
+
+// writeFileAtomic writes name through a temporary file, fsync, rename and
+// directory fsync: after a crash the file holds either the old or the new
+// content.
+func (w *WAL) writeFileAtomic(name, tmp string, parts ...[]byte) error {
+	f, err := w.fs.Create(tmp)
+	if err != nil {
+		return err
+	}
+	var off int64
+	for _, p := range parts {
+		if _, err := f.WriteAt(p, off); err != nil {
+			f.Close()
+			return err
+		}
+		off += int64(len(p))
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := w.fs.Rename(tmp, name); err != nil {
+		return err
+	}
+	return w.fs.SyncDir()
+}
+
+// SetHardState makes term and vote durable, together, before returning.
+func (w *WAL) SetHardState(hs raft.HardState) error {
+	w.writeMu.Lock()
+	defer w.writeMu.Unlock()
+	if err := w.checkFailed(); err != nil {
+		return err
+	}
+	if err := w.writeFileAtomic(metaName, metaTempName, metaRecord{hard: hs}.encode()); err != nil {
+		return w.fail(fmt.Errorf("writing term and vote: %w", err))
+	}
+	w.mu.Lock()
+	w.hard = hs
+	w.mu.Unlock()
+	return nil
+}
+
+// Append durably writes entries with one write and one sync, replacing any
+// suffix from ents[0].Index first (that replacement is durable before the
+// new entries are written). Entries already covered by the snapshot are
+// skipped.
+func (w *WAL) Append(ents []raft.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	w.writeMu.Lock()
+	defer w.writeMu.Unlock()
+	if err := w.checkFailed(); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	first, last := w.first, w.lastIndexLocked()
+	w.mu.Unlock()
+	if ents[len(ents)-1].Index < first {
+		return nil
+	}
+	if ents[0].Index < first {
+		ents = ents[first-ents[0].Index:]
+	}
+	if ents[0].Index > last+1 {
+		return fmt.Errorf("wal: append at %d leaves a gap after %d", ents[0].Index, last)
+	}
+	for i, e := range ents {
+		if e.Index != ents[0].Index+uint64(i) {
+			return fmt.Errorf("wal: append: entries not consecutive at %d", e.Index)
+		}
+	}
+	if ents[0].Index <= last {
+		if err := w.truncateFrom(ents[0].Index); err != nil {
+			return w.fail(fmt.Errorf("truncating log from %d: %w", ents[0].Index, err))
+		}
+	}
+	batch := encodeBatch(ents)
+	if len(batch)-batchHeaderBytes > MaxBatchBytes {
+		return fmt.Errorf("wal: batch of %d bytes exceeds %d", len(batch), MaxBatchBytes)
+	}
+	seg, err := w.segmentFor(ents[0], int64(len(batch)))
+	if err != nil {
+		return w.fail(fmt.Errorf("starting segment at %d: %w", ents[0].Index, err))
+	}
+	if _, err := seg.file.WriteAt(batch, seg.size); err != nil {
+		if IsNoSpace(err) {
+			// Cut the partial batch so the file stays consistent.
+			_ = seg.file.Truncate(seg.size)
+		}
+		return w.fail(fmt.Errorf("writing %s: %w", seg.name, err))
+	}
+	if err := seg.file.Sync(); err != nil {
+		return w.fail(fmt.Errorf("syncing %s: %w", seg.name, err))
+	}
+	w.publish(seg, ents, batch)
+	return nil
+}
+
+// publish makes written entries visible to readers.
+func (w *WAL) publish(seg *segment, ents []raft.Entry, batch []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := seg.size + batchHeaderBytes
+	for _, e := range ents {
+		off += entryHeaderBytes
+		w.ents = append(w.ents, entry{loc: entryLoc{term: e.Term, typ: e.Type, off: off, length: uint32(len(e.Data))}, seg: seg})
+		w.cacheAdd(&w.ents[len(w.ents)-1], e.Data)
+		off += int64(len(e.Data))
+	}
+	seg.size += int64(len(batch))
+	seg.last = ents[len(ents)-1].Index
+}
+
+// segmentFor returns the open segment, starting a new one when there is
+// none or the open one would grow past SegmentSizeMax.
+func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
+	if s := w.openSegment(); s != nil && (s.size+n <= w.opts.SegmentSizeMax || s.last < s.hdr.firstIndex) {
+		return s, nil
+	}
+	w.mu.Lock()
+	prevTerm, err := w.termLocked(e.Index - 1)
+	w.nextSegID++
+	id := w.nextSegID
+	w.mu.Unlock()
+	if err != nil {
+		prevTerm = 0
+	}
+	hdr := segmentHeader{id: id, firstIndex: e.Index, firstTerm: e.Term, prevTerm: prevTerm}
+	name := segmentName(e.Index)
+	f, err := w.fs.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.WriteAt(hdr.encode(), 0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := w.fs.SyncDir(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	s := &segment{name: name, hdr: hdr, file: f, last: e.Index - 1, size: segmentHeaderBytes}
+	w.mu.Lock()
+	w.segs = append(w.segs, s)
+	w.mu.Unlock()
+	return s, nil
+}
+
+// truncateFrom durably removes entries at and after index i: later
+// segments are removed first, then the segment holding i is rewritten
+// (through a temporary file and a rename) without them. A crash in between
+// leaves a prefix of the old log.
+func (w *WAL) truncateFrom(i uint64) error {
+	w.mu.Lock()
+	k := len(w.segs) - 1
+	for k >= 0 && w.segs[k].hdr.firstIndex > i {
+		k--
+	}
+	later := append([]*segment(nil), w.segs[k+1:]...)
+	w.mu.Unlock()
+	for n := len(later) - 1; n >= 0; n-- {
+		later[n].file.Close()
+		if err := w.fs.Remove(later[n].name); err != nil {
+			return err
+		}
+	}
+	if len(later) > 0 {
+		if err := w.fs.SyncDir(); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	w.segs = w.segs[:k+1]
+	w.mu.Unlock()
+	if k < 0 {
+		w.mu.Lock()
+		w.dropEntriesFrom(i)
+		w.mu.Unlock()
+		return nil
+	}
+	return w.rewriteSegment(w.segs[k], i)
+}
+
+// rewriteSegment replaces seg with a copy holding only entries below i (or
+// removes it when it would be empty).
+func (w *WAL) rewriteSegment(seg *segment, i uint64) error {
+	if seg.hdr.firstIndex >= i {
+		seg.file.Close()
+		if err := w.fs.Remove(seg.name); err != nil {
+			return err
+		}
+		if err := w.fs.SyncDir(); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		w.segs = w.segs[:len(w.segs)-1]
+		w.dropEntriesFrom(i)
+		w.mu.Unlock()
+		return nil
+	}
+	kept, err := w.Entries(seg.hdr.firstIndex, i, ^uint64(0))
+	if err != nil {
+		return err
+	}
+	batch := encodeBatch(kept)
+	if err := w.writeFileAtomic(seg.name, segTempName, seg.hdr.encode(), batch); err != nil {
+		return err
+	}
+	f, err := w.fs.Open(seg.name)
+	if err != nil {
+		return err
+	}
+	old := seg.file
+	w.mu.Lock()
+	w.dropEntriesFrom(seg.hdr.firstIndex)
+	seg.file, seg.size, seg.last = f, segmentHeaderBytes, seg.hdr.firstIndex-1
+	w.mu.Unlock()
+	old.Close()
+	w.publish(seg, kept, batch)
+	return nil
+}
+
+// CreateSnapshot durably records a snapshot of the state machine at
+// meta.Index, keeps the newest two, and removes the segments no retained
+// snapshot needs (keeping TrailingEntries behind the newest).
+func (w *WAL) CreateSnapshot(meta raft.SnapshotMeta, data []byte) error {
+	w.writeMu.Lock()
+	defer w.writeMu.Unlock()
+	if err := w.checkFailed(); err != nil {
+		return err
+	}
+	if s := w.Snapshot(); meta.Index <= s.Index {
+		return fmt.Errorf("wal: snapshot at %d is not newer than %d", meta.Index, s.Index)
+	}
+	if t, err := w.Term(meta.Index); err != nil || t != meta.Term {
+		return fmt.Errorf("wal: snapshot at %d/%d does not match the log (term %d, %v)", meta.Index, meta.Term, t, err)
+	}
+	if err := w.writeSnapshot(meta, data); err != nil {
+		return w.fail(fmt.Errorf("writing snapshot %d: %w", meta.Index, err))
+	}
+	if err := w.compact(); err != nil {
+		return w.fail(fmt.Errorf("compacting after snapshot %d: %w", meta.Index, err))
+	}
+	return nil
+}
+
+// InstallSnapshot durably replaces the whole log with a snapshot received
+// from the leader.
+func (w *WAL) InstallSnapshot(snap raft.Snapshot) error {
+	w.writeMu.Lock()
+	defer w.writeMu.Unlock()
+	if err := w.checkFailed(); err != nil {
+		return err
+	}
+	if err := w.writeSnapshot(snap.Meta, snap.Data); err != nil {
+		return w.fail(fmt.Errorf("writing snapshot %d: %w", snap.Meta.Index, err))
+	}
+	w.mu.Lock()
+	segs := w.segs
+	w.segs = nil
+	w.ents, w.cacheFrom, w.cached = nil, 0, 0
+	w.first, w.prevTerm = snap.Meta.Index+1, snap.Meta.Term
+	w.mu.Unlock()
+	for _, s := range segs {
+		s.file.Close()
+		if err := w.fs.Remove(s.name); err != nil {
+			return w.fail(fmt.Errorf("removing %s: %w", s.name, err))
+		}
+	}
+	if err := w.fs.SyncDir(); err != nil {
+		return w.fail(err)
+	}
+	return nil
+}
+
+// writeSnapshot writes a snapshot file atomically and drops the oldest
+// beyond snapshotsKept.
+func (w *WAL) writeSnapshot(meta raft.SnapshotMeta, data []byte) error {
+	config := raft.EncodeMembership(meta.Config)
+	hdr := encodeSnapshotHeader(meta, config, len(data))
+	sum := binary.LittleEndian.AppendUint32(nil, crc(hdr, data))
+	name := snapshotName(meta.Index, meta.Term)
+	if err := w.writeFileAtomic(name, snapTempName, hdr, data, sum); err != nil {
+		return err
+	}
+	info := snapInfo{meta: meta, name: name, dataOff: int64(len(hdr)), dataLen: int64(len(data))}
+	info.meta.Config = meta.Config.Clone()
+	w.mu.Lock()
+	w.snaps = append(w.snaps, info)
+	var drop []snapInfo
+	if len(w.snaps) > snapshotsKept {
+		drop = append(drop, w.snaps[:len(w.snaps)-snapshotsKept]...)
+		w.snaps = append([]snapInfo(nil), w.snaps[len(w.snaps)-snapshotsKept:]...)
+	}
+	w.mu.Unlock()
+	for _, s := range drop {
+		if err := w.fs.Remove(s.name); err != nil {
+			return err
+		}
+	}
+	if len(drop) > 0 {
+		return w.fs.SyncDir()
+	}
+	return nil
+}
+
+// compact removes whole segments below the compaction point: the older
+// retained snapshot's index, and TrailingEntries behind the newest one. The
+// open segment stays.
+func (w *WAL) compact() error {
+	w.mu.Lock()
+	newest := w.snaps[len(w.snaps)-1].meta.Index
+	point := newest
+	if w.opts.TrailingEntries < point {
+		point -= w.opts.TrailingEntries
+	} else {
+		point = 0
+	}
+	if len(w.snaps) > 1 {
+		point = min(point, w.snaps[0].meta.Index)
+	}
+	var drop []*segment
+	for len(w.segs) > 1 && w.segs[0].last <= point {
+		drop = append(drop, w.segs[0])
+		w.segs = w.segs[1:]
+	}
+	if len(drop) > 0 {
+		next := w.segs[0]
+		n := int(next.hdr.firstIndex - w.first)
+		w.ents = w.ents[n:]
+		w.cacheFrom = max(0, w.cacheFrom-n)
+		w.first, w.prevTerm = next.hdr.firstIndex, next.hdr.prevTerm
+		w.recountCache()
+	}
+	w.mu.Unlock()
+	for _, s := range drop {
+		s.file.Close()
+		if err := w.fs.Remove(s.name); err != nil {
+			return err
+		}
+	}
+	if len(drop) > 0 {
+		w.log.Info("wal: compacted log", "segments", len(drop), "first", w.FirstIndex())
+		return w.fs.SyncDir()
+	}
+	return nil
+}
+
+func (w *WAL) recountCache() {
+	w.cached = 0
+	for k := w.cacheFrom; k < len(w.ents); k++ {
+		w.cached += int64(len(w.ents[k].data))
+	}
+}
