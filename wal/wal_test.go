@@ -30,7 +30,14 @@ func ents(from, to, term uint64) []raft.Entry {
 	return out
 }
 
-func open(t testing.TB, fs wal.FS, opts wal.Options) *wal.WAL {
+// tb is what the helpers need of *testing.T, *testing.B and *rapid.T.
+type tb interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
+func open(t tb, fs wal.FS, opts wal.Options) *wal.WAL {
 	t.Helper()
 	opts.Logger = quiet
 	w, _, err := wal.Open(fs, opts)
@@ -40,7 +47,7 @@ func open(t testing.TB, fs wal.FS, opts wal.Options) *wal.WAL {
 	return w
 }
 
-func must(t testing.TB, err error) {
+func must(t tb, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +55,7 @@ func must(t testing.TB, err error) {
 }
 
 // readAll returns every entry in the log.
-func readAll(t testing.TB, w *wal.WAL) []raft.Entry {
+func readAll(t tb, w *wal.WAL) []raft.Entry {
 	t.Helper()
 	if w.LastIndex() < w.FirstIndex() {
 		return nil
