@@ -47,6 +47,10 @@ type Disk struct {
 type inode struct {
 	data   []byte
 	synced []byte
+	// dirtyFrom is the lowest offset written or truncated since the last
+	// sync (len(synced) when only appends happened), so a sync copies only
+	// what changed.
+	dirtyFrom int
 }
 
 // NewDisk returns an empty disk whose random choices come from seed.
@@ -64,6 +68,12 @@ func (d *Disk) FailAt(n int, err error) {
 		err = syscall.EIO
 	}
 	d.failAt, d.failErr = d.ops+n, err
+}
+
+// ClearFaults cancels pending crash and failure points and lifts the
+// capacity limit.
+func (d *Disk) ClearFaults() {
+	d.crashAt, d.failAt, d.Capacity, d.EIORate = 0, 0, 0, 0
 }
 
 // Ops returns the number of mutating operations so far.
@@ -111,7 +121,12 @@ func (d *Disk) revert(ino *inode) {
 		}
 	}
 	ino.data, ino.synced = keep, append([]byte(nil), keep...)
+	ino.dirtyFrom = len(keep)
 }
+
+// Crashed reports whether the crash point was reached (the caller then
+// calls Crash).
+func (d *Disk) Crashed() bool { return d.crashAt > 0 && d.ops >= d.crashAt }
 
 // FlipBit flips one bit of a file's durable and current content.
 func (d *Disk) FlipBit(name string, off int64, bit uint) error {
@@ -150,6 +165,9 @@ func (d *Disk) op() error {
 	}
 	return nil
 }
+
+// Used returns the bytes held by all files.
+func (d *Disk) Used() int64 { return d.used() }
 
 func (d *Disk) used() int64 {
 	var n int64
@@ -271,6 +289,7 @@ func (f *diskFile) WriteAt(p []byte, off int64) (int, error) {
 		f.ino.data = append(f.ino.data, make([]byte, end-int64(len(f.ino.data)))...)
 	}
 	copy(f.ino.data[off:], p)
+	f.ino.dirtyFrom = min(f.ino.dirtyFrom, int(off))
 	return len(p), nil
 }
 
@@ -281,7 +300,10 @@ func (f *diskFile) Sync() error {
 	if err := f.d.op(); err != nil {
 		return err
 	}
-	f.ino.synced = append(f.ino.synced[:0:0], f.ino.data...)
+	ino := f.ino
+	from := min(ino.dirtyFrom, len(ino.synced), len(ino.data))
+	ino.synced = append(ino.synced[:from], ino.data[from:]...)
+	ino.dirtyFrom = len(ino.synced)
 	return nil
 }
 
@@ -292,6 +314,7 @@ func (f *diskFile) Truncate(size int64) error {
 	if err := f.d.op(); err != nil {
 		return err
 	}
+	f.ino.dirtyFrom = min(f.ino.dirtyFrom, int(size))
 	if size < int64(len(f.ino.data)) {
 		f.ino.data = f.ino.data[:size]
 	} else {

@@ -24,6 +24,9 @@ var faultKinds = []struct {
 	{"clock-jump", 1, (*Sim).faultClockJump},
 	{"membership", 3, (*Sim).faultMembership},
 	{"transfer", 2, (*Sim).faultTransfer},
+	{"crash-mid-write", 2, (*Sim).faultCrashMidWrite},
+	{"eio", 1, (*Sim).faultEIO},
+	{"enospc", 1, (*Sim).faultNoSpace},
 }
 
 // electionTimeout is the nominal election timeout of the simulated nodes.
@@ -73,8 +76,23 @@ func (s *Sim) pickLive() *node {
 // faultCrash crashes a node, keeping a majority of the nodes up, and
 // restarts it later.
 func (s *Sim) faultCrash() {
-	down := 0
-	total := 0
+	if down, total := s.downCount(); (down+1)*2 >= total {
+		return
+	}
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	s.crash(n)
+	s.count("crash")
+	if s.rng.IntN(3) == 0 {
+		s.flipBit(n)
+	}
+	s.restartLater(n, s.randDuration(50*time.Millisecond, 1500*time.Millisecond))
+}
+
+// downCount returns how many members are down, and how many members there are.
+func (s *Sim) downCount() (down, total int) {
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
 		if n.removed {
@@ -85,20 +103,71 @@ func (s *Sim) faultCrash() {
 			down++
 		}
 	}
-	if (down+1)*2 >= total {
+	return down, total
+}
+
+// flipBit flips a bit inside a batch of a closed segment of a crashed node:
+// its next start must refuse the log.
+func (s *Sim) flipBit(n *node) {
+	names, _ := n.fs.List()
+	var segs []string
+	for _, name := range names {
+		if len(name) > 4 && name[:4] == "seg-" {
+			segs = append(segs, name)
+		}
+	}
+	if len(segs) < 2 {
+		return
+	}
+	file := segs[s.rng.IntN(len(segs)-1)]
+	size := n.fs.Size(file)
+	const header = 56
+	if size <= header+16 {
+		return
+	}
+	f := &bitFlip{file: file, off: header + s.rng.Int64N(size-header), bit: uint(s.rng.IntN(8))}
+	if err := n.fs.FlipBit(f.file, f.off, f.bit); err == nil {
+		n.flipped = f
+		s.count("bitflip")
+	}
+}
+
+// faultCrashMidWrite makes a node crash at one of its next disk operations,
+// so the crash can land between a write and its sync (torn tails).
+func (s *Sim) faultCrashMidWrite() {
+	if down, total := s.downCount(); (down+1)*2 >= total {
 		return
 	}
 	n := s.pickLive()
 	if n == nil {
 		return
 	}
-	s.crash(n)
-	s.count("crash")
-	s.after(s.randDuration(50*time.Millisecond, 1500*time.Millisecond), &event{kind: evFault, fn: func() {
-		if !n.up && !n.removed && s.faultsOn {
-			s.startNode(n)
-			s.count("restart")
-		}
+	n.fs.CrashAt(1 + s.rng.IntN(4))
+	s.tracef("node %d will crash at a disk operation", n.id)
+}
+
+// faultEIO fails one of a node's next disk operations with EIO: the node
+// stops (no retry) and restarts from its disk.
+func (s *Sim) faultEIO() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	n.fs.FailAt(1+s.rng.IntN(4), nil)
+	s.count("eio")
+}
+
+// faultNoSpace fills a node's disk for a while, then frees space.
+func (s *Sim) faultNoSpace() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	n.fs.Capacity = n.fs.Used() + int64(s.rng.IntN(2048))
+	s.count("enospc")
+	fs := n.fs
+	s.after(s.randDuration(100*time.Millisecond, 800*time.Millisecond), &event{kind: evFault, fn: func() {
+		fs.Capacity = 0
 	}})
 }
 

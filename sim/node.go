@@ -6,15 +6,18 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wal"
 )
 
 // node is one simulated server: its durable disk survives crashes; its loop
 // and state machine do not.
 type node struct {
 	id        raft.NodeID
-	disk      *disk
+	fs        *Disk    // survives crashes
+	disk      *storage // the log opened on fs, per incarnation
 	loop      *loop.Loop
 	kv        *kvStore
 	up        bool
@@ -24,6 +27,15 @@ type node struct {
 	tickEvery time.Duration
 	// deferred holds messages that arrived while paused.
 	deferred []raft.Message
+	// flipped is a bit flipped in a closed segment while the node was
+	// down: its next start must report corruption.
+	flipped *bitFlip
+}
+
+type bitFlip struct {
+	file string
+	off  int64
+	bit  uint
 }
 
 // applyHook wraps the kv store to feed the state machine safety oracle.
@@ -43,7 +55,7 @@ func (s *Sim) addNode(id raft.NodeID) *node {
 	// Clock skew: each node's ticks run up to 20% fast or slow.
 	skew := 0.8 + 0.4*s.rng.Float64()
 	n := &node{id: id, tickEvery: time.Duration(float64(s.opts.Tick) * skew)}
-	n.disk = &disk{MemoryStorage: raft.NewMemoryStorage(), id: id, sim: s}
+	n.fs = NewDisk(s.opts.Seed ^ uint64(id)<<40)
 	s.nodes[id] = n
 	return n
 }
@@ -52,6 +64,33 @@ func (s *Sim) addNode(id raft.NodeID) *node {
 func (s *Sim) startNode(n *node) {
 	n.inc++
 	n.kv = newKV()
+	w, rep, err := wal.Open(n.fs, walOptions())
+	if f := n.flipped; f != nil {
+		n.flipped = nil
+		if err == nil {
+			s.violate("node %d started on a log with a flipped bit in %s at %d: corruption accepted", n.id, f.file, f.off)
+			w.Close()
+		} else if !wal.IsCorruption(err) {
+			s.violate("node %d: flipped bit in %s reported as %v, not corruption", n.id, f.file, err)
+		}
+		s.count("bitflip-detected")
+		// The operator restores the damaged file (here: flips it back).
+		assert.NoError(n.fs.FlipBit(f.file, f.off, f.bit), "unflipping")
+		w, rep, err = wal.Open(n.fs, walOptions())
+	}
+	if err != nil {
+		s.violate("node %d cannot open its log: %v", n.id, err)
+		n.up = false
+		return
+	}
+	if rep.TruncatedFile != "" {
+		s.count("torn-tail-recovered")
+	}
+	var hard raft.HardState
+	if n.disk != nil {
+		hard = n.disk.hard
+	}
+	n.disk = &storage{WAL: w, id: n.id, sim: s, hard: hard}
 	cfg := loop.Config{
 		Raft: raft.Config{ID: n.id, ElectionTicks: 10, HeartbeatTicks: 2, MaxSnapshotChunkBytes: 256,
 			MaxMsgBytes: 4096, MaxInflightMsgs: 8, TestingBugs: s.opts.Bugs},
@@ -74,6 +113,10 @@ func (s *Sim) startNode(n *node) {
 
 func (s *Sim) crash(n *node) {
 	n.up, n.paused, n.deferred, n.loop = false, false, nil, nil
+	if n.disk != nil {
+		n.disk.WAL.Close()
+	}
+	n.fs.Crash()
 	s.tracef("crash %d", n.id)
 }
 
@@ -129,4 +172,36 @@ func msgSummary(m raft.Message) string {
 		h.Write(e.Data)
 	}
 	return fmt.Sprintf("%s ents=%x", m.String(), h.Sum64())
+}
+
+// checkDisks crashes nodes whose disk reached its crash point, and restarts
+// nodes whose log failed (a production node exits on a storage failure and
+// is restarted from what is on disk).
+func (s *Sim) checkDisks() {
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if !n.up {
+			continue
+		}
+		switch {
+		case n.fs.Crashed():
+			s.crash(n)
+			s.count("crash-mid-write")
+			s.restartLater(n, s.randDuration(50*time.Millisecond, 500*time.Millisecond))
+		case n.loop.Err() != nil:
+			s.tracef("node %d stopped: %v", n.id, n.loop.Err())
+			s.crash(n)
+			s.count("storage-failure-restart")
+			s.restartLater(n, s.randDuration(100*time.Millisecond, 600*time.Millisecond))
+		}
+	}
+}
+
+func (s *Sim) restartLater(n *node, d time.Duration) {
+	s.after(d, &event{kind: evFault, fn: func() {
+		if !n.up && !n.removed {
+			s.startNode(n)
+			s.count("restart")
+		}
+	}})
 }

@@ -91,7 +91,9 @@ func (s Summary) FaultLine() string {
 // least once across its seeds; a run that never exercised one fails.
 var RequiredFaults = []string{"drop", "duplicate", "reorder", "partition-isolate", "partition-halves",
 	"partition-oneway", "partition-flap", "links-one-by-one", "crash", "restart", "pause", "clock-jump",
-	"slow-disk", "add", "promote", "demote", "remove", "remove-leader", "rejoin-new-id", "transfer"}
+	"slow-disk", "add", "promote", "demote", "remove", "remove-leader", "rejoin-new-id", "transfer",
+	"crash-mid-write", "disk-torn-write", "disk-lost-unsynced-file", "eio", "disk-eio", "enospc", "disk-enospc",
+	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered"}
 
 // Missing returns the required fault kinds never injected.
 func (s Summary) Missing() []string {

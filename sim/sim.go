@@ -15,6 +15,7 @@ import (
 	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wal"
 )
 
 // Options configures one simulated run.
@@ -244,6 +245,12 @@ func (s *Sim) result() Result {
 			unknown++
 		}
 	}
+	for _, n := range s.nodes {
+		s.faults["disk-torn-write"] += n.fs.TornWrites
+		s.faults["disk-lost-unsynced-file"] += n.fs.LostFiles
+		s.faults["disk-eio"] += n.fs.EIOs
+		s.faults["disk-enospc"] += n.fs.NoSpace
+	}
 	res := Result{Seed: s.opts.Seed, Violations: s.violations, Faults: s.faults, Simulated: s.now,
 		TraceHash: s.trace.Sum64(), Ops: ops, Unknown: unknown}
 	switch s.linearizable {
@@ -271,8 +278,11 @@ func (s *Sim) start() {
 	}
 	for i := 1; i <= s.opts.Nodes; i++ {
 		n := s.addNode(raft.NodeID(i))
-		assert.NoError(n.disk.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}), "bootstrap")
-		n.disk.SetHardState(raft.HardState{Term: 1})
+		w, _, err := wal.Open(n.fs, walOptions())
+		assert.NoError(err, "opening a new log")
+		assert.NoError(w.Append([]raft.Entry{raft.BootstrapEntry(m)}), "bootstrap")
+		assert.NoError(w.SetHardState(raft.HardState{Term: 1}), "bootstrap")
+		w.Close()
 		s.startNode(n)
 	}
 	s.nextID = raft.NodeID(s.opts.Nodes + 1)
@@ -293,6 +303,7 @@ func (s *Sim) runUntil(t time.Duration) {
 		e := heap.Pop(&s.queue).(*event)
 		s.now = e.at
 		s.handle(e)
+		s.checkDisks()
 		s.checkStep()
 	}
 	if s.now < t {
@@ -362,6 +373,7 @@ func (s *Sim) endFaults() {
 	s.tracef("faults end")
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
+		n.fs.ClearFaults()
 		if n.removed {
 			continue
 		}

@@ -60,7 +60,7 @@ func decodeSegmentHeader(b []byte) (segmentHeader, error) {
 	if v := binary.LittleEndian.Uint32(b[8:]); v != formatVersion {
 		return segmentHeader{}, fmt.Errorf("%w: unknown version %d", errBadHeader, v)
 	}
-	if binary.LittleEndian.Uint32(b[48:]) != crc(b[:48]) {
+	if binary.LittleEndian.Uint32(b[48:]) != crc(b[:48]) || binary.LittleEndian.Uint32(b[52:]) != 0 {
 		return segmentHeader{}, fmt.Errorf("%w: checksum", errBadHeader)
 	}
 	return segmentHeader{id: binary.LittleEndian.Uint64(b[16:]), firstIndex: binary.LittleEndian.Uint64(b[24:]),
@@ -69,11 +69,13 @@ func decodeSegmentHeader(b []byte) (segmentHeader, error) {
 
 // Batch (appended after the header, one per write):
 //
-//	payload length u32 | entry count u32 | crc32c u32 | reserved u32 | payload
+//	payload length u32 | entry count u32 | crc32c u32 | header crc32c u32 | payload
 //	payload = count × (index u64 | term u64 | type u32 | data length u32 | data)
 //
-// The crc covers length, count and payload. An all-zero batch header marks
-// the end of written data (preallocated or never-written space).
+// The crc covers length, count and payload; the header crc covers length and
+// count alone, so a damaged length is never trusted. An all-zero batch
+// header marks the end of written data (never-written space). Only the last
+// batch of the last segment can be torn (one write + sync at a time).
 const (
 	batchHeaderBytes = 16
 	entryHeaderBytes = 24
@@ -97,6 +99,7 @@ func encodeBatch(ents []raft.Entry) []byte {
 	binary.LittleEndian.PutUint32(b[0:], uint32(len(b)-batchHeaderBytes))
 	binary.LittleEndian.PutUint32(b[4:], uint32(len(ents)))
 	binary.LittleEndian.PutUint32(b[8:], crc(b[0:8], b[batchHeaderBytes:]))
+	binary.LittleEndian.PutUint32(b[12:], crc(b[0:8]))
 	return b
 }
 
@@ -168,7 +171,8 @@ func (m metaRecord) encode() []byte {
 }
 
 func decodeMeta(b []byte) (metaRecord, bool) {
-	if len(b) < metaBytes || string(b[:8]) != metaMagic || binary.LittleEndian.Uint32(b[32:]) != crc(b[:32]) {
+	if len(b) < metaBytes || string(b[:8]) != metaMagic || binary.LittleEndian.Uint32(b[32:]) != crc(b[:32]) ||
+		binary.LittleEndian.Uint32(b[36:]) != 0 {
 		return metaRecord{}, false
 	}
 	return metaRecord{seq: binary.LittleEndian.Uint64(b[8:]), hard: raft.HardState{

@@ -171,8 +171,9 @@ func (w *WAL) loadSegment(name string, last bool, rep *Report) error {
 	hdr, err := decodeSegmentHeader(hb)
 	if herr != nil || err != nil {
 		f.Close()
-		if last {
-			// The crash hit while the segment was being created.
+		if last && size <= segmentHeaderBytes {
+			// The crash hit while the segment was being created (its
+			// header is synced before any batch is written).
 			if err := w.fs.Remove(name); err != nil {
 				return fmt.Errorf("wal: removing torn segment %s: %w", name, err)
 			}
@@ -209,9 +210,8 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 			break // all-zero header: end of written data
 		}
 		if err != nil {
-			if !last {
-				return &CorruptionError{File: seg.name, Offset: off, First: next, Last: seg.hdr.firstIndex,
-					Reason: err.Error()}
+			if !last || !errors.Is(err, errTorn) {
+				return &CorruptionError{File: seg.name, Offset: off, First: next, Reason: err.Error()}
 			}
 			if err := seg.file.Truncate(off); err != nil {
 				return fmt.Errorf("wal: truncating torn tail of %s: %w", seg.name, err)
@@ -249,28 +249,45 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 	return nil
 }
 
+// errTorn marks a batch that may be the remains of an interrupted write:
+// cut short by the end of the file.
+var errTorn = errors.New("batch cut short by the end of the file")
+
 // readBatch reads and verifies the batch at off; n is its total size (0 for
-// an all-zero header).
+// an all-zero header). A batch that runs past the end of the file returns
+// errTorn; one whose payload fails its checksum while ending exactly at the
+// end of the file returns an error wrapping errTorn too (the file size can
+// be updated before its data reaches the disk).
 func readBatch(f File, off, size int64, want uint64) ([]entryLoc, int64, error) {
 	if size-off < batchHeaderBytes {
-		return nil, 0, fmt.Errorf("partial batch header (%d bytes)", size-off)
+		return nil, 0, fmt.Errorf("%w: partial batch header (%d bytes)", errTorn, size-off)
 	}
 	h := make([]byte, batchHeaderBytes)
 	if _, err := f.ReadAt(h, off); err != nil {
 		return nil, 0, err
 	}
 	length, count := binary.LittleEndian.Uint32(h[0:]), binary.LittleEndian.Uint32(h[4:])
-	if length == 0 && count == 0 && binary.LittleEndian.Uint32(h[8:]) == 0 {
+	if length == 0 && count == 0 && binary.LittleEndian.Uint64(h[8:]) == 0 {
 		return nil, 0, nil
 	}
-	if int64(length) > size-off-batchHeaderBytes || length > MaxBatchBytes {
-		return nil, 0, fmt.Errorf("batch of %d bytes runs past the end of the file", length)
+	if binary.LittleEndian.Uint32(h[12:]) != crc(h[0:8]) {
+		return nil, 0, errors.New("batch header fails its checksum")
+	}
+	end := off + batchHeaderBytes + int64(length)
+	if end > size {
+		return nil, 0, fmt.Errorf("%w: batch of %d bytes", errTorn, length)
+	}
+	if length > MaxBatchBytes {
+		return nil, 0, fmt.Errorf("batch of %d bytes exceeds %d", length, MaxBatchBytes)
 	}
 	p := make([]byte, length)
 	if _, err := f.ReadAt(p, off+batchHeaderBytes); err != nil {
 		return nil, 0, err
 	}
 	if binary.LittleEndian.Uint32(h[8:]) != crc(h[0:8], p) {
+		if end == size {
+			return nil, 0, fmt.Errorf("%w: last batch fails its checksum", errTorn)
+		}
 		return nil, 0, errors.New("batch fails its checksum")
 	}
 	locs, _, err := decodeBatchPayload(p, count, off+batchHeaderBytes, want)

@@ -50,6 +50,13 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
+	switch {
+	case e.First == 0:
+		return fmt.Sprintf("wal: corruption in %s at offset %d: %s", e.File, e.Offset, e.Reason)
+	case e.Last < e.First:
+		return fmt.Sprintf("wal: corruption in %s at offset %d (entries from %d on): %s",
+			e.File, e.Offset, e.First, e.Reason)
+	}
 	return fmt.Sprintf("wal: corruption in %s at offset %d (entries %d..%d): %s",
 		e.File, e.Offset, e.First, e.Last, e.Reason)
 }
