@@ -4,4 +4,7 @@ go 1.26
 
 require pgregory.net/rapid v1.3.0
 
-require github.com/anishathalye/porcupine v1.3.1
+require (
+	github.com/anishathalye/porcupine v1.3.1
+	github.com/mattn/go-sqlite3 v1.14.53
+)

@@ -1,0 +1,268 @@
+package vfs
+
+/*
+#include <stdlib.h>
+#include "sqlite3min.h"
+#include "vfs.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+)
+
+// Conn is a SQLite connection on a VFS, for the node's own use.
+type Conn struct {
+	db *C.sqlite3
+}
+
+// Open opens (creating if needed) database name on the VFS, in WAL mode with
+// the settings replication needs: synchronous off (durability comes from the
+// Raft log), no automatic checkpoints, foreign keys on. pageSize applies
+// when the database is created.
+func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	var db *C.sqlite3
+	flags := C.SQLITE_OPEN_READWRITE | C.SQLITE_OPEN_CREATE | C.SQLITE_OPEN_EXRESCODE | C.SQLITE_OPEN_NOMUTEX
+	if rc := C.sqlite3_open_v2(cname, &db, C.int(flags), v.name); rc != C.SQLITE_OK {
+		err := connError(db, rc)
+		if db != nil {
+			C.sqlite3_close_v2(db)
+		}
+		return nil, fmt.Errorf("vfs: open %s: %w", name, err)
+	}
+	c := &Conn{db: db}
+	C.sqlite3_extended_result_codes(db, 1)
+	setup := fmt.Sprintf("PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA foreign_keys=ON;", pageSize)
+	if err := c.Exec(setup); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("vfs: configuring %s: %w", name, err)
+	}
+	C.sqlite3_wal_autocheckpoint(db, 0)
+	return c, nil
+}
+
+func connError(db *C.sqlite3, rc C.int) error {
+	msg := "unknown error"
+	code := int(rc)
+	if db != nil {
+		msg = C.GoString(C.sqlite3_errmsg(db))
+		code = int(C.sqlite3_extended_errcode(db))
+	}
+	return &Error{Code: code, Msg: msg}
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error {
+	if c.db == nil {
+		return nil
+	}
+	rc := C.sqlite3_close_v2(c.db)
+	c.db = nil
+	if rc != C.SQLITE_OK {
+		return &Error{Code: int(rc), Msg: "closing connection"}
+	}
+	return nil
+}
+
+// Exec runs every statement in sql, discarding rows.
+func (c *Conn) Exec(sql string) error {
+	csql := C.CString(sql)
+	defer C.free(unsafe.Pointer(csql))
+	if rc := C.sqlite3_exec(c.db, csql, nil, nil, nil); rc != C.SQLITE_OK {
+		return connError(c.db, rc)
+	}
+	return nil
+}
+
+// Checkpoint copies the WAL into the database file and empties the WAL.
+func (c *Conn) Checkpoint() error { return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)") }
+
+// Changes is the number of rows the last statement changed.
+func (c *Conn) Changes() int64 { return int64(C.sqlite3_changes(c.db)) }
+
+// LastInsertRowID is the rowid of the last insert.
+func (c *Conn) LastInsertRowID() int64 { return int64(C.sqlite3_last_insert_rowid(c.db)) }
+
+// Interrupt makes the running statement stop with an interrupt error.
+func (c *Conn) Interrupt() { C.sqlite3_interrupt(c.db) }
+
+// Autocommit reports whether the connection is outside an explicit
+// transaction.
+func (c *Conn) Autocommit() bool { return C.sqlite3_get_autocommit(c.db) != 0 }
+
+// Stmt is a prepared statement.
+type Stmt struct {
+	s    *C.sqlite3_stmt
+	conn *Conn
+}
+
+// Prepare compiles the first statement of sql and returns the rest. A nil
+// statement with no error means sql held only whitespace or comments.
+func (c *Conn) Prepare(sql string) (*Stmt, string, error) {
+	csql := C.CString(sql)
+	defer C.free(unsafe.Pointer(csql))
+	var s *C.sqlite3_stmt
+	var tail *C.char
+	if rc := C.sqlite3_prepare_v2(c.db, csql, C.int(len(sql)), &s, &tail); rc != C.SQLITE_OK {
+		return nil, "", connError(c.db, rc)
+	}
+	used := int(uintptr(unsafe.Pointer(tail)) - uintptr(unsafe.Pointer(csql)))
+	rest := sql[used:]
+	if s == nil {
+		return nil, rest, nil
+	}
+	return &Stmt{s: s, conn: c}, rest, nil
+}
+
+// ParamCount is the number of parameters (the highest index).
+func (s *Stmt) ParamCount() int { return int(C.sqlite3_bind_parameter_count(s.s)) }
+
+// Readonly reports whether the statement does not write.
+func (s *Stmt) Readonly() bool { return C.sqlite3_stmt_readonly(s.s) != 0 }
+
+// Bind sets parameter i (1-based) to v: int64, int, float64, string, []byte,
+// bool or nil.
+func (s *Stmt) Bind(i int, v any) error {
+	var rc C.int
+	switch x := v.(type) {
+	case nil:
+		rc = C.sqlite3_bind_null(s.s, C.int(i))
+	case int64:
+		rc = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(x))
+	case int:
+		rc = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(x))
+	case bool:
+		b := 0
+		if x {
+			b = 1
+		}
+		rc = C.sqlite3_bind_int64(s.s, C.int(i), C.sqlite3_int64(b))
+	case float64:
+		rc = C.sqlite3_bind_double(s.s, C.int(i), C.double(x))
+	case string:
+		p := C.CString(x)
+		rc = C.dq_bind_text(s.s, C.int(i), p, C.int(len(x)))
+		C.free(unsafe.Pointer(p))
+	case []byte:
+		p := C.CBytes(x)
+		rc = C.dq_bind_blob(s.s, C.int(i), p, C.int(len(x)))
+		C.free(p)
+	default:
+		return fmt.Errorf("vfs: cannot bind %T", v)
+	}
+	if rc != C.SQLITE_OK {
+		return connError(s.conn.db, rc)
+	}
+	return nil
+}
+
+// Step runs the statement to its next row; it returns false when done.
+func (s *Stmt) Step() (bool, error) {
+	switch rc := C.sqlite3_step(s.s); rc {
+	case C.SQLITE_ROW:
+		return true, nil
+	case C.SQLITE_DONE:
+		return false, nil
+	default:
+		return false, connError(s.conn.db, rc)
+	}
+}
+
+// ColumnCount is the number of result columns.
+func (s *Stmt) ColumnCount() int { return int(C.sqlite3_column_count(s.s)) }
+
+// ColumnName is the name of column i (0-based).
+func (s *Stmt) ColumnName(i int) string { return C.GoString(C.sqlite3_column_name(s.s, C.int(i))) }
+
+// ColumnDeclType is the declared type of column i ("" for expressions).
+func (s *Stmt) ColumnDeclType(i int) string {
+	return C.GoString(C.sqlite3_column_decltype(s.s, C.int(i)))
+}
+
+// Column types.
+const (
+	Integer = 1
+	Float   = 2
+	Text    = 3
+	Blob    = 4
+	Null    = 5
+)
+
+// ColumnType is the storage class of column i in the current row.
+func (s *Stmt) ColumnType(i int) int { return int(C.sqlite3_column_type(s.s, C.int(i))) }
+
+// Column returns column i of the current row as int64, float64, string,
+// []byte or nil.
+func (s *Stmt) Column(i int) any {
+	ci := C.int(i)
+	switch C.sqlite3_column_type(s.s, ci) {
+	case C.SQLITE_INTEGER:
+		return int64(C.sqlite3_column_int64(s.s, ci))
+	case C.SQLITE_FLOAT:
+		return float64(C.sqlite3_column_double(s.s, ci))
+	case C.SQLITE_TEXT:
+		p := C.sqlite3_column_text(s.s, ci)
+		return C.GoStringN((*C.char)(unsafe.Pointer(p)), C.sqlite3_column_bytes(s.s, ci))
+	case C.SQLITE_BLOB:
+		p := C.sqlite3_column_blob(s.s, ci)
+		return C.GoBytes(p, C.sqlite3_column_bytes(s.s, ci))
+	}
+	return nil
+}
+
+// Reset rewinds the statement to run again (bindings are kept).
+func (s *Stmt) Reset() error {
+	if rc := C.sqlite3_reset(s.s); rc != C.SQLITE_OK {
+		return connError(s.conn.db, rc)
+	}
+	return nil
+}
+
+// Finalize releases the statement.
+func (s *Stmt) Finalize() error {
+	if s.s == nil {
+		return nil
+	}
+	rc := C.sqlite3_finalize(s.s)
+	s.s = nil
+	if rc != C.SQLITE_OK {
+		return &Error{Code: int(rc), Msg: "finalizing statement"}
+	}
+	return nil
+}
+
+// Query runs sql with args and returns every row (a convenience for the
+// node's own small queries and for tests).
+func (c *Conn) Query(sql string, args ...any) ([][]any, error) {
+	s, _, err := c.Prepare(sql)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, nil
+	}
+	defer s.Finalize()
+	for i, a := range args {
+		if err := s.Bind(i+1, a); err != nil {
+			return nil, err
+		}
+	}
+	var rows [][]any
+	for {
+		ok, err := s.Step()
+		if err != nil {
+			return rows, err
+		}
+		if !ok {
+			return rows, nil
+		}
+		row := make([]any, s.ColumnCount())
+		for i := range row {
+			row[i] = s.Column(i)
+		}
+		rows = append(rows, row)
+	}
+}

@@ -1,0 +1,738 @@
+/* An in-memory SQLite VFS that holds write transactions back until they are
+ * replicated. See doc.go for the design; the short version:
+ *
+ * - Every database of a VFS instance lives in memory: the main file, its WAL,
+ *   a rollback journal (used only when the journal mode changes) and the
+ *   shared-memory WAL index regions.
+ * - When a connection takes the WAL write lock, the VFS remembers the WAL
+ *   size and copies the WAL index. When it releases the lock after writing a
+ *   commit frame, the VFS captures the transaction's WAL bytes and the new
+ *   index, then puts back the old ones: nobody sees the transaction, and the
+ *   database is "pending" (no other write can start) until dq_apply makes it
+ *   visible again (after Raft committed it) or dq_abort drops it.
+ * - Followers append replicated frames to their WAL (dq_apply_frames) and
+ *   invalidate the index header so the next reader rebuilds it.
+ *
+ * Everything runs on one thread at a time per VFS instance (the node's loop).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sqlite3min.h"
+#include "vfs.h"
+
+#define WAL_HDR 32
+#define FRAME_HDR 24
+#define CKPT_INFO_START 96
+#define CKPT_INFO_END 136
+#define JULIAN_UNIX_EPOCH_MS 210866760000000LL
+
+typedef struct buf {
+	unsigned char *data;
+	sqlite3_int64 size, cap;
+	int exists;
+} buf;
+
+static int buf_reserve(buf *b, sqlite3_int64 n) {
+	if (n <= b->cap) return SQLITE_OK;
+	sqlite3_int64 cap = b->cap ? b->cap : 4096;
+	while (cap < n) cap *= 2;
+	unsigned char *d = realloc(b->data, (size_t)cap);
+	if (!d) return SQLITE_NOMEM;
+	memset(d + b->cap, 0, (size_t)(cap - b->cap));
+	b->data = d;
+	b->cap = cap;
+	return SQLITE_OK;
+}
+
+static int buf_write(buf *b, const void *p, int n, sqlite3_int64 off) {
+	int rc = buf_reserve(b, off + n);
+	if (rc) return rc;
+	if (off > b->size) memset(b->data + b->size, 0, (size_t)(off - b->size));
+	memcpy(b->data + off, p, (size_t)n);
+	if (off + n > b->size) b->size = off + n;
+	b->exists = 1;
+	return SQLITE_OK;
+}
+
+typedef struct dq_db {
+	char *name;
+	buf main, wal, journal;
+	void *regions[DQ_MAX_REGIONS];
+	int nregions, region_size;
+	/* Main file locks. */
+	int shared, reserved, exclusive;
+	/* WAL index locks: shared holders per slot, exclusive flag per slot. */
+	int shm_shared[SQLITE_SHM_NLOCK];
+	int shm_excl[SQLITE_SHM_NLOCK];
+	/* Write transaction capture. */
+	int writing;
+	sqlite3_int64 pre_wal_size, commit_end;
+	int below_start; /* a write landed below pre_wal_size: unsupported */
+	unsigned char *pre_index;
+	int pre_nregions;
+	/* Pending (captured, invisible) transaction. */
+	int pending;
+	unsigned char *captured; /* WAL bytes [pre_wal_size, commit_end) */
+	sqlite3_int64 captured_size, captured_at;
+	unsigned char *post_index;
+	int post_nregions;
+	unsigned int salt;
+	struct dq_db *next;
+} dq_db;
+
+typedef struct dq_vfs {
+	sqlite3_vfs base;
+	char *name;
+	dq_db *dbs;
+	sqlite3_vfs *os; /* for temporary files */
+	sqlite3_int64 now_ms; /* unix milliseconds, set by the node */
+	uint64_t rand_state;
+} dq_vfs;
+
+enum { KIND_MAIN = 1, KIND_WAL, KIND_JOURNAL, KIND_TEMP };
+
+typedef struct dq_file {
+	sqlite3_file base;
+	dq_vfs *vfs;
+	dq_db *db;
+	int kind;
+	int lock;
+	unsigned shm_shared_mask, shm_excl_mask;
+	sqlite3_file *temp; /* KIND_TEMP: the OS file, stored after this struct */
+} dq_file;
+
+static dq_db *db_find(dq_vfs *v, const char *name, int create) {
+	for (dq_db *d = v->dbs; d; d = d->next)
+		if (strcmp(d->name, name) == 0) return d;
+	if (!create) return NULL;
+	dq_db *d = calloc(1, sizeof *d);
+	if (!d) return NULL;
+	d->name = strdup(name);
+	d->next = v->dbs;
+	v->dbs = d;
+	return d;
+}
+
+/* ---- byte order helpers ---- */
+
+static uint32_t get_be32(const unsigned char *p) {
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static void put_be32(unsigned char *p, uint32_t v) {
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+static uint32_t get_le32(const unsigned char *p) {
+	return ((uint32_t)p[3] << 24) | ((uint32_t)p[2] << 16) | ((uint32_t)p[1] << 8) | p[0];
+}
+
+/* The WAL checksum: two running sums over 32-bit words, read little-endian
+ * for magic 0x377f0682 and big-endian for 0x377f0683. */
+static void wal_checksum(int big, const unsigned char *a, int n, uint32_t *s0, uint32_t *s1) {
+	uint32_t x0 = *s0, x1 = *s1;
+	for (int i = 0; i < n; i += 8) {
+		uint32_t w0 = big ? get_be32(a + i) : get_le32(a + i);
+		uint32_t w1 = big ? get_be32(a + i + 4) : get_le32(a + i + 4);
+		x0 += w0 + x1;
+		x1 += w1 + x0;
+	}
+	*s0 = x0;
+	*s1 = x1;
+}
+
+/* ---- file methods ---- */
+
+static int f_close(sqlite3_file *f) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP && p->temp && p->temp->pMethods) return p->temp->pMethods->xClose(p->temp);
+	return SQLITE_OK;
+}
+
+static buf *file_buf(dq_file *p) {
+	switch (p->kind) {
+	case KIND_MAIN: return &p->db->main;
+	case KIND_WAL: return &p->db->wal;
+	default: return &p->db->journal;
+	}
+}
+
+static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xRead(p->temp, out, n, off);
+	buf *b = file_buf(p);
+	if (off >= b->size) {
+		memset(out, 0, (size_t)n);
+		return SQLITE_IOERR_SHORT_READ;
+	}
+	sqlite3_int64 avail = b->size - off;
+	if (avail < n) {
+		memcpy(out, b->data + off, (size_t)avail);
+		memset((char *)out + avail, 0, (size_t)(n - avail));
+		return SQLITE_IOERR_SHORT_READ;
+	}
+	memcpy(out, b->data + off, (size_t)n);
+	return SQLITE_OK;
+}
+
+static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xWrite(p->temp, in, n, off);
+	if (p->kind == KIND_WAL) {
+		dq_db *d = p->db;
+		if (d->writing) {
+			if (off < d->pre_wal_size) d->below_start = 1;
+			/* A frame header whose "database size" is set ends a commit. */
+			if (n == FRAME_HDR && off >= WAL_HDR && get_be32((const unsigned char *)in + 4) != 0) {
+				uint32_t pgsz = 0;
+				if (d->wal.size >= WAL_HDR) pgsz = get_be32(d->wal.data + 8);
+				if (pgsz == 1) pgsz = 65536;
+				d->commit_end = off + FRAME_HDR + pgsz;
+			}
+		}
+	}
+	return buf_write(file_buf(p), in, n, off);
+}
+
+static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xTruncate(p->temp, size);
+	buf *b = file_buf(p);
+	if (size < b->size) b->size = size;
+	return SQLITE_OK;
+}
+
+static int f_sync(sqlite3_file *f, int flags) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xSync(p->temp, flags);
+	return SQLITE_OK; /* durability comes from the Raft log */
+}
+
+static int f_size(sqlite3_file *f, sqlite3_int64 *out) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xFileSize(p->temp, out);
+	*out = file_buf(p)->size;
+	return SQLITE_OK;
+}
+
+static int f_lock(sqlite3_file *f, int level) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind != KIND_MAIN) return SQLITE_OK;
+	dq_db *d = p->db;
+	if (level <= p->lock) return SQLITE_OK;
+	if (level == SQLITE_LOCK_SHARED) {
+		if (d->exclusive) return SQLITE_BUSY;
+		d->shared++;
+	} else if (level == SQLITE_LOCK_RESERVED) {
+		if (d->reserved) return SQLITE_BUSY;
+		d->reserved = 1;
+	} else if (level >= SQLITE_LOCK_PENDING) {
+		if (d->shared > 1 || d->exclusive) return SQLITE_BUSY;
+		if (p->lock < SQLITE_LOCK_RESERVED) {
+			if (d->reserved) return SQLITE_BUSY;
+			d->reserved = 1;
+		}
+		if (level == SQLITE_LOCK_EXCLUSIVE) d->exclusive = 1;
+	}
+	p->lock = level;
+	return SQLITE_OK;
+}
+
+static int f_unlock(sqlite3_file *f, int level) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind != KIND_MAIN) return SQLITE_OK;
+	dq_db *d = p->db;
+	if (level >= p->lock) return SQLITE_OK;
+	if (p->lock >= SQLITE_LOCK_EXCLUSIVE) d->exclusive = 0;
+	if (p->lock >= SQLITE_LOCK_RESERVED && level < SQLITE_LOCK_RESERVED) d->reserved = 0;
+	if (p->lock >= SQLITE_LOCK_SHARED && level < SQLITE_LOCK_SHARED) d->shared--;
+	p->lock = level;
+	return SQLITE_OK;
+}
+
+static int f_check_reserved(sqlite3_file *f, int *out) {
+	dq_file *p = (dq_file *)f;
+	*out = p->kind == KIND_MAIN && p->db->reserved;
+	return SQLITE_OK;
+}
+
+static int f_control(sqlite3_file *f, int op, void *arg) {
+	dq_file *p = (dq_file *)f;
+	if (p->kind == KIND_TEMP) return p->temp->pMethods->xFileControl(p->temp, op, arg);
+	return SQLITE_NOTFOUND;
+}
+
+static int f_sector(sqlite3_file *f) {
+	(void)f;
+	return 512;
+}
+
+static int f_device(sqlite3_file *f) {
+	(void)f;
+	return SQLITE_IOCAP_SAFE_APPEND | SQLITE_IOCAP_POWERSAFE_OVERWRITE;
+}
+
+static int f_shm_map(sqlite3_file *f, int region, int size, int extend, void volatile **out) {
+	dq_db *d = ((dq_file *)f)->db;
+	*out = NULL;
+	if (region >= DQ_MAX_REGIONS) return SQLITE_IOERR;
+	if (d->region_size && d->region_size != size) return SQLITE_IOERR;
+	d->region_size = size;
+	while (d->nregions <= region) {
+		if (!extend) return SQLITE_OK;
+		void *r = calloc(1, (size_t)size);
+		if (!r) return SQLITE_NOMEM;
+		d->regions[d->nregions++] = r;
+	}
+	*out = d->regions[region];
+	return SQLITE_OK;
+}
+
+static unsigned char *index_copy(dq_db *d) {
+	unsigned char *c = malloc((size_t)d->nregions * (size_t)d->region_size + 1);
+	if (!c) return NULL;
+	for (int i = 0; i < d->nregions; i++)
+		memcpy(c + (size_t)i * (size_t)d->region_size, d->regions[i], (size_t)d->region_size);
+	return c;
+}
+
+/* index_restore puts back an index copy, keeping the live checkpoint
+ * information (backfill count and read marks) and zeroing regions mapped
+ * since the copy. */
+static void index_restore(dq_db *d, const unsigned char *c, int n) {
+	unsigned char ckpt[CKPT_INFO_END - CKPT_INFO_START];
+	if (d->nregions > 0) memcpy(ckpt, (unsigned char *)d->regions[0] + CKPT_INFO_START, sizeof ckpt);
+	for (int i = 0; i < d->nregions; i++) {
+		if (i < n)
+			memcpy(d->regions[i], c + (size_t)i * (size_t)d->region_size, (size_t)d->region_size);
+		else
+			memset(d->regions[i], 0, (size_t)d->region_size);
+	}
+	if (d->nregions > 0) memcpy((unsigned char *)d->regions[0] + CKPT_INFO_START, ckpt, sizeof ckpt);
+}
+
+static void begin_write(dq_db *d) {
+	d->writing = 1;
+	d->pre_wal_size = d->wal.size;
+	d->commit_end = 0;
+	d->below_start = 0;
+	free(d->pre_index);
+	d->pre_index = index_copy(d);
+	d->pre_nregions = d->nregions;
+}
+
+/* end_write runs when the writer releases the write lock. After a commit,
+ * the transaction is captured and hidden again. */
+static void end_write(dq_db *d) {
+	d->writing = 0;
+	if (d->commit_end > d->pre_wal_size && !d->below_start && d->pre_index) {
+		sqlite3_int64 n = d->commit_end - d->pre_wal_size;
+		d->captured = malloc((size_t)n);
+		d->post_index = index_copy(d);
+		if (d->captured && d->post_index) {
+			memcpy(d->captured, d->wal.data + d->pre_wal_size, (size_t)n);
+			d->captured_size = n;
+			d->captured_at = d->pre_wal_size;
+			d->post_nregions = d->nregions;
+			d->wal.size = d->pre_wal_size;
+			index_restore(d, d->pre_index, d->pre_nregions);
+			d->pending = 1;
+		}
+	}
+	free(d->pre_index);
+	d->pre_index = NULL;
+}
+
+static int f_shm_lock(sqlite3_file *f, int ofst, int n, int flags) {
+	dq_file *p = (dq_file *)f;
+	dq_db *d = p->db;
+	unsigned mask = ((1u << n) - 1u) << ofst;
+	if (flags & SQLITE_SHM_UNLOCK) {
+		if ((flags & SQLITE_SHM_EXCLUSIVE) && ofst == 0 && (p->shm_excl_mask & 1u) && d->writing) end_write(d);
+		for (int i = ofst; i < ofst + n; i++) {
+			if (p->shm_excl_mask & (1u << i)) d->shm_excl[i] = 0;
+			if (p->shm_shared_mask & (1u << i)) d->shm_shared[i]--;
+		}
+		p->shm_excl_mask &= ~mask;
+		p->shm_shared_mask &= ~mask;
+		return SQLITE_OK;
+	}
+	if (flags & SQLITE_SHM_SHARED) {
+		for (int i = ofst; i < ofst + n; i++)
+			if (d->shm_excl[i] && !(p->shm_excl_mask & (1u << i))) return SQLITE_BUSY;
+		for (int i = ofst; i < ofst + n; i++)
+			if (!(p->shm_shared_mask & (1u << i))) d->shm_shared[i]++;
+		p->shm_shared_mask |= mask;
+		return SQLITE_OK;
+	}
+	/* Exclusive. A pending transaction holds the write slot. */
+	if (ofst == 0 && d->pending) return SQLITE_BUSY;
+	for (int i = ofst; i < ofst + n; i++) {
+		int others = d->shm_shared[i] - ((p->shm_shared_mask >> i) & 1u);
+		if (others > 0 || (d->shm_excl[i] && !(p->shm_excl_mask & (1u << i)))) return SQLITE_BUSY;
+	}
+	for (int i = ofst; i < ofst + n; i++) d->shm_excl[i] = 1;
+	p->shm_excl_mask |= mask;
+	if (ofst == 0) begin_write(d);
+	return SQLITE_OK;
+}
+
+static void f_shm_barrier(sqlite3_file *f) {
+	(void)f;
+	__sync_synchronize();
+}
+
+static int f_shm_unmap(sqlite3_file *f, int del) {
+	(void)f;
+	(void)del;
+	return SQLITE_OK; /* regions live as long as the VFS */
+}
+
+static const sqlite3_io_methods io_methods = {
+    2, f_close, f_read, f_write, f_truncate, f_sync, f_size, f_lock, f_unlock, f_check_reserved,
+    f_control, f_sector, f_device, f_shm_map, f_shm_lock, f_shm_barrier, f_shm_unmap, NULL, NULL,
+};
+
+/* ---- VFS methods ---- */
+
+static int v_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *out, int flags, int *oflags) {
+	dq_vfs *v = (dq_vfs *)vfs;
+	dq_file *p = (dq_file *)out;
+	memset(p, 0, sizeof *p);
+	p->vfs = v;
+	if (!name || !(flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL | 0x00000800))) {
+		/* Temporary files and statement journals go to the OS VFS. */
+		p->kind = KIND_TEMP;
+		p->temp = (sqlite3_file *)(p + 1);
+		int rc = v->os->xOpen(v->os, name, p->temp, flags, oflags);
+		if (rc != SQLITE_OK) return rc;
+		p->base.pMethods = &io_methods;
+		return SQLITE_OK;
+	}
+	char dbname[512];
+	size_t len = strlen(name);
+	if (len >= sizeof dbname) return SQLITE_CANTOPEN;
+	memcpy(dbname, name, len + 1);
+	if (flags & SQLITE_OPEN_WAL) {
+		p->kind = KIND_WAL;
+		if (len > 4) dbname[len - 4] = 0; /* strip "-wal" */
+	} else if (flags & SQLITE_OPEN_MAIN_DB) {
+		p->kind = KIND_MAIN;
+	} else {
+		p->kind = KIND_JOURNAL;
+		if (len > 8) dbname[len - 8] = 0; /* strip "-journal" */
+	}
+	p->db = db_find(v, dbname, flags & SQLITE_OPEN_CREATE);
+	if (!p->db) return SQLITE_CANTOPEN;
+	file_buf(p)->exists = 1;
+	if (oflags) *oflags = flags;
+	p->base.pMethods = &io_methods;
+	return SQLITE_OK;
+}
+
+static int v_delete(sqlite3_vfs *vfs, const char *name, int sync) {
+	dq_vfs *v = (dq_vfs *)vfs;
+	(void)sync;
+	char dbname[512];
+	size_t len = strlen(name);
+	if (len >= sizeof dbname) return SQLITE_IOERR_DELETE_NOENT;
+	memcpy(dbname, name, len + 1);
+	int kind = KIND_MAIN;
+	if (len > 4 && strcmp(name + len - 4, "-wal") == 0) {
+		dbname[len - 4] = 0;
+		kind = KIND_WAL;
+	} else if (len > 8 && strcmp(name + len - 8, "-journal") == 0) {
+		dbname[len - 8] = 0;
+		kind = KIND_JOURNAL;
+	}
+	dq_db *d = db_find(v, dbname, 0);
+	if (!d) return v->os->xDelete(v->os, name, sync);
+	buf *b = kind == KIND_WAL ? &d->wal : kind == KIND_JOURNAL ? &d->journal : &d->main;
+	b->size = 0;
+	b->exists = 0;
+	return SQLITE_OK;
+}
+
+static int v_access(sqlite3_vfs *vfs, const char *name, int flags, int *out) {
+	dq_vfs *v = (dq_vfs *)vfs;
+	(void)flags;
+	*out = 0;
+	char dbname[512];
+	size_t len = strlen(name);
+	if (len >= sizeof dbname) return SQLITE_OK;
+	memcpy(dbname, name, len + 1);
+	int kind = KIND_MAIN;
+	if (len > 4 && strcmp(name + len - 4, "-wal") == 0) {
+		dbname[len - 4] = 0;
+		kind = KIND_WAL;
+	} else if (len > 8 && strcmp(name + len - 8, "-journal") == 0) {
+		dbname[len - 8] = 0;
+		kind = KIND_JOURNAL;
+	}
+	dq_db *d = db_find(v, dbname, 0);
+	if (!d) return SQLITE_OK;
+	buf *b = kind == KIND_WAL ? &d->wal : kind == KIND_JOURNAL ? &d->journal : &d->main;
+	*out = b->exists && (kind == KIND_MAIN || b->size > 0);
+	return SQLITE_OK;
+}
+
+static int v_fullpath(sqlite3_vfs *vfs, const char *name, int n, char *out) {
+	(void)vfs;
+	size_t len = strlen(name);
+	if ((int)len >= n) return SQLITE_CANTOPEN;
+	memcpy(out, name, len + 1);
+	return SQLITE_OK;
+}
+
+static int v_randomness(sqlite3_vfs *vfs, int n, char *out) {
+	dq_vfs *v = (dq_vfs *)vfs;
+	for (int i = 0; i < n; i++) {
+		/* splitmix64 */
+		uint64_t z = (v->rand_state += 0x9e3779b97f4a7c15ULL);
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+		out[i] = (char)(z ^ (z >> 31));
+	}
+	return n;
+}
+
+static int v_sleep(sqlite3_vfs *vfs, int us) {
+	(void)vfs;
+	return us; /* never sleep: the loop must not block; BUSY is returned instead */
+}
+
+static int v_time64(sqlite3_vfs *vfs, sqlite3_int64 *out) {
+	*out = ((dq_vfs *)vfs)->now_ms + JULIAN_UNIX_EPOCH_MS;
+	return SQLITE_OK;
+}
+
+static int v_time(sqlite3_vfs *vfs, double *out) {
+	sqlite3_int64 t;
+	v_time64(vfs, &t);
+	*out = (double)t / 86400000.0;
+	return SQLITE_OK;
+}
+
+static int v_last_error(sqlite3_vfs *vfs, int n, char *out) {
+	(void)vfs;
+	if (n > 0) out[0] = 0;
+	return 0;
+}
+
+/* ---- API used from Go ---- */
+
+dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default) {
+	sqlite3_vfs *os = sqlite3_vfs_find(NULL);
+	if (!os) return NULL;
+	dq_vfs *v = calloc(1, sizeof *v);
+	if (!v) return NULL;
+	v->name = strdup(name);
+	v->os = os;
+	v->rand_state = seed;
+	v->base.iVersion = 2;
+	v->base.szOsFile = (int)sizeof(dq_file) + os->szOsFile;
+	v->base.mxPathname = 511;
+	v->base.zName = v->name;
+	v->base.xOpen = v_open;
+	v->base.xDelete = v_delete;
+	v->base.xAccess = v_access;
+	v->base.xFullPathname = v_fullpath;
+	v->base.xRandomness = v_randomness;
+	v->base.xSleep = v_sleep;
+	v->base.xCurrentTime = v_time;
+	v->base.xGetLastError = v_last_error;
+	v->base.xCurrentTimeInt64 = v_time64;
+	if (sqlite3_vfs_register(&v->base, make_default) != SQLITE_OK) {
+		free(v->name);
+		free(v);
+		return NULL;
+	}
+	return v;
+}
+
+void dq_vfs_set_time(dq_vfs *v, long long unix_ms) { v->now_ms = unix_ms; }
+
+static void db_free(dq_db *d) {
+	free(d->main.data);
+	free(d->wal.data);
+	free(d->journal.data);
+	for (int i = 0; i < d->nregions; i++) free(d->regions[i]);
+	free(d->pre_index);
+	free(d->captured);
+	free(d->post_index);
+	free(d->name);
+	free(d);
+}
+
+void dq_vfs_destroy(dq_vfs *v) {
+	sqlite3_vfs_unregister(&v->base);
+	while (v->dbs) {
+		dq_db *d = v->dbs;
+		v->dbs = d->next;
+		db_free(d);
+	}
+	free(v->name);
+	free(v);
+}
+
+int dq_pending(dq_vfs *v, const char *name) {
+	dq_db *d = db_find(v, name, 0);
+	return d && d->pending;
+}
+
+int dq_page_size(dq_vfs *v, const char *name) {
+	dq_db *d = db_find(v, name, 0);
+	if (!d || d->main.size < 100) return 0;
+	int ps = (d->main.data[16] << 8) | d->main.data[17];
+	return ps == 1 ? 65536 : ps;
+}
+
+/* dq_poll returns the pending transaction's frames: the caller gets the
+ * page size, the frame count, the database size after commit, and pointers
+ * into the captured bytes (valid until dq_apply or dq_abort). */
+int dq_poll(dq_vfs *v, const char *name, dq_frames *out) {
+	dq_db *d = db_find(v, name, 0);
+	memset(out, 0, sizeof *out);
+	if (!d || !d->pending) return SQLITE_NOTFOUND;
+	const unsigned char *c = d->captured;
+	sqlite3_int64 n = d->captured_size;
+	if (d->captured_at == 0) {
+		c += WAL_HDR;
+		n -= WAL_HDR;
+	}
+	const unsigned char *hdr = d->captured_at == 0 ? d->captured : d->wal.data;
+	uint32_t pgsz = get_be32(hdr + 8);
+	if (pgsz == 1) pgsz = 65536;
+	sqlite3_int64 fsz = FRAME_HDR + pgsz;
+	if (pgsz < 512 || n <= 0 || n % fsz != 0) return SQLITE_ERROR;
+	out->page_size = (int)pgsz;
+	out->count = (int)(n / fsz);
+	out->frames = c;
+	out->db_size = get_be32(c + (out->count - 1) * fsz + 4);
+	return SQLITE_OK;
+}
+
+/* dq_apply makes the pending transaction visible. */
+int dq_apply(dq_vfs *v, const char *name) {
+	dq_db *d = db_find(v, name, 0);
+	if (!d || !d->pending) return SQLITE_NOTFOUND;
+	d->wal.size = d->captured_at;
+	int rc = buf_write(&d->wal, d->captured, (int)d->captured_size, d->captured_at);
+	if (rc) return rc;
+	index_restore(d, d->post_index, d->post_nregions);
+	free(d->captured);
+	free(d->post_index);
+	d->captured = d->post_index = NULL;
+	d->pending = 0;
+	return SQLITE_OK;
+}
+
+/* dq_abort drops the pending transaction (it was never visible). */
+int dq_abort(dq_vfs *v, const char *name) {
+	dq_db *d = db_find(v, name, 0);
+	if (!d || !d->pending) return SQLITE_NOTFOUND;
+	free(d->captured);
+	free(d->post_index);
+	d->captured = d->post_index = NULL;
+	d->pending = 0;
+	return SQLITE_OK;
+}
+
+/* dq_apply_frames appends replicated frames (page numbers and pages) to the
+ * WAL and invalidates the index header so the next reader rebuilds it. */
+int dq_apply_frames(dq_vfs *v, const char *name, int page_size, int count, const uint32_t *pgnos,
+                    const unsigned char *pages, uint32_t db_size) {
+	dq_db *d = db_find(v, name, 1);
+	if (!d) return SQLITE_NOMEM;
+	if (d->pending || d->writing) return SQLITE_BUSY;
+	for (int i = 0; i < SQLITE_SHM_NLOCK; i++)
+		if (d->shm_excl[i]) return SQLITE_BUSY;
+	unsigned char h[WAL_HDR];
+	uint32_t s0 = 0, s1 = 0;
+	if (d->wal.size < WAL_HDR) {
+		memset(h, 0, sizeof h);
+		put_be32(h, 0x377f0682);
+		put_be32(h + 4, 3007000);
+		put_be32(h + 8, (uint32_t)page_size); /* the WAL header holds 65536 as is */
+		put_be32(h + 12, 0);
+		put_be32(h + 16, ++d->salt);
+		put_be32(h + 20, d->salt * 2654435761u);
+		wal_checksum(0, h, 24, &s0, &s1);
+		put_be32(h + 24, s0);
+		put_be32(h + 28, s1);
+		d->wal.size = 0;
+		int rc = buf_write(&d->wal, h, WAL_HDR, 0);
+		if (rc) return rc;
+	} else {
+		uint32_t ps = get_be32(d->wal.data + 8);
+		if ((ps == 1 ? 65536 : ps) != (uint32_t)page_size) return SQLITE_ERROR;
+		const unsigned char *last = d->wal.size > WAL_HDR ? d->wal.data + d->wal.size - (FRAME_HDR + page_size) + 16
+		                                                   : d->wal.data + 24;
+		s0 = get_be32(last);
+		s1 = get_be32(last + 4);
+	}
+	int big = get_be32(d->wal.data) & 1;
+	const unsigned char *salts = d->wal.data + 16;
+	for (int i = 0; i < count; i++) {
+		unsigned char fh[FRAME_HDR];
+		const unsigned char *page = pages + (size_t)i * (size_t)page_size;
+		put_be32(fh, pgnos[i]);
+		put_be32(fh + 4, i == count - 1 ? db_size : 0);
+		memcpy(fh + 8, salts, 8);
+		wal_checksum(big, fh, 8, &s0, &s1);
+		wal_checksum(big, page, page_size, &s0, &s1);
+		put_be32(fh + 16, s0);
+		put_be32(fh + 20, s1);
+		sqlite3_int64 off = d->wal.size;
+		int rc = buf_write(&d->wal, fh, FRAME_HDR, off);
+		if (rc == SQLITE_OK) rc = buf_write(&d->wal, page, page_size, off + FRAME_HDR);
+		if (rc) return rc;
+		salts = d->wal.data + 16; /* the buffer may have moved */
+	}
+	if (d->nregions > 0) ((unsigned char *)d->regions[0])[12] = 0; /* isInit of copy 1 */
+	return SQLITE_OK;
+}
+
+/* dq_image copies the main database file (checkpoint first to include the
+ * WAL). The caller frees it with free(). */
+unsigned char *dq_image(dq_vfs *v, const char *name, long long *size) {
+	dq_db *d = db_find(v, name, 0);
+	*size = 0;
+	if (!d) return NULL;
+	unsigned char *c = malloc((size_t)d->main.size + 1);
+	if (!c) return NULL;
+	memcpy(c, d->main.data, (size_t)d->main.size);
+	*size = d->main.size;
+	return c;
+}
+
+int dq_wal_size(dq_vfs *v, const char *name, long long *size) {
+	dq_db *d = db_find(v, name, 0);
+	*size = d ? d->wal.size : 0;
+	return d ? SQLITE_OK : SQLITE_NOTFOUND;
+}
+
+/* dq_restore replaces a database with an image: the WAL is emptied and the
+ * index invalidated. No connection may be inside a transaction. */
+int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long size) {
+	dq_db *d = db_find(v, name, 1);
+	if (!d) return SQLITE_NOMEM;
+	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
+	d->main.size = 0;
+	int rc = buf_write(&d->main, data, (int)size, 0);
+	if (rc) return rc;
+	d->wal.size = 0;
+	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);
+	return SQLITE_OK;
+}
+
+int dq_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
+	return sqlite3_bind_text(s, i, p, n, SQLITE_TRANSIENT);
+}
+
+int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n) {
+	return sqlite3_bind_blob(s, i, p, n, SQLITE_TRANSIENT);
+}

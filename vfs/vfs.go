@@ -1,0 +1,209 @@
+package vfs
+
+/*
+#cgo CFLAGS: -O2 -Wall
+#cgo LDFLAGS: -Wl,--unresolved-symbols=ignore-in-object-files
+#include <stdlib.h>
+#include "sqlite3min.h"
+#include "vfs.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	// The SQLite library itself: its amalgamation is compiled into every
+	// binary that imports it, and our C code links against it.
+	_ "github.com/mattn/go-sqlite3"
+)
+
+// Error is an error returned by SQLite, with its extended result code.
+type Error struct {
+	Code int
+	Msg  string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("sqlite: %s (code %d)", e.Msg, e.Code) }
+
+// Primary result codes callers test for.
+const (
+	CodeBusy      = 5
+	CodeInterrupt = 9
+)
+
+// IsBusy reports whether err is SQLite's busy error (a write is pending).
+func IsBusy(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code&0xff == CodeBusy
+}
+
+// ErrNoPending is returned by Poll, Apply and Abort when the database has no
+// captured transaction.
+var ErrNoPending = errors.New("vfs: no pending transaction")
+
+// VFS is one node's in-memory SQLite file system. Not safe for concurrent
+// use: the node's loop calls it from one goroutine.
+type VFS struct {
+	c    *C.dq_vfs
+	name *C.char
+}
+
+// New registers a VFS under name. Randomness SQLite draws from it (when it
+// is the default VFS at the process's first draw) comes from seed.
+func New(name string, seed uint64, makeDefault bool) (*VFS, error) {
+	cname := C.CString(name)
+	def := C.int(0)
+	if makeDefault {
+		def = 1
+	}
+	c := C.dq_vfs_new(cname, C.ulonglong(seed), def)
+	if c == nil {
+		C.free(unsafe.Pointer(cname))
+		return nil, fmt.Errorf("vfs: registering %q failed", name)
+	}
+	return &VFS{c: c, name: cname}, nil
+}
+
+// Close unregisters the VFS and frees its databases. Every connection must
+// be closed first.
+func (v *VFS) Close() {
+	C.dq_vfs_destroy(v.c)
+	C.free(unsafe.Pointer(v.name))
+}
+
+// SetTime sets the clock SQLite reads (datetime('now') and friends), in
+// Unix milliseconds. The node sets it from its own clock before running
+// statements, so replicas never depend on their own clocks.
+func (v *VFS) SetTime(unixMs int64) { C.dq_vfs_set_time(v.c, C.longlong(unixMs)) }
+
+// Frames is a write transaction's pages as captured from the WAL.
+type Frames struct {
+	PageSize    int
+	DBSize      uint32 // database size in pages after the transaction
+	PageNumbers []uint32
+	Pages       [][]byte
+}
+
+func withName[T any](db string, f func(*C.char) T) T {
+	c := C.CString(db)
+	defer C.free(unsafe.Pointer(c))
+	return f(c)
+}
+
+// Pending reports whether db holds a captured, not yet applied transaction.
+func (v *VFS) Pending(db string) bool {
+	return withName(db, func(c *C.char) bool { return C.dq_pending(v.c, c) != 0 })
+}
+
+// Poll returns (a copy of) the pending transaction's frames.
+func (v *VFS) Poll(db string) (*Frames, error) {
+	var out C.dq_frames
+	rc := withName(db, func(c *C.char) C.int { return C.dq_poll(v.c, c, &out) })
+	if rc == 12 { // SQLITE_NOTFOUND
+		return nil, ErrNoPending
+	}
+	if rc != 0 {
+		return nil, fmt.Errorf("vfs: poll %s: malformed capture (code %d)", db, rc)
+	}
+	ps := int(out.page_size)
+	n := int(out.count)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(out.frames)), n*(24+ps))
+	f := &Frames{PageSize: ps, DBSize: uint32(out.db_size), PageNumbers: make([]uint32, n), Pages: make([][]byte, n)}
+	for i := 0; i < n; i++ {
+		h := raw[i*(24+ps):]
+		f.PageNumbers[i] = uint32(h[0])<<24 | uint32(h[1])<<16 | uint32(h[2])<<8 | uint32(h[3])
+		f.Pages[i] = append([]byte(nil), h[24:24+ps]...)
+	}
+	return f, nil
+}
+
+// Apply makes the pending transaction visible (after Raft committed it).
+func (v *VFS) Apply(db string) error {
+	return v.pendingOp(db, func(c *C.char) C.int { return C.dq_apply(v.c, c) })
+}
+
+// Abort drops the pending transaction: it was never visible.
+func (v *VFS) Abort(db string) error {
+	return v.pendingOp(db, func(c *C.char) C.int { return C.dq_abort(v.c, c) })
+}
+
+func (v *VFS) pendingOp(db string, f func(*C.char) C.int) error {
+	switch rc := withName(db, f); rc {
+	case 0:
+		return nil
+	case 12:
+		return ErrNoPending
+	default:
+		return &Error{Code: int(rc), Msg: "applying pending transaction"}
+	}
+}
+
+// ApplyFrames appends replicated frames to db's WAL (on a follower, or for
+// a transaction this node did not originate) and makes them visible to the
+// next transaction.
+func (v *VFS) ApplyFrames(db string, f *Frames) error {
+	n := len(f.Pages)
+	if n == 0 || len(f.PageNumbers) != n {
+		return fmt.Errorf("vfs: apply %d pages with %d page numbers", n, len(f.PageNumbers))
+	}
+	pages := make([]byte, 0, n*f.PageSize)
+	for i, p := range f.Pages {
+		if len(p) != f.PageSize {
+			return fmt.Errorf("vfs: page %d has %d bytes, page size %d", f.PageNumbers[i], len(p), f.PageSize)
+		}
+		pages = append(pages, p...)
+	}
+	cpg := C.malloc(C.size_t(4 * n))
+	defer C.free(cpg)
+	pg := unsafe.Slice((*uint32)(cpg), n)
+	copy(pg, f.PageNumbers)
+	cpages := C.CBytes(pages)
+	defer C.free(cpages)
+	rc := withName(db, func(c *C.char) C.int {
+		return C.dq_apply_frames(v.c, c, C.int(f.PageSize), C.int(n), (*C.uint32_t)(cpg),
+			(*C.uchar)(cpages), C.uint32_t(f.DBSize))
+	})
+	if rc != 0 {
+		return &Error{Code: int(rc), Msg: "applying replicated frames"}
+	}
+	return nil
+}
+
+// Image returns a copy of db's main file. Checkpoint first (Conn.Checkpoint)
+// so it holds every committed transaction.
+func (v *VFS) Image(db string) []byte {
+	var size C.longlong
+	p := withName(db, func(c *C.char) *C.uchar { return C.dq_image(v.c, c, &size) })
+	if p == nil {
+		return nil
+	}
+	defer C.free(unsafe.Pointer(p))
+	return C.GoBytes(unsafe.Pointer(p), C.int(size))
+}
+
+// WALSize returns the size of db's WAL in bytes.
+func (v *VFS) WALSize(db string) int64 {
+	var size C.longlong
+	withName(db, func(c *C.char) C.int { return C.dq_wal_size(v.c, c, &size) })
+	return int64(size)
+}
+
+// Restore replaces db with an image. No connection may be inside a
+// transaction; connections should be reopened afterwards.
+func (v *VFS) Restore(db string, image []byte) error {
+	if len(image) == 0 {
+		return errors.New("vfs: restore of an empty image")
+	}
+	p := C.CBytes(image)
+	defer C.free(p)
+	rc := withName(db, func(c *C.char) C.int { return C.dq_restore(v.c, c, (*C.uchar)(p), C.longlong(len(image))) })
+	if rc != 0 {
+		return &Error{Code: int(rc), Msg: "restoring database image"}
+	}
+	return nil
+}
+
+// LibVersion is the version of the linked SQLite.
+func LibVersion() string { return C.GoString(C.sqlite3_libversion()) }

@@ -1,0 +1,291 @@
+package vfs
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+var vfsSeq atomic.Int64
+
+func newVFS(t *testing.T) *VFS {
+	t.Helper()
+	v, err := New(fmt.Sprintf("test-%d", vfsSeq.Add(1)), 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v
+}
+
+func open(t *testing.T, v *VFS, db string, pageSize int) *Conn {
+	t.Helper()
+	c, err := v.Open(db, pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func exec(t *testing.T, c *Conn, sql string) {
+	t.Helper()
+	if err := c.Exec(sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func query(t *testing.T, c *Conn, sql string) [][]any {
+	t.Helper()
+	rows, err := c.Query(sql)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return rows
+}
+
+func count(t *testing.T, c *Conn, table string) int64 {
+	t.Helper()
+	rows := query(t, c, "SELECT count(*) FROM "+table)
+	return rows[0][0].(int64)
+}
+
+// commit applies the pending transaction of db and returns its frames.
+func commit(t *testing.T, v *VFS, db string) *Frames {
+	t.Helper()
+	f, err := v.Poll(db)
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	if err := v.Apply(db); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return f
+}
+
+// TestCapturedTransactionIsInvisibleUntilApplied checks a committed
+// transaction stays invisible to another connection until Apply, that no
+// other write can start meanwhile, and that the writer sees it after.
+func TestCapturedTransactionIsInvisibleUntilApplied(t *testing.T) {
+	v := newVFS(t)
+	w := open(t, v, "db", 4096)
+	r := open(t, v, "db", 4096)
+	exec(t, w, "CREATE TABLE t (x INTEGER)")
+	commit(t, v, "db")
+	exec(t, w, "INSERT INTO t VALUES (1)")
+	if !v.Pending("db") {
+		t.Fatal("insert not captured")
+	}
+	if n := count(t, r, "t"); n != 0 {
+		t.Fatalf("reader sees %d rows of a pending transaction", n)
+	}
+	if err := r.Exec("INSERT INTO t VALUES (2)"); !IsBusy(err) {
+		t.Fatalf("second writer while pending: %v", err)
+	}
+	f := commit(t, v, "db")
+	if f.PageSize != 4096 || len(f.Pages) == 0 || f.DBSize == 0 {
+		t.Fatalf("frames: %d pages of %d, db size %d", len(f.Pages), f.PageSize, f.DBSize)
+	}
+	if n := count(t, r, "t"); n != 1 {
+		t.Fatalf("reader sees %d rows after apply", n)
+	}
+	if n := count(t, w, "t"); n != 1 {
+		t.Fatalf("writer sees %d rows after apply", n)
+	}
+	exec(t, r, "INSERT INTO t VALUES (2)")
+	commit(t, v, "db")
+	if n := count(t, w, "t"); n != 2 {
+		t.Fatalf("writer sees %d rows after the other's write", n)
+	}
+}
+
+// TestAbortLeavesNoTrace aborts a captured transaction: neither the writer
+// nor another connection ever sees it, and the next transaction works.
+func TestAbortLeavesNoTrace(t *testing.T) {
+	v := newVFS(t)
+	w := open(t, v, "db", 4096)
+	r := open(t, v, "db", 4096)
+	exec(t, w, "CREATE TABLE t (x INTEGER)")
+	commit(t, v, "db")
+	exec(t, w, "INSERT INTO t VALUES (1)")
+	if err := v.Abort("db"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, w, "t"); n != 0 {
+		t.Fatalf("writer sees %d rows of an aborted transaction", n)
+	}
+	if n := count(t, r, "t"); n != 0 {
+		t.Fatalf("reader sees %d rows of an aborted transaction", n)
+	}
+	exec(t, w, "INSERT INTO t VALUES (5)")
+	commit(t, v, "db")
+	if rows := query(t, r, "SELECT x FROM t"); !reflect.DeepEqual(rows, [][]any{{int64(5)}}) {
+		t.Fatalf("after abort and a new write: %v", rows)
+	}
+	if err := v.Abort("db"); err != ErrNoPending {
+		t.Fatalf("abort with nothing pending: %v", err)
+	}
+}
+
+// replicate runs each statement on the leader, captures and applies its
+// frames locally, and applies the same frames on the follower.
+func replicate(t *testing.T, lv, fv *VFS, lc *Conn, stmts ...string) {
+	t.Helper()
+	for _, s := range stmts {
+		exec(t, lc, s)
+		if !lv.Pending("db") {
+			continue // a read-only statement
+		}
+		f := commit(t, lv, "db")
+		if err := fv.ApplyFrames("db", f); err != nil {
+			t.Fatalf("apply frames of %q: %v", s, err)
+		}
+	}
+}
+
+// TestFramesReplicateNonDeterministicSQL replicates random(), randomblob()
+// and datetime('now') by frames: the follower holds exactly the leader's
+// values, although its own clock differs.
+func TestFramesReplicateNonDeterministicSQL(t *testing.T) {
+	lv, fv := newVFS(t), newVFS(t)
+	lv.SetTime(1_700_000_000_000)
+	fv.SetTime(1_800_000_000_000)
+	lc := open(t, lv, "db", 4096)
+	fc := open(t, fv, "db", 4096)
+	replicate(t, lv, fv, lc, "CREATE TABLE t (a, b, c)")
+	var stmts []string
+	for i := 0; i < 100; i++ {
+		stmts = append(stmts, "INSERT INTO t VALUES (random(), datetime('now'), randomblob(16))")
+	}
+	replicate(t, lv, fv, lc, stmts...)
+	want := query(t, lc, "SELECT * FROM t ORDER BY rowid")
+	got := query(t, fc, "SELECT * FROM t ORDER BY rowid")
+	if len(want) != 100 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("follower differs: %d rows vs %d", len(got), len(want))
+	}
+	if want[0][1] != "2023-11-14 22:13:20" {
+		t.Fatalf("datetime('now') = %v, not the injected clock", want[0][1])
+	}
+}
+
+// TestLargeTransactionWithSavepoints writes a transaction large enough to
+// spill the page cache, rolls back to a savepoint after the spill, commits,
+// and replicates: the follower must match (the transaction is cut at
+// SQLite's commit frame, not at the last frame written).
+func TestLargeTransactionWithSavepoints(t *testing.T) {
+	lv, fv := newVFS(t), newVFS(t)
+	lc := open(t, lv, "db", 4096)
+	fc := open(t, fv, "db", 4096)
+	replicate(t, lv, fv, lc, "CREATE TABLE t (x, y)", "PRAGMA cache_size=10")
+	big := strings.Repeat("x", 1000)
+	sql := "BEGIN; SAVEPOINT a;"
+	for i := 0; i < 200; i++ {
+		sql += fmt.Sprintf("INSERT INTO t VALUES (%d, '%s');", i, big)
+	}
+	sql += "SAVEPOINT b;"
+	for i := 0; i < 400; i++ {
+		sql += fmt.Sprintf("INSERT INTO t VALUES (%d, '%s');", 1000+i, big)
+	}
+	sql += "ROLLBACK TO b; INSERT INTO t VALUES (-1, 'end'); RELEASE a; COMMIT;"
+	replicate(t, lv, fv, lc, sql)
+	want := query(t, lc, "SELECT count(*), sum(x) FROM t")
+	got := query(t, fc, "SELECT count(*), sum(x) FROM t")
+	if !reflect.DeepEqual(got, want) || want[0][0] != int64(201) {
+		t.Fatalf("leader %v follower %v", want, got)
+	}
+	if rows := query(t, fc, "PRAGMA integrity_check"); rows[0][0] != "ok" {
+		t.Fatalf("follower integrity: %v", rows)
+	}
+}
+
+// TestPageSize65536 replicates a database with the largest page size.
+func TestPageSize65536(t *testing.T) {
+	lv, fv := newVFS(t), newVFS(t)
+	lc := open(t, lv, "db", 65536)
+	fc := open(t, fv, "db", 65536)
+	replicate(t, lv, fv, lc, "CREATE TABLE t (x)", "INSERT INTO t VALUES (zeroblob(100000))")
+	f, _ := lv.Poll("db")
+	if f != nil {
+		t.Fatal("unexpected pending transaction")
+	}
+	if got := query(t, fc, "SELECT length(x) FROM t"); got[0][0] != int64(100000) {
+		t.Fatalf("follower: %v", got)
+	}
+	if ps := query(t, fc, "PRAGMA page_size"); ps[0][0] != int64(65536) {
+		t.Fatalf("page size %v", ps)
+	}
+}
+
+// TestCheckpointImageRestore checkpoints, takes an image, restores it into
+// another VFS, and keeps replicating after a checkpoint.
+func TestCheckpointImageRestore(t *testing.T) {
+	lv, fv := newVFS(t), newVFS(t)
+	lc := open(t, lv, "db", 4096)
+	fc := open(t, fv, "db", 4096)
+	replicate(t, lv, fv, lc, "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
+	if err := lc.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if lv.WALSize("db") != 0 {
+		t.Fatalf("WAL not truncated: %d", lv.WALSize("db"))
+	}
+	if err := fc.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	replicate(t, lv, fv, lc, "INSERT INTO t VALUES (3)")
+	if got := query(t, fc, "SELECT sum(x) FROM t"); got[0][0] != int64(6) {
+		t.Fatalf("follower after checkpoint: %v", got)
+	}
+	if err := lc.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	img := lv.Image("db")
+	rv := newVFS(t)
+	if err := rv.Restore("db", img); err != nil {
+		t.Fatal(err)
+	}
+	rc := open(t, rv, "db", 4096)
+	if got := query(t, rc, "SELECT sum(x) FROM t"); got[0][0] != int64(6) {
+		t.Fatalf("restored: %v", got)
+	}
+	if got := query(t, rc, "PRAGMA quick_check"); got[0][0] != "ok" {
+		t.Fatalf("restored quick_check: %v", got)
+	}
+}
+
+// TestBindAndColumns round-trips every value type through a statement.
+func TestBindAndColumns(t *testing.T) {
+	v := newVFS(t)
+	c := open(t, v, "db", 4096)
+	exec(t, c, "CREATE TABLE t (a, b, c, d, e)")
+	commit(t, v, "db")
+	s, _, err := c.Prepare("INSERT INTO t VALUES (?, ?, ?, ?, ?)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ParamCount() != 5 {
+		t.Fatalf("param count %d", s.ParamCount())
+	}
+	for i, x := range []any{int64(-7), 2.5, "héllo", []byte{0, 1, 2}, nil} {
+		if err := s.Bind(i+1, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Step(); err != nil {
+		t.Fatal(err)
+	}
+	s.Finalize()
+	if c.Changes() != 1 || c.LastInsertRowID() != 1 {
+		t.Fatalf("changes %d rowid %d", c.Changes(), c.LastInsertRowID())
+	}
+	commit(t, v, "db")
+	rows := query(t, c, "SELECT * FROM t")
+	if !reflect.DeepEqual(rows, [][]any{{int64(-7), 2.5, "héllo", []byte{0, 1, 2}, nil}}) {
+		t.Fatalf("rows %#v", rows)
+	}
+	if _, _, err := c.Prepare("SELEC nonsense"); err == nil || !strings.Contains(err.Error(), "syntax error") {
+		t.Fatalf("bad SQL: %v", err)
+	}
+}
