@@ -33,7 +33,8 @@ type StateMachine interface {
 	// Apply applies a committed normal entry and returns its result for the
 	// client that proposed it (if any is waiting on this node).
 	Apply(e raft.Entry) (any, error)
-	// Snapshot returns the state as bytes.
+	// Snapshot returns the state as bytes. An error with a method
+	// SnapshotLater() bool returning true means "not now, try later".
 	Snapshot() ([]byte, error)
 	// Restore replaces the state with a snapshot's.
 	Restore(data []byte) error
@@ -106,6 +107,25 @@ type request struct {
 	term    uint64
 	ticks   int
 	reading bool
+	// Executed writes (SubmitWrite): the result computed on the leader,
+	// and how to drop the captured transaction.
+	write  *WriteRequest
+	result any
+}
+
+// WriteRequest is a write that the leader executes before proposing it
+// (SQLite frames: the statement runs, its frames become the entry). Writes
+// run one at a time, in arrival order, once the leader has applied every
+// committed entry (so they never read stale state).
+type WriteRequest struct {
+	ID uint64
+	// Execute runs the write and returns the command to propose (nil if it
+	// wrote nothing) and the result for the client.
+	Execute func() (cmd []byte, result any, err error)
+	// Proposed tells the state machine where its entry went.
+	Proposed func(index, term uint64)
+	// Abort drops what Execute captured (leadership lost, proposal refused).
+	Abort func()
 }
 
 // Loop is one node's event loop state: it owns the Raft, the state machine
@@ -129,6 +149,9 @@ type Loop struct {
 	applied  uint64
 	snapshot uint64 // index of the last snapshot taken
 	out      Output
+	// writes waiting for the writer slot, and the one holding it.
+	writeQueue []*request
+	writing1   *request
 }
 
 // New creates a loop from durable state, restoring the state machine from
@@ -240,6 +263,70 @@ func (l *Loop) Read(id uint64, fn func() (any, error)) Output {
 	return l.flush()
 }
 
+// SubmitWrite queues a write executed on the leader (see WriteRequest).
+func (l *Loop) SubmitWrite(w WriteRequest) Output {
+	if err := l.admit(w.ID); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: w.ID, Err: err})
+		return l.flush()
+	}
+	if l.raft.Basic().State != raft.StateLeader {
+		l.out.Replies = append(l.out.Replies, Reply{ID: w.ID, Err: ErrNotLeader})
+		return l.flush()
+	}
+	req := &request{id: w.ID, write: &w}
+	l.track(req)
+	l.writeQueue = append(l.writeQueue, req)
+	return l.flush()
+}
+
+// pumpWrites runs the next queued write when the writer slot is free and
+// the leader has applied everything committed.
+func (l *Loop) pumpWrites() {
+	b := l.raft.Basic()
+	if w := l.writing1; w != nil && (b.State != raft.StateLeader || b.Term != w.term) {
+		// Leadership lost: drop the captured transaction now. The request
+		// keeps waiting: its entry may still commit (then it succeeds) or be
+		// overwritten (then it fails with ErrLeadershipLost).
+		w.write.Abort()
+	}
+	if b.State != raft.StateLeader {
+		for _, req := range l.writeQueue {
+			l.finish(req.id, Reply{ID: req.id, Err: ErrNotLeader})
+		}
+		l.writeQueue = nil
+		return
+	}
+	for l.writing1 == nil && len(l.writeQueue) > 0 && l.writeErr == nil {
+		if t, _ := l.raft.Term(b.Commit); t != b.Term || l.applied < b.Commit {
+			return // barrier: not everything committed is applied yet
+		}
+		req := l.writeQueue[0]
+		l.writeQueue = l.writeQueue[1:]
+		if l.pending[req.id] == nil {
+			continue // timed out while queued
+		}
+		l.startWrite(req)
+	}
+}
+
+func (l *Loop) startWrite(req *request) {
+	cmd, result, err := req.write.Execute()
+	if err != nil || cmd == nil {
+		l.finish(req.id, Reply{ID: req.id, Result: result, Err: err})
+		return
+	}
+	index, term, err := l.raft.Propose(cmd)
+	if err != nil {
+		req.write.Abort()
+		l.finish(req.id, Reply{ID: req.id, Err: err})
+		return
+	}
+	req.write.Proposed(index, term)
+	req.index, req.term, req.result = index, term, result
+	l.byIndex[index] = req.id
+	l.writing1 = req
+}
+
 func (l *Loop) admit(id uint64) error {
 	switch {
 	case l.writeErr != nil:
@@ -263,8 +350,11 @@ func (l *Loop) finish(id uint64, rep Reply) {
 		return
 	}
 	delete(l.pending, id)
-	if req.read == nil {
+	if req.read == nil && req.index != 0 {
 		delete(l.byIndex, req.index)
+	}
+	if l.writing1 == req {
+		l.writing1 = nil
 	}
 	l.out.Replies = append(l.out.Replies, rep)
 }
@@ -295,6 +385,11 @@ func (l *Loop) WriteDone(job *WriteJob, err error) Output {
 
 // flush drains raft's Update into the Output.
 func (l *Loop) flush() Output {
+	for l.raft.HasUpdate() {
+		u := l.raft.Update()
+		l.handleUpdate(u)
+	}
+	l.pumpWrites()
 	for l.raft.HasUpdate() {
 		u := l.raft.Update()
 		l.handleUpdate(u)
@@ -388,6 +483,9 @@ func (l *Loop) apply(e raft.Entry) {
 		l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
 		return
 	}
+	if req.write != nil && err == nil {
+		result = req.result // computed when the leader executed it
+	}
 	l.finish(id, Reply{ID: id, Result: result, Err: err, Index: e.Index})
 }
 
@@ -410,7 +508,7 @@ func (l *Loop) failLostWrites() {
 	st := l.raft.Basic()
 	for _, id := range l.order {
 		req := l.pending[id]
-		if req == nil || req.read != nil {
+		if req == nil || req.read != nil || req.index == 0 {
 			continue
 		}
 		if st.Term != req.term || st.State != raft.StateLeader {
@@ -439,6 +537,10 @@ func (l *Loop) maybeSnapshot() {
 		return
 	}
 	data, err := l.fsm.Snapshot()
+	var later interface{ SnapshotLater() bool }
+	if errors.As(err, &later) && later.SnapshotLater() {
+		return // e.g. a write is pending: the next apply tries again
+	}
 	if err == nil {
 		err = l.storage.CreateSnapshot(meta, data)
 	}
