@@ -17,7 +17,7 @@ import (
 // store is a raft.MemoryStorage with the loop's write methods.
 type store struct{ *raft.MemoryStorage }
 
-func (s store) SetHardState(hs raft.HardState) error { s.MemoryStorage.SetHardState(hs); return nil }
+func (s store) SetHardState(hs raft.HardState) error   { s.MemoryStorage.SetHardState(hs); return nil }
 func (s store) InstallSnapshot(sn raft.Snapshot) error { return s.ApplySnapshot(sn) }
 func (s store) Append(e []raft.Entry) error            { return s.MemoryStorage.Append(e) }
 
