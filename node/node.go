@@ -1,0 +1,474 @@
+// Package node is the embedding API of dqlite-go: one replicated SQLite
+// node with its data directory, its peers over TCP and its event loop.
+//
+// # Goroutines
+//
+// Each node owns: the loop goroutine (the only one touching Raft, the log's
+// state and SQLite), a disk goroutine (appends and fsyncs, reported back as
+// events), a listener goroutine accepting peer connections with one reader
+// goroutine per connection, and one sender goroutine per peer. Close stops
+// them all and waits for them.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/loop"
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/vfs"
+	"github.com/dqlite-go/dqlite/wal"
+)
+
+// Config configures a node.
+type Config struct {
+	ID      raft.NodeID
+	Address string // host:port to listen on for peers
+	Dir     string // data directory
+	// Bootstrap is the initial membership of a new cluster; every initial
+	// member passes the same list. Empty for a node joining later.
+	Bootstrap []raft.Server
+	// Tick is the Raft tick interval (default 50ms); the election timeout
+	// is ElectionTicks ticks (default 10).
+	Tick          time.Duration
+	ElectionTicks int
+	Mode          fsm.Mode // default ModeFrames
+	PageSize      int      // default 4096
+	Logger        *slog.Logger
+}
+
+// Limits.
+const (
+	// peerQueueMax bounds the messages waiting to be sent to one peer;
+	// past it messages are dropped (Raft retransmits).
+	peerQueueMax = 4096
+	// eventQueueMax bounds the events waiting for the loop.
+	eventQueueMax = 4096
+	dialTimeout   = time.Second
+	// maxMsgBytes bounds one Raft entry (one transaction's frames).
+	maxMsgBytes = 64 << 20
+)
+
+// ErrClosed is returned by requests on a closed node.
+var ErrClosed = errors.New("node: closed")
+
+// Node is a running dqlite-go node.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	wal    *wal.WAL
+	vfs    *vfs.VFS
+	db     *fsm.DB
+	loop   *loop.Loop
+	events chan func()
+	disk   chan *loop.WriteJob
+	ln     net.Listener
+	peers  map[raft.NodeID]*peer // owned by the loop goroutine
+
+	connMu     sync.Mutex
+	conns      map[net.Conn]struct{} // accepted peer connections
+	connClosed bool
+
+	// changed is closed (and replaced) whenever an event was handled, so
+	// waiters can re-check a condition without polling.
+	changedMu sync.Mutex
+	changed   chan struct{}
+
+	waiters map[uint64]chan loop.Reply // owned by the loop goroutine
+	nextReq atomic.Uint64
+
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+	members  atomic.Value // raft.Membership
+}
+
+var vfsSeq atomic.Uint64
+
+// New opens the data directory, recovers the log and starts the node.
+func New(cfg Config) (*Node, error) {
+	if cfg.Tick == 0 {
+		cfg.Tick = 50 * time.Millisecond
+	}
+	if cfg.ElectionTicks == 0 {
+		cfg.ElectionTicks = 10
+	}
+	if cfg.Mode == 0 {
+		cfg.Mode = fsm.ModeFrames
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = 4096
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: make(chan func(), eventQueueMax),
+		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
+		stop: make(chan struct{}), conns: map[net.Conn]struct{}{}, changed: make(chan struct{})}
+	if err := n.open(); err != nil {
+		n.closeResources()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Address)
+	if err != nil {
+		n.closeResources()
+		return nil, fmt.Errorf("node %d: listen on %s: %w", cfg.ID, cfg.Address, err)
+	}
+	n.ln = ln
+	n.members.Store(n.loop.Raft().Status().Config)
+	n.wg.Add(3)
+	go n.run()
+	go n.diskWriter()
+	go n.accept()
+	return n, nil
+}
+
+func (n *Node) open() error {
+	fs, err := wal.NewOSFS(n.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	w, rep, err := wal.Open(fs, wal.Options{Logger: n.log, TrailingEntries: 1024})
+	if err != nil {
+		return fmt.Errorf("node %d: opening log: %w", n.cfg.ID, err)
+	}
+	n.wal = w
+	if rep.TruncatedFile != "" {
+		n.log.Warn("recovered a torn log tail", "file", rep.TruncatedFile, "bytes", rep.TruncatedBytes)
+	}
+	if w.LastIndex() == 0 && len(n.cfg.Bootstrap) > 0 {
+		m := raft.Membership{Servers: append([]raft.Server(nil), n.cfg.Bootstrap...)}
+		if err := m.Validate(); err != nil {
+			return fmt.Errorf("node %d: bootstrap membership: %w", n.cfg.ID, err)
+		}
+		if err := w.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
+			return err
+		}
+		if err := w.SetHardState(raft.HardState{Term: 1}); err != nil {
+			return err
+		}
+	}
+	v, err := vfs.New(fmt.Sprintf("dqlite-node-%d-%d", n.cfg.ID, vfsSeq.Add(1)), uint64(n.cfg.ID), false)
+	if err != nil {
+		return err
+	}
+	n.vfs = v
+	n.vfs.SetTime(time.Now().UnixMilli())
+	db, err := fsm.Open(v, "db", n.cfg.PageSize, n.cfg.Mode)
+	if err != nil {
+		return err
+	}
+	n.db = db
+	l, err := loop.New(loop.Config{
+		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
+		Storage: w, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
+		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
+	})
+	if err != nil {
+		return fmt.Errorf("node %d: starting: %w", n.cfg.ID, err)
+	}
+	n.loop = l
+	return nil
+}
+
+// run is the loop goroutine.
+func (n *Node) run() {
+	defer n.wg.Done()
+	ticker := time.NewTicker(n.cfg.Tick)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-n.stop:
+			n.failWaiters(ErrClosed)
+			return
+		case <-ticker.C:
+			n.vfs.SetTime(time.Now().UnixMilli())
+			n.handle(n.loop.Tick())
+		case fn := <-n.events:
+			fn()
+		}
+	}
+}
+
+// handle carries out a loop output.
+func (n *Node) handle(out loop.Output) {
+	for _, m := range out.Messages {
+		n.send(m)
+	}
+	if out.Write != nil {
+		select { // capacity 1: the loop has at most one write in flight
+		case n.disk <- out.Write:
+		case <-n.stop:
+		}
+	}
+	for _, r := range out.Replies {
+		if ch, ok := n.waiters[r.ID]; ok {
+			delete(n.waiters, r.ID)
+			ch <- r
+		}
+	}
+	n.members.Store(n.loop.Raft().Status().Config)
+	n.changedMu.Lock()
+	close(n.changed)
+	n.changed = make(chan struct{})
+	n.changedMu.Unlock()
+}
+
+// WaitFor waits until cond, evaluated in the loop goroutine after events,
+// holds, or ctx ends.
+func (n *Node) WaitFor(ctx context.Context, cond func() bool) error {
+	for {
+		n.changedMu.Lock()
+		ch := n.changed
+		n.changedMu.Unlock()
+		var ok bool
+		if !n.do(func() { ok = cond() }) {
+			return ErrClosed
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stop:
+			return ErrClosed
+		}
+	}
+}
+
+// WaitLeader waits until this node knows a leader and returns it.
+func (n *Node) WaitLeader(ctx context.Context) (raft.NodeID, error) {
+	var lead raft.NodeID
+	err := n.WaitFor(ctx, func() bool {
+		lead = n.loop.Raft().Basic().Lead
+		return lead != raft.None
+	})
+	return lead, err
+}
+
+// IsLeader reports whether this node leads and has applied everything
+// committed (ready to serve writes).
+func (n *Node) IsLeader() bool {
+	var ok bool
+	n.do(func() {
+		b := n.loop.Raft().Basic()
+		ok = b.State == raft.StateLeader && n.loop.Applied() >= b.Commit
+	})
+	return ok
+}
+
+// diskWriter performs appends outside the loop.
+func (n *Node) diskWriter() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case job := <-n.disk:
+			err := n.wal.Append(job.Entries)
+			if err != nil {
+				n.log.Error("log append failed: the node stops writing", "err", err)
+			}
+			if !n.post(func() { n.handle(n.loop.WriteDone(job, err)) }) {
+				return
+			}
+		}
+	}
+}
+
+// post queues fn for the loop goroutine; false once the node is closing.
+func (n *Node) post(fn func()) bool {
+	select {
+	case n.events <- fn:
+		return true
+	case <-n.stop:
+		return false
+	}
+}
+
+func (n *Node) failWaiters(err error) {
+	for id, ch := range n.waiters {
+		delete(n.waiters, id)
+		ch <- loop.Reply{ID: id, Err: err}
+	}
+}
+
+// request runs submit in the loop goroutine and waits for the reply.
+func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) (loop.Reply, error) {
+	id := n.nextReq.Add(1)
+	ch := make(chan loop.Reply, 1)
+	if !n.post(func() {
+		n.waiters[id] = ch
+		n.handle(submit(id))
+	}) {
+		return loop.Reply{}, ErrClosed
+	}
+	select {
+	case r := <-ch:
+		return r, r.Err
+	case <-ctx.Done():
+		return loop.Reply{}, fmt.Errorf("node: request abandoned, outcome unknown: %w", ctx.Err())
+	case <-n.stop:
+		return loop.Reply{}, ErrClosed
+	}
+}
+
+// Exec runs a write on this node, which must be the leader.
+func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, error) {
+	params, err := toValues(args)
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	r, err := n.request(ctx, func(id uint64) loop.Output {
+		return n.loop.SubmitWrite(loop.WriteRequest{ID: id,
+			Execute: func() ([]byte, any, error) {
+				n.vfs.SetTime(time.Now().UnixMilli())
+				cmd, res, err := n.db.Execute(0, 0, sql, params)
+				return cmd, res, err
+			},
+			Proposed: n.db.Proposed,
+			Abort:    n.db.Abort,
+		})
+	})
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	res, _ := r.Result.(fsm.Result)
+	return res, nil
+}
+
+// Query runs a linearizable read on this node, which must be the leader.
+func (n *Node) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
+	r, err := n.request(ctx, func(id uint64) loop.Output {
+		return n.loop.Read(id, func() (any, error) { return n.db.Conn().Query(sql, args...) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	rows, _ := r.Result.([][]any)
+	return rows, nil
+}
+
+// Leader returns the id of the leader this node knows (0 if none).
+func (n *Node) Leader() raft.NodeID {
+	var lead raft.NodeID
+	if !n.do(func() { lead = n.loop.Raft().Basic().Lead }) {
+		return raft.None
+	}
+	return lead
+}
+
+// do runs fn in the loop goroutine and waits for it.
+func (n *Node) do(fn func()) bool {
+	done := make(chan struct{})
+	if !n.post(func() { fn(); close(done) }) {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	case <-n.stop:
+		return false
+	}
+}
+
+// Applied returns the index of the last entry applied on this node.
+func (n *Node) Applied() uint64 {
+	var a uint64
+	n.do(func() { a = n.loop.Applied() })
+	return a
+}
+
+// ImageHash checkpoints the database and returns a hash of its image (for
+// comparing replicas).
+func (n *Node) ImageHash() (uint64, error) {
+	var h uint64
+	var err error
+	if !n.do(func() {
+		if n.db.Pending() {
+			err = errors.New("node: a write is pending")
+			return
+		}
+		if err = n.db.Conn().Checkpoint(); err != nil {
+			return
+		}
+		f := fnv.New64a()
+		f.Write(n.vfs.Image("db"))
+		h = f.Sum64()
+	}) {
+		return 0, ErrClosed
+	}
+	return h, err
+}
+
+// Close stops the node and waits for its goroutines.
+func (n *Node) Close() error {
+	n.stopOnce.Do(func() {
+		close(n.stop)
+		n.ln.Close()
+		n.connMu.Lock()
+		n.connClosed = true
+		for c := range n.conns {
+			c.Close()
+		}
+		n.connMu.Unlock()
+	})
+	n.wg.Wait()
+	n.closeResources()
+	return nil
+}
+
+func (n *Node) closeResources() {
+	if n.db != nil {
+		n.db.Close()
+		n.db = nil
+	}
+	if n.vfs != nil {
+		n.vfs.Close()
+		n.vfs = nil
+	}
+	if n.wal != nil {
+		n.wal.Close()
+		n.wal = nil
+	}
+}
+
+func toValues(args []any) ([]fsm.Value, error) {
+	out := make([]fsm.Value, len(args))
+	for i, a := range args {
+		switch x := a.(type) {
+		case nil:
+			out[i] = fsm.Value{Type: fsm.TypeNull}
+		case int:
+			out[i] = fsm.Value{Type: fsm.TypeInteger, Int: int64(x)}
+		case int64:
+			out[i] = fsm.Value{Type: fsm.TypeInteger, Int: x}
+		case float64:
+			out[i] = fsm.Value{Type: fsm.TypeFloat, Float: x}
+		case string:
+			out[i] = fsm.Value{Type: fsm.TypeText, Text: x}
+		case []byte:
+			out[i] = fsm.Value{Type: fsm.TypeBlob, Blob: x}
+		case bool:
+			v := int64(0)
+			if x {
+				v = 1
+			}
+			out[i] = fsm.Value{Type: fsm.TypeInteger, Int: v}
+		default:
+			return nil, fmt.Errorf("node: parameter %d: unsupported type %T", i+1, a)
+		}
+	}
+	return out, nil
+}
