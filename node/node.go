@@ -43,7 +43,10 @@ type Config struct {
 	ElectionTicks int
 	Mode          fsm.Mode // default ModeFrames
 	PageSize      int      // default 4096
-	Logger        *slog.Logger
+	// SnapshotThreshold is the number of applied entries between snapshots
+	// (default: the loop's).
+	SnapshotThreshold uint64
+	Logger            *slog.Logger
 }
 
 // Limits.
@@ -172,6 +175,7 @@ func (n *Node) open() error {
 		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
 		Storage: w, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
+		SnapshotThreshold:   n.cfg.SnapshotThreshold,
 	})
 	if err != nil {
 		return fmt.Errorf("node %d: starting: %w", n.cfg.ID, err)

@@ -31,6 +31,10 @@ func freeAddrs(t *testing.T, n int) []string {
 }
 
 func startCluster(t *testing.T, size int) []*Node {
+	return startClusterWith(t, size, func(*Config) {})
+}
+
+func startClusterWith(t *testing.T, size int, tweak func(*Config)) []*Node {
 	addrs := freeAddrs(t, size)
 	var servers []raft.Server
 	for i, a := range addrs {
@@ -39,8 +43,10 @@ func startCluster(t *testing.T, size int) []*Node {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var nodes []*Node
 	for i := range addrs {
-		n, err := New(Config{ID: raft.NodeID(i + 1), Address: addrs[i], Dir: t.TempDir(), Bootstrap: servers,
-			Tick: 20 * time.Millisecond, Logger: quiet})
+		cfg := Config{ID: raft.NodeID(i + 1), Address: addrs[i], Dir: t.TempDir(), Bootstrap: servers,
+			Tick: 20 * time.Millisecond, Logger: quiet}
+		tweak(&cfg)
+		n, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,5 +130,55 @@ func TestConcurrentInsertsOverTCP(t *testing.T) {
 	}
 	if hashes[0] != hashes[1] || hashes[1] != hashes[2] {
 		t.Fatalf("image hashes differ: %x", hashes)
+	}
+}
+
+// TestRestartFromSnapshotAndLog restarts a follower from its data directory
+// after snapshots compacted its log: it rebuilds its database from the
+// snapshot and the log and ends with the leader's image.
+func TestRestartFromSnapshotAndLog(t *testing.T) {
+	nodes := startClusterWith(t, 3, func(c *Config) { c.SnapshotThreshold = 20 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 75; i++ {
+		if _, err := l.Exec(ctx, "INSERT INTO t VALUES (?)", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := nodes[0]
+	if f == l {
+		f = nodes[1]
+	}
+	cfg := f.cfg
+	want := l.Applied()
+	if err := f.WaitFor(ctx, func() bool { return f.loop.Applied() >= want }); err != nil {
+		t.Fatal(err)
+	}
+	if f.wal.Snapshot().Index == 0 {
+		t.Fatal("follower took no snapshot")
+	}
+	f.Close()
+	for i := 75; i < 100; i++ {
+		if _, err := l.Exec(ctx, "INSERT INTO t VALUES (?)", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	defer r.Close()
+	want = l.Applied()
+	if err := r.WaitFor(ctx, func() bool { return r.loop.Applied() >= want }); err != nil {
+		t.Fatalf("restarted node did not catch up: %v", err)
+	}
+	hl, err1 := l.ImageHash()
+	hr, err2 := r.ImageHash()
+	if err1 != nil || err2 != nil || hl != hr {
+		t.Fatalf("images differ after restart: %x %x %v %v", hl, hr, err1, err2)
 	}
 }
