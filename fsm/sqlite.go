@@ -290,3 +290,92 @@ func (d *DB) Restore(data []byte) error {
 	}
 	return nil
 }
+
+// BatchItem is one autocommit write for ExecuteBatch.
+type BatchItem struct {
+	SQL    string
+	Params []Value
+}
+
+// ExecuteBatch runs several autocommit writes on the leader as one
+// transaction with a savepoint each (a failing write is rolled back alone
+// and gets its error), and returns the command to propose for all of them.
+// In statement mode the statements are proposed together. Items are
+// *BatchItem.
+func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
+	results := make([]any, len(items))
+	errs := make([]error, len(items))
+	if d.pending {
+		for i := range errs {
+			errs[i] = fmt.Errorf("fsm: a write is already pending")
+		}
+		return nil, results, errs
+	}
+	if d.mode == ModeStatements {
+		st := &Statements{Database: d.name}
+		for _, it := range items {
+			b := it.(*BatchItem)
+			st.Statements = append(st.Statements, Statement{SQL: b.SQL, Params: b.Params})
+		}
+		cmd, err := EncodeStatements(st)
+		if err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+		}
+		return cmd, results, errs
+	}
+	if err := d.conn.Exec("BEGIN"); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return nil, results, errs
+	}
+	for i, it := range items {
+		b := it.(*BatchItem)
+		if err := d.conn.Exec("SAVEPOINT w"); err != nil {
+			errs[i] = err
+			continue
+		}
+		res, err := d.run(b.SQL, b.Params)
+		if err != nil {
+			errs[i] = err
+			_ = d.conn.Exec("ROLLBACK TO w")
+		} else {
+			results[i] = res
+		}
+		_ = d.conn.Exec("RELEASE w")
+	}
+	if err := d.conn.Exec("COMMIT"); err != nil {
+		_ = d.conn.Exec("ROLLBACK")
+		if d.vfs.Pending(d.name) {
+			_ = d.vfs.Abort(d.name)
+		}
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return nil, results, errs
+	}
+	if !d.vfs.Pending(d.name) {
+		return nil, results, errs
+	}
+	f, err := d.vfs.Poll(d.name)
+	var cmd []byte
+	if err == nil {
+		cmd, err = EncodeFrames(&Frames{Database: d.name, PageSize: uint32(f.PageSize), DBSize: f.DBSize,
+			PageNumbers: f.PageNumbers, Pages: f.Pages})
+	}
+	if err != nil {
+		_ = d.vfs.Abort(d.name)
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return nil, results, errs
+	}
+	d.pending = true
+	return cmd, results, errs
+}

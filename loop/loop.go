@@ -61,6 +61,10 @@ type Config struct {
 	// SnapshotThreshold is the number of applied entries after which the
 	// loop takes a snapshot and compacts the log (0: the default).
 	SnapshotThreshold uint64
+	// Batcher, if set, runs batchable writes together; MaxBatch bounds how
+	// many (default DefaultMaxBatch).
+	Batcher  Batcher
+	MaxBatch int
 }
 
 // Errors given to clients.
@@ -126,7 +130,22 @@ type WriteRequest struct {
 	Proposed func(index, term uint64)
 	// Abort drops what Execute captured (leadership lost, proposal refused).
 	Abort func()
+	// Batch, when set and the loop has a Batcher, replaces the three
+	// functions above: consecutive batchable writes run together as one
+	// transaction and one entry (group commit).
+	Batch any
 }
+
+// Batcher executes several queued writes as one transaction and one entry
+// (a savepoint per write, so one write's error undoes only that write).
+type Batcher interface {
+	ExecuteBatch(batch []any) (cmd []byte, results []any, errs []error)
+	Proposed(index, term uint64)
+	Abort()
+}
+
+// DefaultMaxBatch bounds the writes merged into one entry.
+const DefaultMaxBatch = 128
 
 // Loop is one node's event loop state: it owns the Raft, the state machine
 // and the pending requests. Exactly one goroutine calls its methods.
@@ -144,14 +163,17 @@ type Loop struct {
 	staged   []raft.Entry // entries waiting for the next write (group commit)
 	writeErr error        // sticky storage failure
 	pending  map[uint64]*request
-	byIndex  map[uint64]uint64 // write index -> request id
-	order    []uint64          // request ids in arrival order (for deterministic iteration)
+	byIndex  map[uint64][]uint64 // write index -> request ids
+	order    []uint64            // request ids in arrival order (for deterministic iteration)
 	applied  uint64
 	snapshot uint64 // index of the last snapshot taken
 	out      Output
 	// writes waiting for the writer slot, and the one holding it.
 	writeQueue []*request
-	writing1   *request
+	// The entry holding the writer slot (0: free), and how to drop what it
+	// captured.
+	writingIndex, writingTerm uint64
+	writingAbort              func()
 }
 
 // New creates a loop from durable state, restoring the state machine from
@@ -165,6 +187,9 @@ func New(cfg Config) (*Loop, error) {
 	}
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if cfg.MaxBatch == 0 {
+		cfg.MaxBatch = DefaultMaxBatch
 	}
 	snap := cfg.Storage.Snapshot()
 	if snap.Index > 0 {
@@ -183,7 +208,7 @@ func New(cfg Config) (*Loop, error) {
 		return nil, err
 	}
 	return &Loop{cfg: cfg, raft: r, storage: cfg.Storage, fsm: cfg.FSM, pending: map[uint64]*request{},
-		byIndex: map[uint64]uint64{}, applied: snap.Index, snapshot: snap.Index}, nil
+		byIndex: map[uint64][]uint64{}, applied: snap.Index, snapshot: snap.Index}, nil
 }
 
 // readSnapshotChunkBytes is the chunk size used to read a whole snapshot.
@@ -244,7 +269,7 @@ func (l *Loop) Propose(id uint64, data []byte) Output {
 		return l.flush()
 	}
 	l.track(&request{id: id, index: index, term: term})
-	l.byIndex[index] = id
+	l.byIndex[index] = append(l.byIndex[index], id)
 	return l.flush()
 }
 
@@ -283,11 +308,12 @@ func (l *Loop) SubmitWrite(w WriteRequest) Output {
 // the leader has applied everything committed.
 func (l *Loop) pumpWrites() {
 	b := l.raft.Basic()
-	if w := l.writing1; w != nil && (b.State != raft.StateLeader || b.Term != w.term) {
-		// Leadership lost: drop the captured transaction now. The request
-		// keeps waiting: its entry may still commit (then it succeeds) or be
-		// overwritten (then it fails with ErrLeadershipLost).
-		w.write.Abort()
+	if l.writingIndex != 0 && l.writingAbort != nil && (b.State != raft.StateLeader || b.Term != l.writingTerm) {
+		// Leadership lost: drop the captured transaction now. The requests
+		// keep waiting: their entry may still commit (then they succeed) or
+		// be overwritten (then they fail with ErrLeadershipLost).
+		l.writingAbort()
+		l.writingAbort = nil
 	}
 	if b.State != raft.StateLeader {
 		for _, req := range l.writeQueue {
@@ -296,16 +322,30 @@ func (l *Loop) pumpWrites() {
 		l.writeQueue = nil
 		return
 	}
-	for l.writing1 == nil && len(l.writeQueue) > 0 && l.writeErr == nil {
+	for l.writingIndex == 0 && len(l.writeQueue) > 0 && l.writeErr == nil {
 		if t, _ := l.raft.Term(b.Commit); t != b.Term || l.applied < b.Commit {
 			return // barrier: not everything committed is applied yet
 		}
-		req := l.writeQueue[0]
-		l.writeQueue = l.writeQueue[1:]
-		if l.pending[req.id] == nil {
-			continue // timed out while queued
+		var batch []*request
+		for len(l.writeQueue) > 0 && len(batch) < l.cfg.MaxBatch {
+			req := l.writeQueue[0]
+			if l.pending[req.id] == nil {
+				l.writeQueue = l.writeQueue[1:]
+				continue // timed out while queued
+			}
+			if req.write.Batch == nil || l.cfg.Batcher == nil {
+				if len(batch) == 0 {
+					l.writeQueue = l.writeQueue[1:]
+					l.startWrite(req)
+				}
+				break
+			}
+			batch = append(batch, req)
+			l.writeQueue = l.writeQueue[1:]
 		}
-		l.startWrite(req)
+		if len(batch) > 0 {
+			l.startBatch(batch)
+		}
 	}
 }
 
@@ -322,9 +362,49 @@ func (l *Loop) startWrite(req *request) {
 		return
 	}
 	req.write.Proposed(index, term)
-	req.index, req.term, req.result = index, term, result
-	l.byIndex[index] = req.id
-	l.writing1 = req
+	l.holdSlot([]*request{req}, []any{result}, index, term, req.write.Abort)
+}
+
+func (l *Loop) startBatch(reqs []*request) {
+	items := make([]any, len(reqs))
+	for i, r := range reqs {
+		items[i] = r.write.Batch
+	}
+	cmd, results, errs := l.cfg.Batcher.ExecuteBatch(items)
+	var ok []*request
+	var okResults []any
+	for i, r := range reqs {
+		switch {
+		case errs[i] != nil:
+			l.finish(r.id, Reply{ID: r.id, Err: errs[i]})
+		case cmd == nil:
+			l.finish(r.id, Reply{ID: r.id, Result: results[i]})
+		default:
+			ok, okResults = append(ok, r), append(okResults, results[i])
+		}
+	}
+	if cmd == nil || len(ok) == 0 {
+		return
+	}
+	index, term, err := l.raft.Propose(cmd)
+	if err != nil {
+		l.cfg.Batcher.Abort()
+		for _, r := range ok {
+			l.finish(r.id, Reply{ID: r.id, Err: err})
+		}
+		return
+	}
+	l.cfg.Batcher.Proposed(index, term)
+	l.holdSlot(ok, okResults, index, term, l.cfg.Batcher.Abort)
+}
+
+// holdSlot records proposed writes as holding the writer slot.
+func (l *Loop) holdSlot(reqs []*request, results []any, index, term uint64, abort func()) {
+	for i, r := range reqs {
+		r.index, r.term, r.result = index, term, results[i]
+		l.byIndex[index] = append(l.byIndex[index], r.id)
+	}
+	l.writingIndex, l.writingTerm, l.writingAbort = index, term, abort
 }
 
 func (l *Loop) admit(id uint64) error {
@@ -351,10 +431,20 @@ func (l *Loop) finish(id uint64, rep Reply) {
 	}
 	delete(l.pending, id)
 	if req.read == nil && req.index != 0 {
-		delete(l.byIndex, req.index)
-	}
-	if l.writing1 == req {
-		l.writing1 = nil
+		ids := l.byIndex[req.index][:0]
+		for _, other := range l.byIndex[req.index] {
+			if other != id {
+				ids = append(ids, other)
+			}
+		}
+		if len(ids) == 0 {
+			delete(l.byIndex, req.index)
+			if req.index == l.writingIndex {
+				l.writingIndex, l.writingAbort = 0, nil
+			}
+		} else {
+			l.byIndex[req.index] = ids
+		}
 	}
 	l.out.Replies = append(l.out.Replies, rep)
 }
@@ -474,19 +564,21 @@ func (l *Loop) apply(e raft.Entry) {
 	if e.Type == raft.EntryNormal {
 		result, err = l.fsm.Apply(e)
 	}
-	id, ok := l.byIndex[e.Index]
-	if !ok {
-		return
+	if e.Index == l.writingIndex && e.Term == l.writingTerm {
+		l.writingIndex, l.writingAbort = 0, nil
 	}
-	req := l.pending[id]
-	if req.term != e.Term {
-		l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
-		return
+	for _, id := range append([]uint64(nil), l.byIndex[e.Index]...) {
+		req := l.pending[id]
+		if req.term != e.Term {
+			l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
+			continue
+		}
+		res := result
+		if req.write != nil && err == nil {
+			res = req.result // computed when the leader executed it
+		}
+		l.finish(id, Reply{ID: id, Result: res, Err: err, Index: e.Index})
 	}
-	if req.write != nil && err == nil {
-		result = req.result // computed when the leader executed it
-	}
-	l.finish(id, Reply{ID: id, Result: result, Err: err, Index: e.Index})
 }
 
 func (l *Loop) serveReads() {

@@ -176,6 +176,7 @@ func (n *Node) open() error {
 		Storage: w, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
 		SnapshotThreshold:   n.cfg.SnapshotThreshold,
+		Batcher:             db,
 	})
 	if err != nil {
 		return fmt.Errorf("node %d: starting: %w", n.cfg.ID, err)
@@ -335,15 +336,8 @@ func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, e
 		return fsm.Result{}, err
 	}
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.SubmitWrite(loop.WriteRequest{ID: id,
-			Execute: func() ([]byte, any, error) {
-				n.vfs.SetTime(time.Now().UnixMilli())
-				cmd, res, err := n.db.Execute(0, 0, sql, params)
-				return cmd, res, err
-			},
-			Proposed: n.db.Proposed,
-			Abort:    n.db.Abort,
-		})
+		n.vfs.SetTime(time.Now().UnixMilli())
+		return n.loop.SubmitWrite(loop.WriteRequest{ID: id, Batch: &fsm.BatchItem{SQL: sql, Params: params}})
 	})
 	if err != nil {
 		return fsm.Result{}, err
