@@ -266,11 +266,15 @@ func (n *Node) WaitLeader(ctx context.Context) (raft.NodeID, error) {
 // committed (ready to serve writes).
 func (n *Node) IsLeader() bool {
 	var ok bool
-	n.do(func() {
-		b := n.loop.Raft().Basic()
-		ok = b.State == raft.StateLeader && n.loop.Applied() >= b.Commit
-	})
+	n.do(func() { ok = n.IsLeaderLocked() })
 	return ok
+}
+
+// IsLeaderLocked is IsLeader for use inside WaitFor conditions (which run
+// in the loop goroutine).
+func (n *Node) IsLeaderLocked() bool {
+	b := n.loop.Raft().Basic()
+	return b.State == raft.StateLeader && n.loop.Applied() >= b.Commit
 }
 
 // diskWriter performs appends outside the loop.

@@ -13,7 +13,7 @@ import (
 	"github.com/dqlite-go/dqlite/raft"
 )
 
-func freeAddrs(t *testing.T, n int) []string {
+func freeAddrs(t testing.TB, n int) []string {
 	var addrs []string
 	var lns []net.Listener
 	for i := 0; i < n; i++ {
@@ -30,11 +30,11 @@ func freeAddrs(t *testing.T, n int) []string {
 	return addrs
 }
 
-func startCluster(t *testing.T, size int) []*Node {
+func startCluster(t testing.TB, size int) []*Node {
 	return startClusterWith(t, size, func(*Config) {})
 }
 
-func startClusterWith(t *testing.T, size int, tweak func(*Config)) []*Node {
+func startClusterWith(t testing.TB, size int, tweak func(*Config)) []*Node {
 	addrs := freeAddrs(t, size)
 	var servers []raft.Server
 	for i, a := range addrs {
