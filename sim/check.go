@@ -132,13 +132,14 @@ func (s *Sim) heal() {
 			continue
 		}
 		s.reqOwner[probe] = nil
-		out := l.loop.Propose(probe, []byte("liveness=probe"))
-		for _, r := range out.Replies {
-			if r.ID == probe && r.Err != nil {
-				out.Replies = nil // refused: try again later
-			}
+		if s.opts.SQLite {
+			// The schema may not exist yet if no client reached a leader.
+			s.sqlWrite(l, probe, schemaSQL+"INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+				"liveness", "probe")
+		} else {
+			out := l.loop.Propose(probe, []byte("liveness=probe"))
+			s.take(l, out)
 		}
-		s.take(l, out)
 		probe--
 		s.runUntil(s.now + 5*s.electionTimeout())
 		committed = s.anyApplied("liveness=probe")
@@ -157,13 +158,21 @@ func (s *Sim) heal() {
 }
 
 func (s *Sim) anyApplied(cmd string) bool {
+	key, val, _ := cutString(cmd)
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
-		if n.up {
-			key, val, _ := cutString(cmd)
-			if n.kv.m[key] == val {
+		if !n.up {
+			continue
+		}
+		if s.opts.SQLite {
+			rows, err := n.db.Conn().Query("SELECT v FROM kv WHERE k = ?", key)
+			if err == nil && len(rows) == 1 && rows[0][0] == val {
 				return true
 			}
+			continue
+		}
+		if n.kv.m[key] == val {
+			return true
 		}
 	}
 	return false
@@ -186,7 +195,10 @@ func (s *Sim) converged() string {
 		return "no leader"
 	}
 	lb := l.loop.Raft().Basic()
-	want := l.kv.hash()
+	want, err := s.stateHash(l)
+	if err != nil {
+		return err.Error()
+	}
 	for _, sv := range l.loop.Raft().Status().Config.Servers {
 		if sv.Role == raft.Spare {
 			continue
@@ -198,7 +210,7 @@ func (s *Sim) converged() string {
 		if n.loop.Applied() != l.loop.Applied() || n.loop.Raft().Basic().Commit != lb.Commit {
 			return fmt.Sprintf("node %d applied %d, leader %d applied %d", sv.ID, n.loop.Applied(), l.id, l.loop.Applied())
 		}
-		if n.kv.hash() != want {
+		if h, err := s.stateHash(n); err != nil || h != want {
 			return fmt.Sprintf("node %d state differs from leader %d", sv.ID, l.id)
 		}
 	}
@@ -234,4 +246,12 @@ func writeVisualization(dir string, seed uint64, info porcupine.LinearizationInf
 	}
 	path := filepath.Join(dir, fmt.Sprintf("dqlite-sim-seed-%d.html", seed))
 	return path, porcupine.VisualizePath(kvModel, info, path)
+}
+
+// stateHash digests a node's replicated state.
+func (s *Sim) stateHash(n *node) (uint64, error) {
+	if s.opts.SQLite {
+		return sqlState(n)
+	}
+	return n.kv.hash(), nil
 }

@@ -23,6 +23,7 @@ type client struct {
 	target  raft.NodeID
 	n       int
 	pending *pendingOp
+	bank    bool // the SQLite bank workload's client
 }
 
 type pendingOp struct {
@@ -60,9 +61,14 @@ func (s *Sim) clientStep(c *client) {
 	if !n.up || n.paused {
 		return // the request is lost; the timeout resolves it
 	}
-	if in.put {
+	switch {
+	case s.opts.SQLite && in.put:
+		s.sqlPut(n, p.req, key, in.value)
+	case s.opts.SQLite:
+		s.sqlGet(n, p.req, key)
+	case in.put:
 		s.take(n, n.loop.Propose(p.req, []byte(key+"="+in.value)))
-	} else {
+	default:
 		kv := n.kv
 		s.take(n, n.loop.Read(p.req, func() (any, error) { return kv.m[key], nil }))
 	}
@@ -83,6 +89,10 @@ func (s *Sim) reply(n *node, r loop.Reply) {
 	}
 	p := c.pending
 	s.tracef("client %d req %d <- node %d: result=%v err=%v", c.id, r.ID, n.id, r.Result, r.Err)
+	if c.bank {
+		s.bankReply(n, c, r)
+		return
+	}
 	switch {
 	case r.Err == nil:
 		out := kvOutput{}

@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/vfs"
 	"github.com/dqlite-go/dqlite/wal"
 )
 
@@ -20,6 +22,8 @@ type node struct {
 	disk      *storage // the log opened on fs, per incarnation
 	loop      *loop.Loop
 	kv        *kvStore
+	vfs       *vfs.VFS // SQLite mode
+	db        *fsm.DB  // SQLite mode
 	up        bool
 	paused    bool
 	removed   bool // stopped for good (removed and wiped)
@@ -91,10 +95,21 @@ func (s *Sim) startNode(n *node) {
 		hard = n.disk.hard
 	}
 	n.disk = &storage{WAL: w, id: n.id, sim: s, hard: hard}
+	var sm loop.StateMachine = applyHook{s: s, n: n}
+	var batcher loop.Batcher
+	maxMsg := uint64(4096)
+	if s.opts.SQLite {
+		if err := s.openSQL(n); err != nil {
+			s.violate("node %d: opening SQLite: %v", n.id, err)
+			n.up = false
+			return
+		}
+		sm, batcher, maxMsg = sqlHook{s: s, n: n}, n.db, 1<<20
+	}
 	cfg := loop.Config{
 		Raft: raft.Config{ID: n.id, ElectionTicks: 10, HeartbeatTicks: 2, MaxSnapshotChunkBytes: 256,
-			MaxMsgBytes: 4096, MaxInflightMsgs: 8, TestingBugs: s.opts.Bugs},
-		Storage: n.disk, FSM: applyHook{s: s, n: n},
+			MaxMsgBytes: maxMsg, MaxInflightMsgs: 8, TestingBugs: s.opts.Bugs},
+		Storage: n.disk, FSM: sm, Batcher: batcher,
 		Rand:                rand.New(rand.NewPCG(s.opts.Seed, uint64(n.id)<<32|uint64(n.inc))),
 		SnapshotThreshold:   s.opts.SnapshotThreshold,
 		RequestTimeoutTicks: 50,
@@ -116,6 +131,7 @@ func (s *Sim) crash(n *node) {
 	if n.disk != nil {
 		n.disk.WAL.Close()
 	}
+	s.closeSQL(n)
 	n.fs.Crash()
 	s.tracef("crash %d", n.id)
 }

@@ -51,6 +51,10 @@ type Options struct {
 	Trace io.Writer
 	// CheckTimeout bounds the linearizability check.
 	CheckTimeout time.Duration
+	// SQLite runs the replicated SQLite state machine on every node (the
+	// key-value workload over SQL, plus a bank workload whose total must
+	// never change) instead of the in-memory key-value map.
+	SQLite bool
 	// NoFaults turns off every injected fault (for benchmarks).
 	NoFaults bool
 	// NoTraceHash skips hashing the event trace (benchmarks); TraceHash is
@@ -143,6 +147,7 @@ type Sim struct {
 
 	faultsOn   bool
 	clientsOn  bool
+	schemaDone bool // SQLite mode: the tables exist
 	clients    []*client
 	reqOwner   map[uint64]*client
 	nextReq    uint64
@@ -223,6 +228,7 @@ func (s *Sim) tracef(format string, args ...any) {
 // system under test (assertion failures) are reported as violations.
 func Run(opts Options) (res Result) {
 	s := New(opts)
+	defer s.release()
 	defer func() {
 		if r := recover(); r != nil {
 			s.violate("panic: %v", r)
@@ -287,6 +293,12 @@ func (s *Sim) start() {
 	}
 	s.nextID = raft.NodeID(s.opts.Nodes + 1)
 	s.faultsOn, s.clientsOn = !s.opts.NoFaults, true
+	if s.opts.SQLite {
+		// The bank client also creates the schema before anything else.
+		c := &client{id: s.opts.Clients, bank: true}
+		s.clients = append(s.clients, c)
+		s.after(0, &event{kind: evClient, fn: func() { s.bankStep(c) }})
+	}
 	for i := 0; i < s.opts.Clients; i++ {
 		c := &client{id: i}
 		s.clients = append(s.clients, c)
@@ -384,5 +396,12 @@ func (s *Sim) endFaults() {
 		if n.paused {
 			s.resume(n)
 		}
+	}
+}
+
+// release frees the nodes' SQLite instances.
+func (s *Sim) release() {
+	for _, n := range s.nodes {
+		s.closeSQL(n)
 	}
 }

@@ -138,3 +138,25 @@ func BenchmarkCommitThroughput(b *testing.B) {
 	}
 	b.ReportMetric(float64(s.maxCommitted)/time.Since(start).Seconds(), "entries/s")
 }
+
+// TestSimulatorSQLite runs nodes with the replicated SQLite state machine
+// under the whole fault matrix (network, disk, crashes): the key-value
+// workload over SQL is checked by porcupine, and a bank workload's total
+// must never change.
+func TestSimulatorSQLite(t *testing.T) {
+	n := seedCount(t, 100)
+	sum := RunSeeds(200001, n, 2, func(seed uint64) Options {
+		o := DefaultOptions(seed)
+		o.SQLite = true
+		return o
+	}, nil)
+	reportFailures(t, sum, " -sqlite")
+	if sum.Faults["bank-check"] == 0 {
+		t.Error("the bank invariant was never checked")
+	}
+	for _, k := range []string{"crash", "crash-mid-write", "eio", "enospc", "partition-isolate", "drop"} {
+		if sum.Faults[k] == 0 {
+			t.Errorf("fault %s never injected", k)
+		}
+	}
+}

@@ -48,6 +48,16 @@ func (w *WAL) recover() (*Report, error) {
 			return rep, err
 		}
 	}
+	if s := w.openSegment(); s != nil && s.last < s.hdr.firstIndex {
+		// A segment created just before a crash or failed write, with no
+		// entry: drop it so the next append starts a fresh one.
+		s.file.Close()
+		if err := w.fs.Remove(s.name); err != nil {
+			return rep, fmt.Errorf("wal: removing empty segment %s: %w", s.name, err)
+		}
+		rep.Removed = append(rep.Removed, s.name)
+		w.segs = w.segs[:len(w.segs)-1]
+	}
 	if err := w.reconcileWithSnapshot(rep); err != nil {
 		return rep, err
 	}

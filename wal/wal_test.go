@@ -381,3 +381,28 @@ func TestEveryBitFlipIsDetected(t *testing.T) {
 	}
 	t.Logf("%d flips checked", checked)
 }
+
+// TestEmptySegmentAfterFailedWrite: a segment whose first batch never made
+// it (the write failed after the header) must not be reused for entries of
+// another term, and must not make the next start refuse the log.
+func TestEmptySegmentAfterFailedWrite(t *testing.T) {
+	disk := sim.NewDisk(11)
+	opts := wal.Options{SegmentSizeMax: 200}
+	w := open(t, disk, opts)
+	must(t, w.Append(ents(1, 4, 1)))
+	// The next append starts a new segment: fail right after its header
+	// is written (create, write, sync, dir sync succeed; the batch fails).
+	disk.FailAt(5, nil)
+	if err := w.Append(ents(5, 5, 2)); err == nil {
+		t.Fatal("append on a failing disk succeeded")
+	}
+	w.Close()
+	w = open(t, disk, opts)
+	must(t, w.Append(ents(5, 6, 3)))
+	w.Close()
+	w = open(t, disk, opts)
+	defer w.Close()
+	if got := readAll(t, w); !sameEntries(got, append(ents(1, 4, 1), ents(5, 6, 3)...)) {
+		t.Fatalf("entries after reopen: %v", got)
+	}
+}

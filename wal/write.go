@@ -140,8 +140,24 @@ func (w *WAL) publish(seg *segment, ents []raft.Entry, batch []byte) {
 // segmentFor returns the open segment, starting a new one when there is
 // none or the open one would grow past SegmentSizeMax.
 func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
-	if s := w.openSegment(); s != nil && (s.size+n <= w.opts.SegmentSizeMax || s.last < s.hdr.firstIndex) {
-		return s, nil
+	if s := w.openSegment(); s != nil {
+		empty := s.last < s.hdr.firstIndex
+		switch {
+		case empty && s.hdr.firstIndex == e.Index && s.hdr.firstTerm == e.Term:
+			return s, nil
+		case empty:
+			// Left empty by a failed write: its header names another
+			// first entry. Replace it.
+			s.file.Close()
+			if err := w.fs.Remove(s.name); err != nil {
+				return nil, err
+			}
+			w.mu.Lock()
+			w.segs = w.segs[:len(w.segs)-1]
+			w.mu.Unlock()
+		case s.size+n <= w.opts.SegmentSizeMax:
+			return s, nil
+		}
 	}
 	w.mu.Lock()
 	prevTerm, err := w.termLocked(e.Index - 1)

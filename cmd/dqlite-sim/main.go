@@ -35,6 +35,7 @@ func main() {
 	out := flag.String("out", "", "directory for linearizability visualizations (default: temp dir)")
 	verbose := flag.Bool("v", false, "print the trace of every event (with -seed)")
 	workers := flag.Int("workers", runtime.NumCPU(), "seeds run in parallel")
+	sqlite := flag.Bool("sqlite", false, "run the replicated SQLite state machine (key-value over SQL plus a bank workload)")
 	bug := flag.String("testing-bug", "", "break raft on purpose to see the checker fail: double-vote or commit-without-quorum")
 	flag.Parse()
 	var bugs raft.TestingBugs
@@ -53,7 +54,7 @@ func main() {
 		o := sim.DefaultOptions(s)
 		o.Nodes, o.FaultPhase, o.HealPhase = *nodes, *faultPhase, *healPhase
 		o.DropRate, o.DupRate, o.ReorderRate, o.FaultInterval = *drop, *dup, *reorder, *faultInterval
-		o.OutDir, o.Bugs = *out, bugs
+		o.OutDir, o.Bugs, o.SQLite = *out, bugs, *sqlite
 		if *verbose && *seed != 0 {
 			o.Trace = os.Stdout
 		}
@@ -66,6 +67,9 @@ func main() {
 	replay := replayFlags(*nodes, *faultPhase, *healPhase, *drop, *dup, *reorder, *faultInterval)
 	if *bug != "" {
 		replay += " -testing-bug " + *bug
+	}
+	if *sqlite {
+		replay += " -sqlite"
 	}
 	sum := sim.RunSeeds(start, count, *workers, opts, func(r sim.Result) {
 		if len(r.Violations) == 0 {
