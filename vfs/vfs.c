@@ -433,24 +433,35 @@ static int v_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *out, in
 	return SQLITE_OK;
 }
 
-static int v_delete(sqlite3_vfs *vfs, const char *name, int sync) {
-	dq_vfs *v = (dq_vfs *)vfs;
-	(void)sync;
-	char dbname[512];
+/* split_name maps a file name to its database name and kind: "x-wal" is
+ * the WAL of "x", "x-journal" its journal. Returns 0 if the name is too long. */
+static int split_name(const char *name, char *dbname, size_t cap, int *kind) {
 	size_t len = strlen(name);
-	if (len >= sizeof dbname) return SQLITE_IOERR_DELETE_NOENT;
+	if (len >= cap) return 0;
 	memcpy(dbname, name, len + 1);
-	int kind = KIND_MAIN;
+	*kind = KIND_MAIN;
 	if (len > 4 && strcmp(name + len - 4, "-wal") == 0) {
 		dbname[len - 4] = 0;
-		kind = KIND_WAL;
+		*kind = KIND_WAL;
 	} else if (len > 8 && strcmp(name + len - 8, "-journal") == 0) {
 		dbname[len - 8] = 0;
-		kind = KIND_JOURNAL;
+		*kind = KIND_JOURNAL;
 	}
+	return 1;
+}
+
+static buf *kind_buf(dq_db *d, int kind) {
+	return kind == KIND_WAL ? &d->wal : kind == KIND_JOURNAL ? &d->journal : &d->main;
+}
+
+static int v_delete(sqlite3_vfs *vfs, const char *name, int sync) {
+	dq_vfs *v = (dq_vfs *)vfs;
+	char dbname[512];
+	int kind;
+	if (!split_name(name, dbname, sizeof dbname, &kind)) return SQLITE_IOERR_DELETE_NOENT;
 	dq_db *d = db_find(v, dbname, 0);
 	if (!d) return v->os->xDelete(v->os, name, sync);
-	buf *b = kind == KIND_WAL ? &d->wal : kind == KIND_JOURNAL ? &d->journal : &d->main;
+	buf *b = kind_buf(d, kind);
 	b->size = 0;
 	b->exists = 0;
 	return SQLITE_OK;
@@ -461,20 +472,11 @@ static int v_access(sqlite3_vfs *vfs, const char *name, int flags, int *out) {
 	(void)flags;
 	*out = 0;
 	char dbname[512];
-	size_t len = strlen(name);
-	if (len >= sizeof dbname) return SQLITE_OK;
-	memcpy(dbname, name, len + 1);
-	int kind = KIND_MAIN;
-	if (len > 4 && strcmp(name + len - 4, "-wal") == 0) {
-		dbname[len - 4] = 0;
-		kind = KIND_WAL;
-	} else if (len > 8 && strcmp(name + len - 8, "-journal") == 0) {
-		dbname[len - 8] = 0;
-		kind = KIND_JOURNAL;
-	}
+	int kind;
+	if (!split_name(name, dbname, sizeof dbname, &kind)) return SQLITE_OK;
 	dq_db *d = db_find(v, dbname, 0);
 	if (!d) return SQLITE_OK;
-	buf *b = kind == KIND_WAL ? &d->wal : kind == KIND_JOURNAL ? &d->journal : &d->main;
+	buf *b = kind_buf(d, kind);
 	*out = b->exists && (kind == KIND_MAIN || b->size > 0);
 	return SQLITE_OK;
 }
