@@ -220,6 +220,11 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 			break // all-zero header: end of written data
 		}
 		if err != nil {
+			if last && !errors.Is(err, errTorn) && zerosAfter(seg.file, off, size) {
+				// In a preallocated segment a torn final write is
+				// followed by never-written zeros, not the end of file.
+				err = fmt.Errorf("%w: %v", errTorn, err)
+			}
 			if !last || !errors.Is(err, errTorn) {
 				return &CorruptionError{File: seg.name, Offset: off, First: next, Reason: err.Error()}
 			}
@@ -340,4 +345,28 @@ func (w *WAL) reconcileWithSnapshot(rep *Report) error {
 	w.segs, w.ents = nil, nil
 	w.first, w.prevTerm = s.meta.Index+1, s.meta.Term
 	return nil
+}
+
+// zerosAfter reports whether everything after the batch at off (past its
+// header, or past its declared end if the header is intact) is zero: what a
+// preallocated segment holds after a torn final write.
+func zerosAfter(f File, off, size int64) bool {
+	from := off + batchHeaderBytes
+	h := make([]byte, batchHeaderBytes)
+	if _, err := f.ReadAt(h, off); err == nil && binary.LittleEndian.Uint32(h[12:]) == crc(h[0:8]) {
+		from += int64(binary.LittleEndian.Uint32(h[0:]))
+	}
+	if from >= size {
+		return true
+	}
+	rest := make([]byte, size-from)
+	if _, err := f.ReadAt(rest, from); err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	for _, b := range rest {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -201,7 +201,7 @@ func TestSnapshotsAndCompaction(t *testing.T) {
 func TestTornTailIsTruncated(t *testing.T) {
 	dir := t.TempDir()
 	fs, _ := wal.NewOSFS(dir)
-	w := open(t, fs, wal.Options{})
+	w := open(t, fs, wal.Options{NoPreallocate: true}) // the torn write ends the file
 	must(t, w.Append(ents(1, 5, 1)))
 	must(t, w.Append(ents(6, 8, 1)))
 	must(t, w.Close())
@@ -292,7 +292,9 @@ func TestWriteErrorsAreSticky(t *testing.T) {
 // consistent, and once space returns it resumes.
 func TestNoSpaceThenResume(t *testing.T) {
 	disk := sim.NewDisk(4)
-	w := open(t, disk, wal.Options{})
+	// Without preallocation: a preallocated segment does not grow, so
+	// appends inside it never meet ENOSPC.
+	w := open(t, disk, wal.Options{NoPreallocate: true})
 	must(t, w.Append(ents(1, 3, 1)))
 	disk.Capacity = 300
 	big := []raft.Entry{{Index: 4, Term: 1, Type: raft.EntryNormal, Data: make([]byte, 500)}}
@@ -306,7 +308,7 @@ func TestNoSpaceThenResume(t *testing.T) {
 	must(t, w.Resume())
 	must(t, w.Append(big))
 	must(t, w.Close())
-	w = open(t, disk, wal.Options{})
+	w = open(t, disk, wal.Options{NoPreallocate: true})
 	defer w.Close()
 	got := readAll(t, w)
 	if len(got) != 4 || len(got[3].Data) != 500 {
@@ -333,7 +335,10 @@ func TestCacheBudget(t *testing.T) {
 func TestEveryBitFlipIsDetected(t *testing.T) {
 	build := func() *sim.Disk {
 		disk := sim.NewDisk(9)
-		w := open(t, disk, wal.Options{SegmentSizeMax: 250})
+		// Without preallocation, so the last batch ends the file and the
+		// offsets below are easy to compute (TestCrashAtEveryOperation and
+		// TestPreallocatedTornTail cover preallocated segments).
+		w := open(t, disk, wal.Options{SegmentSizeMax: 250, NoPreallocate: true})
 		for i := uint64(1); i <= 12; i += 2 {
 			must(t, w.Append(ents(i, i+1, 1)))
 		}
@@ -359,7 +364,7 @@ func TestEveryBitFlipIsDetected(t *testing.T) {
 		for off := int64(0); off < size; off += 3 {
 			d := build()
 			must(t, d.FlipBit(name, off, uint(off)))
-			w, _, err := wal.Open(d, wal.Options{Logger: quiet, SegmentSizeMax: 250})
+			w, _, err := wal.Open(d, wal.Options{Logger: quiet, SegmentSizeMax: 250, NoPreallocate: true})
 			checked++
 			if name == lastSeg && off >= lastBatch {
 				// The last batch: either refused (header) or cut off as a
@@ -404,5 +409,39 @@ func TestEmptySegmentAfterFailedWrite(t *testing.T) {
 	defer w.Close()
 	if got := readAll(t, w); !sameEntries(got, append(ents(1, 4, 1), ents(5, 6, 3)...)) {
 		t.Fatalf("entries after reopen: %v", got)
+	}
+}
+
+// TestPreallocatedTornTail tears the last batch of a preallocated segment
+// (the zeros after it were never written): recovery cuts it, keeps every
+// earlier entry, and a flipped bit in an earlier batch of the same segment
+// is still corruption.
+func TestPreallocatedTornTail(t *testing.T) {
+	build := func() (*sim.Disk, string, int64) {
+		disk := sim.NewDisk(12)
+		w := open(t, disk, wal.Options{SegmentSizeMax: 4096})
+		must(t, w.Append(ents(1, 3, 1)))
+		must(t, w.Append(ents(4, 6, 1)))
+		w.Close()
+		names, _ := disk.List()
+		seg := firstWith(names, "seg-")
+		if disk.Size(seg) != 4096 {
+			t.Fatalf("segment not preallocated: %d bytes", disk.Size(seg))
+		}
+		batch := int64(16 + 3*(24+len("entry-1-term-1")))
+		return disk, seg, 56 + batch // start of the second batch
+	}
+	disk, seg, second := build()
+	must(t, disk.FlipBit(seg, second+40, 1)) // inside the last batch's payload
+	w, rep, err := wal.Open(disk, wal.Options{Logger: quiet, SegmentSizeMax: 4096})
+	if err != nil || w.LastIndex() != 3 || rep.TruncatedFile != seg {
+		t.Fatalf("torn last batch: last %v, report %+v, err %v", w, rep, err)
+	}
+	must(t, w.Append(ents(4, 4, 2)))
+	w.Close()
+	disk, seg, _ = build()
+	must(t, disk.FlipBit(seg, 100, 1)) // inside the first batch
+	if _, _, err := wal.Open(disk, wal.Options{Logger: quiet, SegmentSizeMax: 4096}); !wal.IsCorruption(err) {
+		t.Fatalf("flip in an earlier batch: %v", err)
 	}
 }

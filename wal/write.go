@@ -157,6 +157,15 @@ func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
 			w.mu.Unlock()
 		case s.size+n <= w.opts.SegmentSizeMax:
 			return s, nil
+		default:
+			// Close it: cut its preallocated tail, so closed segments end
+			// at their last batch.
+			if err := s.file.Truncate(s.size); err != nil {
+				return nil, err
+			}
+			if err := s.file.Sync(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	w.mu.Lock()
@@ -174,6 +183,10 @@ func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
 		return nil, err
 	}
 	if _, err := f.WriteAt(hdr.encode(), 0); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := w.preallocate(f); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -397,4 +410,24 @@ func (w *WAL) recountCache() {
 	for k := w.cacheFrom; k < len(w.ents); k++ {
 		w.cached += int64(len(w.ents[k].data))
 	}
+}
+
+// preallocateChunkBytes is the size of the zero writes that preallocate a
+// segment.
+const preallocateChunkBytes = 1 << 20
+
+// preallocate fills a new segment with zeros up to SegmentSizeMax (an
+// all-zero batch header marks the end of the written data).
+func (w *WAL) preallocate(f File) error {
+	if w.opts.NoPreallocate {
+		return nil
+	}
+	zeros := make([]byte, min(preallocateChunkBytes, w.opts.SegmentSizeMax))
+	for off := int64(segmentHeaderBytes); off < w.opts.SegmentSizeMax; off += int64(len(zeros)) {
+		n := min(int64(len(zeros)), w.opts.SegmentSizeMax-off)
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
+			return err
+		}
+	}
+	return nil
 }
