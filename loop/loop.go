@@ -115,6 +115,9 @@ type request struct {
 	// and how to drop the captured transaction.
 	write  *WriteRequest
 	result any
+	// conf marks a membership change (answered when its entry applies);
+	// transfer a leadership transfer (answered when this node stops leading).
+	conf, transfer bool
 }
 
 // WriteRequest is a write that the leader executes before proposing it
@@ -174,6 +177,8 @@ type Loop struct {
 	// captured.
 	writingIndex, writingTerm uint64
 	writingAbort              func()
+	// The membership change and the transfer being waited on (0: none).
+	confReq, transferReq uint64
 }
 
 // New creates a loop from durable state, restoring the state machine from
@@ -525,9 +530,11 @@ func (l *Loop) handleUpdate(u raft.Update) {
 		}
 	}
 	for _, n := range u.Notices {
-		if n.Kind == raft.NoticeReadFailed {
-			l.finish(n.Context, Reply{ID: n.Context, Err: ErrLeadershipLost})
-		}
+		l.handleNotice(n)
+	}
+	if id := l.transferReq; id != 0 && l.raft.Basic().State != raft.StateLeader {
+		l.transferReq = 0
+		l.finish(id, Reply{ID: id})
 	}
 	l.serveReads()
 	l.failLostWrites()
@@ -679,4 +686,59 @@ func (l *Loop) ChangeMembership(cc raft.ConfigChange) (Output, error) {
 func (l *Loop) TransferLeadership(id raft.NodeID) (Output, error) {
 	err := l.raft.TransferLeadership(id)
 	return l.flush(), err
+}
+
+// RequestMembership starts a membership change whose reply comes once its
+// entry is applied (or with the error that stopped it).
+func (l *Loop) RequestMembership(id uint64, cc raft.ConfigChange) Output {
+	if err := l.admit(id); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	if err := l.raft.ProposeConfigChange(cc); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	l.track(&request{id: id, conf: true})
+	l.confReq = id
+	return l.flush()
+}
+
+// RequestTransfer hands leadership to the voter to (None: the most
+// up-to-date one); the reply comes when this node no longer leads, or with
+// the error when the transfer timed out.
+func (l *Loop) RequestTransfer(id uint64, to raft.NodeID) Output {
+	if err := l.admit(id); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	if err := l.raft.TransferLeadership(to); err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	l.track(&request{id: id, transfer: true})
+	l.transferReq = id
+	return l.flush()
+}
+
+func (l *Loop) handleNotice(n raft.Notice) {
+	switch n.Kind {
+	case raft.NoticeReadFailed:
+		l.finish(n.Context, Reply{ID: n.Context, Err: ErrLeadershipLost})
+	case raft.NoticeConfigAppended:
+		if req := l.pending[l.confReq]; req != nil {
+			req.index, req.term = n.Index, n.Term
+			l.byIndex[n.Index] = append(l.byIndex[n.Index], req.id)
+		}
+	case raft.NoticeConfigFailed:
+		if id := l.confReq; id != 0 {
+			l.confReq = 0
+			l.finish(id, Reply{ID: id, Err: n.Err})
+		}
+	case raft.NoticeTransferFailed:
+		if id := l.transferReq; id != 0 {
+			l.transferReq = 0
+			l.finish(id, Reply{ID: id, Err: n.Err})
+		}
+	}
 }

@@ -76,6 +76,9 @@ type Node struct {
 	disk   chan *loop.WriteJob
 	ln     net.Listener
 	peers  map[raft.NodeID]*peer // owned by the loop goroutine
+	// addrHints are peers' addresses learnt from their hellos, for nodes
+	// not (yet) in the membership this node knows. Loop goroutine only.
+	addrHints map[raft.NodeID]string
 
 	connMu     sync.Mutex
 	conns      map[net.Conn]struct{} // accepted peer connections
@@ -116,7 +119,8 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: make(chan func(), eventQueueMax),
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
-		stop: make(chan struct{}), conns: map[net.Conn]struct{}{}, changed: make(chan struct{})}
+		stop: make(chan struct{}), conns: map[net.Conn]struct{}{}, changed: make(chan struct{}),
+		addrHints: map[raft.NodeID]string{}}
 	if err := n.open(); err != nil {
 		n.closeResources()
 		return nil, err
@@ -274,7 +278,8 @@ func (n *Node) IsLeader() bool {
 // in the loop goroutine).
 func (n *Node) IsLeaderLocked() bool {
 	b := n.loop.Raft().Basic()
-	return b.State == raft.StateLeader && n.loop.Applied() >= b.Commit
+	t, _ := n.loop.Raft().Term(b.Commit)
+	return b.State == raft.StateLeader && t == b.Term && n.loop.Applied() >= b.Commit
 }
 
 // diskWriter performs appends outside the loop.
@@ -473,4 +478,61 @@ func toValues(args []any) ([]fsm.Value, error) {
 		}
 	}
 	return out, nil
+}
+
+// Add adds a node (as a spare) with the address it listens on; the reply
+// comes once the change is committed. Call it on the leader.
+func (n *Node) Add(ctx context.Context, id raft.NodeID, address string) error {
+	_, err := n.request(ctx, func(rid uint64) loop.Output {
+		return n.loop.RequestMembership(rid, raft.ConfigChange{Type: raft.ConfigAdd, ID: id, Address: address})
+	})
+	return err
+}
+
+// Assign gives a member a role (a promotion to voter first lets it catch up).
+func (n *Node) Assign(ctx context.Context, id raft.NodeID, role raft.Role) error {
+	_, err := n.request(ctx, func(rid uint64) loop.Output {
+		return n.loop.RequestMembership(rid, raft.ConfigChange{Type: raft.ConfigAssign, ID: id, Role: role})
+	})
+	return err
+}
+
+// Remove removes a member (the leader too: it hands over once committed).
+func (n *Node) Remove(ctx context.Context, id raft.NodeID) error {
+	_, err := n.request(ctx, func(rid uint64) loop.Output {
+		return n.loop.RequestMembership(rid, raft.ConfigChange{Type: raft.ConfigRemove, ID: id})
+	})
+	return err
+}
+
+// Transfer hands leadership to the voter to (0: the most up-to-date one)
+// and returns once this node no longer leads.
+func (n *Node) Transfer(ctx context.Context, to raft.NodeID) error {
+	_, err := n.request(ctx, func(rid uint64) loop.Output { return n.loop.RequestTransfer(rid, to) })
+	return err
+}
+
+// Cluster returns the membership this node knows.
+func (n *Node) Cluster() []raft.Server {
+	m, _ := n.members.Load().(raft.Membership)
+	return m.Clone().Servers
+}
+
+// Dump returns an image of the database (a file the sqlite3 tool opens),
+// as of this node's applied state.
+func (n *Node) Dump() ([]byte, error) {
+	var img []byte
+	var err error
+	if !n.do(func() {
+		if n.db.Pending() {
+			err = errors.New("node: a write is pending, try again")
+			return
+		}
+		if err = n.db.Conn().Checkpoint(); err == nil {
+			img = n.vfs.Image("db")
+		}
+	}) {
+		return nil, ErrClosed
+	}
+	return img, err
 }

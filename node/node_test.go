@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -68,10 +71,7 @@ func leaderOf(t *testing.T, ctx context.Context, nodes []*Node) *Node {
 			t.Fatalf("no leader: %v", err)
 		}
 		l := nodes[id-1]
-		if err := l.WaitFor(ctx, func() bool {
-			b := l.loop.Raft().Basic()
-			return b.State == raft.StateLeader && l.loop.Applied() >= b.Commit
-		}); err == nil {
+		if err := l.WaitFor(ctx, l.IsLeaderLocked); err == nil {
 			return l
 		}
 	}
@@ -180,5 +180,73 @@ func TestRestartFromSnapshotAndLog(t *testing.T) {
 	hr, err2 := r.ImageHash()
 	if err1 != nil || err2 != nil || hl != hr {
 		t.Fatalf("images differ after restart: %x %x %v %v", hl, hr, err1, err2)
+	}
+}
+
+// TestMembershipAndTransfer adds a fourth node (it starts empty, without a
+// bootstrap), promotes it to voter so it receives the data, transfers
+// leadership to it, removes the old leader, and dumps a database image that
+// mattn/go-sqlite3 opens as a plain file.
+func TestMembershipAndTransfer(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (1), (2), (3)"); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddrs(t, 1)[0]
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	n4, err := New(Config{ID: 4, Address: addr, Dir: t.TempDir(), Tick: 20 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Close()
+	if err := l.Add(ctx, 4, addr); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if err := l.Add(ctx, 4, addr); err == nil {
+		t.Fatal("adding a member twice succeeded")
+	}
+	if err := l.Assign(ctx, 4, raft.Voter); err != nil {
+		t.Fatalf("assign: %v", err)
+	}
+	if err := l.Transfer(ctx, 4); err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if err := n4.WaitFor(ctx, func() bool { return n4.IsLeaderLocked() }); err != nil {
+		t.Fatalf("node 4 did not become a ready leader: %v", err)
+	}
+	if err := n4.Remove(ctx, l.cfg.ID); err != nil {
+		t.Fatalf("remove old leader: %v", err)
+	}
+	for _, s := range n4.Cluster() {
+		if s.ID == l.cfg.ID {
+			t.Fatalf("removed node still a member: %v", n4.Cluster())
+		}
+	}
+	rows, err := n4.Query(ctx, "SELECT sum(x) FROM t")
+	if err != nil || rows[0][0] != int64(6) {
+		t.Fatalf("query on the new leader: %v %v", rows, err)
+	}
+	img, err := n4.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "dump.db")
+	if err := os.WriteFile(path, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var sum int64
+	if err := db.QueryRow("SELECT sum(x) FROM t").Scan(&sum); err != nil || sum != 6 {
+		t.Fatalf("dump opened by sqlite: %d %v", sum, err)
 	}
 }

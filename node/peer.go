@@ -13,7 +13,8 @@ import (
 // the sender. (The dqlite wire protocol's CONNECT with our own checksummed
 // framing replaces this in the wire work.)
 type hello struct {
-	From raft.NodeID
+	From    raft.NodeID
+	Address string // where the sender listens (a new node learns its peers' addresses from them)
 }
 
 const (
@@ -34,12 +35,15 @@ func (n *Node) send(m raft.Message) {
 	p := n.peers[m.To]
 	if p == nil {
 		m2, _ := n.members.Load().(raft.Membership)
-		s, ok := m2.Get(m.To)
-		if !ok || s.Address == "" {
+		addr := n.addrHints[m.To]
+		if s, ok := m2.Get(m.To); ok && s.Address != "" {
+			addr = s.Address
+		}
+		if addr == "" {
 			n.log.Debug("no address for peer", "peer", m.To)
 			return
 		}
-		p = &peer{id: m.To, addr: s.Address, queue: make(chan raft.Message, peerQueueMax)}
+		p = &peer{id: m.To, addr: addr, queue: make(chan raft.Message, peerQueueMax)}
 		n.peers[m.To] = p
 		n.wg.Add(1)
 		go n.runPeer(p)
@@ -80,7 +84,7 @@ func (n *Node) stream(p *peer, conn net.Conn) error {
 	w := bufio.NewWriter(conn)
 	enc := gob.NewEncoder(w)
 	conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
-	if err := enc.Encode(hello{From: n.cfg.ID}); err != nil {
+	if err := enc.Encode(hello{From: n.cfg.ID, Address: n.cfg.Address}); err != nil {
 		return err
 	}
 	if err := w.Flush(); err != nil {
@@ -154,6 +158,13 @@ func (n *Node) readPeer(c net.Conn) {
 	dec := gob.NewDecoder(bufio.NewReader(c))
 	var h hello
 	if err := dec.Decode(&h); err != nil {
+		return
+	}
+	if h.Address != "" && !n.post(func() {
+		if _, known := n.addrHints[h.From]; !known {
+			n.addrHints[h.From] = h.Address
+		}
+	}) {
 		return
 	}
 	for {
