@@ -536,3 +536,38 @@ func (n *Node) Dump() ([]byte, error) {
 	}
 	return img, err
 }
+
+// Recover rewrites the membership of a stopped node's data directory, for a
+// cluster that lost its quorum for good: it appends a configuration entry
+// naming servers (which must include the node) to the local log. Start the
+// node afterwards (and the other listed servers, with copies of this data
+// directory or empty ones added back later). Entries the lost majority
+// committed beyond this node's log are gone: recover from the node with the
+// longest log.
+func Recover(dir string, servers []raft.Server) error {
+	m := raft.Membership{Servers: append([]raft.Server(nil), servers...)}
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("node: recover: %w", err)
+	}
+	fs, err := wal.NewOSFS(dir)
+	if err != nil {
+		return err
+	}
+	w, _, err := wal.Open(fs, wal.Options{Logger: slog.Default()})
+	if err != nil {
+		return fmt.Errorf("node: recover: %w", err)
+	}
+	defer w.Close()
+	hs, _ := w.InitialState()
+	last := w.LastIndex()
+	term, err := w.Term(last)
+	if err != nil {
+		return fmt.Errorf("node: recover: term of the last entry %d: %w", last, err)
+	}
+	term = max(term, hs.Term)
+	if err := w.Append([]raft.Entry{{Index: last + 1, Term: term, Type: raft.EntryConfig,
+		Data: raft.EncodeMembership(m)}}); err != nil {
+		return fmt.Errorf("node: recover: %w", err)
+	}
+	return nil
+}

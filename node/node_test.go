@@ -250,3 +250,48 @@ func TestMembershipAndTransfer(t *testing.T) {
 		t.Fatalf("dump opened by sqlite: %d %v", sum, err)
 	}
 }
+
+// TestRecoverAfterQuorumLoss loses two of three nodes for good, rewrites the
+// survivor's membership to itself, and restarts it: it leads alone and keeps
+// the data.
+func TestRecoverAfterQuorumLoss(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (7)"); err != nil {
+		t.Fatal(err)
+	}
+	want := l.Applied()
+	survivor := nodes[0]
+	if err := survivor.WaitFor(ctx, func() bool { return survivor.loop.Applied() >= want }); err != nil {
+		t.Fatal(err)
+	}
+	cfg := survivor.cfg
+	for _, n := range nodes {
+		n.Close()
+	}
+	self := raft.Server{ID: cfg.ID, Address: cfg.Address, Role: raft.Voter}
+	if err := Recover(cfg.Dir, []raft.Server{self}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Bootstrap = nil
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.WaitFor(ctx, n.IsLeaderLocked); err != nil {
+		t.Fatalf("recovered node does not lead: %v", err)
+	}
+	if _, err := n.Exec(ctx, "INSERT INTO t VALUES (8)"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := n.Query(ctx, "SELECT sum(x) FROM t")
+	if err != nil || rows[0][0] != int64(15) {
+		t.Fatalf("after recovery: %v %v", rows, err)
+	}
+}
