@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"strings"
 
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
@@ -46,6 +47,10 @@ type DB struct {
 	pageSize int
 	mode     Mode
 	conn     *vfs.Conn
+	// rconn serves queries that step across several loop events, isolated
+	// from the writes conn makes meanwhile; cursors are its open statements.
+	rconn   *vfs.Conn
+	cursors map[*vfs.Stmt]struct{}
 	// The transaction this node captured and proposed, waiting for its
 	// entry to be applied.
 	pending                 bool
@@ -62,11 +67,64 @@ func Open(v *vfs.VFS, name string, pageSize int, mode Mode) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DB{vfs: v, name: name, pageSize: pageSize, mode: mode, conn: c}, nil
+	r, err := v.Open(name, pageSize)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &DB{vfs: v, name: name, pageSize: pageSize, mode: mode, conn: c, rconn: r,
+		cursors: map[*vfs.Stmt]struct{}{}}, nil
+}
+
+// OpenCursor prepares a read-only query on the read connection. The caller
+// steps it (possibly across many loop events: it reads one consistent
+// snapshot) and closes it with CloseCursor.
+func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
+	s, tail, err := d.rconn.Prepare(sql)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, fmt.Errorf("fsm: empty query")
+	}
+	if !s.Readonly() {
+		s.Finalize()
+		return nil, fmt.Errorf("fsm: a query must not write (use Exec)")
+	}
+	if strings.TrimSpace(tail) != "" {
+		s.Finalize()
+		return nil, fmt.Errorf("fsm: nonempty statement tail %q", tail)
+	}
+	for i, a := range args {
+		if err := s.Bind(i+1, a); err != nil {
+			s.Finalize()
+			return nil, err
+		}
+	}
+	d.cursors[s] = struct{}{}
+	return s, nil
+}
+
+// CloseCursor finalizes a cursor.
+func (d *DB) CloseCursor(s *vfs.Stmt) {
+	delete(d.cursors, s)
+	s.Finalize()
+}
+
+// closeCursors finalizes every open cursor (their next step fails).
+func (d *DB) closeCursors() {
+	for s := range d.cursors {
+		s.Finalize()
+	}
+	clear(d.cursors)
 }
 
 // Close closes the node's connection.
-func (d *DB) Close() error { return d.conn.Close() }
+func (d *DB) Close() error {
+	d.closeCursors()
+	d.rconn.Close()
+	return d.conn.Close()
+}
 
 // Conn is the node's connection, for reads.
 func (d *DB) Conn() *vfs.Conn { return d.conn }
@@ -268,6 +326,10 @@ func (d *DB) Restore(data []byte) error {
 		return fmt.Errorf("%w: snapshot image fails its checksum", ErrCorrupt)
 	}
 	d.Abort()
+	d.closeCursors()
+	if err := d.rconn.Close(); err != nil {
+		return err
+	}
 	if err := d.conn.Close(); err != nil {
 		return err
 	}
@@ -281,6 +343,9 @@ func (d *DB) Restore(data []byte) error {
 		return err
 	}
 	d.conn = c
+	if d.rconn, err = d.vfs.Open(d.name, d.pageSize); err != nil {
+		return err
+	}
 	rows, err := c.Query("PRAGMA quick_check")
 	if err != nil {
 		return fmt.Errorf("fsm: checking restored database: %w", err)

@@ -355,16 +355,67 @@ func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, e
 	return res, nil
 }
 
-// Query runs a linearizable read on this node, which must be the leader.
+// queryBatchRows and queryBatchTime bound the rows a query steps through in
+// one loop event, so a long query never holds the loop (and its heartbeats)
+// for long.
+const (
+	queryBatchRows = 256
+	queryBatchTime = 2 * time.Millisecond
+	// maxQueryRows bounds a result held in memory.
+	maxQueryRows = 1 << 20
+)
+
+// ErrTooManyRows is returned when a query's result exceeds maxQueryRows.
+var ErrTooManyRows = errors.New("node: query result too large")
+
+// Query runs a linearizable read on this node, which must be the leader. It
+// reads one consistent snapshot, stepped in short batches between the loop's
+// other events.
 func (n *Node) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.Read(id, func() (any, error) { return n.db.Conn().Query(sql, args...) })
+		return n.loop.Read(id, func() (any, error) { return n.db.OpenCursor(sql, args...) })
 	})
 	if err != nil {
 		return nil, err
 	}
-	rows, _ := r.Result.([][]any)
-	return rows, nil
+	cur := r.Result.(*vfs.Stmt)
+	var rows [][]any
+	for {
+		done := false
+		var stepErr error
+		ok := n.do(func() {
+			start := time.Now()
+			for k := 0; k < queryBatchRows && time.Since(start) < queryBatchTime; k++ {
+				more, err := cur.Step()
+				if err != nil || !more {
+					done, stepErr = true, err
+					break
+				}
+				row := make([]any, cur.ColumnCount())
+				for i := range row {
+					row[i] = cur.Column(i)
+				}
+				rows = append(rows, row)
+				if len(rows) > maxQueryRows {
+					done, stepErr = true, ErrTooManyRows
+					break
+				}
+			}
+			if done {
+				n.db.CloseCursor(cur)
+			}
+		})
+		if !ok {
+			return nil, ErrClosed
+		}
+		if done {
+			return rows, stepErr
+		}
+		if err := ctx.Err(); err != nil {
+			n.do(func() { n.db.CloseCursor(cur) })
+			return nil, err
+		}
+	}
 }
 
 // Leader returns the id of the leader this node knows (0 if none).

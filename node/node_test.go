@@ -295,3 +295,58 @@ func TestRecoverAfterQuorumLoss(t *testing.T) {
 		t.Fatalf("after recovery: %v %v", rows, err)
 	}
 }
+
+// TestLongQueryKeepsLeadership runs a query that steps for about a second
+// on the leader: it is served in short batches between the loop's other
+// events, so heartbeats continue (no election, same term) and a write from
+// another client completes while it runs.
+func TestLongQueryKeepsLeadership(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	termOf := func(n *Node) uint64 {
+		var term uint64
+		n.do(func() { term = n.loop.Raft().Basic().Term })
+		return term
+	}
+	term := termOf(l)
+	const rows = 1000000
+	q := fmt.Sprintf("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < %d) SELECT x, x * 2 FROM c", rows)
+	type result struct {
+		n   int
+		err error
+		d   time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		start := time.Now()
+		got, err := l.Query(ctx, q)
+		done <- result{len(got), err, time.Since(start)}
+	}()
+	// A write while the query runs.
+	writeDone := make(chan time.Time, 1)
+	go func() {
+		if _, err := l.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+			t.Error(err)
+		}
+		writeDone <- time.Now()
+	}()
+	r := <-done
+	if r.err != nil || r.n != rows {
+		t.Fatalf("query: %d rows, %v", r.n, r.err)
+	}
+	w := <-writeDone
+	t.Logf("query of %d rows took %v; the concurrent write finished %v before it", rows, r.d, time.Since(w))
+	for _, n := range nodes {
+		if got := termOf(n); got != term {
+			t.Fatalf("node %d moved from term %d to %d during the query", n.cfg.ID, term, got)
+		}
+	}
+	if !l.IsLeader() {
+		t.Fatal("the leader lost its leadership during the query")
+	}
+}

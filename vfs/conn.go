@@ -8,6 +8,7 @@ package vfs
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 )
@@ -161,6 +162,9 @@ func (s *Stmt) Bind(i int, v any) error {
 
 // Step runs the statement to its next row; it returns false when done.
 func (s *Stmt) Step() (bool, error) {
+	if s.s == nil {
+		return false, errors.New("vfs: statement already finalized")
+	}
 	switch rc := C.sqlite3_step(s.s); rc {
 	case C.SQLITE_ROW:
 		return true, nil
