@@ -393,3 +393,11 @@ func (w *WAL) dropEntriesFrom(i uint64) {
 	w.cacheFrom = min(w.cacheFrom, keep)
 	assert.That(w.cached >= 0, "negative cache size %d", w.cached)
 }
+
+// CachedBytes is the entry data held in memory (at most Options.CacheBytes,
+// plus the most recent entry when it alone is larger).
+func (w *WAL) CachedBytes() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cached
+}

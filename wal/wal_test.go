@@ -445,3 +445,32 @@ func TestPreallocatedTornTail(t *testing.T) {
 		t.Fatalf("flip in an earlier batch: %v", err)
 	}
 }
+
+// TestMemoryBoundedByBudget appends far more entry data than the cache
+// budget: the data held in memory stays within it, and old entries are read
+// back from disk intact.
+func TestMemoryBoundedByBudget(t *testing.T) {
+	fs, err := wal.NewOSFS(t.TempDir())
+	must(t, err)
+	const budget = 256 << 10
+	w := open(t, fs, wal.Options{CacheBytes: budget, SegmentSizeMax: 1 << 20})
+	defer w.Close()
+	data := bytes.Repeat([]byte("p"), 4000)
+	var maxCached int64
+	for i := uint64(1); i <= 2000; i += 10 { // 8 MB of entries
+		var es []raft.Entry
+		for k := i; k < i+10; k++ {
+			es = append(es, raft.Entry{Index: k, Term: 1, Type: raft.EntryNormal, Data: data})
+		}
+		must(t, w.Append(es))
+		maxCached = max(maxCached, w.CachedBytes())
+	}
+	if maxCached > budget {
+		t.Fatalf("cache held %d bytes, budget %d", maxCached, budget)
+	}
+	es, err := w.Entries(1, 3, 1<<20)
+	if err != nil || len(es) != 2 || !bytes.Equal(es[0].Data, data) {
+		t.Fatalf("old entries: %d %v", len(es), err)
+	}
+	t.Logf("8 MB appended, at most %d bytes cached (budget %d)", maxCached, budget)
+}
