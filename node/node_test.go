@@ -47,7 +47,7 @@ func startClusterWith(t testing.TB, size int, tweak func(*Config)) []*Node {
 	var nodes []*Node
 	for i := range addrs {
 		cfg := Config{ID: raft.NodeID(i + 1), Address: addrs[i], Dir: t.TempDir(), Bootstrap: servers,
-			Tick: 20 * time.Millisecond, Logger: quiet}
+			Tick: 50 * time.Millisecond, Logger: quiet}
 		tweak(&cfg)
 		n, err := New(cfg)
 		if err != nil {
@@ -200,7 +200,7 @@ func TestMembershipAndTransfer(t *testing.T) {
 	}
 	addr := freeAddrs(t, 1)[0]
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	n4, err := New(Config{ID: 4, Address: addr, Dir: t.TempDir(), Tick: 20 * time.Millisecond, Logger: quiet})
+	n4, err := New(Config{ID: 4, Address: addr, Dir: t.TempDir(), Tick: 50 * time.Millisecond, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,9 @@ func TestLongQueryKeepsLeadership(t *testing.T) {
 	}
 	term := termOf(l)
 	// Scans 6,000,000 generated rows and returns every thousandth: each
-	// step does real work, and the whole query runs for about a second.
+	// step does real work, and the whole query runs for about a second,
+	// longer than the election timeout (10 ticks of 50 ms, randomized up to
+	// twice that).
 	const scanned, rows = 6000000, 6000
 	q := fmt.Sprintf("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < %d) "+
 		"SELECT x, x * 2 FROM c WHERE x %% 1000 = 0", scanned)
