@@ -581,7 +581,7 @@ func (l *Loop) apply(e raft.Entry) {
 			continue
 		}
 		res := result
-		if req.write != nil && err == nil {
+		if req.write != nil && err == nil && req.result != nil {
 			res = req.result // computed when the leader executed it
 		}
 		l.finish(id, Reply{ID: id, Result: res, Err: err, Index: e.Index})
