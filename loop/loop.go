@@ -691,33 +691,31 @@ func (l *Loop) TransferLeadership(id raft.NodeID) (Output, error) {
 // RequestMembership starts a membership change whose reply comes once its
 // entry is applied (or with the error that stopped it).
 func (l *Loop) RequestMembership(id uint64, cc raft.ConfigChange) Output {
-	if err := l.admit(id); err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	if err := l.raft.ProposeConfigChange(cc); err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	l.track(&request{id: id, conf: true})
-	l.confReq = id
-	return l.flush()
+	return l.startTracked(id, func() error { return l.raft.ProposeConfigChange(cc) },
+		&request{id: id, conf: true}, &l.confReq)
 }
 
 // RequestTransfer hands leadership to the voter to (None: the most
 // up-to-date one); the reply comes when this node no longer leads, or with
 // the error when the transfer timed out.
 func (l *Loop) RequestTransfer(id uint64, to raft.NodeID) Output {
-	if err := l.admit(id); err != nil {
+	return l.startTracked(id, func() error { return l.raft.TransferLeadership(to) },
+		&request{id: id, transfer: true}, &l.transferReq)
+}
+
+// startTracked admits a request, starts it, and on success records it in
+// slot until a notice (or a state change) answers it.
+func (l *Loop) startTracked(id uint64, start func() error, req *request, slot *uint64) Output {
+	err := l.admit(id)
+	if err == nil {
+		err = start()
+	}
+	if err != nil {
 		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
 		return l.flush()
 	}
-	if err := l.raft.TransferLeadership(to); err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	l.track(&request{id: id, transfer: true})
-	l.transferReq = id
+	l.track(req)
+	*slot = id
 	return l.flush()
 }
 
