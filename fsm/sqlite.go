@@ -56,6 +56,7 @@ type DB struct {
 	pending                 bool
 	pendingIndex, pendingTm uint64
 	pendingResult           Result
+	dedupWrites             uint64
 }
 
 // Open opens (creating) database name on v.
@@ -145,7 +146,7 @@ func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Re
 			Statements: []Statement{{SQL: sql, Params: params}}})
 		return cmd, Result{}, err
 	}
-	res, err := d.run(sql, params)
+	res, err := d.run(sql, params, false)
 	if err != nil {
 		if d.vfs.Pending(d.name) {
 			_ = d.vfs.Abort(d.name)
@@ -184,9 +185,16 @@ func (d *DB) Abort() {
 // Pending reports whether this node holds a captured write.
 func (d *DB) Pending() bool { return d.pending }
 
-func (d *DB) run(sql string, params []Value) (Result, error) {
+// run executes every statement of sql, consuming params in order. When
+// atomic, the caller already holds a transaction (a batch's savepoint or an
+// applied entry's BEGIN): the request is one atomic unit, so BEGIN and
+// COMMIT/END statements in its text are accepted and skipped, but they
+// must pair up within the text (a transaction cannot span requests), and
+// ROLLBACK is refused (fail the request instead).
+func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 	rest := sql
 	next := 0
+	inTxn := false
 	for {
 		s, tail, err := d.conn.Prepare(rest)
 		if err != nil {
@@ -194,6 +202,33 @@ func (d *DB) run(sql string, params []Value) (Result, error) {
 		}
 		if s == nil {
 			break
+		}
+		if atomic {
+			switch txnControl(rest) {
+			case "BEGIN":
+				if inTxn {
+					s.Finalize()
+					return Result{}, fmt.Errorf("fsm: nested BEGIN")
+				}
+				inTxn = true
+				s.Finalize()
+				rest = tail
+				continue
+			case "COMMIT", "END":
+				if !inTxn {
+					s.Finalize()
+					return Result{}, ErrNoTransaction
+				}
+				inTxn = false
+				s.Finalize()
+				rest = tail
+				continue
+			case "ROLLBACK":
+				if !strings.Contains(strings.ToUpper(rest[:len(rest)-len(tail)]), " TO ") {
+					s.Finalize()
+					return Result{}, fmt.Errorf("fsm: ROLLBACK inside a request is not supported (a request is atomic: let it fail instead)")
+				}
+			}
 		}
 		for i := 1; i <= s.ParamCount() && next < len(params); i++ {
 			if err := s.Bind(i, params[next].goValue()); err != nil {
@@ -215,7 +250,35 @@ func (d *DB) run(sql string, params []Value) (Result, error) {
 		s.Finalize()
 		rest = tail
 	}
+	if inTxn {
+		return Result{}, ErrOpenTransaction
+	}
 	return Result{LastInsertID: d.conn.LastInsertRowID(), RowsAffected: d.conn.Changes()}, nil
+}
+
+// Errors of transaction statements in a request.
+var (
+	ErrOpenTransaction = fmt.Errorf("fsm: BEGIN without COMMIT in the same request: " +
+		"transactions spanning several requests are not supported; send BEGIN ... COMMIT as one request")
+	ErrNoTransaction = fmt.Errorf("fsm: COMMIT without BEGIN in the same request " +
+		"(transactions spanning several requests are not supported)")
+)
+
+// txnControl returns BEGIN, COMMIT, END or ROLLBACK when sql starts with
+// that keyword (after whitespace), else "".
+func txnControl(sql string) string {
+	t := strings.TrimLeft(sql, " \t\r\n;")
+	for _, kw := range []string{"BEGIN", "COMMIT", "END", "ROLLBACK"} {
+		if len(t) >= len(kw) && strings.EqualFold(t[:len(kw)], kw) &&
+			(len(t) == len(kw) || !isIdent(t[len(kw)])) {
+			return kw
+		}
+	}
+	return ""
+}
+
+func isIdent(c byte) bool {
+	return c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
 }
 
 func (v Value) goValue() any {
@@ -280,7 +343,7 @@ func (d *DB) applyStatements(e raft.Entry) (any, error) {
 	}
 	var res Result
 	for _, st := range s.Statements {
-		if res, err = d.run(st.SQL, st.Params); err != nil {
+		if res, err = d.run(st.SQL, st.Params, true); err != nil {
 			_ = d.conn.Exec("ROLLBACK")
 			// The statement's own error is the deterministic result.
 			return nil, err
@@ -360,6 +423,64 @@ func (d *DB) Restore(data []byte) error {
 type BatchItem struct {
 	SQL    string
 	Params []Value
+	// Client and Seq, when Client is not 0, make the write idempotent: the
+	// database records the last sequence number applied per client (in
+	// the dqlite_dedup table, in the same transaction), and a write whose
+	// sequence number is already recorded returns the recorded result
+	// without running again.
+	Client, Seq uint64
+}
+
+// Deduplication table and its limits.
+const (
+	dedupTable = "dqlite_dedup"
+	// DedupRetentionSeconds is how long a client's last sequence number is
+	// kept after its last write.
+	DedupRetentionSeconds = 24 * 3600
+	// dedupPruneEvery is how many deduplicated writes pass between prunes.
+	dedupPruneEvery = 1024
+)
+
+// ErrStaleSequence is returned for a write older than its client's last
+// recorded one (a client bug: sequence numbers must increase).
+var ErrStaleSequence = fmt.Errorf("fsm: sequence number older than the client's last write")
+
+func (d *DB) dedupPrepare() error {
+	err := d.conn.Exec("CREATE TABLE IF NOT EXISTS " + dedupTable +
+		"(client INTEGER PRIMARY KEY, seq INTEGER NOT NULL, last_insert_id INTEGER NOT NULL," +
+		" rows_affected INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID")
+	if err != nil {
+		return err
+	}
+	d.dedupWrites++
+	if d.dedupWrites%dedupPruneEvery == 0 {
+		return d.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupTable, DedupRetentionSeconds))
+	}
+	return nil
+}
+
+// dedupLookup returns the recorded result of (client, seq), if any.
+func (d *DB) dedupLookup(client, seq uint64) (Result, bool, error) {
+	rows, err := d.conn.Query("SELECT seq, last_insert_id, rows_affected FROM "+dedupTable+" WHERE client = ?", int64(client))
+	if err != nil || len(rows) == 0 {
+		return Result{}, false, err
+	}
+	last, _ := rows[0][0].(int64)
+	switch {
+	case uint64(last) == seq:
+		id, _ := rows[0][1].(int64)
+		n, _ := rows[0][2].(int64)
+		return Result{LastInsertID: id, RowsAffected: n}, true, nil
+	case uint64(last) > seq:
+		return Result{}, false, ErrStaleSequence
+	}
+	return Result{}, false, nil
+}
+
+func (d *DB) dedupRecord(client, seq uint64, r Result) error {
+	_, err := d.conn.Query("INSERT OR REPLACE INTO "+dedupTable+" VALUES (?, ?, ?, ?, unixepoch())",
+		int64(client), int64(seq), r.LastInsertID, r.RowsAffected)
+	return err
 }
 
 // ExecuteBatch runs several autocommit writes on the leader as one
@@ -396,13 +517,32 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 		}
 		return nil, results, errs
 	}
+	dedupReady := false
 	for i, it := range items {
 		b := it.(*BatchItem)
+		if b.Client != 0 && !dedupReady {
+			if err := d.dedupPrepare(); err != nil {
+				errs[i] = err
+				continue
+			}
+			dedupReady = true
+		}
 		if err := d.conn.Exec("SAVEPOINT w"); err != nil {
 			errs[i] = err
 			continue
 		}
-		res, err := d.run(b.SQL, b.Params)
+		var res Result
+		var err error
+		done := false
+		if b.Client != 0 {
+			res, done, err = d.dedupLookup(b.Client, b.Seq)
+		}
+		if err == nil && !done {
+			res, err = d.run(b.SQL, b.Params, true)
+			if err == nil && b.Client != 0 {
+				err = d.dedupRecord(b.Client, b.Seq, res)
+			}
+		}
 		if err != nil {
 			errs[i] = err
 			_ = d.conn.Exec("ROLLBACK TO w")
