@@ -174,3 +174,64 @@ const (
 	RowsPart = 0xEEEEEEEEEEEEEEEE // more ROWS messages follow
 	RowsDone = 0xFFFFFFFFFFFFFFFF
 )
+
+// ColumnValue is the wire value of a column whose declared type is decl and
+// whose value (as SQLite returned it) is v: int64, float64, string, []byte
+// or nil. Columns declared exactly DATETIME, DATE or TIMESTAMP (whole name,
+// any case) carry integers as unix time and text (and NULL, as "") as
+// ISO-8601; BOOLEAN columns carry integers as booleans. Everything else,
+// and values of other storage classes in those columns (where the original
+// server crashed, or turned NULL into false), goes by storage class.
+func ColumnValue(decl string, v any) Value {
+	switch {
+	case equalFold(decl, "DATETIME") || equalFold(decl, "DATE") || equalFold(decl, "TIMESTAMP"):
+		switch x := v.(type) {
+		case int64:
+			return Value{UnixTime, x}
+		case string:
+			return Value{ISO8601, x}
+		case nil:
+			return Value{ISO8601, ""}
+		}
+	case equalFold(decl, "BOOLEAN"):
+		if x, ok := v.(int64); ok {
+			b := int64(0)
+			if x != 0 {
+				b = 1
+			}
+			return Value{Boolean, b}
+		}
+	}
+	switch x := v.(type) {
+	case int64:
+		return Value{Integer, x}
+	case float64:
+		return Value{Float, x}
+	case string:
+		return Value{Text, x}
+	case []byte:
+		return Value{Blob, x}
+	}
+	return Value{Null, nil}
+}
+
+func equalFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		c := a[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		if c != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// GoValue is a parameter's value for SQLite: int64, float64, string,
+// []byte or nil (unix time as its integer, ISO-8601 as its text, booleans
+// as 0/1).
+func (v Value) GoValue() any { return v.V }
