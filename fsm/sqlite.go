@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"strings"
@@ -86,7 +87,7 @@ func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
 		return nil, err
 	}
 	if s == nil {
-		return nil, fmt.Errorf("fsm: empty query")
+		return nil, ErrEmptyStatement
 	}
 	if !s.Readonly() {
 		s.Finalize()
@@ -94,7 +95,11 @@ func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
 	}
 	if strings.TrimSpace(tail) != "" {
 		s.Finalize()
-		return nil, fmt.Errorf("fsm: nonempty statement tail %q", tail)
+		return nil, fmt.Errorf("%w: %q", ErrNonemptyTail, tail)
+	}
+	if len(args) > s.ParamCount() {
+		s.Finalize()
+		return nil, fmt.Errorf("%w: %d given, the statement has %d", ErrBindParameters, len(args), s.ParamCount())
 	}
 	for i, a := range args {
 		if err := s.Bind(i+1, a); err != nil {
@@ -104,6 +109,27 @@ func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
 	}
 	d.cursors[s] = struct{}{}
 	return s, nil
+}
+
+// Errors of queries.
+var (
+	ErrEmptyStatement = errors.New("fsm: empty statement")
+	ErrNonemptyTail   = errors.New("fsm: nonempty statement tail")
+	ErrBindParameters = errors.New("fsm: bind parameters")
+)
+
+// PrepareCheck compiles the first statement of sql and returns its bind
+// parameter count and the byte offset of the unparsed tail.
+func (d *DB) PrepareCheck(sql string) (params, tail int, err error) {
+	s, rest, err := d.rconn.Prepare(sql)
+	if err != nil {
+		return 0, 0, err
+	}
+	if s == nil {
+		return 0, 0, ErrEmptyStatement
+	}
+	defer s.Finalize()
+	return s.ParamCount(), len(sql) - len(rest), nil
 }
 
 // CloseCursor finalizes a cursor.

@@ -12,6 +12,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -27,6 +28,7 @@ import (
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
 	"github.com/dqlite-go/dqlite/wal"
+	"github.com/dqlite-go/dqlite/wire"
 )
 
 // Config configures a node.
@@ -47,6 +49,14 @@ type Config struct {
 	// (default: the loop's).
 	SnapshotThreshold uint64
 	Logger            *slog.Logger
+	// FailureDomain is reported by DESCRIBE (role management prefers
+	// voters in distinct domains).
+	FailureDomain uint64
+	// TLS, when set, secures the listening port (clients and peers) and the
+	// peer links this node dials: one config with the node's certificate,
+	// RootCAs and ClientCAs of the cluster's CA, and ClientAuth set to
+	// tls.RequireAndVerifyClientCert for mutual TLS. Off by default.
+	TLS *tls.Config
 }
 
 // Limits.
@@ -80,9 +90,8 @@ type Node struct {
 	// not (yet) in the membership this node knows. Loop goroutine only.
 	addrHints map[raft.NodeID]string
 
-	connMu     sync.Mutex
-	conns      map[net.Conn]struct{} // accepted peer connections
-	connClosed bool
+	srv        *wire.Server // serves clients and peer links
+	weight     atomic.Uint64
 
 	// changed is closed (and replaced) whenever an event was handled, so
 	// waiters can re-check a condition without polling.
@@ -119,9 +128,13 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: make(chan func(), eventQueueMax),
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
-		stop: make(chan struct{}), conns: map[net.Conn]struct{}{}, changed: make(chan struct{}),
+		stop: make(chan struct{}), changed: make(chan struct{}),
 		addrHints: map[raft.NodeID]string{}}
 	if err := n.open(); err != nil {
+		n.closeResources()
+		return nil, err
+	}
+	if err := n.loadWeight(); err != nil {
 		n.closeResources()
 		return nil, err
 	}
@@ -130,7 +143,11 @@ func New(cfg Config) (*Node, error) {
 		n.closeResources()
 		return nil, fmt.Errorf("node %d: listen on %s: %w", cfg.ID, cfg.Address, err)
 	}
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS)
+	}
 	n.ln = ln
+	n.srv = wire.NewServer(backend{n}, n.log)
 	n.members.Store(n.loop.Raft().Status().Config)
 	n.wg.Add(3)
 	go n.run()
@@ -338,15 +355,22 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 	}
 }
 
-// Exec runs a write on this node, which must be the leader.
+// Exec runs a write on this node, which must be the leader. sql may hold
+// several statements (parameters are consumed in order); the request is
+// atomic, and BEGIN ... COMMIT may wrap it, but a transaction cannot span
+// requests.
 func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, error) {
 	params, err := toValues(args)
 	if err != nil {
 		return fsm.Result{}, err
 	}
+	return n.exec(ctx, &fsm.BatchItem{SQL: sql, Params: params})
+}
+
+func (n *Node) exec(ctx context.Context, item *fsm.BatchItem) (fsm.Result, error) {
 	r, err := n.request(ctx, func(id uint64) loop.Output {
 		n.vfs.SetTime(time.Now().UnixMilli())
-		return n.loop.SubmitWrite(loop.WriteRequest{ID: id, Batch: &fsm.BatchItem{SQL: sql, Params: params}})
+		return n.loop.SubmitWrite(loop.WriteRequest{ID: id, Batch: item})
 	})
 	if err != nil {
 		return fsm.Result{}, err
@@ -475,13 +499,8 @@ func (n *Node) Close() error {
 	n.stopOnce.Do(func() {
 		close(n.stop)
 		n.ln.Close()
-		n.connMu.Lock()
-		n.connClosed = true
-		for c := range n.conns {
-			c.Close()
-		}
-		n.connMu.Unlock()
 	})
+	n.srv.Close()
 	n.wg.Wait()
 	n.closeResources()
 	return nil

@@ -2,20 +2,18 @@ package node
 
 import (
 	"bufio"
-	"encoding/gob"
+	"context"
 	"net"
 	"time"
 
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wire"
 )
 
-// Peer links carry raft.Message values as a gob stream after a hello naming
-// the sender. (The dqlite wire protocol's CONNECT with our own checksummed
-// framing replaces this in the wire work.)
-type hello struct {
-	From    raft.NodeID
-	Address string // where the sender listens (a new node learns its peers' addresses from them)
-}
+// Peer links use the dqlite protocol's CONNECT (see package wire): the
+// dialing node sends the protocol version, then CONNECT with its id and the
+// address it listens on, then Raft messages in wire's checksummed frames.
+// One listening port serves clients and peers.
 
 const (
 	peerWriteTimeout = 5 * time.Second
@@ -61,10 +59,12 @@ func (n *Node) runPeer(p *peer) {
 	defer n.wg.Done()
 	backoff := 10 * time.Millisecond
 	for {
-		conn, err := net.DialTimeout("tcp", p.addr, dialTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+		conn, err := wire.Dial(ctx, p.addr, n.cfg.TLS)
+		cancel()
 		if err == nil {
 			backoff = 10 * time.Millisecond
-			err = n.stream(p, conn)
+			err = n.stream(p, conn.NetConn())
 			conn.Close()
 		}
 		if n.stopped() {
@@ -81,32 +81,32 @@ func (n *Node) runPeer(p *peer) {
 }
 
 func (n *Node) stream(p *peer, conn net.Conn) error {
-	w := bufio.NewWriter(conn)
-	enc := gob.NewEncoder(w)
+	connect, err := wire.EncodeRequest(&wire.Request{Type: wire.ReqConnect, ID: uint64(n.cfg.ID), Address: n.cfg.Address})
+	if err != nil {
+		return err
+	}
 	conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
-	if err := enc.Encode(hello{From: n.cfg.ID, Address: n.cfg.Address}); err != nil {
+	if _, err := conn.Write(connect); err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
+	var buf []byte
 	for {
 		select {
 		case <-n.stop:
 			return nil
 		case m := <-p.queue:
+			// Batch what is already queued into one write.
+			buf = wire.AppendPeerMessage(buf[:0], &m)
+			for len(p.queue) > 0 && len(buf) < 1<<20 {
+				m := <-p.queue
+				buf = wire.AppendPeerMessage(buf, &m)
+			}
 			conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
-			if err := enc.Encode(m); err != nil {
+			if _, err := conn.Write(buf); err != nil {
 				return err
 			}
-			// Batch what is already queued into one flush.
-			for len(p.queue) > 0 {
-				if err := enc.Encode(<-p.queue); err != nil {
-					return err
-				}
-			}
-			if err := w.Flush(); err != nil {
-				return err
+			if cap(buf) > 4<<20 {
+				buf = nil // do not keep a snapshot chunk's buffer
 			}
 		}
 	}
@@ -121,7 +121,8 @@ func (n *Node) stopped() bool {
 	}
 }
 
-// accept serves incoming peer connections.
+// accept hands incoming connections (clients and peers) to the wire
+// server.
 func (n *Node) accept() {
 	defer n.wg.Done()
 	for {
@@ -131,58 +132,45 @@ func (n *Node) accept() {
 				return
 			}
 			n.log.Warn("accept failed", "err", err)
+			select {
+			case <-n.stop:
+				return
+			case <-time.After(10 * time.Millisecond): // e.g. out of file descriptors
+			}
 			continue
 		}
-		n.connMu.Lock()
-		if n.connClosed {
-			n.connMu.Unlock()
-			c.Close()
-			return
-		}
-		n.conns[c] = struct{}{}
-		n.wg.Add(1)
-		n.connMu.Unlock()
-		go n.readPeer(c)
+		n.srv.Go(c)
 	}
 }
 
-// readPeer decodes messages from one connection into loop events.
-func (n *Node) readPeer(c net.Conn) {
-	defer n.wg.Done()
-	defer func() {
-		n.connMu.Lock()
-		delete(n.conns, c)
-		n.connMu.Unlock()
-		c.Close()
-	}()
-	dec := gob.NewDecoder(bufio.NewReader(c))
-	var h hello
-	if err := dec.Decode(&h); err != nil {
-		return
-	}
-	if h.Address != "" && !n.post(func() {
-		if _, known := n.addrHints[h.From]; !known {
-			n.addrHints[h.From] = h.Address
+// servePeer reads Raft messages from a peer link into loop events (the wire
+// server calls it, through the backend, for a connection that sent
+// CONNECT).
+func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address string) {
+	defer c.Close()
+	if address != "" && !n.post(func() {
+		if _, known := n.addrHints[from]; !known {
+			n.addrHints[from] = address
 		}
 	}) {
 		return
 	}
 	for {
-		var m raft.Message
-		if err := dec.Decode(&m); err != nil {
+		m, err := wire.ReadPeerMessage(r)
+		if err != nil {
 			if !n.stopped() {
-				n.log.Debug("peer connection closed", "peer", h.From, "err", err)
+				n.log.Debug("peer connection closed", "peer", from, "err", err)
 			}
 			return
 		}
-		if m.From != h.From {
-			n.log.Warn("message sender does not match the link", "link", h.From, "from", m.From)
+		if m.From != from {
+			n.log.Warn("message sender does not match the link", "link", from, "from", m.From)
 			return
 		}
 		if !n.post(func() {
 			out, err := n.loop.Step(m)
 			if err != nil {
-				n.log.Warn("malformed peer message", "peer", h.From, "err", err)
+				n.log.Warn("malformed peer message", "peer", from, "err", err)
 			}
 			n.handle(out)
 		}) {

@@ -54,6 +54,10 @@ func Dial(ctx context.Context, address string, tlsCfg *tls.Config) (*Conn, error
 		return nil, err
 	}
 	if tlsCfg != nil {
+		if tlsCfg.ServerName == "" {
+			tlsCfg = tlsCfg.Clone()
+			tlsCfg.ServerName, _, _ = net.SplitHostPort(address)
+		}
 		tc := tls.Client(nc, tlsCfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()

@@ -1,0 +1,277 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/loop"
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/vfs"
+	"github.com/dqlite-go/dqlite/wire"
+)
+
+// backend serves the dqlite wire protocol from a node.
+type backend struct{ n *Node }
+
+var _ wire.Backend = backend{}
+
+func (b backend) Leader() (uint64, string) {
+	n := b.n
+	var lead raft.NodeID
+	var voter bool
+	if !n.do(func() {
+		lead = n.loop.Raft().Basic().Lead
+		m := n.loop.Raft().Status().Config
+		s, ok := m.Get(n.cfg.ID)
+		voter = ok && s.Role == raft.Voter
+	}) || !voter || lead == raft.None {
+		return 0, ""
+	}
+	if lead == n.cfg.ID {
+		return uint64(lead), n.cfg.Address
+	}
+	for _, s := range n.Cluster() {
+		if s.ID == lead {
+			return uint64(lead), s.Address
+		}
+	}
+	return 0, ""
+}
+
+func (b backend) IsLeader() bool { return b.n.IsLeader() }
+
+func (b backend) Exec(ctx context.Context, w *wire.Write) (int64, int64, error) {
+	params := make([]fsm.Value, len(w.Params))
+	for i, p := range w.Params {
+		params[i] = fsmValue(p)
+	}
+	res, err := b.n.exec(ctx, &fsm.BatchItem{SQL: w.SQL, Params: params, Client: w.Client, Seq: w.Seq})
+	return res.LastInsertID, res.RowsAffected, err
+}
+
+func fsmValue(v wire.Value) fsm.Value {
+	switch x := v.V.(type) {
+	case int64:
+		return fsm.Value{Type: fsm.TypeInteger, Int: x}
+	case float64:
+		return fsm.Value{Type: fsm.TypeFloat, Float: x}
+	case string:
+		return fsm.Value{Type: fsm.TypeText, Text: x}
+	case []byte:
+		return fsm.Value{Type: fsm.TypeBlob, Blob: x}
+	}
+	return fsm.Value{Type: fsm.TypeNull}
+}
+
+func (b backend) Prepare(ctx context.Context, sql string) (int, int, error) {
+	var params, tail int
+	var err error
+	if !b.n.do(func() { params, tail, err = b.n.db.PrepareCheck(sql) }) {
+		return 0, 0, ErrClosed
+	}
+	return params, tail, err
+}
+
+func (b backend) Query(ctx context.Context, sql string, params []wire.Value) (wire.Cursor, error) {
+	args := make([]any, len(params))
+	for i, p := range params {
+		args[i] = p.V
+	}
+	n := b.n
+	r, err := n.request(ctx, func(id uint64) loop.Output {
+		return n.loop.Read(id, func() (any, error) {
+			st, err := n.db.OpenCursor(sql, args...)
+			if err != nil {
+				return nil, err
+			}
+			c := &cursor{n: n, st: st, cols: make([]string, st.ColumnCount()), decl: make([]string, st.ColumnCount())}
+			for i := range c.cols {
+				c.cols[i], c.decl[i] = st.ColumnName(i), st.ColumnDeclType(i)
+			}
+			return c, nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r.Result.(*cursor), nil
+}
+
+// cursor steps a query in short batches of loop time.
+type cursor struct {
+	n          *Node
+	st         *vfs.Stmt
+	cols, decl []string
+	closed     bool
+}
+
+func (c *cursor) Columns() []string { return c.cols }
+
+func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
+	var done bool
+	var err error
+	if !c.n.do(func() {
+		start := time.Now()
+		for k := 0; k < queryBatchRows && time.Since(start) < queryBatchTime; k++ {
+			more, e := c.st.Step()
+			if e != nil || !more {
+				done, err = true, e
+				return
+			}
+			row := make([]wire.Value, len(c.cols))
+			for i := range row {
+				row[i] = wire.ColumnValue(c.decl[i], c.st.Column(i))
+			}
+			if !add(row) {
+				return
+			}
+		}
+	}) {
+		return true, ErrClosed
+	}
+	return done, err
+}
+
+func (c *cursor) Close() {
+	if !c.closed {
+		c.closed = true
+		c.n.do(func() { c.n.db.CloseCursor(c.st) })
+	}
+}
+
+func (b backend) Cluster() []wire.ServerInfo {
+	servers := b.n.Cluster()
+	out := make([]wire.ServerInfo, len(servers))
+	for i, s := range servers {
+		out[i] = wire.ServerInfo{ID: uint64(s.ID), Address: s.Address, Role: wireRole(s.Role)}
+	}
+	return out
+}
+
+func wireRole(r raft.Role) uint64 {
+	switch r {
+	case raft.Standby:
+		return wire.RoleStandby
+	case raft.Spare:
+		return wire.RoleSpare
+	}
+	return wire.RoleVoter
+}
+
+func raftRole(r uint64) raft.Role {
+	switch r {
+	case wire.RoleStandby:
+		return raft.Standby
+	case wire.RoleSpare:
+		return raft.Spare
+	}
+	return raft.Voter
+}
+
+func (b backend) Dump(ctx context.Context, name string) ([]byte, error) {
+	// A linearizable read point first, so the dump has every committed write.
+	if _, err := b.n.request(ctx, func(id uint64) loop.Output {
+		return b.n.loop.Read(id, func() (any, error) { return nil, nil })
+	}); err != nil {
+		return nil, err
+	}
+	return b.n.Dump()
+}
+
+func (b backend) Add(ctx context.Context, id uint64, address string) error {
+	return b.n.Add(ctx, raft.NodeID(id), address)
+}
+
+func (b backend) Assign(ctx context.Context, id, role uint64) error {
+	return b.n.Assign(ctx, raft.NodeID(id), raftRole(role))
+}
+
+func (b backend) Remove(ctx context.Context, id uint64) error {
+	return b.n.Remove(ctx, raft.NodeID(id))
+}
+
+func (b backend) Transfer(ctx context.Context, id uint64) error {
+	return b.n.Transfer(ctx, raft.NodeID(id))
+}
+
+func (b backend) Describe() (uint64, uint64) { return b.n.cfg.FailureDomain, b.n.weight.Load() }
+
+func (b backend) SetWeight(w uint64) error { return b.n.SetWeight(w) }
+
+func (b backend) Peer(c net.Conn, r *bufio.Reader, id uint64, address string) {
+	b.n.servePeer(c, r, raft.NodeID(id), address)
+}
+
+// ErrorCode maps an error to the FAILURE code clients act on.
+func (b backend) ErrorCode(err error) (uint64, string) {
+	var se *vfs.Error
+	switch {
+	case errors.As(err, &se):
+		return uint64(se.Code), se.Msg
+	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, ErrClosed):
+		return wire.CodeNotLeader, "not leader"
+	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
+		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()
+	case errors.Is(err, loop.ErrBusy), vfs.IsBusy(err):
+		return wire.CodeBusy, err.Error()
+	case errors.Is(err, fsm.ErrBindParameters), errors.Is(err, fsm.ErrNonemptyTail),
+		errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
+		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence):
+		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
+	}
+	return wire.CodeLeaderExec, err.Error()
+}
+
+// weightFile holds the node's weight (WEIGHT), in its data directory.
+const weightFile = "weight"
+
+// SetWeight records the node's weight (used by role management) durably.
+func (n *Node) SetWeight(w uint64) error {
+	path := filepath.Join(n.cfg.Dir, weightFile)
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.FormatUint(w, 10))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		return fmt.Errorf("node: saving weight: %w", err)
+	}
+	n.weight.Store(w)
+	return nil
+}
+
+func (n *Node) loadWeight() error {
+	b, err := os.ReadFile(filepath.Join(n.cfg.Dir, weightFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	w, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return fmt.Errorf("node: weight file: %w", err)
+	}
+	n.weight.Store(w)
+	return nil
+}
