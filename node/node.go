@@ -90,8 +90,8 @@ type Node struct {
 	// not (yet) in the membership this node knows. Loop goroutine only.
 	addrHints map[raft.NodeID]string
 
-	srv        *wire.Server // serves clients and peer links
-	weight     atomic.Uint64
+	srv    *wire.Server // serves clients and peer links
+	weight atomic.Uint64
 
 	// changed is closed (and replaced) whenever an event was handled, so
 	// waiters can re-check a condition without polling.
