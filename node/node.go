@@ -299,6 +299,10 @@ func (n *Node) IsLeaderLocked() bool {
 	return b.State == raft.StateLeader && t == b.Term && n.loop.Applied() >= b.Commit
 }
 
+// LeaderLocked is the leader this node knows, for use inside WaitFor
+// conditions.
+func (n *Node) LeaderLocked() raft.NodeID { return n.loop.Raft().Basic().Lead }
+
 // diskWriter performs appends outside the loop.
 func (n *Node) diskWriter() {
 	defer n.wg.Done()

@@ -1,0 +1,495 @@
+// Package driver is a pure-Go database/sql driver for dqlite-go (and other
+// dqlite servers speaking protocol v1), registered as "dqlite".
+//
+//	db, err := sql.Open("dqlite", "127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003/app")
+//
+// The data source name is a comma-separated list of node addresses, a
+// slash and the database name. The driver finds the leader by itself
+// (bounded parallel probes, capped backoff), follows it when it moves, and
+// keeps the list of nodes fresh from the cluster's membership.
+//
+// # Retries and unknown outcomes
+//
+// Reads, and writes that were never sent, are retried on the new leader
+// transparently. A write that was sent but whose outcome is unknown (the
+// leader lost leadership or the connection broke before the reply) is
+// retried with the same client session id and sequence number: the
+// cluster records the last sequence number applied per session in the
+// replicated database, so the retry is applied at most once and returns
+// the first result. When the retry window (Connector.RetryTimeout) ends
+// first, the error wraps ErrUnknownOutcome: the write may or may not have
+// happened, and nothing retries it again.
+//
+// # Transactions
+//
+// A request is atomic, and may be a multi-statement "BEGIN; ...; COMMIT"
+// text, but a transaction cannot span requests: BeginTx returns
+// ErrInteractiveTx.
+package driver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dqlite-go/dqlite/wire"
+)
+
+func init() { sql.Register("dqlite", &Driver{}) }
+
+// Errors.
+var (
+	// ErrUnknownOutcome wraps the error of a write whose outcome is unknown
+	// after the retry window ended.
+	ErrUnknownOutcome = errors.New("dqlite: the outcome of the write is unknown")
+	// ErrInteractiveTx is returned by BeginTx.
+	ErrInteractiveTx = errors.New("dqlite: transactions spanning several requests are not supported; " +
+		"send BEGIN; ...; COMMIT as one Exec")
+)
+
+// Defaults.
+const (
+	// DefaultRetryTimeout bounds how long a request keeps looking for a
+	// leader and retrying.
+	DefaultRetryTimeout = 30 * time.Second
+	backoffMin          = 10 * time.Millisecond
+	backoffMax          = time.Second
+)
+
+// Driver is the database/sql driver.
+type Driver struct{}
+
+// Open opens a connection for a data source name (see the package doc).
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.OpenConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+// OpenConnector parses dsn.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	addrs, name, ok := strings.Cut(dsn, "/")
+	if !ok || name == "" || addrs == "" {
+		return nil, fmt.Errorf("dqlite: data source name %q: want host:port[,host:port...]/database", dsn)
+	}
+	return NewConnector(strings.Split(addrs, ","), name), nil
+}
+
+// NodeStore is the list of known node addresses, shared by a connector's
+// connections and refreshed from the cluster's membership.
+type NodeStore struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+// Get returns the known addresses.
+func (s *NodeStore) Get() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.addrs...)
+}
+
+// Set replaces the known addresses.
+func (s *NodeStore) Set(addrs []string) {
+	s.mu.Lock()
+	s.addrs = append([]string(nil), addrs...)
+	s.mu.Unlock()
+}
+
+// Connector connects to a cluster. Use it with sql.OpenDB.
+type Connector struct {
+	Store *NodeStore
+	Name  string
+	// TLS, when set, secures connections (mutual TLS with a client
+	// certificate in it).
+	TLS *tls.Config
+	// RetryTimeout bounds how long one request keeps trying.
+	RetryTimeout time.Duration
+}
+
+// NewConnector returns a connector to the database name on the cluster
+// with the given node addresses.
+func NewConnector(addresses []string, name string) *Connector {
+	return &Connector{Store: &NodeStore{addrs: addresses}, Name: name, RetryTimeout: DefaultRetryTimeout}
+}
+
+// Connect returns a connection (it reaches the leader lazily, on first use).
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	client := binary.LittleEndian.Uint64(b[:]) | 1 // never 0 (0: no deduplication)
+	cn := &conn{c: c, client: client}
+	if err := cn.connect(ctx); err != nil {
+		return nil, err
+	}
+	return cn, nil
+}
+
+// Driver returns the driver.
+func (c *Connector) Driver() driver.Driver { return &Driver{} }
+
+type conn struct {
+	c      *Connector
+	w      *wire.Conn // nil: not connected
+	db     uint32
+	client uint64
+	seq    uint64
+}
+
+var (
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.QueryerContext     = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+	_ driver.Pinger             = (*conn)(nil)
+)
+
+// connect finds the leader and opens the database, with capped backoff,
+// within the retry window.
+func (cn *conn) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	backoff := backoffMin
+	for {
+		err := cn.tryConnect(ctx)
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) && !isProbe(err) {
+			return err
+		}
+		if serr := sleep(ctx, backoff); serr != nil {
+			return fmt.Errorf("dqlite: connecting: %w (%v)", err, serr)
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+func isProbe(err error) bool {
+	var pe *wire.ProbeError
+	return errors.As(err, &pe)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (cn *conn) tryConnect(ctx context.Context) error {
+	w, err := wire.FindLeader(ctx, cn.c.Store.Get(), cn.c.TLS)
+	if err != nil {
+		return err
+	}
+	db, err := w.Open(ctx, cn.c.Name)
+	if err != nil {
+		w.Close()
+		return err
+	}
+	if servers, err := w.Cluster(ctx, 1); err == nil && len(servers) > 0 {
+		// Voters first: they are the ones that can lead.
+		var voters, others []string
+		for _, s := range servers {
+			if s.Role == wire.RoleVoter {
+				voters = append(voters, s.Address)
+			} else {
+				others = append(others, s.Address)
+			}
+		}
+		cn.c.Store.Set(append(voters, others...))
+	}
+	cn.w, cn.db = w, db
+	return nil
+}
+
+func (cn *conn) drop() {
+	if cn.w != nil {
+		cn.w.Close()
+		cn.w = nil
+	}
+}
+
+// retryable reports errors after which a request may be tried again on
+// the (new) leader: not-leader and leadership-lost answers, a missing
+// database (the server dropped it), and broken connections.
+func retryable(err error) bool {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		switch we.Code {
+		case wire.CodeNotLeader, wire.CodeNotLeaderLegacy, wire.CodeLeadershipLost,
+			wire.CodeLeadershipLostLegacy, wire.CodeNotFound:
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, wire.ErrBroken) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// sentUnknown reports errors after which a sent write may have happened.
+func sentUnknown(err error) bool {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Code == wire.CodeLeadershipLost || we.Code == wire.CodeLeadershipLostLegacy
+	}
+	return true // a broken connection after sending
+}
+
+func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	params, err := toParams(args)
+	if err != nil {
+		return nil, err
+	}
+	cn.seq++
+	req := &wire.Request{Type: wire.ReqExecSQL, Schema: wire.SchemaDedup, SQL: query, Params: params,
+		Client: cn.client, Seq: cn.seq}
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	backoff := backoffMin
+	unknown := false // a previous attempt may have been applied
+	for {
+		var err error
+		if cn.w == nil {
+			err = cn.tryConnect(rctx)
+		}
+		if err == nil {
+			req.DB = cn.db
+			var res wire.Result
+			res, err = cn.w.Exec(rctx, req)
+			if err == nil {
+				return result{int64(res.LastInsertID), int64(res.RowsAffected)}, nil
+			}
+			if retryable(err) {
+				unknown = unknown || sentUnknown(err)
+				cn.drop()
+			}
+		}
+		if !retryable(err) && !isProbe(err) {
+			return nil, err
+		}
+		if serr := sleep(rctx, backoff); serr != nil {
+			if unknown {
+				return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+			}
+			return nil, err
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	params, err := toParams(args)
+	if err != nil {
+		return nil, err
+	}
+	req := &wire.Request{Type: wire.ReqQuerySQL, SQL: query, Params: params}
+	if len(params) > 255 {
+		req.Schema = 1
+	}
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	backoff := backoffMin
+	for {
+		var err error
+		if cn.w == nil {
+			err = cn.tryConnect(rctx)
+		}
+		if err == nil {
+			req.DB = cn.db
+			var rr *wire.RowsReader
+			rr, err = cn.w.Query(ctx, req)
+			if err == nil {
+				return &rows{rr: rr}, nil
+			}
+			if retryable(err) {
+				cn.drop()
+			}
+		}
+		if !retryable(err) && !isProbe(err) {
+			return nil, err
+		}
+		if serr := sleep(rctx, backoff); serr != nil {
+			return nil, err
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+func (cn *conn) Ping(ctx context.Context) error {
+	if cn.w == nil {
+		return cn.connect(ctx)
+	}
+	return nil
+}
+
+func (cn *conn) IsValid() bool { return cn.w == nil || cn.w.Broken() == nil }
+
+func (cn *conn) Prepare(query string) (driver.Stmt, error) {
+	return cn.PrepareContext(context.Background(), query)
+}
+
+// PrepareContext returns a client-side statement: it runs as EXEC_SQL or
+// QUERY_SQL, so it survives leader changes.
+func (cn *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	return &stmt{cn: cn, sql: query}, nil
+}
+
+func (cn *conn) Begin() (driver.Tx, error) { return nil, ErrInteractiveTx }
+
+func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	return nil, ErrInteractiveTx
+}
+
+func (cn *conn) Close() error {
+	cn.drop()
+	return nil
+}
+
+type stmt struct {
+	cn  *conn
+	sql string
+}
+
+func (s *stmt) Close() error  { return nil }
+func (s *stmt) NumInput() int { return -1 }
+func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
+	return s.cn.ExecContext(context.Background(), s.sql, named(args))
+}
+func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
+	return s.cn.QueryContext(context.Background(), s.sql, named(args))
+}
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	return s.cn.ExecContext(ctx, s.sql, args)
+}
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	return s.cn.QueryContext(ctx, s.sql, args)
+}
+
+func named(args []driver.Value) []driver.NamedValue {
+	out := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		out[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	return out
+}
+
+type result struct{ last, rows int64 }
+
+func (r result) LastInsertId() (int64, error) { return r.last, nil }
+func (r result) RowsAffected() (int64, error) { return r.rows, nil }
+
+// ISO8601 is the layout times are sent in.
+const ISO8601 = "2006-01-02 15:04:05.999999999-07:00"
+
+func toParams(args []driver.NamedValue) ([]wire.Value, error) {
+	out := make([]wire.Value, len(args))
+	for i, a := range args {
+		if a.Name != "" {
+			return nil, fmt.Errorf("dqlite: named parameter %q: only positional parameters are supported", a.Name)
+		}
+		switch x := a.Value.(type) {
+		case nil:
+			out[i] = wire.Value{Type: wire.Null}
+		case int64:
+			out[i] = wire.Value{Type: wire.Integer, V: x}
+		case float64:
+			out[i] = wire.Value{Type: wire.Float, V: x}
+		case bool:
+			v := int64(0)
+			if x {
+				v = 1
+			}
+			out[i] = wire.Value{Type: wire.Boolean, V: v}
+		case string:
+			out[i] = wire.Value{Type: wire.Text, V: x}
+		case []byte:
+			out[i] = wire.Value{Type: wire.Blob, V: x}
+		case time.Time:
+			out[i] = wire.Value{Type: wire.ISO8601, V: x.Format(ISO8601)}
+		default:
+			return nil, fmt.Errorf("dqlite: parameter %d: unsupported type %T", i+1, a.Value)
+		}
+	}
+	return out, nil
+}
+
+type rows struct {
+	rr *wire.RowsReader
+}
+
+func (r *rows) Columns() []string { return r.rr.Columns }
+func (r *rows) Close() error      { return r.rr.Close() }
+
+// timeLayouts are tried, in order, for ISO-8601 column values.
+var timeLayouts = []string{
+	"2006-01-02 15:04:05.999999999-07:00",
+	"2006-01-02T15:04:05.999999999-07:00",
+	"2006-01-02 15:04:05.999999999",
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04:05",
+	"2006-01-02T15:04:05",
+	"2006-01-02 15:04",
+	"2006-01-02T15:04",
+	"2006-01-02",
+}
+
+func (r *rows) Next(dest []driver.Value) error {
+	row, err := r.rr.Next()
+	if err != nil {
+		return err
+	}
+	for i, v := range row {
+		if i >= len(dest) {
+			break
+		}
+		switch v.Type {
+		case wire.UnixTime:
+			dest[i] = time.Unix(v.V.(int64), 0)
+		case wire.ISO8601:
+			s := strings.TrimSuffix(v.V.(string), "Z")
+			if s == "" {
+				dest[i] = nil
+				continue
+			}
+			var t time.Time
+			var perr error
+			for _, l := range timeLayouts {
+				if t, perr = time.ParseInLocation(l, s, time.UTC); perr == nil {
+					break
+				}
+			}
+			if perr != nil {
+				return fmt.Errorf("dqlite: column %d: cannot parse time %q", i+1, s)
+			}
+			dest[i] = t
+		case wire.Boolean:
+			dest[i] = v.V.(int64) != 0
+		default:
+			dest[i] = v.V
+		}
+	}
+	return nil
+}
