@@ -40,6 +40,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -118,6 +119,23 @@ type Connector struct {
 	TLS *tls.Config
 	// RetryTimeout bounds how long one request keeps trying.
 	RetryTimeout time.Duration
+
+	reconnects, writeRetries atomic.Uint64
+}
+
+// Stats counts the connector's recoveries.
+type Stats struct {
+	// Reconnects counts connections dropped and re-established to the
+	// (new) leader.
+	Reconnects uint64
+	// WriteRetries counts writes sent again after an attempt whose outcome
+	// was unknown (deduplicated by the cluster).
+	WriteRetries uint64
+}
+
+// Stats returns the connector's counters.
+func (c *Connector) Stats() Stats {
+	return Stats{Reconnects: c.reconnects.Load(), WriteRetries: c.writeRetries.Load()}
 }
 
 // NewConnector returns a connector to the database name on the cluster
@@ -225,6 +243,7 @@ func (cn *conn) tryConnect(ctx context.Context) error {
 
 func (cn *conn) drop() {
 	if cn.w != nil {
+		cn.c.reconnects.Add(1)
 		cn.w.Close()
 		cn.w = nil
 	}
@@ -283,7 +302,10 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 				return result{int64(res.LastInsertID), int64(res.RowsAffected)}, nil
 			}
 			if retryable(err) {
-				unknown = unknown || sentUnknown(err)
+				if sentUnknown(err) {
+					unknown = true
+					cn.c.writeRetries.Add(1)
+				}
 				cn.drop()
 			}
 		}

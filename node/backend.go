@@ -217,10 +217,10 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 	switch {
 	case errors.As(err, &se):
 		return uint64(se.Code), se.Msg
-	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, ErrClosed):
+	case errors.Is(err, loop.ErrNotLeader):
 		return wire.CodeNotLeader, "not leader"
 	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
-		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
 		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()
 	case errors.Is(err, loop.ErrBusy), vfs.IsBusy(err):
 		return wire.CodeBusy, err.Error()
