@@ -122,6 +122,9 @@ func DecodePeerMessage(p []byte) (raft.Message, error) {
 	}
 	m.Type = raft.MessageType(d.u8())
 	flags := d.u8()
+	if flags&^(flagReject|flagTransfer|flagDone|flagSnapshot) != 0 {
+		return m, fmt.Errorf("%w: unknown flags %#x", ErrPeerFrame, flags)
+	}
 	m.Reject, m.Transfer, m.Done = flags&flagReject != 0, flags&flagTransfer != 0, flags&flagDone != 0
 	m.From, m.To = raft.NodeID(d.u64()), raft.NodeID(d.u64())
 	m.Term, m.LogTerm, m.Index, m.Commit = d.u64(), d.u64(), d.u64(), d.u64()

@@ -25,7 +25,7 @@ type fakeBackend struct {
 }
 
 func (f *fakeBackend) Leader() (uint64, string) { return 1, "leader:1" }
-func (f *fakeBackend) IsLeader() bool          { return !f.notLeader }
+func (f *fakeBackend) IsLeader() bool           { return !f.notLeader }
 func (f *fakeBackend) Exec(ctx context.Context, w *Write) (int64, int64, error) {
 	f.execs.Add(1)
 	if w.SQL == "FAIL" {
