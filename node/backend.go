@@ -217,7 +217,8 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 	switch {
 	case errors.As(err, &se):
 		return uint64(se.Code), se.Msg
-	case errors.Is(err, loop.ErrNotLeader):
+	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, raft.ErrTransferInProgress):
+		// Refused before proposing: safe to send again to the (next) leader.
 		return wire.CodeNotLeader, "not leader"
 	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
 		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):

@@ -52,6 +52,8 @@ type Config struct {
 	// FailureDomain is reported by DESCRIBE (role management prefers
 	// voters in distinct domains).
 	FailureDomain uint64
+	// Roles, when Voters > 0, turns on role management (see Roles).
+	Roles Roles
 	// TLS, when set, secures the listening port (clients and peers) and the
 	// peer links this node dials: one config with the node's certificate,
 	// RootCAs and ClientCAs of the cluster's CA, and ClientAuth set to
@@ -90,8 +92,9 @@ type Node struct {
 	// not (yet) in the membership this node knows. Loop goroutine only.
 	addrHints map[raft.NodeID]string
 
-	srv    *wire.Server // serves clients and peer links
-	weight atomic.Uint64
+	srv     *wire.Server // serves clients and peer links
+	weight  atomic.Uint64
+	metrics metrics
 
 	// changed is closed (and replaced) whenever an event was handled, so
 	// waiters can re-check a condition without polling.
@@ -153,6 +156,10 @@ func New(cfg Config) (*Node, error) {
 	go n.run()
 	go n.diskWriter()
 	go n.accept()
+	if cfg.Roles.Voters > 0 {
+		n.wg.Add(1)
+		go n.manageRoles()
+	}
 	return n, nil
 }
 
@@ -194,7 +201,7 @@ func (n *Node) open() error {
 	n.db = db
 	l, err := loop.New(loop.Config{
 		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
-		Storage: w, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
+		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
 		SnapshotThreshold:   n.cfg.SnapshotThreshold,
 		Batcher:             db,
@@ -311,7 +318,15 @@ func (n *Node) diskWriter() {
 		case <-n.stop:
 			return
 		case job := <-n.disk:
+			start := time.Now()
 			err := n.wal.Append(job.Entries)
+			d := uint64(time.Since(start))
+			n.metrics.fsyncs.Add(1)
+			n.metrics.fsyncNanos.Add(d)
+			n.metrics.appendEntries.Add(uint64(len(job.Entries)))
+			if d > n.metrics.fsyncMaxNanos.Load() {
+				n.metrics.fsyncMaxNanos.Store(d) // one writer: this goroutine
+			}
 			if err != nil {
 				n.log.Error("log append failed: the node stops writing", "err", err)
 			}

@@ -105,6 +105,7 @@ func (n *Node) stream(p *peer, conn net.Conn) error {
 			if _, err := conn.Write(buf); err != nil {
 				return err
 			}
+			n.metrics.peerBytes.Add(uint64(len(buf)))
 			if cap(buf) > 4<<20 {
 				buf = nil // do not keep a snapshot chunk's buffer
 			}

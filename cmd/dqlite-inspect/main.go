@@ -13,10 +13,9 @@ package main
 import (
 	"flag"
 	"fmt"
-	"io"
 	"os"
 
-	"github.com/dqlite-go/dqlite/wal"
+	"github.com/dqlite-go/dqlite/internal/inspectcmd"
 )
 
 func main() {
@@ -30,66 +29,6 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	os.Exit(run(os.Stdout, flag.Arg(0), *repair))
+	os.Exit(inspectcmd.Run(os.Stdout, flag.Arg(0), *repair))
 }
 
-func run(out io.Writer, dir string, repair bool) int {
-	if _, err := os.Stat(dir); err != nil {
-		fmt.Fprintln(out, "error:", err)
-		return 2
-	}
-	fs := &wal.OSFS{Dir: dir}
-	if repair {
-		acts, err := wal.Repair(fs)
-		for _, a := range acts {
-			if a.Offset < 0 {
-				fmt.Fprintf(out, "dropped %s (%d bytes, entries %d..%d): %s\n", a.File, a.Bytes, a.First, a.Last, a.Description)
-			} else {
-				fmt.Fprintf(out, "dropped %d bytes of %s from offset %d: %s\n", a.Bytes, a.File, a.Offset, a.Description)
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(out, "repair failed:", err)
-			return 1
-		}
-		if len(acts) == 0 {
-			fmt.Fprintln(out, "nothing to repair in the log")
-		}
-	}
-	ins, err := wal.Inspect(fs)
-	if err != nil {
-		fmt.Fprintln(out, "error:", err)
-		return 2
-	}
-	if ins.HasHard {
-		fmt.Fprintf(out, "term %d, vote %d\n", ins.Hard.Term, ins.Hard.Vote)
-	} else if ins.HardErr == "" {
-		fmt.Fprintln(out, "no term and vote recorded")
-	}
-	for _, s := range ins.Snapshots {
-		if s.Problem != "" {
-			fmt.Fprintf(out, "snapshot %s: %s\n", s.Name, s.Problem)
-			continue
-		}
-		fmt.Fprintf(out, "snapshot %s: index %d term %d, %d bytes, members %s\n", s.Name, s.Index, s.Term, s.DataBytes, s.Config)
-	}
-	for _, s := range ins.Segments {
-		status := "ok"
-		if s.Problem != "" {
-			status = fmt.Sprintf("BAD at offset %d: %s", s.BadOffset, s.Problem)
-		}
-		fmt.Fprintf(out, "segment %s: id %d, entries %d..%d (%d), terms %d..%d, %d bytes: %s\n",
-			s.Name, s.ID, s.First, s.Last, s.Entries, s.FirstTerm, s.LastTerm, s.Bytes, status)
-	}
-	for _, t := range ins.Temporary {
-		fmt.Fprintf(out, "temporary file %s (an interrupted write; removed at start)\n", t)
-	}
-	if len(ins.Corruption) > 0 {
-		for _, c := range ins.Corruption {
-			fmt.Fprintln(out, "CORRUPTION:", c)
-		}
-		return 1
-	}
-	fmt.Fprintln(out, "all checksums verify")
-	return 0
-}

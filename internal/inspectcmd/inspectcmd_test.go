@@ -1,4 +1,4 @@
-package main
+package inspectcmd_test
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dqlite-go/dqlite/internal/inspectcmd"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/wal"
 )
@@ -43,7 +44,7 @@ func makeDir(t *testing.T) string {
 func TestInspectCleanAndCorrupt(t *testing.T) {
 	dir := makeDir(t)
 	var out bytes.Buffer
-	if code := run(&out, dir, false); code != 0 || !strings.Contains(out.String(), "term 3, vote 1") ||
+	if code := inspectcmd.Run(&out, dir, false); code != 0 || !strings.Contains(out.String(), "term 3, vote 1") ||
 		!strings.Contains(out.String(), "all checksums verify") {
 		t.Fatalf("clean dir: %d\n%s", code, out.String())
 	}
@@ -67,11 +68,11 @@ func TestInspectCleanAndCorrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Reset()
-	if code := run(&out, dir, false); code != 1 || !strings.Contains(out.String(), "CORRUPTION: "+segs[1]+" at offset") {
+	if code := inspectcmd.Run(&out, dir, false); code != 1 || !strings.Contains(out.String(), "CORRUPTION: "+segs[1]+" at offset") {
 		t.Fatalf("corrupt dir: %d\n%s", code, out.String())
 	}
 	out.Reset()
-	code := run(&out, dir, true)
+	code := inspectcmd.Run(&out, dir, true)
 	if code != 0 || !strings.Contains(out.String(), "dropped") || !strings.Contains(out.String(), "all checksums verify") {
 		t.Fatalf("repair: %d\n%s", code, out.String())
 	}

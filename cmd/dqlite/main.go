@@ -1,0 +1,414 @@
+// Command dqlite is an interactive SQL shell for a dqlite cluster.
+//
+//	dqlite -s 127.0.0.1:9001,127.0.0.1:9002 app            interactive
+//	dqlite -s 127.0.0.1:9001 -c "SELECT * FROM t" app       one command
+//	dqlite -s 127.0.0.1:9001 app < script.sql               a script
+//
+// Statements end with ";" (a script's last may omit it). Dot commands:
+// .cluster, .leader, .describe, .weight N, .transfer ID, .remove ID,
+// .dump FILE, .help. Output is a table, or JSON with -f json.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dqlite-go/dqlite/wire"
+	"golang.org/x/term"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+type shell struct {
+	servers []string
+	db      string
+	format  string
+	tls     *tls.Config
+	timeout time.Duration
+	out     io.Writer
+	conn    *wire.Conn
+	dbID    uint32
+}
+
+func run(args []string, in io.Reader, out, errOut io.Writer) int {
+	fs := flag.NewFlagSet("dqlite", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	servers := fs.String("s", "127.0.0.1:9001", "comma-separated node addresses")
+	format := fs.String("f", "tabular", "output format: tabular or json")
+	command := fs.String("c", "", "run this SQL or dot command and exit")
+	timeout := fs.Duration("timeout", 30*time.Second, "time limit of one command")
+	cert := fs.String("tls-cert", "", "client certificate (PEM) for mutual TLS, with -tls-key and -tls-ca")
+	key := fs.String("tls-key", "", "client private key (PEM)")
+	ca := fs.String("tls-ca", "", "the cluster's CA certificate (PEM)")
+	fs.Usage = func() {
+		fmt.Fprintln(errOut, "usage: dqlite [-s addresses] [-f tabular|json] [-c command] DATABASE")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 || (*format != "tabular" && *format != "json") {
+		fs.Usage()
+		return 2
+	}
+	sh := &shell{servers: strings.Split(*servers, ","), db: fs.Arg(0), format: *format, timeout: *timeout, out: out}
+	if *cert != "" || *key != "" || *ca != "" {
+		cfg, err := loadTLS(*cert, *key, *ca)
+		if err != nil {
+			fmt.Fprintln(errOut, "dqlite:", err)
+			return 2
+		}
+		sh.tls = cfg
+	}
+	defer sh.close()
+	if *command != "" {
+		if err := sh.do(*command); err != nil {
+			fmt.Fprintln(errOut, "Error:", err)
+			return 1
+		}
+		return 0
+	}
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return sh.interactive(f, errOut)
+	}
+	// A script: statements end with ';' at the end of a line.
+	failed := false
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var stmt strings.Builder
+	flush := func() {
+		text := strings.TrimSpace(stmt.String())
+		stmt.Reset()
+		if text == "" {
+			return
+		}
+		if err := sh.do(text); err != nil {
+			fmt.Fprintln(errOut, "Error:", err)
+			failed = true
+		}
+	}
+	for sc.Scan() {
+		line := sc.Text()
+		if stmt.Len() == 0 && strings.HasPrefix(strings.TrimSpace(line), ".") {
+			stmt.WriteString(line)
+			flush()
+			continue
+		}
+		stmt.WriteString(line)
+		stmt.WriteString("\n")
+		if strings.HasSuffix(strings.TrimSpace(line), ";") {
+			flush()
+		}
+	}
+	flush()
+	if err := sc.Err(); err != nil {
+		fmt.Fprintln(errOut, "Error:", err)
+		return 1
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func loadTLS(cert, key, ca string) (*tls.Config, error) {
+	if cert == "" || key == "" || ca == "" {
+		return nil, errors.New("TLS needs all of -tls-cert, -tls-key and -tls-ca")
+	}
+	c, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate", ca)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{c}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+// interactive reads commands with line editing and history.
+func (sh *shell) interactive(f *os.File, errOut io.Writer) int {
+	state, err := term.MakeRaw(int(f.Fd()))
+	if err != nil {
+		fmt.Fprintln(errOut, "dqlite:", err)
+		return 1
+	}
+	defer term.Restore(int(f.Fd()), state)
+	t := term.NewTerminal(struct {
+		io.Reader
+		io.Writer
+	}{f, os.Stdout}, "dqlite> ")
+	sh.out = t
+	fmt.Fprintf(t, "dqlite shell: database %s on %s. End statements with ';'. Type .help for help.\n", sh.db, strings.Join(sh.servers, ","))
+	var stmt strings.Builder
+	for {
+		line, err := t.ReadLine()
+		if err != nil { // EOF (Ctrl-D) or Ctrl-C
+			fmt.Fprintln(t)
+			return 0
+		}
+		if stmt.Len() == 0 && strings.HasPrefix(strings.TrimSpace(line), ".") {
+			if err := sh.do(strings.TrimSpace(line)); err != nil {
+				fmt.Fprintln(t, "Error:", err)
+			}
+			continue
+		}
+		stmt.WriteString(line)
+		stmt.WriteString("\n")
+		if !strings.HasSuffix(strings.TrimSpace(line), ";") {
+			t.SetPrompt("   ...> ")
+			continue
+		}
+		t.SetPrompt("dqlite> ")
+		text := strings.TrimSpace(stmt.String())
+		stmt.Reset()
+		if err := sh.do(text); err != nil {
+			fmt.Fprintln(t, "Error:", err)
+		}
+	}
+}
+
+func (sh *shell) close() {
+	if sh.conn != nil {
+		sh.conn.Close()
+	}
+}
+
+// connect reaches the leader and opens the database.
+func (sh *shell) connect(ctx context.Context) error {
+	if sh.conn != nil && sh.conn.Broken() == nil {
+		return nil
+	}
+	sh.close()
+	c, err := wire.FindLeader(ctx, sh.servers, sh.tls)
+	if err != nil {
+		return err
+	}
+	id, err := c.Open(ctx, sh.db)
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("opening %s on %s: %w", sh.db, c.Address, err)
+	}
+	sh.conn, sh.dbID = c, id
+	return nil
+}
+
+// retry runs f on the leader, reconnecting once if it moved.
+func (sh *shell) retry(ctx context.Context, f func() error) error {
+	for attempt := 0; ; attempt++ {
+		if err := sh.connect(ctx); err != nil {
+			return err
+		}
+		err := f()
+		var we *wire.Error
+		moved := errors.As(err, &we) && (we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy ||
+			we.Code == wire.CodeNotFound) || sh.conn.Broken() != nil
+		if err == nil || !moved || attempt > 0 {
+			return err
+		}
+		sh.close()
+		sh.conn = nil
+	}
+}
+
+func (sh *shell) do(cmd string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), sh.timeout)
+	defer cancel()
+	if strings.HasPrefix(cmd, ".") {
+		return sh.dot(ctx, strings.Fields(cmd))
+	}
+	if isQuery(cmd) {
+		err := sh.retry(ctx, func() error { return sh.query(ctx, cmd) })
+		var we *wire.Error
+		if !errors.As(err, &we) || !strings.Contains(we.Message, "must not write") {
+			return err
+		}
+	}
+	return sh.retry(ctx, func() error {
+		res, err := sh.conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: sh.dbID, SQL: cmd})
+		if err != nil {
+			return err
+		}
+		if sh.format == "json" {
+			return json.NewEncoder(sh.out).Encode(map[string]uint64{"last_insert_id": res.LastInsertID, "rows_affected": res.RowsAffected})
+		}
+		fmt.Fprintf(sh.out, "OK (%d rows affected, last insert id %d)\n", res.RowsAffected, res.LastInsertID)
+		return nil
+	})
+}
+
+// isQuery guesses whether a statement returns rows (a writing WITH falls
+// back to EXEC_SQL).
+func isQuery(sql string) bool {
+	f := strings.Fields(strings.ToUpper(sql))
+	if len(f) == 0 {
+		return false
+	}
+	switch strings.TrimSuffix(f[0], ";") {
+	case "SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES":
+		return true
+	}
+	return false
+}
+
+func (sh *shell) query(ctx context.Context, sql string) error {
+	rr, err := sh.conn.Query(ctx, &wire.Request{Type: wire.ReqQuerySQL, DB: sh.dbID, SQL: strings.TrimSuffix(strings.TrimSpace(sql), ";")})
+	if err != nil {
+		return err
+	}
+	defer rr.Close()
+	var rows [][]wire.Value
+	for {
+		row, err := rr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		rows = append(rows, row)
+	}
+	sh.table(rr.Columns, rows)
+	return nil
+}
+
+func render(v wire.Value) any {
+	switch x := v.V.(type) {
+	case []byte:
+		return fmt.Sprintf("x'%x'", x)
+	case nil:
+		return nil
+	}
+	if v.Type == wire.Boolean {
+		return v.V.(int64) != 0
+	}
+	return v.V
+}
+
+func (sh *shell) table(cols []string, rows [][]wire.Value) {
+	if sh.format == "json" {
+		out := make([]map[string]any, 0, len(rows))
+		for _, r := range rows {
+			m := map[string]any{}
+			for i, c := range cols {
+				m[c] = render(r[i])
+			}
+			out = append(out, m)
+		}
+		json.NewEncoder(sh.out).Encode(out)
+		return
+	}
+	tw := tabwriter.NewWriter(sh.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(cols, "\t"))
+	seps := make([]string, len(cols))
+	for i, c := range cols {
+		seps[i] = strings.Repeat("-", max(len(c), 1))
+	}
+	fmt.Fprintln(tw, strings.Join(seps, "\t"))
+	for _, r := range rows {
+		cells := make([]string, len(r))
+		for i, v := range r {
+			if x := render(v); x == nil {
+				cells[i] = "NULL"
+			} else {
+				cells[i] = fmt.Sprint(x)
+			}
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	tw.Flush()
+}
+
+const help = `.cluster          members: id, address, role
+.leader           the leader's address
+.describe         failure domain and weight of the node connected to
+.weight N         set the weight of the node connected to
+.transfer ID      hand leadership to node ID (0: the best one)
+.remove ID        remove node ID from the cluster
+.dump FILE        write the database to FILE (opens with sqlite3)
+.help             this text`
+
+func (sh *shell) dot(ctx context.Context, f []string) error {
+	arg := func() (uint64, error) {
+		if len(f) != 2 {
+			return 0, fmt.Errorf("%s takes one number", f[0])
+		}
+		return strconv.ParseUint(f[1], 10, 64)
+	}
+	switch f[0] {
+	case ".help":
+		fmt.Fprintln(sh.out, help)
+		return nil
+	case ".cluster":
+		return sh.retry(ctx, func() error {
+			servers, err := sh.conn.Cluster(ctx, 1)
+			if err != nil {
+				return err
+			}
+			rows := make([][]wire.Value, len(servers))
+			for i, s := range servers {
+				role := map[uint64]string{wire.RoleVoter: "voter", wire.RoleStandby: "standby", wire.RoleSpare: "spare"}[s.Role]
+				rows[i] = []wire.Value{{Type: wire.Integer, V: int64(s.ID)}, {Type: wire.Text, V: s.Address}, {Type: wire.Text, V: role}}
+			}
+			sh.table([]string{"id", "address", "role"}, rows)
+			return nil
+		})
+	case ".leader":
+		return sh.retry(ctx, func() error {
+			_, addr, err := sh.conn.Leader(ctx)
+			if err == nil {
+				fmt.Fprintln(sh.out, addr)
+			}
+			return err
+		})
+	case ".describe":
+		return sh.retry(ctx, func() error {
+			d, w, err := sh.conn.Describe(ctx)
+			if err == nil {
+				fmt.Fprintf(sh.out, "%s: failure domain %d, weight %d\n", sh.conn.Address, d, w)
+			}
+			return err
+		})
+	case ".weight", ".transfer", ".remove":
+		n, err := arg()
+		if err != nil {
+			return err
+		}
+		typ := map[string]uint8{".weight": wire.ReqWeight, ".transfer": wire.ReqTransfer, ".remove": wire.ReqRemove}[f[0]]
+		return sh.retry(ctx, func() error { return sh.conn.Empty(ctx, &wire.Request{Type: typ, ID: n}) })
+	case ".dump":
+		if len(f) != 2 {
+			return errors.New(".dump takes a file name")
+		}
+		return sh.retry(ctx, func() error {
+			files, err := sh.conn.Dump(ctx, sh.db)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(f[1], files[0].Data, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(sh.out, "wrote %s (%d bytes)\n", f[1], len(files[0].Data))
+			return nil
+		})
+	}
+	return fmt.Errorf("unknown command %s (.help lists them)", f[0])
+}

@@ -1,0 +1,255 @@
+// Command dqlited runs one dqlite-go node.
+//
+//	dqlited -id 1 -address 127.0.0.1:9001 -dir /var/lib/dqlite/1
+//	dqlited -id 2 -address 127.0.0.1:9002 -dir /var/lib/dqlite/2 -join 127.0.0.1:9001
+//	dqlited inspect [-repair] DIR
+//
+// The first node of a new cluster starts without -join and bootstraps a
+// cluster of itself. Others start with -join (any reachable members): they
+// are added as spares and role management (on the leader) promotes them,
+// keeping -voters voters and up to -standbys standbys among the nodes that
+// answer. A restarted node rejoins from its data directory (-join is then
+// harmless). SIGTERM or SIGINT hands leadership over before the process
+// exits. Every flag can also be set by an environment variable: DQLITE_
+// and the flag's name in capitals with - as _ (DQLITE_DATA_DIR...).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/node"
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/internal/inspectcmd"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "inspect" {
+		os.Exit(inspect(os.Stdout, os.Args[2:]))
+	}
+	os.Exit(run(context.Background(), os.Args[1:], os.Stderr))
+}
+
+type options struct {
+	id              uint64
+	address, dir    string
+	join            string
+	tlsCert, tlsKey string
+	tlsCA           string
+	metrics         string
+	logLevel        string
+	statements      bool
+	voters          int
+	standbys        int
+	domain          uint64
+	handover        time.Duration
+	tick            time.Duration
+}
+
+func parse(args []string, errOut io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("dqlited", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.Uint64Var(&o.id, "id", 0, "node id, unique in the cluster (default: derived from -address)")
+	fs.StringVar(&o.address, "address", "", "host:port to listen on for clients and peers, as others dial it (required)")
+	fs.StringVar(&o.dir, "dir", "", "data directory (required)")
+	fs.StringVar(&o.join, "join", "", "comma-separated addresses of cluster members to join (empty: bootstrap a new cluster)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate of this node (turns on mutual TLS, with -tls-key and -tls-ca)")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of this node")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM certificate of the cluster's CA")
+	fs.StringVar(&o.metrics, "metrics", "", "host:port to serve /metrics, /healthz and /readyz on (empty: off)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.statements, "statements", false, "replicate SQL statements instead of WAL frames (comparison mode)")
+	fs.IntVar(&o.voters, "voters", 3, "voters role management keeps")
+	fs.IntVar(&o.standbys, "standbys", 3, "standbys role management keeps, at most")
+	fs.Uint64Var(&o.domain, "failure-domain", 0, "failure domain of this node (role management spreads voters)")
+	fs.DurationVar(&o.handover, "handover-timeout", 10*time.Second, "how long SIGTERM waits for the leadership hand-over")
+	fs.DurationVar(&o.tick, "tick", 100*time.Millisecond, "Raft tick (the election timeout is 10 ticks)")
+	// Environment variables first; flags override them.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "DQLITE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if name == "DQLITE_DIR" {
+			name = "DQLITE_DATA_DIR"
+		}
+		if v, ok := os.LookupEnv(name); ok {
+			if err := f.Value.Set(v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("%s=%q: %v", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.address == "" || o.dir == "" {
+		fs.Usage()
+		return nil, errors.New("-address and -dir are required")
+	}
+	if _, _, err := net.SplitHostPort(o.address); err != nil {
+		return nil, fmt.Errorf("-address %q: %v", o.address, err)
+	}
+	if o.id == 0 {
+		h := fnv.New64a()
+		h.Write([]byte(o.address))
+		o.id = h.Sum64()>>1 | 1
+	}
+	return o, nil
+}
+
+func loadTLS(o *options) (*tls.Config, error) {
+	if o.tlsCert == "" && o.tlsKey == "" && o.tlsCA == "" {
+		return nil, nil
+	}
+	if o.tlsCert == "" || o.tlsKey == "" || o.tlsCA == "" {
+		return nil, errors.New("TLS needs all of -tls-cert, -tls-key and -tls-ca")
+	}
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := os.ReadFile(o.tlsCA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("%s: no PEM certificate", o.tlsCA)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}, nil
+}
+
+func run(parent context.Context, args []string, errOut io.Writer) int {
+	o, err := parse(args, errOut)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(errOut, "dqlited:", err)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintln(errOut, "dqlited: -log-level:", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: level}))
+	tlsCfg, err := loadTLS(o)
+	if err != nil {
+		log.Error("loading TLS files", "err", err)
+		return 2
+	}
+	fresh, err := isFresh(o.dir)
+	if err != nil {
+		log.Error("data directory", "dir", o.dir, "err", err)
+		return 1
+	}
+	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
+		FailureDomain: o.domain, Tick: o.tick,
+		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
+	if o.statements {
+		cfg.Mode = fsm.ModeStatements
+	}
+	if fresh && o.join == "" {
+		log.Info("bootstrapping a new cluster", "id", o.id, "address", o.address)
+		cfg.Bootstrap = []raft.Server{{ID: cfg.ID, Address: o.address, Role: raft.Voter}}
+	}
+	n, err := node.New(cfg)
+	if err != nil {
+		log.Error("starting the node", "err", err)
+		return 1
+	}
+	log.Info("node started", "id", o.id, "address", o.address, "dir", o.dir, "fresh", fresh)
+
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	joined := make(chan error, 1)
+	if fresh && o.join != "" {
+		go func() { joined <- n.Join(ctx, strings.Split(o.join, ",")) }()
+	} else {
+		joined <- nil
+	}
+	var msrv *http.Server
+	if o.metrics != "" {
+		ln, err := net.Listen("tcp", o.metrics)
+		if err != nil {
+			log.Error("metrics listener", "err", err)
+			n.Close()
+			return 1
+		}
+		msrv = &http.Server{Handler: metricsHandler(n), ReadHeaderTimeout: 5 * time.Second}
+		go msrv.Serve(ln)
+		log.Info("serving metrics", "address", ln.Addr().String())
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+	case err := <-joined:
+		if err != nil {
+			log.Error("joining the cluster", "err", err)
+			code = 1
+		} else {
+			<-ctx.Done()
+		}
+	}
+	if parent.Err() == nil {
+		log.Info("stopping: handing over")
+	}
+	hctx, cancel := context.WithTimeout(context.Background(), o.handover)
+	if err := n.Handover(hctx); err != nil {
+		log.Warn("hand-over did not complete", "err", err)
+	}
+	cancel()
+	if msrv != nil {
+		msrv.Close()
+	}
+	n.Close()
+	log.Info("stopped")
+	return code
+}
+
+// isFresh reports whether dir holds no log yet (creating it if needed).
+func isFresh(dir string) (bool, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return false, err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "seg-") || strings.HasPrefix(e.Name(), "snap-") || e.Name() == "meta" {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// inspect prints and verifies a data directory (see dqlite-inspect).
+func inspect(out io.Writer, args []string) int {
+	fs := flag.NewFlagSet("dqlited inspect", flag.ContinueOnError)
+	repair := fs.Bool("repair", false, "truncate the log after the last good entry")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		fmt.Fprintln(out, "usage: dqlited inspect [-repair] DIR")
+		return 2
+	}
+	return inspectcmd.Run(out, fs.Arg(0), *repair)
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/dqlite-go/dqlite/node"
+)
+
+// metricsHandler serves /metrics (Prometheus text format 0.0.4), /healthz
+// (the node runs and its storage has not failed) and /readyz (it knows a
+// leader and has applied everything it knows committed).
+func metricsHandler(n *node.Node) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		writeMetrics(w, n.Metrics())
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if n.Metrics().StorageFailed {
+			http.Error(w, "storage failed", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !n.Ready() {
+			http.Error(w, "not ready: no leader known, or applying committed entries", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+func writeMetrics(w io.Writer, m node.Metrics) {
+	metric := func(name, typ, help string, v any) {
+		fmt.Fprintf(w, "# HELP dqlite_%s %s\n# TYPE dqlite_%s %s\ndqlite_%s %v\n", name, help, name, typ, name, v)
+	}
+	b := func(x bool) int {
+		if x {
+			return 1
+		}
+		return 0
+	}
+	metric("node_id", "gauge", "Id of this node.", uint64(m.ID))
+	metric("term", "gauge", "Current Raft term.", m.Term)
+	metric("leader_id", "gauge", "Id of the leader this node knows (0: none).", uint64(m.Leader))
+	metric("is_leader", "gauge", "1 when this node leads.", b(m.State == "leader"))
+	fmt.Fprintf(w, "# HELP dqlite_role 1 for this node's role in the membership.\n# TYPE dqlite_role gauge\n")
+	for _, role := range []string{"voter", "standby", "spare"} {
+		fmt.Fprintf(w, "dqlite_role{role=%q} %d\n", role, b(m.Role == role))
+	}
+	metric("commit_index", "gauge", "Highest log index known committed.", m.Commit)
+	metric("applied_index", "gauge", "Highest log index applied to the database.", m.Applied)
+	metric("last_index", "gauge", "Last log index.", m.LastIndex)
+	metric("log_appends_total", "counter", "Log appends (one write and one fsync each).", m.Appends)
+	metric("log_appended_entries_total", "counter", "Entries appended (mean batch size = this / appends).", m.AppendedEntries)
+	metric("log_fsync_seconds_total", "counter", "Time spent in log appends and their fsyncs.", m.FsyncSeconds)
+	metric("log_fsync_max_seconds", "gauge", "Longest log append and fsync.", m.FsyncMaxSeconds)
+	metric("log_cache_bytes", "gauge", "Log entries held in memory.", m.LogCacheBytes)
+	metric("peer_sent_bytes_total", "counter", "Bytes sent to peers (replication and elections).", m.PeerBytesSent)
+	metric("snapshots_total", "counter", "Snapshots taken.", m.Snapshots)
+	metric("snapshot_bytes_total", "counter", "Total size of the snapshots taken.", m.SnapshotBytes)
+	metric("snapshots_installed_total", "counter", "Snapshots installed from the leader.", m.SnapshotsInstalled)
+	metric("event_queue_depth", "gauge", "Events waiting for the node's loop.", m.EventQueue)
+	metric("peer_queue_depth", "gauge", "Messages waiting to be sent to peers.", m.PeerQueue)
+	metric("storage_failed", "gauge", "1 when the log storage failed and the node stopped writing.", b(m.StorageFailed))
+}
