@@ -50,22 +50,22 @@ type metrics struct {
 
 // Metrics is a point-in-time view of a node.
 type Metrics struct {
-	ID, Leader              raft.NodeID
-	Term, Commit, Applied   uint64
-	LastIndex               uint64
-	State                   string // leader, follower, candidate...
-	Role                    string // voter, standby, spare, or "" when not a member
-	Appends                 uint64 // log appends (each one write and one fsync)
-	AppendedEntries         uint64
-	FsyncSeconds            float64 // total time in appends
-	FsyncMaxSeconds         float64
-	PeerBytesSent           uint64
-	Snapshots               uint64
-	SnapshotBytes           uint64 // total size of the snapshots taken
-	SnapshotsInstalled      uint64
-	EventQueue, PeerQueue   int // events waiting for the loop; messages waiting for peers
-	LogCacheBytes           int64
-	StorageFailed           bool
+	ID, Leader            raft.NodeID
+	Term, Commit, Applied uint64
+	LastIndex             uint64
+	State                 string // leader, follower, candidate...
+	Role                  string // voter, standby, spare, or "" when not a member
+	Appends               uint64 // log appends (each one write and one fsync)
+	AppendedEntries       uint64
+	FsyncSeconds          float64 // total time in appends
+	FsyncMaxSeconds       float64
+	PeerBytesSent         uint64
+	Snapshots             uint64
+	SnapshotBytes         uint64 // total size of the snapshots taken
+	SnapshotsInstalled    uint64
+	EventQueue, PeerQueue int // events waiting for the loop; messages waiting for peers
+	LogCacheBytes         int64
+	StorageFailed         bool
 }
 
 // Metrics returns the node's metrics.

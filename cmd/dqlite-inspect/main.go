@@ -31,4 +31,3 @@ func main() {
 	}
 	os.Exit(inspectcmd.Run(os.Stdout, flag.Arg(0), *repair))
 }
-

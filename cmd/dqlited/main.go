@@ -33,9 +33,9 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/internal/inspectcmd"
 	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/raft"
-	"github.com/dqlite-go/dqlite/internal/inspectcmd"
 )
 
 func main() {
