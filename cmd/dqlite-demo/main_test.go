@@ -31,7 +31,7 @@ func TestDemoServesSQL(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
 	go func() {
-		done <- run(ctx, dir, httpBase, peerBase, time.Minute, io.Discard, func() { close(ready) })
+		done <- run(ctx, options{dir: dir, httpBase: httpBase, peerBase: peerBase, duration: time.Minute}, io.Discard, func() { close(ready) })
 	}()
 	defer func() {
 		cancel()
@@ -74,4 +74,36 @@ func TestDemoServesSQL(t *testing.T) {
 	if len(m["rows"]) != 1 || m["rows"][0][0] != float64(42) {
 		t.Fatalf("query: %v", m)
 	}
+	// The key-value API: written through one node, read through another.
+	req, _ := http.NewRequest(http.MethodPut, base(0)+"/kv/greeting", strings.NewReader("hello"))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("PUT: %v %v", resp, err)
+	}
+	resp, err = http.Get(base(2) + "/kv/greeting")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var kv map[string]string
+	json.NewDecoder(resp.Body).Decode(&kv)
+	if kv["value"] != "hello" {
+		t.Fatalf("GET: %v", kv)
+	}
+	if resp, err := http.Get(base(1) + "/kv/nosuch"); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("GET of a missing key: %v %v", resp, err)
+	}
+}
+
+// TestDemoFailover runs -failover: the leader is killed under load, the
+// report gives the time until writes succeeded again, and none failed.
+func TestDemoFailover(t *testing.T) {
+	var out strings.Builder
+	o := options{dir: t.TempDir(), httpBase: freePort(t), peerBase: freePort(t), failover: true, duration: time.Minute}
+	if err := run(context.Background(), o, &out, nil); err != nil {
+		t.Fatalf("failover: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "writes succeeded again") || !strings.Contains(out.String(), " 0 failed") {
+		t.Fatalf("report: %s", out.String())
+	}
+	t.Log(out.String())
 }
