@@ -85,15 +85,32 @@ func run(args []string, in io.Reader, out, errOut io.Writer) int {
 	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		return sh.interactive(f, errOut)
 	}
-	// A script: statements end with ';' at the end of a line.
+	// A script: statements end with ';' at the end of a line. A BEGIN ...
+	// COMMIT block is sent as one request (a transaction cannot span
+	// requests), so the output of sqlite3's .dump loads as it is.
 	failed := false
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	var stmt strings.Builder
+	var stmt, txn strings.Builder
+	inTxn := false
 	flush := func() {
 		text := strings.TrimSpace(stmt.String())
 		stmt.Reset()
 		if text == "" {
+			return
+		}
+		switch kw := firstWord(text); {
+		case kw == "BEGIN" && !inTxn:
+			inTxn = true
+			txn.Reset()
+			txn.WriteString(text + "\n")
+			return
+		case inTxn && (kw == "COMMIT" || kw == "END"):
+			inTxn = false
+			txn.WriteString(text)
+			text = txn.String()
+		case inTxn:
+			txn.WriteString(text + "\n")
 			return
 		}
 		if err := sh.do(text); err != nil {
@@ -115,6 +132,10 @@ func run(args []string, in io.Reader, out, errOut io.Writer) int {
 		}
 	}
 	flush()
+	if inTxn {
+		fmt.Fprintln(errOut, "Error: the script ends inside BEGIN without COMMIT; nothing of it was sent")
+		failed = true
+	}
 	if err := sc.Err(); err != nil {
 		fmt.Fprintln(errOut, "Error:", err)
 		return 1
@@ -255,14 +276,18 @@ func (sh *shell) do(cmd string) error {
 	})
 }
 
+func firstWord(sql string) string {
+	f := strings.Fields(strings.ToUpper(sql))
+	if len(f) == 0 {
+		return ""
+	}
+	return strings.TrimSuffix(f[0], ";")
+}
+
 // isQuery guesses whether a statement returns rows (a writing WITH falls
 // back to EXEC_SQL).
 func isQuery(sql string) bool {
-	f := strings.Fields(strings.ToUpper(sql))
-	if len(f) == 0 {
-		return false
-	}
-	switch strings.TrimSuffix(f[0], ";") {
+	switch firstWord(sql) {
 	case "SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES":
 		return true
 	}

@@ -205,6 +205,17 @@ func TestShellAgainstProcesses(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(got)) != "alice,bob,carol" {
 		t.Fatalf("sqlite3 on the dump: %q %v", got, err)
 	}
+	// Restore: the sqlite3 tool's .dump of the dump loads through the shell
+	// (its BEGIN ... COMMIT goes as one request).
+	shell(t, addrs, "", "-c", "DROP TABLE t")
+	script, err := exec.Command("sqlite3", dump, ".dump").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shell(t, addrs, string(script))
+	if out := shell(t, addrs, "", "-c", "SELECT group_concat(name) AS names FROM t"); !strings.Contains(out, "alice,bob,carol") {
+		t.Fatalf("after the restore: %q", out)
+	}
 	// No leader reachable: a clear message naming what each node said.
 	cmd := exec.Command(filepath.Join(binDir, "dqlite"), "-s", "127.0.0.1:1", "-timeout", "2s", "-c", "SELECT 1", "test")
 	msg, err := cmd.CombinedOutput()
