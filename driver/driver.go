@@ -119,6 +119,11 @@ type Connector struct {
 	TLS *tls.Config
 	// RetryTimeout bounds how long one request keeps trying.
 	RetryTimeout time.Duration
+	// NotIdempotent turns off the session id and sequence number on writes
+	// (for benchmarks comparing with servers that cannot record them): a
+	// write whose outcome is unknown then fails with ErrUnknownOutcome
+	// instead of being retried.
+	NotIdempotent bool
 
 	reconnects, writeRetries atomic.Uint64
 }
@@ -285,6 +290,9 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 	cn.seq++
 	req := &wire.Request{Type: wire.ReqExecSQL, Schema: wire.SchemaDedup, SQL: query, Params: params,
 		Client: cn.client, Seq: cn.seq}
+	if cn.c.NotIdempotent {
+		req.Schema, req.Client, req.Seq = 1, 0, 0
+	}
 	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
 	defer cancel()
 	backoff := backoffMin
@@ -303,6 +311,10 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 			}
 			if retryable(err) {
 				if sentUnknown(err) {
+					if cn.c.NotIdempotent {
+						cn.drop()
+						return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+					}
 					unknown = true
 					cn.c.writeRetries.Add(1)
 				}

@@ -1,0 +1,384 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Config sizes a run.
+type Config struct {
+	Short bool
+	Reps  int
+	Dir   string // data directories go under it
+	// Rqlite, when set, is the base URL of an external rqlite node.
+	Rqlite string
+	Log    io.Writer
+}
+
+// Measurement is one repetition of one workload on one system.
+type Measurement struct {
+	Ops        int
+	Elapsed    time.Duration
+	P50, P99   time.Duration
+	Replicated uint64          // bytes between nodes during the workload
+	Written    uint64          // bytes written to disk during the workload
+	CPU        []time.Duration // CPU time per node during the workload
+	Errors     int
+}
+
+// Throughput is operations per second.
+func (m Measurement) Throughput() float64 { return float64(m.Ops) / m.Elapsed.Seconds() }
+
+// Result is a workload's figures on one system: medians over repetitions
+// with the spread of the throughput.
+type Result struct {
+	Workload       string    `json:"workload"`
+	System         string    `json:"system"`
+	Clients        int       `json:"clients"`
+	Ops            int       `json:"ops"`
+	Throughput     float64   `json:"throughput_ops_per_s"`
+	ThroughputMin  float64   `json:"throughput_min"`
+	ThroughputMax  float64   `json:"throughput_max"`
+	ElapsedMs      float64   `json:"elapsed_ms"`
+	P50Ms          float64   `json:"p50_ms"`
+	P99Ms          float64   `json:"p99_ms"`
+	ReplicatedPer  float64   `json:"replicated_bytes_per_op"`
+	WrittenPer     float64   `json:"written_bytes_per_op"`
+	RSSMiB         []uint64  `json:"rss_mib_per_node,omitempty"`
+	CPUMsPer       []float64 `json:"cpu_ms_per_op_per_node,omitempty"`
+	Errors         int       `json:"errors"`
+	Repetitions    int       `json:"repetitions"`
+	FailureMessage string    `json:"failure,omitempty"`
+}
+
+// Floor is the physical floor measured at start.
+type Floor struct {
+	FsyncP50Ms, FsyncP99Ms float64
+	LoopbackRTTUs          float64
+}
+
+// Report is a whole run.
+type Report struct {
+	Date    string   `json:"date"`
+	Machine string   `json:"machine"`
+	Go      string   `json:"go"`
+	Short   bool     `json:"short"`
+	Floor   Floor    `json:"floor"`
+	Results []Result `json:"results"`
+}
+
+// workload is one thing to measure.
+type workload struct {
+	name    string
+	clients int
+	ops     int
+	setup   func(ctx context.Context, s System, table string) error
+	op      func(ctx context.Context, s System, table string, client, i int) error
+}
+
+func (c *Config) workloads() []workload {
+	scale := func(short, full int) int {
+		if c.Short {
+			return short
+		}
+		return full
+	}
+	createIns := func(ctx context.Context, s System, t string) error {
+		return s.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (id INTEGER PRIMARY KEY, v TEXT)", t))
+	}
+	insert := func(ctx context.Context, s System, t string, c, i int) error {
+		return s.Exec(ctx, fmt.Sprintf("INSERT INTO %s (v) VALUES (?)", t), fmt.Sprintf("client %d op %d", c, i))
+	}
+	var ws []workload
+	ws = append(ws, workload{"insert", 1, scale(150, 1500), createIns, insert})
+	for _, n := range []int{8, 32, 128} {
+		ws = append(ws, workload{"insert", n, scale(n*12, n*60), createIns, insert})
+	}
+	bulk := func(rows int) workload {
+		return workload{fmt.Sprintf("txn-%dk-rows", rows/1000), 1, 1, createIns,
+			func(ctx context.Context, s System, t string, c, i int) error {
+				return s.Exec(ctx, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d) "+
+					"INSERT INTO %s (v) SELECT printf('%%0100d', i) FROM n", rows, t))
+			}}
+	}
+	ws = append(ws, bulk(10_000))
+	if !c.Short {
+		ws = append(ws, bulk(100_000))
+	}
+	srcRows := scale(20_000, 200_000)
+	ws = append(ws, workload{"compute-heavy", 1, scale(3, 10),
+		func(ctx context.Context, s System, t string) error {
+			if err := s.Exec(ctx, fmt.Sprintf("CREATE TABLE %s_src (k INTEGER, v INTEGER); CREATE TABLE %s (g INTEGER, total INTEGER, n INTEGER)", t, t)); err != nil {
+				return err
+			}
+			return s.Exec(ctx, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d) "+
+				"INSERT INTO %s_src SELECT i, (i * 7919) %% 1000 FROM n", srcRows, t))
+		},
+		func(ctx context.Context, s System, t string, c, i int) error {
+			// Much computation (a self-join aggregate over the table), a
+			// few rows written.
+			return s.Exec(ctx, fmt.Sprintf("INSERT INTO %s SELECT a.k %% 10, sum(a.v * b.v), count(*) FROM %s_src a "+
+				"JOIN %s_src b ON b.k = a.k + 1 GROUP BY 1", t, t, t))
+		}})
+	kv := func(ctx context.Context, s System, t string) error {
+		if err := s.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (k INTEGER PRIMARY KEY, v TEXT)", t)); err != nil {
+			return err
+		}
+		return s.Exec(ctx, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000) "+
+			"INSERT INTO %s SELECT i, printf('value %%d', i) FROM n", t))
+	}
+	read := func(ctx context.Context, s System, t string, c, i int) error {
+		return s.Query(ctx, fmt.Sprintf("SELECT v FROM %s WHERE k = ?", t), (c*7919+i)%1000+1)
+	}
+	ws = append(ws, workload{"point-read", 1, scale(300, 3000), kv, read})
+	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*100), kv, read})
+	ws = append(ws, workload{"mixed-90r-10w", 32, scale(32*20, 32*100), kv,
+		func(ctx context.Context, s System, t string, c, i int) error {
+			if i%10 == 0 {
+				return s.Exec(ctx, fmt.Sprintf("UPDATE %s SET v = ? WHERE k = ?", t), fmt.Sprint(i), (c*31+i)%1000+1)
+			}
+			return read(ctx, s, t, c, i)
+		}})
+	return ws
+}
+
+// run measures one repetition.
+func (w workload) run(ctx context.Context, s System, table string) (Measurement, error) {
+	if err := w.setup(ctx, s, table); err != nil {
+		return Measurement{}, fmt.Errorf("setup: %w", err)
+	}
+	st0 := s.Stats()
+	lat := make([][]time.Duration, w.clients)
+	var errs atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := 0; c < w.clients; c++ {
+		n := w.ops / w.clients
+		if c < w.ops%w.clients {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n && ctx.Err() == nil; i++ {
+				t0 := time.Now()
+				if err := w.op(ctx, s, table, c, i); err != nil {
+					errs.Add(1)
+					once.Do(func() { firstErr = err })
+					continue
+				}
+				lat[c] = append(lat[c], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	st1 := s.Stats()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	m := Measurement{Ops: len(all), Elapsed: elapsed, Replicated: st1.Replicated - st0.Replicated,
+		Written: st1.Written - st0.Written, Errors: int(errs.Load())}
+	for i := range st1.CPU {
+		m.CPU = append(m.CPU, st1.CPU[i]-st0.CPU[i])
+	}
+	if len(all) > 0 {
+		m.P50, m.P99 = all[len(all)/2], all[min(len(all)-1, len(all)*99/100)]
+	}
+	if m.Ops == 0 {
+		return m, fmt.Errorf("every operation failed: %v", firstErr)
+	}
+	return m, nil
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+// Run runs every workload on every system, repetitions interleaved so a
+// slow moment of the machine hits all systems alike.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Reps == 0 {
+		cfg.Reps = 3
+	}
+	logf := func(format string, args ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, format+"\n", args...)
+		}
+	}
+	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Go: runtime.Version(), Short: cfg.Short,
+		Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}
+	floor, err := measureFloor(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	rep.Floor = floor
+	logf("floor: fsync of a 4 KiB append p50 %.2f ms p99 %.2f ms; loopback round trip %.1f µs",
+		floor.FsyncP50Ms, floor.FsyncP99Ms, floor.LoopbackRTTUs)
+	bin, err := BuildDqlited(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var systems []System
+	defer func() {
+		for _, s := range systems {
+			s.Close()
+		}
+	}()
+	for _, mode := range []struct {
+		name       string
+		statements bool
+	}{{"frames", false}, {"statements", true}} {
+		dir := filepath.Join(cfg.Dir, mode.name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		c, err := StartCluster(ctx, bin, dir, mode.name, mode.statements)
+		if err != nil {
+			return nil, err
+		}
+		systems = append(systems, c)
+	}
+	sq, err := OpenSQLite(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	systems = append(systems, sq)
+	if cfg.Rqlite != "" {
+		systems = append(systems, OpenRqlite(cfg.Rqlite))
+	}
+	for wi, w := range cfg.workloads() {
+		ms := make([][]Measurement, len(systems))
+		fails := make([]string, len(systems))
+		for r := 0; r < cfg.Reps; r++ {
+			for si, s := range systems {
+				if fails[si] != "" {
+					continue
+				}
+				table := fmt.Sprintf("w%d_c%d_r%d_%d", wi, w.clients, r, rand.IntN(1<<30))
+				m, err := w.run(ctx, s, table)
+				if err != nil {
+					fails[si] = err.Error()
+					logf("%s/%d on %s: %v", w.name, w.clients, s.Name(), err)
+					continue
+				}
+				ms[si] = append(ms[si], m)
+			}
+		}
+		for si, s := range systems {
+			res := Result{Workload: w.name, System: s.Name(), Clients: w.clients, Ops: w.ops, Repetitions: len(ms[si]),
+				FailureMessage: fails[si]}
+			if len(ms[si]) > 0 {
+				var tp, el, p50, p99, repl, wr []float64
+				for _, m := range ms[si] {
+					tp = append(tp, m.Throughput())
+					el = append(el, float64(m.Elapsed)/1e6)
+					p50 = append(p50, float64(m.P50)/1e6)
+					p99 = append(p99, float64(m.P99)/1e6)
+					repl = append(repl, float64(m.Replicated)/float64(m.Ops))
+					wr = append(wr, float64(m.Written)/float64(m.Ops))
+					res.Errors += m.Errors
+				}
+				res.Throughput, res.ThroughputMin, res.ThroughputMax = median(tp), slices.Min(tp), slices.Max(tp)
+				res.ElapsedMs, res.P50Ms, res.P99Ms = median(el), median(p50), median(p99)
+				res.ReplicatedPer, res.WrittenPer = median(repl), median(wr)
+				for _, b := range s.Stats().RSS {
+					res.RSSMiB = append(res.RSSMiB, b>>20)
+				}
+				for n := range ms[si][0].CPU {
+					var per []float64
+					for _, m := range ms[si] {
+						per = append(per, float64(m.CPU[n])/1e6/float64(m.Ops))
+					}
+					res.CPUMsPer = append(res.CPUMsPer, median(per))
+				}
+			}
+			rep.Results = append(rep.Results, res)
+			logf("%-14s %3d clients %-10s %9.0f ops/s (%.0f-%.0f) p50 %7.2f ms p99 %7.2f ms",
+				w.name, w.clients, s.Name(), res.Throughput, res.ThroughputMin, res.ThroughputMax, res.P50Ms, res.P99Ms)
+		}
+	}
+	return rep, nil
+}
+
+// measureFloor measures fsync latency of 4 KiB appends in dir and the
+// loopback round trip.
+func measureFloor(dir string) (Floor, error) {
+	f, err := os.CreateTemp(dir, "fsync-probe-")
+	if err != nil {
+		return Floor{}, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 4096)
+	var lat []float64
+	for i := 0; i < 100; i++ {
+		t0 := time.Now()
+		if _, err := f.Write(buf); err != nil {
+			return Floor{}, err
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			return Floor{}, err
+		}
+		lat = append(lat, float64(time.Since(t0))/1e6)
+	}
+	sort.Float64s(lat)
+	fl := Floor{FsyncP50Ms: lat[len(lat)/2], FsyncP99Ms: lat[len(lat)*99/100]}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fl, err
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return fl, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var rtts []float64
+	b := make([]byte, 8)
+	for i := 0; i < 1000; i++ {
+		t0 := time.Now()
+		if _, err := c.Write(b); err != nil {
+			break
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			break
+		}
+		rtts = append(rtts, float64(time.Since(t0))/1e3)
+	}
+	c.Close()
+	<-done
+	fl.LoopbackRTTUs = median(rtts)
+	return fl, nil
+}
