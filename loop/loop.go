@@ -65,6 +65,11 @@ type Config struct {
 	// many (default DefaultMaxBatch).
 	Batcher  Batcher
 	MaxBatch int
+	// TestingAckBeforeCommit is a deliberate bug for testing the testers:
+	// writes are acknowledged as soon as they are proposed, before they
+	// commit, so a leadership change loses acknowledged writes. Never set
+	// it outside tests.
+	TestingAckBeforeCommit bool
 }
 
 // Errors given to clients.
@@ -401,6 +406,11 @@ func (l *Loop) startBatch(reqs []*request) {
 	}
 	l.cfg.Batcher.Proposed(index, term)
 	l.holdSlot(ok, okResults, index, term, l.cfg.Batcher.Abort)
+	if l.cfg.TestingAckBeforeCommit {
+		for i, r := range ok {
+			l.finish(r.id, Reply{ID: r.id, Result: okResults[i]})
+		}
+	}
 }
 
 // holdSlot records proposed writes as holding the writer slot.

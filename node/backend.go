@@ -178,7 +178,11 @@ func raftRole(r uint64) raft.Role {
 }
 
 func (b backend) Dump(ctx context.Context, name string) ([]byte, error) {
-	// A linearizable read point first, so the dump has every committed write.
+	// On the leader, a linearizable read point first, so the dump has every
+	// committed write; elsewhere, the node's own applied state.
+	if !b.n.IsLeader() {
+		return b.n.Dump()
+	}
 	if _, err := b.n.request(ctx, func(id uint64) loop.Output {
 		return b.n.loop.Read(id, func() (any, error) { return nil, nil })
 	}); err != nil {

@@ -52,6 +52,12 @@ type Config struct {
 	// FailureDomain is reported by DESCRIBE (role management prefers
 	// voters in distinct domains).
 	FailureDomain uint64
+	// ListenAddress is where the node listens (default: Address, which is
+	// how clients and peers reach it, and may be a proxy or NAT in front).
+	ListenAddress string
+	// TestingAckBeforeCommit is a deliberate bug for testing the testers
+	// (see loop.Config). Never set it outside tests.
+	TestingAckBeforeCommit bool
 	// Roles, when Voters > 0, turns on role management (see Roles).
 	Roles Roles
 	// TLS, when set, secures the listening port (clients and peers) and the
@@ -141,10 +147,14 @@ func New(cfg Config) (*Node, error) {
 		n.closeResources()
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Address)
+	listen := cfg.ListenAddress
+	if listen == "" {
+		listen = cfg.Address
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		n.closeResources()
-		return nil, fmt.Errorf("node %d: listen on %s: %w", cfg.ID, cfg.Address, err)
+		return nil, fmt.Errorf("node %d: listen on %s: %w", cfg.ID, listen, err)
 	}
 	if cfg.TLS != nil {
 		ln = tls.NewListener(ln, cfg.TLS)
@@ -202,9 +212,10 @@ func (n *Node) open() error {
 	l, err := loop.New(loop.Config{
 		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
 		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
-		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
-		SnapshotThreshold:   n.cfg.SnapshotThreshold,
-		Batcher:             db,
+		RequestTimeoutTicks:    int(30 * time.Second / n.cfg.Tick),
+		SnapshotThreshold:      n.cfg.SnapshotThreshold,
+		Batcher:                db,
+		TestingAckBeforeCommit: n.cfg.TestingAckBeforeCommit,
 	})
 	if err != nil {
 		return fmt.Errorf("node %d: starting: %w", n.cfg.ID, err)

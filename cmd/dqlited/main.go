@@ -59,6 +59,8 @@ type options struct {
 	domain          uint64
 	handover        time.Duration
 	tick            time.Duration
+	listen          string
+	ackBeforeCommit bool
 }
 
 func parse(args []string, errOut io.Writer) (*options, error) {
@@ -79,6 +81,8 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.IntVar(&o.standbys, "standbys", 3, "standbys role management keeps, at most")
 	fs.Uint64Var(&o.domain, "failure-domain", 0, "failure domain of this node (role management spreads voters)")
 	fs.DurationVar(&o.handover, "handover-timeout", 10*time.Second, "how long SIGTERM waits for the leadership hand-over")
+	fs.StringVar(&o.listen, "listen", "", "host:port to listen on when it differs from -address (behind a proxy or NAT)")
+	fs.BoolVar(&o.ackBeforeCommit, "testing-ack-before-commit", false, "TESTING ONLY: a deliberate bug, acknowledging writes before they commit")
 	fs.DurationVar(&o.tick, "tick", 100*time.Millisecond, "Raft tick (the election timeout is 10 ticks)")
 	// Environment variables first; flags override them.
 	var envErr error
@@ -163,7 +167,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		return 1
 	}
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
-		FailureDomain: o.domain, Tick: o.tick,
+		FailureDomain: o.domain, Tick: o.tick, ListenAddress: o.listen, TestingAckBeforeCommit: o.ackBeforeCommit,
 		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
 	if o.statements {
 		cfg.Mode = fsm.ModeStatements

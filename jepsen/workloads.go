@@ -1,0 +1,277 @@
+package jepsen
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// Register workload: one register per key (table reg), linearizable reads
+// and blind writes of unique values, checked with porcupine per key.
+
+type regInput struct {
+	write bool
+	key   int
+	value int64
+}
+
+type regOutput struct {
+	value   int64 // read: the value (0: absent)
+	unknown bool  // write: outcome unknown
+}
+
+var registerModel = porcupine.Model{
+	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[int][]porcupine.Operation{}
+		for _, op := range history {
+			k := op.Input.(regInput).key
+			byKey[k] = append(byKey[k], op)
+		}
+		keys := make([]int, 0, len(byKey))
+		for k := range byKey {
+			keys = append(keys, k)
+		}
+		sort.Ints(keys)
+		out := make([][]porcupine.Operation, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, byKey[k])
+		}
+		return out
+	},
+	Init: func() any { return int64(0) },
+	Step: func(state, input, output any) (bool, any) {
+		in, out := input.(regInput), output.(regOutput)
+		if in.write {
+			return true, in.value
+		}
+		return out.value == state.(int64), state
+	},
+	Equal: func(a, b any) bool { return a == b },
+	DescribeOperation: func(input, output any) string {
+		in, out := input.(regInput), output.(regOutput)
+		if in.write {
+			if out.unknown {
+				return fmt.Sprintf("write(k%d, %d) outcome unknown", in.key, in.value)
+			}
+			return fmt.Sprintf("write(k%d, %d)", in.key, in.value)
+		}
+		return fmt.Sprintf("read(k%d) = %d", in.key, out.value)
+	},
+}
+
+// history records operations with their times relative to the run start.
+type history struct {
+	mu    sync.Mutex
+	start time.Time
+	ops   []porcupine.Operation
+}
+
+func (h *history) now() int64 { return int64(time.Since(h.start)) }
+
+func (h *history) add(op porcupine.Operation) {
+	h.mu.Lock()
+	h.ops = append(h.ops, op)
+	h.mu.Unlock()
+}
+
+// counts are a workload's operation outcomes.
+type counts struct {
+	mu                  sync.Mutex
+	ok, failed, unknown int
+	firstFailure        string
+}
+
+func (c *counts) record(ok, unknown bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case ok:
+		c.ok++
+	case unknown:
+		c.unknown++
+	default:
+		c.failed++
+		if c.firstFailure == "" && err != nil {
+			c.firstFailure = err.Error()
+		}
+	}
+}
+
+const registerKeys = 5
+
+func runRegister(ctx context.Context, db *sql.DB, client int, seed uint64, h *history, c *counts) {
+	rng := rand.New(rand.NewPCG(seed, uint64(client)))
+	for i := 0; ctx.Err() == nil; i++ {
+		key := rng.IntN(registerKeys)
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		call := h.now()
+		if rng.IntN(2) == 0 {
+			v := int64(client)*1_000_000 + int64(i) + 1
+			_, err := db.ExecContext(octx, "INSERT OR REPLACE INTO reg (k, v) VALUES (?, ?)", key, v)
+			ret := h.now()
+			if err != nil {
+				// Any failed write may have happened: it may take effect at
+				// any time after its call.
+				ret = math.MaxInt64
+			}
+			if ctx.Err() != nil && err != nil {
+				cancel()
+				// Cut off by the end of the phase: still a write that may
+				// have happened.
+				h.add(porcupine.Operation{ClientId: client, Input: regInput{true, key, v}, Call: call,
+					Output: regOutput{unknown: true}, Return: ret})
+				return
+			}
+			h.add(porcupine.Operation{ClientId: client, Input: regInput{true, key, v}, Call: call,
+				Output: regOutput{unknown: err != nil}, Return: ret})
+			c.record(err == nil, err != nil, err)
+		} else {
+			var v sql.NullInt64
+			err := db.QueryRowContext(octx, "SELECT v FROM reg WHERE k = ?", key).Scan(&v)
+			if errors.Is(err, sql.ErrNoRows) {
+				err = nil
+			}
+			ret := h.now()
+			if err == nil {
+				h.add(porcupine.Operation{ClientId: client, Input: regInput{false, key, 0}, Call: call,
+					Output: regOutput{value: v.Int64}, Return: ret})
+			}
+			if ctx.Err() == nil {
+				c.record(err == nil, false, err)
+			}
+		}
+		cancel()
+	}
+}
+
+// Bank workload: accounts whose total never changes; transfers are single
+// atomic statements, every read checks the total and that no balance is
+// negative.
+
+const (
+	bankAccounts = 5
+	bankTotal    = 500
+)
+
+func setupBank(ctx context.Context, db *sql.DB) error {
+	_, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS acc (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL); "+
+		"INSERT OR IGNORE INTO acc SELECT value, ? FROM json_each('[0,1,2,3,4]')", bankTotal/bankAccounts)
+	return err
+}
+
+func runBank(ctx context.Context, db *sql.DB, client int, seed uint64, c *counts, violations *violations) {
+	rng := rand.New(rand.NewPCG(seed, uint64(client)+1000))
+	for ctx.Err() == nil {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if rng.IntN(2) == 0 {
+			from, to := rng.IntN(bankAccounts), rng.IntN(bankAccounts)
+			for to == from {
+				to = rng.IntN(bankAccounts)
+			}
+			amount := 1 + rng.IntN(10)
+			_, err := db.ExecContext(octx, "UPDATE acc SET bal = bal + CASE id WHEN ?1 THEN -?3 ELSE ?3 END "+
+				"WHERE id IN (?1, ?2) AND (SELECT bal FROM acc WHERE id = ?1) >= ?3", from, to, amount)
+			if ctx.Err() == nil {
+				c.record(err == nil, err != nil, err)
+			}
+		} else {
+			var total, least int64
+			err := db.QueryRowContext(octx, "SELECT sum(bal), min(bal) FROM acc").Scan(&total, &least)
+			if err == nil && (total != bankTotal || least < 0) {
+				violations.add("bank: a read saw total %d (want %d) and lowest balance %d", total, bankTotal, least)
+			}
+			if ctx.Err() == nil {
+				c.record(err == nil, false, err)
+			}
+		}
+		cancel()
+	}
+}
+
+// Set workload: unique inserts into a table without a key; at the end
+// every acknowledged id must be present and none twice.
+
+type setState struct {
+	mu      sync.Mutex
+	acked   map[int64]bool
+	unknown map[int64]bool
+}
+
+func runSet(ctx context.Context, db *sql.DB, client int, s *setState, c *counts) {
+	for i := int64(0); ctx.Err() == nil; i++ {
+		id := int64(client)*1_000_000 + i
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := db.ExecContext(octx, "INSERT INTO elems (id) VALUES (?)", id)
+		cancel()
+		s.mu.Lock()
+		if err == nil {
+			s.acked[id] = true
+		} else {
+			s.unknown[id] = true
+		}
+		s.mu.Unlock()
+		if ctx.Err() == nil || err == nil {
+			c.record(err == nil, err != nil, err)
+		}
+	}
+}
+
+func checkSet(ctx context.Context, db *sql.DB, s *setState, v *violations) (present int, err error) {
+	rows, err := db.QueryContext(ctx, "SELECT id, count(*) FROM elems GROUP BY id")
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	seen := map[int64]bool{}
+	for rows.Next() {
+		var id, n int64
+		if err := rows.Scan(&id, &n); err != nil {
+			return 0, err
+		}
+		if n != 1 {
+			v.add("set: id %d present %d times", id, n)
+		}
+		if !s.acked[id] && !s.unknown[id] {
+			v.add("set: id %d present but never written", id)
+		}
+		seen[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	missing := 0
+	for id := range s.acked {
+		if !seen[id] {
+			missing++
+			if missing <= 5 {
+				v.add("set: acknowledged id %d is missing", id)
+			}
+		}
+	}
+	if missing > 5 {
+		v.add("set: %d acknowledged ids missing in all", missing)
+	}
+	return len(seen), nil
+}
+
+// violations collects what the checkers found.
+type violations struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (v *violations) add(format string, args ...any) {
+	v.mu.Lock()
+	if len(v.list) < 100 {
+		v.list = append(v.list, fmt.Sprintf(format, args...))
+	}
+	v.mu.Unlock()
+}
