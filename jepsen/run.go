@@ -52,7 +52,9 @@ type Config struct {
 
 // Summary is a run's outcome.
 type Summary struct {
-	Ops           map[string][3]int // workload: ok, failed, unknown
+	Ops map[string][3]int // workload: ok, failed, unknown
+	// FirstErrors is each workload's first failure and first unknown outcome.
+	FirstErrors   map[string][2]string
 	Faults        map[string]int    // nemesis kind: times injected
 	Skipped       map[string]string // nemesis kind: why it was not run
 	Violations    []string
@@ -70,6 +72,11 @@ func (s *Summary) Table() string {
 	for _, w := range []string{"register", "bank", "set"} {
 		o := s.Ops[w]
 		fmt.Fprintf(&b, "%-12s %8d %8d %8d\n", w, o[0], o[1], o[2])
+	}
+	for _, w := range []string{"register", "bank", "set"} {
+		if e, ok := s.FirstErrors[w]; ok {
+			fmt.Fprintf(&b, "  %s: first failure %q, first unknown outcome %q\n", w, e[0], e[1])
+		}
 	}
 	fmt.Fprintf(&b, "%-20s %s\n", "nemesis", "injected")
 	for _, k := range AllNemeses {
@@ -116,7 +123,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, err
 	}
-	sum := &Summary{Ops: map[string][3]int{}, Faults: map[string]int{}, Skipped: map[string]string{}, Restarts: map[string]int{}}
+	sum := &Summary{Ops: map[string][3]int{}, FirstErrors: map[string][2]string{}, Faults: map[string]int{}, Skipped: map[string]string{}, Restarts: map[string]int{}}
 	dataDir := filepath.Join(cfg.Out, "data")
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
@@ -246,6 +253,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	sum.Violations = append(sum.Violations, viol.list...)
 	for name, c := range map[string]*counts{"register": &regC, "bank": &bankC, "set": &setC} {
 		sum.Ops[name] = [3]int{c.ok, c.failed, c.unknown}
+		if c.firstFailure != "" || c.firstUnknown != "" {
+			sum.FirstErrors[name] = [2]string{c.firstFailure, c.firstUnknown}
+		}
 	}
 	sum.Elapsed = time.Since(start)
 	os.WriteFile(filepath.Join(cfg.Out, "summary.txt"), []byte(sum.Table()), 0o644)

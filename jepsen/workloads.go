@@ -87,6 +87,7 @@ type counts struct {
 	mu                  sync.Mutex
 	ok, failed, unknown int
 	firstFailure        string
+	firstUnknown        string
 }
 
 func (c *counts) record(ok, unknown bool, err error) {
@@ -97,6 +98,9 @@ func (c *counts) record(ok, unknown bool, err error) {
 		c.ok++
 	case unknown:
 		c.unknown++
+		if c.firstUnknown == "" && err != nil {
+			c.firstUnknown = err.Error()
+		}
 	default:
 		c.failed++
 		if c.firstFailure == "" && err != nil {
