@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/driver"
+	"github.com/dqlite-go/dqlite/internal/testcluster"
 	_ "github.com/mattn/go-sqlite3" // the single-node baseline
 )
 
@@ -102,14 +103,7 @@ type Cluster struct {
 }
 
 // BuildDqlited builds the dqlited binary into dir.
-func BuildDqlited(dir string) (string, error) {
-	bin := filepath.Join(dir, "dqlited")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/dqlite-go/dqlite/cmd/dqlited").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building dqlited: %v\n%s", err, out)
-	}
-	return bin, nil
-}
+func BuildDqlited(dir string) (string, error) { return testcluster.BuildDqlited(dir) }
 
 func freeAddrs(n int) ([]string, error) {
 	var addrs []string

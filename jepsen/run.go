@@ -17,6 +17,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/dqlite-go/dqlite/driver"
+	"github.com/dqlite-go/dqlite/internal/testcluster"
 )
 
 // Nemesis kinds.
@@ -99,14 +100,7 @@ func (s *Summary) Table() string {
 }
 
 // BuildDqlited builds the dqlited binary into dir.
-func BuildDqlited(dir string) (string, error) {
-	bin := filepath.Join(dir, "dqlited")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/dqlite-go/dqlite/cmd/dqlited").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building dqlited: %v\n%s", err, out)
-	}
-	return bin, nil
-}
+func BuildDqlited(dir string) (string, error) { return testcluster.BuildDqlited(dir) }
 
 // Run starts the cluster, runs the workloads under the nemeses for the
 // duration, heals, checks, stops every process and returns the summary.

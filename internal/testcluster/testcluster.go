@@ -5,9 +5,12 @@ package testcluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -103,4 +106,15 @@ func (c *Cluster) Leader(t testing.TB, ctx context.Context) int {
 			return int(id - 1)
 		}
 	}
+}
+
+// BuildDqlited builds the dqlited binary into dir and returns its path
+// (for tests and benchmarks that run real processes).
+func BuildDqlited(dir string) (string, error) {
+	bin := filepath.Join(dir, "dqlited")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/dqlite-go/dqlite/cmd/dqlited").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("building dqlited: %v\n%s", err, out)
+	}
+	return bin, nil
 }
