@@ -182,6 +182,49 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 	return c, nil
 }
 
+// Profile fetches a CPU profile of the leader process covering the next
+// seconds into path (and its top functions into path.txt).
+func (c *Cluster) Profile(ctx context.Context, seconds int, path string) error {
+	leader := ""
+	cl := http.Client{Timeout: 2 * time.Second}
+	for _, m := range c.metrics {
+		resp, err := cl.Get("http://" + m + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "\ndqlite_is_leader 1\n") {
+			leader = m
+		}
+	}
+	if leader == "" {
+		return errors.New("no leader to profile")
+	}
+	pcl := http.Client{Timeout: time.Duration(seconds+10) * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", leader, seconds), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := pcl.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return err
+	}
+	top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pprof: %v: %s", err, top)
+	}
+	return os.WriteFile(path+".txt", top, 0o644)
+}
+
 // metricSum scrapes every node's /metrics and sums the named sample.
 func (c *Cluster) metricSum(sample string) (float64, error) {
 	var sum float64

@@ -25,6 +25,10 @@ type Config struct {
 	// Rqlite, when set, is the base URL of an external rqlite node.
 	Rqlite string
 	Log    io.Writer
+	// Profile, when set, is a directory for CPU profiles of the leader
+	// during the first repetition of the insert and compute-heavy
+	// workloads on the replicated systems.
+	Profile string
 }
 
 // Measurement is one repetition of one workload on one system.
@@ -234,6 +238,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.Floor = floor
+	if cfg.Profile != "" {
+		if err := os.MkdirAll(cfg.Profile, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	logf("floor: fsync of a 4 KiB append p50 %.2f ms p99 %.2f ms; loopback round trip %.1f µs",
 		floor.FsyncP50Ms, floor.FsyncP99Ms, floor.LoopbackRTTUs)
 	bin, err := BuildDqlited(cfg.Dir)
@@ -277,7 +286,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					continue
 				}
 				table := fmt.Sprintf("w%d_c%d_r%d_%d", wi, w.clients, r, rand.IntN(1<<30))
+				var profDone chan error
+				if cl, ok := s.(*Cluster); ok && cfg.Profile != "" && r == 0 &&
+					(w.name == "insert" && (w.clients == 1 || w.clients == 32) || w.name == "compute-heavy") {
+					profDone = make(chan error, 1)
+					path := filepath.Join(cfg.Profile, fmt.Sprintf("%s-%d-%s.pprof", w.name, w.clients, s.Name()))
+					go func() { profDone <- cl.Profile(ctx, 2, path) }()
+				}
 				m, err := w.run(ctx, s, table)
+				if profDone != nil {
+					if perr := <-profDone; perr != nil {
+						logf("profile of %s/%d on %s: %v", w.name, w.clients, s.Name(), perr)
+					}
+				}
 				if err != nil {
 					fails[si] = err.Error()
 					logf("%s/%d on %s: %v", w.name, w.clients, s.Name(), err)

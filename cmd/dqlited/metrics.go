@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/dqlite-go/dqlite/node"
 )
 
-// metricsHandler serves /metrics (Prometheus text format 0.0.4), /healthz
+// metricsHandler serves /metrics (Prometheus text format 0.0.4),
+// /debug/pprof/ (Go's profiler), /healthz
 // (the node runs and its storage has not failed) and /readyz (it knows a
 // leader and has applied everything it knows committed).
 func metricsHandler(n *node.Node) http.Handler {
@@ -17,6 +19,10 @@ func metricsHandler(n *node.Node) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		writeMetrics(w, n.Metrics())
 	})
+	// Go's profiler, for performance work (the metrics address should not
+	// be exposed beyond the operators' network).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if n.Metrics().StorageFailed {
 			http.Error(w, "storage failed", http.StatusServiceUnavailable)

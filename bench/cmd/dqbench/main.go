@@ -28,6 +28,7 @@ func main() {
 	dir := flag.String("dir", "", "where data directories go (default: a temporary directory on the same disk as -out)")
 	rqlite := flag.String("rqlite", "", "base URL of an external rqlite node to measure too")
 	timeout := flag.Duration("timeout", time.Hour, "time limit of the whole run")
+	profile := flag.String("profile", "", "directory for CPU profiles of the leader (insert with 1 and 32 clients, compute-heavy)")
 	flag.Parse()
 	if *short {
 		*reps = 1
@@ -44,7 +45,7 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	rep, err := bench.Run(ctx, bench.Config{Short: *short, Reps: *reps, Dir: *dir, Rqlite: *rqlite, Log: os.Stdout})
+	rep, err := bench.Run(ctx, bench.Config{Short: *short, Reps: *reps, Dir: *dir, Rqlite: *rqlite, Log: os.Stdout, Profile: *profile})
 	if err != nil {
 		fail(err)
 	}
