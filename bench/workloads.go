@@ -70,7 +70,10 @@ type Result struct {
 // Floor is the physical floor measured at start.
 type Floor struct {
 	FsyncP50Ms, FsyncP99Ms float64
-	LoopbackRTTUs          float64
+	// Fsync3P50Ms is the fsync p50 when three writers (three nodes on one
+	// disk) append and sync at once.
+	Fsync3P50Ms   float64
+	LoopbackRTTUs float64
 }
 
 // Report is a whole run.
@@ -243,8 +246,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 	}
-	logf("floor: fsync of a 4 KiB append p50 %.2f ms p99 %.2f ms; loopback round trip %.1f µs",
-		floor.FsyncP50Ms, floor.FsyncP99Ms, floor.LoopbackRTTUs)
+	logf("floor: fsync of a 4 KiB append p50 %.2f ms p99 %.2f ms (p50 %.2f ms with 3 writers at once); loopback round trip %.1f µs",
+		floor.FsyncP50Ms, floor.FsyncP99Ms, floor.Fsync3P50Ms, floor.LoopbackRTTUs)
 	bin, err := BuildDqlited(cfg.Dir)
 	if err != nil {
 		return nil, err
@@ -343,29 +346,64 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
+// fsyncLatencies has writers goroutines each append 4 KiB and fdatasync
+// n times to their own file in dir, at once; it returns the sorted
+// latencies in milliseconds.
+func fsyncLatencies(dir string, writers, n int) ([]float64, error) {
+	var mu sync.Mutex
+	var lat []float64
+	var firstErr error
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := os.CreateTemp(dir, "fsync-probe-")
+			if err != nil {
+				mu.Lock()
+				firstErr = err
+				mu.Unlock()
+				return
+			}
+			defer os.Remove(f.Name())
+			defer f.Close()
+			buf := make([]byte, 4096)
+			for i := 0; i < n; i++ {
+				t0 := time.Now()
+				_, err := f.Write(buf)
+				if err == nil {
+					err = syscall.Fdatasync(int(f.Fd()))
+				}
+				mu.Lock()
+				if err != nil {
+					firstErr = err
+				}
+				lat = append(lat, float64(time.Since(t0))/1e6)
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Float64s(lat)
+	return lat, firstErr
+}
+
 // measureFloor measures fsync latency of 4 KiB appends in dir and the
 // loopback round trip.
 func measureFloor(dir string) (Floor, error) {
-	f, err := os.CreateTemp(dir, "fsync-probe-")
+	lat, err := fsyncLatencies(dir, 1, 200)
 	if err != nil {
 		return Floor{}, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	buf := make([]byte, 4096)
-	var lat []float64
-	for i := 0; i < 100; i++ {
-		t0 := time.Now()
-		if _, err := f.Write(buf); err != nil {
-			return Floor{}, err
-		}
-		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-			return Floor{}, err
-		}
-		lat = append(lat, float64(time.Since(t0))/1e6)
-	}
-	sort.Float64s(lat)
 	fl := Floor{FsyncP50Ms: lat[len(lat)/2], FsyncP99Ms: lat[len(lat)*99/100]}
+	lat3, err := fsyncLatencies(dir, 3, 100)
+	if err != nil {
+		return Floor{}, err
+	}
+	fl.Fsync3P50Ms = lat3[len(lat3)/2]
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return fl, err
