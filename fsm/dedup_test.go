@@ -119,3 +119,22 @@ func TestTransactionStatements(t *testing.T) {
 		t.Fatalf("user savepoints: %v", errs[0])
 	}
 }
+
+// TestResultIsTheRequests checks a request's result is its own on the
+// shared connection: a DDL or read-only request reports no rows and no
+// insert id, whatever an earlier request did.
+func TestResultIsTheRequests(t *testing.T) {
+	l := newLeaderDB(t)
+	res, errs := l.batch(&fsm.BatchItem{SQL: "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)"})
+	if errs[0] != nil || res[0].(fsm.Result) != (fsm.Result{LastInsertID: 2, RowsAffected: 2}) {
+		t.Fatalf("insert: %v %v", res, errs)
+	}
+	res, errs = l.batch(&fsm.BatchItem{SQL: "CREATE TABLE u(y)"}, &fsm.BatchItem{SQL: "UPDATE t SET x = x + 1"},
+		&fsm.BatchItem{SQL: "UPDATE t SET x = 0 WHERE x > 100"})
+	want := []fsm.Result{{}, {RowsAffected: 2}, {}}
+	for i := range want {
+		if errs[i] != nil || res[i].(fsm.Result) != want[i] {
+			t.Fatalf("request %d: %v %v, want %v", i, res[i], errs[i], want[i])
+		}
+	}
+}

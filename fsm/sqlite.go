@@ -221,6 +221,11 @@ func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 	rest := sql
 	next := 0
 	inTxn := false
+	// The connection is shared by every client: the result must be this
+	// request's own (last insert id 0 unless it inserted; rows affected by
+	// its last statement, 0 when that statement changed nothing).
+	d.conn.SetLastInsertRowID(0)
+	var changes int64
 	for {
 		s, tail, err := d.conn.Prepare(rest)
 		if err != nil {
@@ -263,6 +268,7 @@ func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 			}
 			next++
 		}
+		total := d.conn.TotalChanges()
 		for {
 			more, err := s.Step()
 			if err != nil {
@@ -273,13 +279,17 @@ func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 				break
 			}
 		}
+		changes = 0
+		if d.conn.TotalChanges() != total {
+			changes = d.conn.Changes()
+		}
 		s.Finalize()
 		rest = tail
 	}
 	if inTxn {
 		return Result{}, ErrOpenTransaction
 	}
-	return Result{LastInsertID: d.conn.LastInsertRowID(), RowsAffected: d.conn.Changes()}, nil
+	return Result{LastInsertID: d.conn.LastInsertRowID(), RowsAffected: changes}, nil
 }
 
 // Errors of transaction statements in a request.

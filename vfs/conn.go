@@ -87,6 +87,16 @@ func (c *Conn) Changes() int64 { return int64(C.sqlite3_changes(c.db)) }
 // LastInsertRowID is the rowid of the last insert.
 func (c *Conn) LastInsertRowID() int64 { return int64(C.sqlite3_last_insert_rowid(c.db)) }
 
+// SetLastInsertRowID sets what LastInsertRowID returns until the next
+// insert.
+func (c *Conn) SetLastInsertRowID(id int64) {
+	C.sqlite3_set_last_insert_rowid(c.db, C.sqlite3_int64(id))
+}
+
+// TotalChanges counts the rows changed by INSERT, UPDATE and DELETE
+// statements since the connection opened.
+func (c *Conn) TotalChanges() int64 { return int64(C.sqlite3_total_changes64(c.db)) }
+
 // Interrupt makes the running statement stop with an interrupt error.
 func (c *Conn) Interrupt() { C.sqlite3_interrupt(c.db) }
 

@@ -143,6 +143,8 @@ const void *sqlite3_column_blob(sqlite3_stmt *, int iCol);
 int sqlite3_column_bytes(sqlite3_stmt *, int iCol);
 int sqlite3_changes(sqlite3 *);
 sqlite3_int64 sqlite3_last_insert_rowid(sqlite3 *);
+void sqlite3_set_last_insert_rowid(sqlite3 *, sqlite3_int64);
+sqlite3_int64 sqlite3_total_changes64(sqlite3 *);
 void sqlite3_interrupt(sqlite3 *);
 const char *sqlite3_errmsg(sqlite3 *);
 int sqlite3_extended_errcode(sqlite3 *db);
