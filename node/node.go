@@ -108,7 +108,10 @@ type Node struct {
 	changed   chan struct{}
 
 	waiters map[uint64]chan loop.Reply // owned by the loop goroutine
-	nextReq atomic.Uint64
+	// progressFrom and progressLogged track a long catch-up (loop
+	// goroutine only).
+	progressFrom, progressLogged uint64
+	nextReq                      atomic.Uint64
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -261,10 +264,35 @@ func (n *Node) handle(out loop.Output) {
 		}
 	}
 	n.members.Store(n.loop.Raft().Status().Config)
+	n.logProgress()
 	n.changedMu.Lock()
 	close(n.changed)
 	n.changed = make(chan struct{})
 	n.changedMu.Unlock()
+}
+
+// progressEvery is how many applied entries pass between progress lines
+// while the node catches up (start-up replay, a follower far behind).
+const progressEvery = 10000
+
+// logProgress logs catching up with a long backlog of committed entries.
+func (n *Node) logProgress() {
+	b := n.loop.Raft().Basic()
+	applied := n.loop.Applied()
+	if b.Commit-applied < progressEvery && n.progressFrom == 0 {
+		return
+	}
+	switch {
+	case n.progressFrom == 0:
+		n.progressFrom, n.progressLogged = applied, applied
+		n.log.Info("catching up with committed entries", "applied", applied, "commit", b.Commit)
+	case applied >= b.Commit:
+		n.log.Info("caught up", "applied", applied, "entries", applied-n.progressFrom)
+		n.progressFrom = 0
+	case applied-n.progressLogged >= progressEvery:
+		n.progressLogged = applied
+		n.log.Info("catching up", "applied", applied, "commit", b.Commit)
+	}
 }
 
 // WaitFor waits until cond, evaluated in the loop goroutine after events,
