@@ -279,7 +279,7 @@ const progressEvery = 10000
 func (n *Node) logProgress() {
 	b := n.loop.Raft().Basic()
 	applied := n.loop.Applied()
-	if b.Commit-applied < progressEvery && n.progressFrom == 0 {
+	if n.progressFrom == 0 && (applied >= b.Commit || b.Commit-applied < progressEvery) {
 		return
 	}
 	switch {
