@@ -47,7 +47,9 @@ func (b backend) Leader() (uint64, string) {
 	return 0, ""
 }
 
-func (b backend) IsLeader() bool { return b.n.IsLeader() }
+// IsLeader is the cached view of the last event: a request it lets through
+// to a node that just lost leadership fails in the loop with not-leader.
+func (b backend) IsLeader() bool { return b.n.leading.Load() }
 
 func (b backend) Exec(ctx context.Context, w *wire.Write) (int64, int64, error) {
 	params := make([]fsm.Value, len(w.Params))

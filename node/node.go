@@ -111,7 +111,10 @@ type Node struct {
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
-	nextReq                      atomic.Uint64
+	// leading caches IsLeaderLocked after every event, for the wire
+	// server's per-request check without a trip through the loop.
+	leading atomic.Bool
+	nextReq atomic.Uint64
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -264,6 +267,7 @@ func (n *Node) handle(out loop.Output) {
 		}
 	}
 	n.members.Store(n.loop.Raft().Status().Config)
+	n.leading.Store(n.IsLeaderLocked())
 	n.logProgress()
 	n.changedMu.Lock()
 	close(n.changed)
