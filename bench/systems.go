@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dqlite-go/dqlite/driver"
@@ -148,6 +149,7 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 			return nil, err
 		}
 		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := cmd.Start(); err != nil {
 			c.Close()

@@ -131,6 +131,7 @@ func (c *cluster) start(p *proc) error {
 	}
 	args = append(args, c.extra...)
 	cmd := exec.Command(c.bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()

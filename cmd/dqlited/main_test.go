@@ -68,6 +68,7 @@ func startProc(t *testing.T, addr, metrics, dir string, extra ...string) *proc {
 		t.Fatal(err)
 	}
 	p.cmd = exec.Command(filepath.Join(binDir, "dqlited"), args...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
