@@ -111,6 +111,12 @@ type Node struct {
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
+	seenTerm                     uint64
+	seenState                    raft.StateType
+	seenLead                     raft.NodeID
+	seenConfigIndex              uint64
+	seenConfigTerm               uint64
+	seenMembers                  string
 	// leading caches IsLeaderLocked after every event, for the wire
 	// server's per-request check without a trip through the loop.
 	leading atomic.Bool
@@ -266,13 +272,34 @@ func (n *Node) handle(out loop.Output) {
 			ch <- r
 		}
 	}
-	n.members.Store(n.loop.Raft().Status().Config)
+	// The membership changes with its entry's index (or, when an entry is
+	// overwritten at the same index, with the term).
+	if ci, t := n.loop.Raft().ConfigIndex(), n.loop.Raft().Basic().Term; ci != n.seenConfigIndex || t != n.seenConfigTerm || n.members.Load() == nil {
+		n.seenConfigIndex, n.seenConfigTerm = ci, t
+		m := n.loop.Raft().Status().Config
+		n.members.Store(m)
+		if str := m.String(); str != n.seenMembers {
+			n.seenMembers = str
+			n.log.Info("membership", "index", ci, "servers", str)
+		}
+	}
 	n.leading.Store(n.IsLeaderLocked())
+	n.logRaftChanges()
 	n.logProgress()
 	n.changedMu.Lock()
 	close(n.changed)
 	n.changed = make(chan struct{})
 	n.changedMu.Unlock()
+}
+
+// logRaftChanges logs changes of term, state and known leader.
+func (n *Node) logRaftChanges() {
+	b := n.loop.Raft().Basic()
+	if b.Term == n.seenTerm && b.State == n.seenState && b.Lead == n.seenLead {
+		return
+	}
+	n.seenTerm, n.seenState, n.seenLead = b.Term, b.State, b.Lead
+	n.log.Info("raft state", "term", b.Term, "state", b.State.String(), "leader", b.Lead)
 }
 
 // progressEvery is how many applied entries pass between progress lines

@@ -569,6 +569,10 @@ type Status struct {
 	Transferee NodeID
 }
 
+// ConfigIndex is the index of the entry that set the current membership
+// (cheap: callers can skip Status when it did not change).
+func (r *Raft) ConfigIndex() uint64 { return r.configIndex() }
+
 // Status returns the node's current state.
 func (r *Raft) Status() Status {
 	s := Status{ID: r.id, Term: r.term, Vote: r.vote, Lead: r.lead, State: r.state,
