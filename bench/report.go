@@ -69,6 +69,7 @@ func (r *Report) Markdown(w io.Writer) {
 			x.Workload, x.Clients, x.System, tp, ratio, x.P50Ms, x.P99Ms, x.ReplicatedPer, x.WrittenPer, strings.Join(cpu, ", "), rss)
 	}
 	fmt.Fprintln(w, "\nvs frames: throughput relative to frame replication in the same run (above 1: faster than frames).")
+	fmt.Fprintln(w, "written B/op: for the clusters, log entry bytes appended plus snapshot bytes, all nodes; for sqlite, the kernel's write_bytes of the benchmark process.")
 }
 
 // SVG draws insert throughput against client count, one line per system.

@@ -394,6 +394,9 @@ func (n *Node) diskWriter() {
 			n.metrics.fsyncs.Add(1)
 			n.metrics.fsyncNanos.Add(d)
 			n.metrics.appendEntries.Add(uint64(len(job.Entries)))
+			for _, e := range job.Entries {
+				n.metrics.appendBytes.Add(uint64(len(e.Data)))
+			}
 			if d > n.metrics.fsyncMaxNanos.Load() {
 				n.metrics.fsyncMaxNanos.Store(d) // one writer: this goroutine
 			}

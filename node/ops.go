@@ -43,6 +43,7 @@ func (n *Node) Ready() bool {
 type metrics struct {
 	fsyncs, fsyncNanos, fsyncMaxNanos atomic.Uint64
 	appendEntries                     atomic.Uint64 // entries appended (sum of batch sizes)
+	appendBytes                       atomic.Uint64 // entry payload bytes appended
 	peerBytes                         atomic.Uint64 // bytes sent on peer links
 	snapshots, snapshotBytes          atomic.Uint64
 	restores                          atomic.Uint64
@@ -57,6 +58,7 @@ type Metrics struct {
 	Role                  string // voter, standby, spare, or "" when not a member
 	Appends               uint64 // log appends (each one write and one fsync)
 	AppendedEntries       uint64
+	AppendedBytes         uint64  // entry payload bytes appended to the log
 	FsyncSeconds          float64 // total time in appends
 	FsyncMaxSeconds       float64
 	PeerBytesSent         uint64
@@ -87,6 +89,7 @@ func (n *Node) Metrics() Metrics {
 	m.EventQueue = len(n.events)
 	m.Appends = n.metrics.fsyncs.Load()
 	m.AppendedEntries = n.metrics.appendEntries.Load()
+	m.AppendedBytes = n.metrics.appendBytes.Load()
 	m.FsyncSeconds = float64(n.metrics.fsyncNanos.Load()) / 1e9
 	m.FsyncMaxSeconds = float64(n.metrics.fsyncMaxNanos.Load()) / 1e9
 	m.PeerBytesSent = n.metrics.peerBytes.Load()

@@ -63,6 +63,7 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("last_index", "gauge", "Last log index.", m.LastIndex)
 	metric("log_appends_total", "counter", "Log appends (one write and one fsync each).", m.Appends)
 	metric("log_appended_entries_total", "counter", "Entries appended (mean batch size = this / appends).", m.AppendedEntries)
+	metric("log_appended_bytes_total", "counter", "Entry payload bytes appended to the log.", m.AppendedBytes)
 	metric("log_fsync_seconds_total", "counter", "Time spent in log appends and their fsyncs.", m.FsyncSeconds)
 	metric("log_fsync_max_seconds", "gauge", "Longest log append and fsync.", m.FsyncMaxSeconds)
 	metric("log_cache_bytes", "gauge", "Log entries held in memory.", m.LogCacheBytes)
