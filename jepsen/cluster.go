@@ -253,12 +253,16 @@ func metric(addr, name string) (float64, error) {
 	return 0, fmt.Errorf("%s: no %s", addr, name)
 }
 
+// errRefused is a fault the cluster rightly refused to take.
+var errRefused = errors.New("refused by the cluster")
+
 // rejoin removes p from the cluster, wipes its data and starts it again
 // under a new id (the membership nemesis).
 func (c *cluster) rejoin(ctx context.Context, p *proc) error {
 	// Remove (retried for a while: the leader may be moving or busy with
 	// another membership change).
 	var lastErr error
+	refused := false
 	err := waitFor(ctx, 20*time.Second, fmt.Sprintf("removal of id %d", p.id), func() bool {
 		conn, err := c.leader(ctx)
 		if err != nil {
@@ -267,8 +271,14 @@ func (c *cluster) rejoin(ctx context.Context, p *proc) error {
 		}
 		defer conn.Close()
 		lastErr = conn.Empty(ctx, &wire.Request{Type: wire.ReqRemove, ID: p.id})
-		return lastErr == nil
+		// The cluster refuses a removal that would leave no responsive
+		// quorum: correct, and not this round's fault to inject.
+		refused = lastErr != nil && strings.Contains(lastErr.Error(), "no responsive quorum")
+		return lastErr == nil || refused
 	})
+	if refused {
+		return errRefused
+	}
 	if err != nil {
 		return fmt.Errorf("%v: %v", err, lastErr)
 	}

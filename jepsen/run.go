@@ -3,6 +3,7 @@ package jepsen
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -55,9 +56,12 @@ type Config struct {
 type Summary struct {
 	Ops map[string][3]int // workload: ok, failed, unknown
 	// FirstErrors is each workload's first failure and first unknown outcome.
-	FirstErrors   map[string][2]string
-	Faults        map[string]int    // nemesis kind: times injected
-	Skipped       map[string]string // nemesis kind: why it was not run
+	FirstErrors map[string][2]string
+	Faults      map[string]int    // nemesis kind: times injected
+	Skipped     map[string]string // nemesis kind: why it was not run
+	// Refused counts faults the cluster rightly refused (a removal that
+	// would leave no responsive quorum).
+	Refused       map[string]int
 	Violations    []string
 	Linearizable  porcupine.CheckResult
 	Converged     bool
@@ -83,6 +87,10 @@ func (s *Summary) Table() string {
 	for _, k := range AllNemeses {
 		if why, ok := s.Skipped[k]; ok {
 			fmt.Fprintf(&b, "%-20s skipped: %s\n", k, why)
+			continue
+		}
+		if s.Refused[k] > 0 {
+			fmt.Fprintf(&b, "%-20s %d (and %d refused by the cluster as unsafe)\n", k, s.Faults[k], s.Refused[k])
 			continue
 		}
 		fmt.Fprintf(&b, "%-20s %d\n", k, s.Faults[k])
@@ -117,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, err
 	}
-	sum := &Summary{Ops: map[string][3]int{}, FirstErrors: map[string][2]string{}, Faults: map[string]int{}, Skipped: map[string]string{}, Restarts: map[string]int{}}
+	sum := &Summary{Ops: map[string][3]int{}, FirstErrors: map[string][2]string{}, Faults: map[string]int{}, Skipped: map[string]string{}, Refused: map[string]int{}, Restarts: map[string]int{}}
 	dataDir := filepath.Join(cfg.Out, "data")
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
@@ -197,7 +205,13 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 			sum.Violations = append(sum.Violations, fmt.Sprintf("before %s: %v", kind, err))
 			break
 		}
-		if err := c.inject(ctx, kind, rng, cfg.FaultHold, mounted, logf); err != nil {
+		err := c.inject(ctx, kind, rng, cfg.FaultHold, mounted, logf)
+		if errors.Is(err, errRefused) {
+			logf("nemesis %s refused by the cluster (unsafe at this moment)", kind)
+			sum.Refused[kind]++
+			continue
+		}
+		if err != nil {
 			logf("nemesis %s: %v", kind, err)
 			sum.Violations = append(sum.Violations, fmt.Sprintf("nemesis %s could not run or heal: %v", kind, err))
 			continue

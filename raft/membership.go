@@ -106,6 +106,15 @@ func (r *Raft) ProposeConfigChange(cc ConfigChange) error {
 	if err != nil {
 		return err
 	}
+	// A change that takes a voter away must leave a membership whose live
+	// voters are a quorum: otherwise its own entry can never commit and
+	// every later change waits behind it (a cluster wedged for good).
+	if cur, _ := r.config().Get(cc.ID); cur.Role == Voter && (cc.Type == ConfigRemove || cc.Type == ConfigAssign && cc.Role != Voter) {
+		if live, quorum, ok := r.liveQuorum(next); !ok {
+			return fmt.Errorf("%w: without %d, %d of the voters answer, fewer than the quorum of %d",
+				ErrNoLiveQuorum, cc.ID, live, quorum)
+		}
+	}
 	if cc.Type == ConfigAssign && cc.Role == Voter && cc.ID != r.id {
 		s, _ := next.Get(cc.ID)
 		r.promoting = &promotion{server: s}

@@ -43,6 +43,9 @@ type progress struct {
 	// recentActive is set whenever the follower is heard from; check-quorum
 	// clears it every election timeout.
 	recentActive bool
+	// wasActive is recentActive as of the last check-quorum round, so
+	// "heard from within about an election timeout" survives the clearing.
+	wasActive bool
 
 	// Snapshot transfer (snapshotState).
 	snap        SnapshotMeta

@@ -457,9 +457,25 @@ func (r *Raft) quorumActive() bool {
 		}
 	}
 	for _, pr := range r.prs {
-		pr.recentActive = false
+		pr.wasActive, pr.recentActive = pr.recentActive, false
 	}
 	return active >= r.config().Quorum()
+}
+
+// liveQuorum reports whether the voters of m that this leader heard from
+// within about an election timeout (itself included, if a voter of m) are
+// a quorum of m.
+func (r *Raft) liveQuorum(m Membership) (live, quorum int, ok bool) {
+	for _, id := range m.Voters() {
+		if id == r.id {
+			live++
+			continue
+		}
+		if pr := r.prs[id]; pr != nil && (pr.recentActive || pr.wasActive) {
+			live++
+		}
+	}
+	return live, m.Quorum(), live >= m.Quorum()
 }
 
 // StepDown makes a leader (or candidate) a follower in the same term. The

@@ -230,3 +230,33 @@ func TestStringers(t *testing.T) {
 		t.Error("zero Update not empty")
 	}
 }
+
+// TestConfigChangeNeedsLiveQuorum checks a change that takes a voter away
+// is refused when the voters left that answer are not a quorum (its entry
+// could never commit and would block every later change), and accepted
+// otherwise: with node 3 unreachable, removing node 2 (or the leader) is
+// refused and removing node 3 is accepted.
+func TestConfigChangeNeedsLiveQuorum(t *testing.T) {
+	h := newHarness(7, nil)
+	h.bootstrap(1, 2, 3)
+	h.campaign(1)
+	if h.leader() != 1 {
+		t.Fatalf("leader %d", h.leader())
+	}
+	h.isolate(3)
+	h.tickAll(25) // more than two election timeouts: node 3 is known silent
+	r := h.nodes[1].raft
+	for _, cc := range []ConfigChange{{Type: ConfigRemove, ID: 2}, {Type: ConfigRemove, ID: 1},
+		{Type: ConfigAssign, ID: 2, Role: Spare}} {
+		if err := r.ProposeConfigChange(cc); !errors.Is(err, ErrNoLiveQuorum) {
+			t.Fatalf("%v %d with node 3 silent: %v", cc.Type, cc.ID, err)
+		}
+	}
+	if err := r.ProposeConfigChange(ConfigChange{Type: ConfigRemove, ID: 3}); err != nil {
+		t.Fatalf("removing the silent node: %v", err)
+	}
+	h.stabilize()
+	if m := r.config(); len(m.Voters()) != 2 {
+		t.Fatalf("membership after removing 3: %v", m)
+	}
+}

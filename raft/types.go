@@ -362,14 +362,17 @@ var (
 	ErrNotLeader          = errors.New("raft: not the leader")
 	ErrTransferInProgress = errors.New("raft: leadership transfer in progress")
 	ErrConfigInProgress   = errors.New("raft: a membership change is already in progress")
-	ErrNotReady           = errors.New("raft: leader has not yet committed an entry in its term")
-	ErrProposalTooLarge   = errors.New("raft: proposal larger than the maximum message size")
-	ErrTooManyPending     = errors.New("raft: too many uncommitted bytes")
-	ErrUnknownNode        = errors.New("raft: unknown node")
-	ErrBadConfigChange    = errors.New("raft: invalid membership change")
-	ErrCatchUpFailed      = errors.New("raft: node did not catch up in time for promotion")
-	ErrLeadershipLost     = errors.New("raft: leadership lost")
-	ErrStopped            = errors.New("raft: node stopped after a storage failure")
+	// ErrNoLiveQuorum refuses a change that would leave too few responsive
+	// voters to commit anything.
+	ErrNoLiveQuorum     = errors.New("raft: membership change refused: it would leave no responsive quorum")
+	ErrNotReady         = errors.New("raft: leader has not yet committed an entry in its term")
+	ErrProposalTooLarge = errors.New("raft: proposal larger than the maximum message size")
+	ErrTooManyPending   = errors.New("raft: too many uncommitted bytes")
+	ErrUnknownNode      = errors.New("raft: unknown node")
+	ErrBadConfigChange  = errors.New("raft: invalid membership change")
+	ErrCatchUpFailed    = errors.New("raft: node did not catch up in time for promotion")
+	ErrLeadershipLost   = errors.New("raft: leadership lost")
+	ErrStopped          = errors.New("raft: node stopped after a storage failure")
 )
 
 // ErrCompacted is returned by Storage when the requested index is below its
