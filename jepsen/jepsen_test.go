@@ -40,7 +40,7 @@ func run(t *testing.T, cfg Config) *Summary {
 		cfg.Seed = uint64(time.Now().UnixNano())
 	}
 	t.Logf("seed %d, output in %s", cfg.Seed, out)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Duration+5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Duration+cfg.CheckTimeout+5*time.Minute)
 	defer cancel()
 	sum, err := Run(ctx, cfg)
 	if err != nil {
@@ -115,6 +115,6 @@ func TestChaosLong(t *testing.T) {
 	if nodes == 0 {
 		nodes = 5
 	}
-	sum := run(t, Config{Nodes: nodes, Duration: d})
+	sum := run(t, Config{Nodes: nodes, Duration: d, Keys: 50, CheckTimeout: 15 * time.Minute})
 	checkClean(t, sum)
 }

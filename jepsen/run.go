@@ -49,7 +49,13 @@ type Config struct {
 	Extra []string
 	// FaultHold is how long each fault lasts (default 2 s).
 	FaultHold time.Duration
-	Log       io.Writer
+	// Keys is the number of registers (default 5): more keys, shorter
+	// per-key histories for porcupine.
+	Keys int
+	// CheckTimeout bounds porcupine (default 60 s); a timeout is "not
+	// proven", reported as Unknown, never as a pass.
+	CheckTimeout time.Duration
+	Log          io.Writer
 }
 
 // Summary is a run's outcome.
@@ -117,6 +123,12 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if cfg.FaultHold == 0 {
 		cfg.FaultHold = 2 * time.Second
 	}
+	if cfg.Keys == 0 {
+		cfg.Keys = 5
+	}
+	if cfg.CheckTimeout == 0 {
+		cfg.CheckTimeout = 60 * time.Second
+	}
 	logf := func(format string, args ...any) {
 		if cfg.Log != nil {
 			fmt.Fprintf(cfg.Log, "%s "+format+"\n", append([]any{time.Since(start).Round(time.Millisecond)}, args...)...)
@@ -171,7 +183,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	var wg sync.WaitGroup
 	for i := 0; i < 4; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); runRegister(wctx, db, i+1, cfg.Seed, h, &regC) }()
+		go func() { defer wg.Done(); runRegister(wctx, db, i+1, cfg.Seed, cfg.Keys, h, &regC) }()
 	}
 	for i := 0; i < 2; i++ {
 		wg.Add(1)
@@ -249,7 +261,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	}
 
 	// Linearizability of the register history.
-	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 60*time.Second)
+	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, cfg.CheckTimeout)
 	sum.Linearizable = res
 	if res == porcupine.Illegal {
 		path := filepath.Join(cfg.Out, "register-linearizability.html")

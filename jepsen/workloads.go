@@ -109,12 +109,10 @@ func (c *counts) record(ok, unknown bool, err error) {
 	}
 }
 
-const registerKeys = 5
-
-func runRegister(ctx context.Context, db *sql.DB, client int, seed uint64, h *history, c *counts) {
+func runRegister(ctx context.Context, db *sql.DB, client int, seed uint64, keys int, h *history, c *counts) {
 	rng := rand.New(rand.NewPCG(seed, uint64(client)))
 	for i := 0; ctx.Err() == nil; i++ {
-		key := rng.IntN(registerKeys)
+		key := rng.IntN(keys)
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		call := h.now()
 		if rng.IntN(2) == 0 {
