@@ -274,7 +274,10 @@ func (c *cluster) rejoin(ctx context.Context, p *proc) error {
 		// The cluster refuses a removal that would leave no responsive
 		// quorum: correct, and not this round's fault to inject.
 		refused = lastErr != nil && strings.Contains(lastErr.Error(), "no responsive quorum")
-		return lastErr == nil || refused
+		// An earlier attempt whose reply was lost (a removed leader does
+		// not hear its removal commit) may have done it already.
+		gone := lastErr != nil && strings.Contains(lastErr.Error(), "is not a member")
+		return lastErr == nil || refused || gone
 	})
 	if refused {
 		return errRefused
