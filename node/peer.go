@@ -168,6 +168,9 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 			n.log.Warn("message sender does not match the link", "link", from, "from", m.From)
 			return
 		}
+		if (m.Type == raft.MsgVoteResp || m.Type == raft.MsgPreVoteResp) && m.Reject {
+			n.log.Debug("vote rejected", "by", from, "type", m.Type.String(), "term", m.Term)
+		}
 		if !n.post(func() {
 			out, err := n.loop.Step(m)
 			if err != nil {
