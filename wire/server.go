@@ -236,7 +236,7 @@ func (ss *session) frameError(err error) {
 	}
 }
 
-func (ss *session) next_() (message, bool) {
+func (ss *session) nextMessage() (message, bool) {
 	if ss.stashed != nil {
 		m := *ss.stashed
 		ss.stashed = nil
@@ -252,7 +252,7 @@ func (ss *session) next_() (message, bool) {
 
 func (ss *session) loop() {
 	for {
-		m, ok := ss.next_()
+		m, ok := ss.nextMessage()
 		if !ok {
 			return
 		}
