@@ -48,7 +48,12 @@ type Config struct {
 	// SnapshotThreshold is the number of applied entries between snapshots
 	// (default: the loop's).
 	SnapshotThreshold uint64
-	Logger            *slog.Logger
+	// LogMemoryBytes bounds the memory the Raft log holds: its index (a
+	// fixed size per retained entry) and the cached data of recent entries
+	// (default 64 MiB). Snapshots bound the retained entries, so New
+	// refuses a budget smaller than the index those entries can need.
+	LogMemoryBytes int64
+	Logger         *slog.Logger
 	// FailureDomain is reported by DESCRIBE (role management prefers
 	// voters in distinct domains).
 	FailureDomain uint64
@@ -65,6 +70,23 @@ type Config struct {
 	// RootCAs and ClientCAs of the cluster's CA, and ClientAuth set to
 	// tls.RequireAndVerifyClientCert for mutual TLS. Off by default.
 	TLS *tls.Config
+}
+
+// trailingEntries are kept in the log behind a snapshot, so a follower a
+// little behind needs no snapshot.
+const trailingEntries = 1024
+
+// logIndexBytes is the most memory the log's index may take: the log keeps
+// entries since the older of its two snapshots, minus trailingEntries
+// before it, plus the entries not yet applied (bounded by the pending
+// requests on a leader and by the leader's flow control on a follower,
+// about the same number), with the slack of a growing slice (2x).
+func logIndexBytes(threshold uint64) int64 {
+	if threshold == 0 {
+		threshold = loop.DefaultSnapshotThreshold
+	}
+	entries := 2*threshold + trailingEntries + 2*loop.DefaultMaxPendingRequests
+	return 2 * int64(entries) * wal.EntryIndexBytes
 }
 
 // Limits.
@@ -147,6 +169,13 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.LogMemoryBytes == 0 {
+		cfg.LogMemoryBytes = wal.DefaultCacheBytes
+	}
+	if need := logIndexBytes(cfg.SnapshotThreshold); cfg.LogMemoryBytes < need {
+		return nil, fmt.Errorf("node %d: log memory budget of %d bytes is below the %d bytes the log's index may need between snapshots (raise LogMemoryBytes or lower SnapshotThreshold)",
+			cfg.ID, cfg.LogMemoryBytes, need)
+	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: make(chan func(), eventQueueMax),
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
 		stop: make(chan struct{}), changed: make(chan struct{}),
@@ -190,7 +219,7 @@ func (n *Node) open() error {
 	if err != nil {
 		return err
 	}
-	w, rep, err := wal.Open(fs, wal.Options{Logger: n.log, TrailingEntries: 1024})
+	w, rep, err := wal.Open(fs, wal.Options{Logger: n.log, TrailingEntries: trailingEntries, CacheBytes: n.cfg.LogMemoryBytes})
 	if err != nil {
 		return fmt.Errorf("node %d: opening log: %w", n.cfg.ID, err)
 	}

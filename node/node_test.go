@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -354,4 +355,46 @@ func TestLongQueryKeepsLeadership(t *testing.T) {
 	if !l.IsLeader() {
 		t.Fatal("the leader lost its leadership during the query")
 	}
+}
+
+// TestLogMemoryBudget writes ten times the log's memory budget through a
+// cluster whose snapshots compact the log: on every node the log's index
+// and cached entries stay within the budget. A budget too small for the
+// index between snapshots is refused at start.
+func TestLogMemoryBudget(t *testing.T) {
+	const budget = 512 << 10
+	const threshold = 50
+	if _, err := New(Config{ID: 1, Address: "127.0.0.1:0", Dir: t.TempDir(), SnapshotThreshold: threshold,
+		LogMemoryBytes: 64 << 10}); err == nil || !strings.Contains(err.Error(), "log memory budget") {
+		t.Fatalf("a 64 KiB budget with snapshots every %d entries: %v", threshold, err)
+	}
+	nodes := startClusterWith(t, 3, func(c *Config) { c.SnapshotThreshold, c.LogMemoryBytes = threshold, budget })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	var peak int64
+	var appended uint64
+	for i := 0; i < 800; i++ {
+		if _, err := l.Exec(ctx, "INSERT INTO t VALUES (randomblob(2000))"); err != nil {
+			t.Fatal(err)
+		}
+		if i%20 != 0 {
+			continue
+		}
+		for _, n := range nodes {
+			m := n.Metrics()
+			if m.LogMemoryBytes > budget {
+				t.Fatalf("node %d's log holds %d bytes (%d of them data), budget %d", n.cfg.ID, m.LogMemoryBytes, m.LogCacheBytes, budget)
+			}
+			peak = max(peak, m.LogMemoryBytes)
+		}
+	}
+	appended = l.Metrics().AppendedBytes
+	if appended < 10*budget {
+		t.Fatalf("only %d bytes appended: the test must write well past the budget", appended)
+	}
+	t.Logf("%d bytes appended to the leader's log, at most %d held by a log (budget %d)", appended, peak, budget)
 }

@@ -65,8 +65,9 @@ type Metrics struct {
 	Snapshots             uint64
 	SnapshotBytes         uint64 // total size of the snapshots taken
 	SnapshotsInstalled    uint64
-	EventQueue, PeerQueue int // events waiting for the loop; messages waiting for peers
-	LogCacheBytes         int64
+	EventQueue, PeerQueue int   // events waiting for the loop; messages waiting for peers
+	LogCacheBytes         int64 // entry data cached
+	LogMemoryBytes        int64 // index and cached data: within Config.LogMemoryBytes
 	StorageFailed         bool
 }
 
@@ -84,6 +85,7 @@ func (n *Node) Metrics() Metrics {
 			m.PeerQueue += len(p.queue)
 		}
 		m.LogCacheBytes = n.wal.CachedBytes()
+		m.LogMemoryBytes = n.wal.MemoryBytes()
 		m.StorageFailed = n.loop.Err() != nil
 	})
 	m.EventQueue = len(n.events)

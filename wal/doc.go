@@ -35,9 +35,11 @@
 //
 // # Memory
 //
-// The log keeps, per entry, its term and location (about 48 bytes) and the
-// data of the most recent entries up to Options.CacheBytes; older entries are
-// read back from their segment.
+// The log keeps, per entry, its term and location (EntryIndexBytes, 64 bytes
+// on 64-bit machines) and the data of the most recent entries; index and data
+// together stay within Options.CacheBytes by evicting the oldest data, which
+// is read back from its segment when needed. Compaction behind snapshots
+// bounds the number of entries, hence the index (MemoryBytes reports both).
 //
 // # Concurrency
 //

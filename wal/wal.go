@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/raft"
@@ -22,8 +23,12 @@ type Options struct {
 	// SegmentSizeMax is the size past which the open segment is closed and
 	// a new one started.
 	SegmentSizeMax int64
-	// CacheBytes bounds the entry data kept in memory; older entries are
-	// read back from their segment.
+	// CacheBytes bounds the memory the log holds: the per-entry index
+	// (EntryIndexBytes per entry retained) plus the cached entry data.
+	// Data is evicted oldest first to stay within it, and read back from
+	// its segment when needed. The index itself is bounded by compaction
+	// (the caller's snapshots); only an index larger than the whole budget
+	// exceeds it, which MemoryBytes shows.
 	CacheBytes int64
 	// TrailingEntries are kept in the log behind a new snapshot, so
 	// followers that lag a little need no snapshot.
@@ -364,12 +369,25 @@ func (w *WAL) openSegment() *segment {
 	return w.segs[len(w.segs)-1]
 }
 
+// EntryIndexBytes is the memory the log's index holds per retained entry
+// (term, type, location, cache pointer), whether or not its data is cached.
+const EntryIndexBytes = int64(unsafe.Sizeof(entry{}))
+
+// indexBytes is the memory held by the index. Called with mu held.
+func (w *WAL) indexBytes() int64 { return int64(cap(w.ents)) * EntryIndexBytes }
+
 // cacheAdd records data as cached, evicting the oldest cached entries past
-// the byte budget. Called with mu held.
+// the byte budget (which the index counts against). Called with mu held.
 func (w *WAL) cacheAdd(e *entry, data []byte) {
 	e.data = data
 	w.cached += int64(len(data))
-	for w.cached > w.opts.CacheBytes && w.cacheFrom < len(w.ents) {
+	w.evict()
+}
+
+// evict drops the oldest cached data until index and cache fit the budget.
+// Called with mu held.
+func (w *WAL) evict() {
+	for w.cached+w.indexBytes() > w.opts.CacheBytes && w.cacheFrom < len(w.ents) {
 		old := &w.ents[w.cacheFrom]
 		w.cached -= int64(len(old.data))
 		old.data = nil
@@ -394,10 +412,18 @@ func (w *WAL) dropEntriesFrom(i uint64) {
 	assert.That(w.cached >= 0, "negative cache size %d", w.cached)
 }
 
-// CachedBytes is the entry data held in memory (at most Options.CacheBytes,
-// plus the most recent entry when it alone is larger).
+// CachedBytes is the entry data held in memory.
 func (w *WAL) CachedBytes() int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.cached
+}
+
+// MemoryBytes is the memory the log holds: index plus cached data. It stays
+// within Options.CacheBytes unless the most recent entry alone, or the
+// index alone, is larger.
+func (w *WAL) MemoryBytes() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cached + w.indexBytes()
 }

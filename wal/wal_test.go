@@ -474,3 +474,43 @@ func TestMemoryBoundedByBudget(t *testing.T) {
 	}
 	t.Logf("8 MB appended, at most %d bytes cached (budget %d)", maxCached, budget)
 }
+
+// TestIndexCountsAgainstBudget appends many small entries, with snapshots
+// compacting the log as a node's loop does: index and cached data together
+// stay within the budget, the index's memory is released by compaction, and
+// entries evicted to make room for the index read back intact.
+func TestIndexCountsAgainstBudget(t *testing.T) {
+	fs, err := wal.NewOSFS(t.TempDir())
+	must(t, err)
+	const budget = 256 << 10
+	w := open(t, fs, wal.Options{CacheBytes: budget, SegmentSizeMax: 32 << 10, TrailingEntries: 100})
+	defer w.Close()
+	data := bytes.Repeat([]byte("q"), 200) // the retained entries' data alone nears the budget
+	var maxMem, maxData int64
+	const total, snapEvery = 40000, 500
+	for i := uint64(1); i <= total; i += 10 {
+		var es []raft.Entry
+		for k := i; k < i+10; k++ {
+			es = append(es, raft.Entry{Index: k, Term: 1, Type: raft.EntryNormal, Data: data})
+		}
+		must(t, w.Append(es))
+		if last := i + 9; last%snapEvery == 0 {
+			must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: last, Term: 1, Config: members, ConfigIndex: 1}, []byte("s")))
+		}
+		maxMem = max(maxMem, w.MemoryBytes())
+		maxData = max(maxData, w.CachedBytes())
+	}
+	if maxMem > budget {
+		t.Fatalf("log held %d bytes (index and data), budget %d", maxMem, budget)
+	}
+	// Without compaction the index alone would be 20000 entries' worth.
+	if idx := int64(total) * wal.EntryIndexBytes; idx <= budget {
+		t.Fatalf("test too small: an uncompacted index (%d bytes) would fit the budget", idx)
+	}
+	first := w.FirstIndex()
+	es, err := w.Entries(first, first+5, 1<<20)
+	if err != nil || len(es) != 5 || !bytes.Equal(es[0].Data, data) {
+		t.Fatalf("oldest retained entries: %d %v", len(es), err)
+	}
+	t.Logf("%d entries appended, at most %d bytes held (%d of them data), budget %d", total, maxMem, maxData, budget)
+}

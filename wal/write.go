@@ -386,7 +386,9 @@ func (w *WAL) compact() error {
 	if len(drop) > 0 {
 		next := w.segs[0]
 		n := int(next.hdr.firstIndex - w.first)
-		w.ents = w.ents[n:]
+		// Copy rather than reslice, so the dropped prefix's memory is
+		// released (the index is part of the memory budget).
+		w.ents = append(make([]entry, 0, len(w.ents)-n+len(w.ents)/8+16), w.ents[n:]...)
 		w.cacheFrom = max(0, w.cacheFrom-n)
 		w.first, w.prevTerm = next.hdr.firstIndex, next.hdr.prevTerm
 		w.recountCache()
@@ -410,6 +412,7 @@ func (w *WAL) recountCache() {
 	for k := w.cacheFrom; k < len(w.ents); k++ {
 		w.cached += int64(len(w.ents[k].data))
 	}
+	w.evict()
 }
 
 // preallocateChunkBytes is the size of the zero writes that preallocate a

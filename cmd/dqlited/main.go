@@ -59,6 +59,7 @@ type options struct {
 	domain          uint64
 	handover        time.Duration
 	tick            time.Duration
+	logMemory       int64
 	listen          string
 	ackBeforeCommit bool
 }
@@ -84,6 +85,7 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.StringVar(&o.listen, "listen", "", "host:port to listen on when it differs from -address (behind a proxy or NAT)")
 	fs.BoolVar(&o.ackBeforeCommit, "testing-ack-before-commit", false, "TESTING ONLY: a deliberate bug, acknowledging writes before they commit")
 	fs.DurationVar(&o.tick, "tick", 100*time.Millisecond, "Raft tick (the election timeout is 10 ticks)")
+	fs.Int64Var(&o.logMemory, "log-memory", 64<<20, "bytes of memory the Raft log may hold (index and cached entries)")
 	// Environment variables first; flags override them.
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
@@ -167,7 +169,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		return 1
 	}
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
-		FailureDomain: o.domain, Tick: o.tick, ListenAddress: o.listen, TestingAckBeforeCommit: o.ackBeforeCommit,
+		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen, TestingAckBeforeCommit: o.ackBeforeCommit,
 		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
 	if o.statements {
 		cfg.Mode = fsm.ModeStatements
