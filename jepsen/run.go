@@ -49,8 +49,8 @@ type Config struct {
 	Extra []string
 	// FaultHold is how long each fault lasts (default 2 s).
 	FaultHold time.Duration
-	// Keys is the number of registers (default 5): more keys, shorter
-	// per-key histories for porcupine.
+	// Keys is the number of registers in use at once (default 5; fresh
+	// ones every 20 s): more keys, shorter per-key histories for porcupine.
 	Keys int
 	// CheckTimeout bounds porcupine (default 60 s); a timeout is "not
 	// proven", reported as Unknown, never as a pass.
