@@ -398,3 +398,39 @@ func TestLogMemoryBudget(t *testing.T) {
 	}
 	t.Logf("%d bytes appended to the leader's log, at most %d held by a log (budget %d)", appended, peak, budget)
 }
+
+// TestLeaderRemovesItself removes the leader through its own API: the call
+// returns once the change is applied (not at a timeout), and the two
+// remaining voters elect a leader that serves writes.
+func TestLeaderRemovesItself(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	start := time.Now()
+	if err := l.Remove(rctx, l.cfg.ID); err != nil {
+		t.Fatalf("leader removing itself: %v after %v", err, time.Since(start))
+	}
+	took := time.Since(start)
+	var rest []*Node
+	for _, n := range nodes {
+		if n != l {
+			rest = append(rest, n)
+		}
+	}
+	l2 := leaderOf(t, ctx, rest)
+	if _, err := l2.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatalf("write on the new leader: %v", err)
+	}
+	for _, s := range l2.Cluster() {
+		if s.ID == l.cfg.ID {
+			t.Fatalf("removed leader still a member: %v", l2.Cluster())
+		}
+	}
+	t.Logf("removal answered after %v", took)
+}
