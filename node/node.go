@@ -143,6 +143,11 @@ type Node struct {
 	// server's per-request check without a trip through the loop.
 	leading atomic.Bool
 	nextReq atomic.Uint64
+	// busySince is when the loop started its current event (unix nanos, 0
+	// when idle), and keepAlive the heartbeats to send for it while it is
+	// busy for long (see keepAliveWhileBusy).
+	busySince atomic.Int64
+	keepAlive atomic.Pointer[keepAlive]
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -203,10 +208,11 @@ func New(cfg Config) (*Node, error) {
 	n.ln = ln
 	n.srv = wire.NewServer(backend{n}, n.log)
 	n.members.Store(n.loop.Raft().Status().Config)
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.run()
 	go n.diskWriter()
 	go n.accept()
+	go n.keepAliveWhileBusy()
 	if cfg.Roles.Voters > 0 {
 		n.wg.Add(1)
 		go n.manageRoles()
@@ -276,10 +282,15 @@ func (n *Node) run() {
 			n.failWaiters(ErrClosed)
 			return
 		case <-ticker.C:
+			n.busySince.Store(time.Now().UnixNano())
 			n.vfs.SetTime(time.Now().UnixMilli())
 			n.handle(n.loop.Tick())
+			n.prepareKeepAlive()
+			n.busySince.Store(0)
 		case fn := <-n.events:
+			n.busySince.Store(time.Now().UnixNano())
 			fn()
+			n.busySince.Store(0)
 		}
 	}
 }
@@ -313,6 +324,13 @@ func (n *Node) handle(out loop.Output) {
 		}
 	}
 	n.leading.Store(n.IsLeaderLocked())
+	if b := n.loop.Raft().Basic(); b.State != raft.StateLeader {
+		if n.keepAlive.Load() != nil {
+			n.keepAlive.Store(nil)
+		}
+	} else if ka := n.keepAlive.Load(); ka == nil || ka.term != b.Term {
+		n.prepareKeepAlive() // a new leader: do not wait for the next tick
+	}
 	n.logRaftChanges()
 	n.logProgress()
 	n.changedMu.Lock()
@@ -408,6 +426,77 @@ func (n *Node) IsLeaderLocked() bool {
 // LeaderLocked is the leader this node knows, for use inside WaitFor
 // conditions.
 func (n *Node) LeaderLocked() raft.NodeID { return n.loop.Raft().Basic().Lead }
+
+// keepAlive is a leader's heartbeats, with the queues of the peers they go
+// to, for keepAliveWhileBusy.
+type keepAlive struct {
+	term   uint64
+	msgs   []raft.Message
+	queues []chan raft.Message
+}
+
+// keepAliveMax bounds how long heartbeats are sent for a busy loop: past
+// it, the followers may elect another leader, so a step that never ends
+// (or a wedged loop) does not hold the cluster without a working leader.
+const keepAliveMax = 30 * time.Second
+
+// prepareKeepAlive records, at each tick, the heartbeats a leader would
+// send. Called in the loop.
+func (n *Node) prepareKeepAlive() {
+	msgs := n.loop.Raft().KeepAliveHeartbeats()
+	if len(msgs) == 0 {
+		n.keepAlive.Store(nil)
+		return
+	}
+	ka := &keepAlive{term: msgs[0].Term}
+	for _, m := range msgs {
+		if p := n.peers[m.To]; p != nil {
+			ka.msgs = append(ka.msgs, m)
+			ka.queues = append(ka.queues, p.queue)
+		}
+	}
+	n.keepAlive.Store(ka)
+}
+
+// keepAliveWhileBusy sends a leader's heartbeats while its loop is busy
+// with one event for longer than the heartbeat interval: a long SQLite
+// step (an aggregate over a large table, a big CREATE INDEX) cannot yield,
+// and without heartbeats the followers would elect another leader (and a
+// client retrying the same statement there would cost that one its
+// leadership too). Raft's state is not touched: the heartbeats were made by
+// the loop at its last tick (see raft.KeepAliveHeartbeats).
+func (n *Node) keepAliveWhileBusy() {
+	defer n.wg.Done()
+	ticker := time.NewTicker(n.cfg.Tick)
+	defer ticker.Stop()
+	var logged int64
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-ticker.C:
+		}
+		since := n.busySince.Load()
+		if since == 0 {
+			continue
+		}
+		busy := time.Duration(time.Now().UnixNano() - since)
+		ka := n.keepAlive.Load()
+		if busy < n.cfg.Tick || busy > keepAliveMax || ka == nil {
+			continue
+		}
+		for i, m := range ka.msgs {
+			select {
+			case ka.queues[i] <- m:
+			default:
+			}
+		}
+		if logged != since && busy >= 10*n.cfg.Tick {
+			logged = since
+			n.log.Info("loop busy with one event: sending heartbeats on its behalf", "busy", busy.Round(time.Millisecond))
+		}
+	}
+}
 
 // diskWriter performs appends outside the loop.
 func (n *Node) diskWriter() {

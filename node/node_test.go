@@ -9,8 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -433,4 +433,40 @@ func TestLeaderRemovesItself(t *testing.T) {
 		}
 	}
 	t.Logf("removal answered after %v", took)
+}
+
+// TestLongStepKeepsLeadership runs, on the leader, a query whose single
+// SQLite step lasts several election timeouts (an aggregate cannot yield
+// between rows). The loop is blocked meanwhile, but heartbeats sent on its
+// behalf keep the followers from electing another leader: the term does
+// not change and the leader still leads.
+func TestLongStepKeepsLeadership(t *testing.T) {
+	nodes := startClusterWith(t, 3, func(c *Config) { c.Tick, c.ElectionTicks = 20*time.Millisecond, 10 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	term := l.Metrics().Term
+	start := time.Now()
+	rows, err := l.Query(ctx, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 8000000)
+		SELECT count(*) FROM c`)
+	took := time.Since(start)
+	if err != nil || len(rows) != 1 || rows[0][0] != int64(8000000) {
+		t.Fatalf("query: %v %v", rows, err)
+	}
+	electionTimeout := 10 * 20 * time.Millisecond
+	if took < 3*electionTimeout {
+		t.Fatalf("the query's step took %v: too short to test anything (election timeout %v)", took, electionTimeout)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatalf("write on the leader after the query: %v", err)
+	}
+	for _, n := range nodes {
+		if m := n.Metrics(); m.Term != term {
+			t.Fatalf("node %d is in term %d, was %d: the long step cost the leader its leadership", n.cfg.ID, m.Term, term)
+		}
+	}
+	t.Logf("one step of %v (election timeout %v): term %d kept", took, electionTimeout, term)
 }

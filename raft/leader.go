@@ -335,3 +335,22 @@ func (r *Raft) mostUpToDateVoter() NodeID {
 	}
 	return best
 }
+
+// KeepAliveHeartbeats returns the heartbeats a leader would send now, for
+// the runtime to resend while the node is busy for longer than the
+// heartbeat interval (one long SQLite step): without them the followers
+// would elect another leader although this one is alive. They change no
+// state and carry no read context, so resending them, even late, only
+// tells followers what was already true when they were made. Nil unless
+// leader.
+func (r *Raft) KeepAliveHeartbeats() []Message {
+	if r.state != StateLeader {
+		return nil
+	}
+	msgs := make([]Message, 0, len(r.replicas))
+	for _, id := range r.replicas {
+		msgs = append(msgs, Message{Type: MsgHeartbeat, From: r.id, To: id, Term: r.term,
+			Commit: min(r.prs[id].match, r.log.committed)})
+	}
+	return msgs
+}
