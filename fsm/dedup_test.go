@@ -118,6 +118,23 @@ func TestTransactionStatements(t *testing.T) {
 	if _, errs = l.batch(&fsm.BatchItem{SQL: "SAVEPOINT a; INSERT INTO t VALUES (7); ROLLBACK TO a; RELEASE a"}); errs[0] != nil {
 		t.Fatalf("user savepoints: %v", errs[0])
 	}
+	// A batch of one runs without a savepoint: its failures must leave
+	// nothing either, and the next write must work.
+	for _, sql := range []string{"INSERT INTO t VALUES (8); INSERT INTO nosuch VALUES (1)",
+		"BEGIN; INSERT INTO t VALUES (9)", "INSERT INTO t VALUES (10); COMMIT", "INSERT INTO t VALUES (11); ROLLBACK"} {
+		if _, errs = l.batch(&fsm.BatchItem{SQL: sql}); errs[0] == nil {
+			t.Fatalf("%q alone: no error", sql)
+		}
+		if l.db.Pending() {
+			t.Fatalf("%q alone: a write is left pending", sql)
+		}
+	}
+	if _, errs = l.batch(&fsm.BatchItem{SQL: "INSERT INTO t VALUES (12)"}); errs[0] != nil {
+		t.Fatalf("write after failed ones: %v", errs[0])
+	}
+	if n := l.count("SELECT count(*) FROM t"); n != 3 {
+		t.Fatalf("%d rows, want 3 (failed requests of one leave nothing)", n)
+	}
 }
 
 // TestResultIsTheRequests checks a request's result is its own on the
