@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +35,7 @@ import (
 // Config configures a node.
 type Config struct {
 	ID      raft.NodeID
-	Address string // host:port to listen on for peers
+	Address string // host:port to listen on for peers (or @name: an abstract Unix socket)
 	Dir     string // data directory
 	// Bootstrap is the initial membership of a new cluster; every initial
 	// member passes the same list. Empty for a node joining later.
@@ -197,7 +198,11 @@ func New(cfg Config) (*Node, error) {
 	if listen == "" {
 		listen = cfg.Address
 	}
-	ln, err := net.Listen("tcp", listen)
+	network := "tcp"
+	if strings.HasPrefix(listen, "@") {
+		network = "unix" // an abstract Unix socket, as the client dials "@name"
+	}
+	ln, err := net.Listen(network, listen)
 	if err != nil {
 		n.closeResources()
 		return nil, fmt.Errorf("node %d: listen on %s: %w", cfg.ID, listen, err)

@@ -470,3 +470,37 @@ func TestLongStepKeepsLeadership(t *testing.T) {
 	}
 	t.Logf("one step of %v (election timeout %v): term %d kept", took, electionTimeout, term)
 }
+
+// TestAbstractUnixSockets runs a cluster whose nodes listen on abstract
+// Unix sockets ("@name", as clients may dial): peers connect and a write
+// replicates to every node.
+func TestAbstractUnixSockets(t *testing.T) {
+	var servers []raft.Server
+	for i := 1; i <= 3; i++ {
+		servers = append(servers, raft.Server{ID: raft.NodeID(i), Role: raft.Voter,
+			Address: fmt.Sprintf("@dqlite-test-%d-%d-%d", os.Getpid(), time.Now().UnixNano(), i)})
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var nodes []*Node
+	for _, s := range servers {
+		n, err := New(Config{ID: s.ID, Address: s.Address, Dir: t.TempDir(), Bootstrap: servers,
+			Tick: 50 * time.Millisecond, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes = append(nodes, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x); INSERT INTO t VALUES (42)"); err != nil {
+		t.Fatal(err)
+	}
+	want := l.Applied()
+	for _, n := range nodes {
+		if err := n.WaitFor(ctx, func() bool { return n.loop.Applied() >= want }); err != nil {
+			t.Fatalf("node %d did not apply the write: %v", n.cfg.ID, err)
+		}
+	}
+}
