@@ -399,13 +399,21 @@ func (d *DB) applyStatements(e raft.Entry) (any, error) {
 // snapshotMagic starts a snapshot: magic | page size u32 | crc32c u32 | image.
 const snapshotMagic = "DQSQLv01"
 
-// Snapshot checkpoints and returns the database image.
+// WALSize is the size of the database's WAL in bytes.
+func (d *DB) WALSize() int64 { return d.vfs.WALSize(d.name) }
+
+// Snapshot returns the database image as of the last applied entry. It
+// also checkpoints, to keep the WAL short, unless a query's cursor is open:
+// its read snapshot would stop the checkpoint part way (the image does not
+// depend on the checkpoint either way).
 func (d *DB) Snapshot() ([]byte, error) {
 	if d.pending {
 		return nil, ErrSnapshotBusy
 	}
-	if err := d.conn.Checkpoint(); err != nil {
-		return nil, fmt.Errorf("fsm: checkpoint for snapshot: %w", err)
+	if len(d.cursors) == 0 {
+		if err := d.conn.Checkpoint(); err != nil {
+			return nil, fmt.Errorf("fsm: checkpoint for snapshot: %w", err)
+		}
 	}
 	img := d.vfs.Image(d.name)
 	b := make([]byte, 0, 16+len(img))

@@ -171,8 +171,9 @@ func (v *VFS) ApplyFrames(db string, f *Frames) error {
 	return nil
 }
 
-// Image returns a copy of db's main file. Checkpoint first (Conn.Checkpoint)
-// so it holds every committed transaction.
+// Image returns db as of its last applied commit, as a database file: the
+// main file with the committed WAL frames laid over it. No checkpoint is
+// needed (one would stop part way while a reader holds an old snapshot).
 func (v *VFS) Image(db string) []byte {
 	var size C.longlong
 	p := withName(db, func(c *C.char) *C.uchar { return C.dq_image(v.c, c, &size) })
