@@ -354,3 +354,31 @@ func TestBatchedWritesGroupCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalCheckpointsBoundTheWAL writes far more frames than the
+// checkpoint threshold (and no snapshot is taken): every node checkpoints
+// on its own, so no WAL grows past the threshold much, and every replica
+// ends with the same rows.
+func TestLocalCheckpointsBoundTheWAL(t *testing.T) {
+	c := newCluster(t, 3, fsm.ModeFrames, 0)
+	l := c.elect()
+	c.mustExec(l, "CREATE TABLE t (x)")
+	limit := int64(1000+4) * (4096 + 24)
+	var peak int64
+	for i := 0; i < 1500; i++ {
+		c.mustExec(l, "INSERT INTO t VALUES (randomblob(1000))")
+		for _, n := range c.nodes {
+			peak = max(peak, n.db.WALSize())
+		}
+	}
+	c.tick(3)
+	if peak > limit {
+		t.Fatalf("a WAL reached %d bytes, past the checkpoint threshold (%d)", peak, limit)
+	}
+	want := query(t, l, "SELECT count(*), sum(length(x)), hex(max(x)) FROM t")
+	for _, n := range c.nodes {
+		if got := query(t, n, "SELECT count(*), sum(length(x)), hex(max(x)) FROM t"); !reflect.DeepEqual(got, want) {
+			t.Fatalf("node %d: %v, leader %v", n.id, got, want)
+		}
+	}
+}

@@ -338,12 +338,34 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: entry %d: %w", e.Index, err)
 	}
+	var res any
 	switch kind {
 	case KindFrames:
-		return d.applyFrames(e)
+		res, err = d.applyFrames(e)
 	default:
-		return d.applyStatements(e)
+		res, err = d.applyStatements(e)
 	}
+	if err == nil {
+		d.maybeCheckpoint()
+	}
+	return res, err
+}
+
+// checkpointFrames is the WAL length (in frames) past which a node
+// checkpoints on its own, as SQLite's default auto-checkpoint does: the
+// WAL's memory stays small and is reused (growing it costs a page fault per
+// page written), and readers search a short WAL.
+const checkpointFrames = 1000
+
+// maybeCheckpoint checkpoints (TRUNCATE: the WAL restarts empty) when the
+// WAL is long and nothing holds it: no captured write, no open cursor (whose
+// read snapshot would stop the checkpoint part way). A failure is left for
+// the next try; Snapshot reports checkpoint errors.
+func (d *DB) maybeCheckpoint() {
+	if d.pending || len(d.cursors) > 0 || d.vfs.WALSize(d.name) < int64(checkpointFrames)*int64(d.pageSize+24) {
+		return
+	}
+	_ = d.conn.Checkpoint()
 }
 
 func (d *DB) applyFrames(e raft.Entry) (any, error) {
