@@ -67,6 +67,30 @@ var registerModel = porcupine.Model{
 	},
 }
 
+// dropUnobservedUnknownWrites removes the writes of unknown outcome whose
+// value no read returned. Values are unique, so such a write, if it took
+// effect, was overwritten before any read: the history is linearizable with
+// it exactly when it is without it. Each one kept would stay concurrent with
+// everything after it on its key, which is what makes porcupine's search
+// explode on long runs.
+func dropUnobservedUnknownWrites(ops []porcupine.Operation) []porcupine.Operation {
+	read := map[int64]bool{}
+	for _, op := range ops {
+		if in := op.Input.(regInput); !in.write {
+			read[op.Output.(regOutput).value] = true
+		}
+	}
+	kept := make([]porcupine.Operation, 0, len(ops))
+	for _, op := range ops {
+		in, out := op.Input.(regInput), op.Output.(regOutput)
+		if in.write && out.unknown && !read[in.value] {
+			continue
+		}
+		kept = append(kept, op)
+	}
+	return kept
+}
+
 // history records operations with their times relative to the run start.
 type history struct {
 	mu    sync.Mutex
