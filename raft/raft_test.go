@@ -290,3 +290,68 @@ func TestRemoveLeaderWithStandbys(t *testing.T) {
 		t.Fatalf("leader after removing the leader: %d\n%s", lead, h)
 	}
 }
+
+// TestKeepAliveHeartbeats checks the heartbeats a busy leader's runtime
+// resends: only a leader has them, they change nothing on the leader, and
+// delivered repeatedly (the leader itself not ticking, as when its loop is
+// blocked) they keep followers from electing another leader for many
+// election timeouts.
+func TestKeepAliveHeartbeats(t *testing.T) {
+	h := newHarness(1, nil)
+	h.bootstrap(1, 2, 3)
+	h.campaign(1)
+	lead := h.leader()
+	if lead == None {
+		t.Fatal("no leader")
+	}
+	l := h.nodes[lead].raft
+	term := l.term
+	for _, id := range h.ids {
+		if id != lead && h.nodes[id].raft.KeepAliveHeartbeats() != nil {
+			t.Fatalf("follower %d has keep-alive heartbeats", id)
+		}
+	}
+	msgs := l.KeepAliveHeartbeats()
+	if len(msgs) != 2 || l.HasUpdate() {
+		t.Fatalf("leader: %d heartbeats, update pending %v", len(msgs), l.HasUpdate())
+	}
+	for round := 0; round < 50; round++ { // five election timeouts
+		for _, id := range h.ids {
+			if id != lead {
+				h.tick(id, 1)
+			}
+		}
+		for _, m := range msgs {
+			must(h.nodes[m.To].raft.Step(m))
+		}
+		for _, id := range h.ids {
+			if id != lead {
+				h.process(h.nodes[id])
+			}
+		}
+		h.queue = nil // the leader's loop is blocked: it reads nothing
+	}
+	for _, id := range h.ids {
+		if r := h.nodes[id].raft; r.term != term || (id != lead && r.state != StateFollower) {
+			t.Fatalf("node %d: term %d (was %d), state %v", id, r.term, term, r.state)
+		}
+	}
+	// Without them the followers elect another leader.
+	for round := 0; round < 50; round++ {
+		for _, id := range h.ids {
+			if id != lead {
+				h.tick(id, 1)
+			}
+		}
+		h.queue = nil
+	}
+	moved := false
+	for _, id := range h.ids {
+		if id != lead && h.nodes[id].raft.state != StateFollower {
+			moved = true
+		}
+	}
+	if !moved {
+		t.Fatal("followers stayed followers without heartbeats: the test proves nothing")
+	}
+}
