@@ -71,9 +71,24 @@ func leaderOf(t *testing.T, ctx context.Context, nodes []*Node) *Node {
 		if err != nil {
 			t.Fatalf("no leader: %v", err)
 		}
-		l := nodes[id-1]
+		var l *Node
+		for _, n := range nodes {
+			if n.cfg.ID == id {
+				l = n
+			}
+		}
+		if l == nil { // e.g. a removed leader not yet replaced: wait for news
+			n0 := nodes[0]
+			if err := n0.WaitFor(ctx, func() bool { return n0.LeaderLocked() != id }); err != nil {
+				t.Fatalf("leader %d is not among the nodes given: %v", id, err)
+			}
+			continue
+		}
 		if err := l.WaitFor(ctx, l.IsLeaderLocked); err == nil {
 			return l
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("node %d did not become a ready leader: %v", id, ctx.Err())
 		}
 	}
 }
@@ -403,8 +418,12 @@ func TestLogMemoryBudget(t *testing.T) {
 // returns once the change is applied (not at a timeout), and the two
 // remaining voters elect a leader that serves writes.
 func TestLeaderRemovesItself(t *testing.T) {
-	nodes := startCluster(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	nodes := startClusterWith(t, 3, func(c *Config) {
+		if os.Getenv("NODE_TEST_LOG") != "" {
+			c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	l := leaderOf(t, ctx, nodes)
 	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
