@@ -427,7 +427,10 @@ func (l *Loop) holdSlot(reqs []*request, results []any, index, term uint64, abor
 func (l *Loop) admit(id uint64) error {
 	switch {
 	case l.writeErr != nil:
-		return fmt.Errorf("%w: %v", ErrStopped, l.writeErr)
+		// Never executed, and this node will not lead again before a
+		// restart: "not leader" sends clients to the leader at once
+		// (before, they retried here in a tight loop of failures).
+		return fmt.Errorf("%w: %w: %v", ErrNotLeader, ErrStopped, l.writeErr)
 	case len(l.pending) >= l.cfg.MaxPendingRequests:
 		return fmt.Errorf("%w: %d pending", ErrBusy, len(l.pending))
 	case l.pending[id] != nil:

@@ -403,8 +403,8 @@ func TestWriteFailureStops(t *testing.T) {
 		t.Fatal("node still leading after a write failure")
 	}
 	c.take(lead, c.loops[lead].Propose(2, []byte("a=1")))
-	if r := c.replies[2]; !errors.Is(r.Err, ErrStopped) {
-		t.Fatalf("new request on stopped node: %+v", r)
+	if r := c.replies[2]; !errors.Is(r.Err, ErrStopped) || !errors.Is(r.Err, ErrNotLeader) {
+		t.Fatalf("new request on stopped node: %+v (want not leader and stopped)", r)
 	}
 }
 
