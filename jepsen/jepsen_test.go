@@ -48,7 +48,7 @@ func run(t *testing.T, cfg Config) *Summary {
 	}
 	t.Logf("summary:\n%s", sum.Table())
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() && os.Getenv("DQLITE_JEPSEN_KEEP") == "" {
 			os.RemoveAll(out)
 		} else {
 			t.Logf("output kept in %s", out)

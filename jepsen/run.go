@@ -63,6 +63,9 @@ type Summary struct {
 	Ops map[string][3]int // workload: ok, failed, unknown
 	// FirstErrors is each workload's first failure and first unknown outcome.
 	FirstErrors map[string][2]string
+	// TopErrors is each workload's most frequent errors (numbers masked),
+	// with their counts.
+	TopErrors map[string][]string
 	Faults      map[string]int    // nemesis kind: times injected
 	Skipped     map[string]string // nemesis kind: why it was not run
 	// Refused counts faults the cluster rightly refused (a removal that
@@ -87,6 +90,9 @@ func (s *Summary) Table() string {
 	for _, w := range []string{"register", "bank", "set"} {
 		if e, ok := s.FirstErrors[w]; ok {
 			fmt.Fprintf(&b, "  %s: first failure %q, first unknown outcome %q\n", w, e[0], e[1])
+		}
+		for _, e := range s.TopErrors[w] {
+			fmt.Fprintf(&b, "    %s\n", e)
 		}
 	}
 	fmt.Fprintf(&b, "%-20s %s\n", "nemesis", "injected")
@@ -137,7 +143,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, err
 	}
-	sum := &Summary{Ops: map[string][3]int{}, FirstErrors: map[string][2]string{}, Faults: map[string]int{}, Skipped: map[string]string{}, Refused: map[string]int{}, Restarts: map[string]int{}}
+	sum := &Summary{Ops: map[string][3]int{}, FirstErrors: map[string][2]string{}, TopErrors: map[string][]string{}, Faults: map[string]int{}, Skipped: map[string]string{}, Refused: map[string]int{}, Restarts: map[string]int{}}
 	dataDir := filepath.Join(cfg.Out, "data")
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
@@ -278,6 +284,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		if c.firstFailure != "" || c.firstUnknown != "" {
 			sum.FirstErrors[name] = [2]string{c.firstFailure, c.firstUnknown}
 		}
+		sum.TopErrors[name] = c.top(3)
 	}
 	sum.Elapsed = time.Since(start)
 	os.WriteFile(filepath.Join(cfg.Out, "summary.txt"), []byte(sum.Table()), 0o644)

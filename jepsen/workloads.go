@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"regexp"
 	"sort"
 	"sync"
 	"time"
@@ -112,11 +113,42 @@ type counts struct {
 	ok, failed, unknown int
 	firstFailure        string
 	firstUnknown        string
+	kinds               map[string]int // masked error text: count
+}
+
+var digits = regexp.MustCompile(`[0-9]+`)
+
+// top returns the n most frequent errors with their counts.
+func (c *counts) top(n int) []string {
+	type kv struct {
+		k string
+		n int
+	}
+	var l []kv
+	for k, v := range c.kinds {
+		l = append(l, kv{k, v})
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].n > l[j].n || (l[i].n == l[j].n && l[i].k < l[j].k) })
+	var out []string
+	for i := 0; i < len(l) && i < n; i++ {
+		out = append(out, fmt.Sprintf("%7d x %s", l[i].n, l[i].k))
+	}
+	return out
 }
 
 func (c *counts) record(ok, unknown bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err != nil {
+		if c.kinds == nil {
+			c.kinds = map[string]int{}
+		}
+		k := digits.ReplaceAllString(err.Error(), "N")
+		if len(k) > 160 {
+			k = k[:160]
+		}
+		c.kinds[k]++
+	}
 	switch {
 	case ok:
 		c.ok++
