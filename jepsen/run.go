@@ -66,8 +66,8 @@ type Summary struct {
 	// TopErrors is each workload's most frequent errors (numbers masked),
 	// with their counts.
 	TopErrors map[string][]string
-	Faults      map[string]int    // nemesis kind: times injected
-	Skipped     map[string]string // nemesis kind: why it was not run
+	Faults    map[string]int    // nemesis kind: times injected
+	Skipped   map[string]string // nemesis kind: why it was not run
 	// Refused counts faults the cluster rightly refused (a removal that
 	// would leave no responsive quorum).
 	Refused       map[string]int
