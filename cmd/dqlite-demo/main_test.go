@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,13 +14,35 @@ import (
 	"time"
 )
 
+// freePort returns the first of three consecutive free ports (the demo's
+// nodes use base, base+1 and base+2).
 func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for try := 0; try < 100; try++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := ln.Addr().(*net.TCPAddr).Port
+		ok := true
+		var more []net.Listener
+		for i := 1; i < 3 && ok; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			more = append(more, l)
+		}
+		ln.Close()
+		for _, l := range more {
+			l.Close()
+		}
+		if ok {
+			return base
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no three consecutive free ports")
+	return 0
 }
 
 // TestDemoServesSQL runs the demo and uses its HTTP API through different
@@ -98,9 +121,20 @@ func TestDemoServesSQL(t *testing.T) {
 // report gives the time until writes succeeded again, and none failed.
 func TestDemoFailover(t *testing.T) {
 	var out strings.Builder
-	o := options{dir: t.TempDir(), httpBase: freePort(t), peerBase: freePort(t), failover: true, duration: time.Minute}
-	if err := run(context.Background(), o, &out, nil); err != nil {
-		t.Fatalf("failover: %v\n%s", err, out.String())
+	for attempt := 1; ; attempt++ {
+		out.Reset()
+		o := options{dir: t.TempDir(), httpBase: freePort(t), peerBase: freePort(t), failover: true, duration: time.Minute}
+		err := run(context.Background(), o, &out, nil)
+		if err != nil && strings.Contains(err.Error(), "address already in use") && attempt < 3 {
+			// Another test process took a port between our check and
+			// the demo's listen: try other ports.
+			t.Logf("attempt %d: %v", attempt, err)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("failover: %v\n%s", err, out.String())
+		}
+		break
 	}
 	if !strings.Contains(out.String(), "writes succeeded again") || !strings.Contains(out.String(), " 0 failed") {
 		t.Fatalf("report: %s", out.String())
