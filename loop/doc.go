@@ -24,7 +24,9 @@
 //     is returned (SetHardState is synchronous and rare).
 //   - A received snapshot is never installed while a write is in flight.
 //   - After a storage failure the loop stops appending and leading; every
-//     waiting request fails with ErrStopped. Failed writes are not retried.
+//     waiting request fails with ErrStopped (outcome unknown); a new one is
+//     refused with ErrNotLeader wrapping ErrStopped (it never ran). Failed
+//     writes are not retried.
 //   - A write's reply carries the result of applying it, or
 //     ErrLeadershipLost when its entry left the log (it did not happen), or
 //     ErrTimeout (outcome unknown).

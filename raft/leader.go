@@ -91,8 +91,12 @@ func (r *Raft) bcastHeartbeat() {
 // itself (it acknowledged those entries in this term, and only this leader
 // writes to its log in this term).
 func (r *Raft) sendHeartbeat(to NodeID) {
-	commit := min(r.prs[to].match, r.log.committed)
-	r.send(Message{Type: MsgHeartbeat, To: to, Commit: commit, Context: r.readSeq})
+	r.send(r.heartbeat(to, r.readSeq))
+}
+
+func (r *Raft) heartbeat(to NodeID, readCtx uint64) Message {
+	return Message{Type: MsgHeartbeat, From: r.id, To: to, Term: r.term,
+		Commit: min(r.prs[to].match, r.log.committed), Context: readCtx}
 }
 
 func (r *Raft) handleLeaderResponse(m Message) {
@@ -349,8 +353,7 @@ func (r *Raft) KeepAliveHeartbeats() []Message {
 	}
 	msgs := make([]Message, 0, len(r.replicas))
 	for _, id := range r.replicas {
-		msgs = append(msgs, Message{Type: MsgHeartbeat, From: r.id, To: id, Term: r.term,
-			Commit: min(r.prs[id].match, r.log.committed)})
+		msgs = append(msgs, r.heartbeat(id, 0))
 	}
 	return msgs
 }
