@@ -443,7 +443,8 @@ type keepAlive struct {
 // keepAliveMax bounds how long heartbeats are sent for a busy loop: past
 // it, the followers may elect another leader, so a step that never ends
 // (or a wedged loop) does not hold the cluster without a working leader.
-const keepAliveMax = 30 * time.Second
+// (A variable so tests can reach it.)
+var keepAliveMax = 30 * time.Second
 
 // prepareKeepAlive records, at each tick, the heartbeats a leader would
 // send. Called in the loop.

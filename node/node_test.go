@@ -460,6 +460,45 @@ func TestLeaderRemovesItself(t *testing.T) {
 // behalf keep the followers from electing another leader: the term does
 // not change and the leader still leads.
 func TestLongStepKeepsLeadership(t *testing.T) {
+	nodes, l, term, took := longStep(t, 8000000)
+	if _, err := l.Exec(context.Background(), "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatalf("write on the leader after the query: %v", err)
+	}
+	for _, n := range nodes {
+		if m := n.Metrics(); m.Term != term {
+			t.Fatalf("node %d is in term %d, was %d: the long step cost the leader its leadership", n.cfg.ID, m.Term, term)
+		}
+	}
+	t.Logf("one step of %v (election timeout 200ms): term %d kept", took, term)
+}
+
+// TestLongStepKeepAliveIsBounded lowers the keep-alive limit below the
+// step's length: past it the heartbeats stop and the followers elect a
+// new term, so a wedged loop cannot hold the cluster.
+func TestLongStepKeepAliveIsBounded(t *testing.T) {
+	old := keepAliveMax
+	t.Cleanup(func() { keepAliveMax = old }) // registered first: runs after the nodes close
+	keepAliveMax = 100 * time.Millisecond
+	nodes, _, term, took := longStep(t, 16000000)
+	if took < keepAliveMax+5*200*time.Millisecond {
+		t.Fatalf("the step took %v: too short to pass the limit and an election", took)
+	}
+	moved := false
+	for _, n := range nodes {
+		if n.Metrics().Term != term {
+			moved = true
+		}
+	}
+	if !moved {
+		t.Fatalf("a %v step with heartbeats capped at %v kept term %d: the limit is not enforced", took, keepAliveMax, term)
+	}
+}
+
+// longStep runs, on the leader of a 3-node cluster with a 200 ms election
+// timeout, a query whose single SQLite step counts rows rows, and returns
+// the cluster, the leader, the term before the query and the query's time.
+func longStep(t *testing.T, rows int) ([]*Node, *Node, uint64, time.Duration) {
+	t.Helper()
 	nodes := startClusterWith(t, 3, func(c *Config) { c.Tick, c.ElectionTicks = 20*time.Millisecond, 10 })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -469,25 +508,16 @@ func TestLongStepKeepsLeadership(t *testing.T) {
 	}
 	term := l.Metrics().Term
 	start := time.Now()
-	rows, err := l.Query(ctx, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 8000000)
-		SELECT count(*) FROM c`)
+	res, err := l.Query(ctx, fmt.Sprintf(`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < %d)
+		SELECT count(*) FROM c`, rows))
 	took := time.Since(start)
-	if err != nil || len(rows) != 1 || rows[0][0] != int64(8000000) {
-		t.Fatalf("query: %v %v", rows, err)
+	if err != nil || len(res) != 1 || res[0][0] != int64(rows) {
+		t.Fatalf("query: %v %v", res, err)
 	}
-	electionTimeout := 10 * 20 * time.Millisecond
-	if took < 3*electionTimeout {
-		t.Fatalf("the query's step took %v: too short to test anything (election timeout %v)", took, electionTimeout)
+	if took < 3*200*time.Millisecond {
+		t.Fatalf("the query's step took %v: too short to test anything (election timeout 200ms)", took)
 	}
-	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
-		t.Fatalf("write on the leader after the query: %v", err)
-	}
-	for _, n := range nodes {
-		if m := n.Metrics(); m.Term != term {
-			t.Fatalf("node %d is in term %d, was %d: the long step cost the leader its leadership", n.cfg.ID, m.Term, term)
-		}
-	}
-	t.Logf("one step of %v (election timeout %v): term %d kept", took, electionTimeout, term)
+	return nodes, l, term, took
 }
 
 // TestAbstractUnixSockets runs a cluster whose nodes listen on abstract
