@@ -69,7 +69,7 @@ typedef struct dq_db {
 	/* Write transaction capture. */
 	int writing;
 	sqlite3_int64 pre_wal_size, commit_end;
-	int below_start; /* a write landed below pre_wal_size: unsupported */
+	int below_start; /* a write was refused below pre_wal_size */
 	unsigned char *pre_index;
 	int pre_nregions;
 	/* Pending (captured, invisible) transaction. */
@@ -184,7 +184,17 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 	if (p->kind == KIND_WAL) {
 		dq_db *d = p->db;
 		if (d->writing) {
-			if (off < d->pre_wal_size) d->below_start = 1;
+			/* A new WAL header: SQLite restarts the WAL (every frame was
+			 * checkpointed and no reader uses them), so the transaction
+			 * is everything from offset 0 on. */
+			if (off == 0 && n == WAL_HDR) d->pre_wal_size = 0;
+			if (off < d->pre_wal_size) {
+				/* It would overwrite committed frames that the capture
+				 * cannot restore: fail the transaction instead of
+				 * committing it here without replicating it. */
+				d->below_start = 1;
+				return SQLITE_IOERR | (3 << 8); /* SQLITE_IOERR_WRITE */
+			}
 			/* A frame header whose "database size" is set ends a commit. */
 			if (n == FRAME_HDR && off >= WAL_HDR && get_be32((const unsigned char *)in + 4) != 0) {
 				uint32_t pgsz = 0;
@@ -314,9 +324,22 @@ static void index_restore(dq_db *d, const unsigned char *c, int n) {
 	if (d->nregions > 0) memcpy((unsigned char *)d->regions[0] + CKPT_INFO_START, ckpt, sizeof ckpt);
 }
 
+/* wal_end is where the WAL's committed frames end, from the index
+ * header's frame count (mxFrame): bytes past it are the leftovers of a
+ * rolled back transaction that had spilled frames, which SQLite overwrites. */
+static sqlite3_int64 wal_end(dq_db *d) {
+	uint32_t mx = 0;
+	if (d->nregions > 0) memcpy(&mx, (unsigned char *)d->regions[0] + 16, sizeof mx);
+	if (mx == 0 || d->wal.size < WAL_HDR) return d->wal.size < WAL_HDR ? d->wal.size : WAL_HDR;
+	uint32_t pgsz = get_be32(d->wal.data + 8);
+	if (pgsz == 1) pgsz = 65536;
+	sqlite3_int64 end = WAL_HDR + (sqlite3_int64)mx * (FRAME_HDR + pgsz);
+	return end < d->wal.size ? end : d->wal.size;
+}
+
 static void begin_write(dq_db *d) {
 	d->writing = 1;
-	d->pre_wal_size = d->wal.size;
+	d->pre_wal_size = wal_end(d);
 	d->commit_end = 0;
 	d->below_start = 0;
 	free(d->pre_index);
@@ -341,6 +364,12 @@ static void end_write(dq_db *d) {
 			index_restore(d, d->pre_index, d->pre_nregions);
 			d->pending = 1;
 		}
+	} else if (d->commit_end == 0) {
+		/* No commit (a rollback, a recovery, a checkpoint): drop frames
+		 * past the committed ones, so frames appended later (replicated
+		 * ones, on a follower) never follow a rolled back transaction's. */
+		sqlite3_int64 end = wal_end(d);
+		if (end < d->wal.size) d->wal.size = end;
 	}
 	free(d->pre_index);
 	d->pre_index = NULL;
