@@ -23,8 +23,14 @@
 // # Transactions
 //
 // A request is atomic, and may be a multi-statement "BEGIN; ...; COMMIT"
-// text, but a transaction cannot span requests: BeginTx returns
-// ErrInteractiveTx.
+// text. BeginTx opens a transaction spanning requests (serializable, like
+// every SQLite transaction): it holds the cluster's writer slot until
+// Commit or Rollback, so other writers wait (and get a busy error past the
+// server's request timeout); keep transactions short. Requests inside a
+// transaction are never retried: when the leader changes or the connection
+// breaks, the server rolls the transaction back and the statement fails
+// with an error wrapping ErrTxAborted (Rollback then succeeds). A Commit
+// whose reply is lost fails with an error wrapping ErrUnknownOutcome.
 package driver
 
 import (
@@ -54,9 +60,10 @@ var (
 	// ErrUnknownOutcome wraps the error of a write whose outcome is unknown
 	// after the retry window ended.
 	ErrUnknownOutcome = errors.New("dqlite: the outcome of the write is unknown")
-	// ErrInteractiveTx is returned by BeginTx.
-	ErrInteractiveTx = errors.New("dqlite: transactions spanning several requests are not supported; " +
-		"send BEGIN; ...; COMMIT as one Exec")
+	// ErrTxAborted wraps the error of a request inside a transaction that
+	// the server rolled back (leadership lost, connection broken, idle
+	// past the server's limit): nothing of the transaction committed.
+	ErrTxAborted = errors.New("dqlite: the transaction was rolled back")
 )
 
 // Defaults.
@@ -172,6 +179,9 @@ type conn struct {
 	db     uint32
 	client uint64
 	seq    uint64
+	// inTx: a transaction spanning requests is open on this connection;
+	// txLost: its server session is gone (the transaction rolled back).
+	inTx, txLost bool
 }
 
 var (
@@ -287,6 +297,13 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
+	if cn.inTx {
+		res, err := cn.txExec(ctx, query, params)
+		if err != nil {
+			return nil, err
+		}
+		return result{int64(res.LastInsertID), int64(res.RowsAffected)}, nil
+	}
 	cn.seq++
 	req := &wire.Request{Type: wire.ReqExecSQL, Schema: wire.SchemaDedup, SQL: query, Params: params,
 		Client: cn.client, Seq: cn.seq}
@@ -343,6 +360,17 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 	if len(params) > 255 {
 		req.Schema = 1
 	}
+	if cn.inTx {
+		if err := cn.txUsable(); err != nil {
+			return nil, err
+		}
+		req.DB = cn.db
+		rr, err := cn.w.Query(ctx, req)
+		if err != nil {
+			return nil, cn.txFailed(err)
+		}
+		return &rows{rr: rr}, nil
+	}
 	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
 	defer cancel()
 	backoff := backoffMin
@@ -391,10 +419,137 @@ func (cn *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, 
 	return &stmt{cn: cn, sql: query}, nil
 }
 
-func (cn *conn) Begin() (driver.Tx, error) { return nil, ErrInteractiveTx }
+func (cn *conn) Begin() (driver.Tx, error) {
+	return cn.BeginTx(context.Background(), driver.TxOptions{})
+}
 
+// BeginTx opens a transaction spanning requests (see the package doc).
+// SQLite's transactions are serializable, which satisfies every isolation
+// level database/sql names; ReadOnly is accepted and not enforced.
 func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	return nil, ErrInteractiveTx
+	if cn.inTx {
+		return nil, errors.New("dqlite: a transaction is already open on this connection")
+	}
+	// BEGIN is safe to send again: an attempt whose reply was lost ended
+	// with its connection, and the server rolled it back.
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	req := &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: "BEGIN"}
+	backoff := backoffMin
+	for {
+		var err error
+		if cn.w == nil {
+			err = cn.tryConnect(rctx)
+		}
+		if err == nil {
+			req.DB = cn.db
+			if _, err = cn.w.Exec(rctx, req); err == nil {
+				cn.inTx, cn.txLost = true, false
+				return &tx{cn: cn}, nil
+			}
+			if retryable(err) {
+				cn.drop()
+			}
+		}
+		if !retryable(err) && !isProbe(err) {
+			return nil, err
+		}
+		if serr := sleep(rctx, backoff); serr != nil {
+			return nil, err
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+// txUsable checks that the transaction's server session still exists.
+func (cn *conn) txUsable() error {
+	if cn.txLost || cn.w == nil {
+		cn.txLost = true
+		return fmt.Errorf("%w: the connection to the leader was lost", ErrTxAborted)
+	}
+	return nil
+}
+
+// txFailed classifies the error of a request inside the transaction: a
+// lost connection or leader ends the transaction (the server rolls it
+// back); a statement's own error leaves it open, as in SQLite.
+func (cn *conn) txFailed(err error) error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we) && we.Code == wire.CodeTxAborted:
+		return fmt.Errorf("%w: %v", ErrTxAborted, err)
+	case retryable(err):
+		cn.drop()
+		cn.txLost = true
+		return fmt.Errorf("%w: %v", ErrTxAborted, err)
+	}
+	return err
+}
+
+// txExec sends one request inside the transaction, once.
+func (cn *conn) txExec(ctx context.Context, query string, params []wire.Value) (wire.Result, error) {
+	if err := cn.txUsable(); err != nil {
+		return wire.Result{}, err
+	}
+	req := &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: query, Params: params, DB: cn.db}
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	res, err := cn.w.Exec(rctx, req)
+	if err != nil {
+		return wire.Result{}, cn.txFailed(err)
+	}
+	return res, nil
+}
+
+type tx struct{ cn *conn }
+
+// Commit replicates the transaction. A lost reply leaves its outcome
+// unknown (ErrUnknownOutcome); any other failure leaves nothing committed.
+func (t *tx) Commit() error {
+	cn := t.cn
+	defer func() { cn.inTx, cn.txLost = false, false }()
+	if err := cn.txUsable(); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), cn.c.RetryTimeout)
+	defer cancel()
+	_, err := cn.w.Exec(rctx, &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: "COMMIT", DB: cn.db})
+	if err == nil {
+		return nil
+	}
+	var we *wire.Error
+	isWire := errors.As(err, &we)
+	switch {
+	case isWire && (we.Code == wire.CodeTxAborted || we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy):
+		// Refused before it ran: the transaction was rolled back.
+		if we.Code != wire.CodeTxAborted {
+			cn.drop()
+		}
+		return fmt.Errorf("%w: %v", ErrTxAborted, err)
+	case !isWire || we.Code == wire.CodeLeadershipLost || we.Code == wire.CodeLeadershipLostLegacy:
+		// Sent, and the answer lost: the entry may have committed.
+		cn.drop()
+		return fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+	}
+	// SQLite refused the COMMIT (e.g. a deferred constraint): the
+	// transaction is still open on the server; database/sql considers it
+	// ended, so roll it back.
+	_, _ = cn.txExec(context.Background(), "ROLLBACK", nil)
+	return err
+}
+
+// Rollback drops the transaction. A lost connection already did.
+func (t *tx) Rollback() error {
+	cn := t.cn
+	defer func() { cn.inTx, cn.txLost = false, false }()
+	if cn.txLost || cn.w == nil {
+		return nil
+	}
+	_, err := cn.txExec(context.Background(), "ROLLBACK", nil)
+	if errors.Is(err, ErrTxAborted) {
+		return nil
+	}
+	return err
 }
 
 func (cn *conn) Close() error {

@@ -10,6 +10,9 @@ import (
 
 	"github.com/dqlite-go/dqlite/driver"
 	"github.com/dqlite-go/dqlite/internal/testcluster"
+	"github.com/dqlite-go/dqlite/node"
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wire"
 )
 
 func openDB(t testing.TB, addrs []string) *sql.DB {
@@ -50,13 +53,9 @@ func TestBasics(t *testing.T) {
 	if name != "a" || !gotAt.Equal(at) || !ok {
 		t.Fatalf("row: %q %v %v", name, gotAt, ok)
 	}
-	// A transaction in one request is atomic; one spanning requests is
-	// refused clearly.
+	// A transaction in one request is atomic.
 	if _, err := db.ExecContext(ctx, "BEGIN; INSERT INTO t (name) VALUES ('b'); INSERT INTO t (name) VALUES ('c'); COMMIT"); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := db.BeginTx(ctx, nil); !errors.Is(err, driver.ErrInteractiveTx) {
-		t.Fatalf("BeginTx: %v", err)
 	}
 	// SQL errors come back with SQLite's message.
 	if _, err := db.ExecContext(ctx, "INSERT INTO nosuch VALUES (1)"); err == nil || !contains(err.Error(), "no such table") {
@@ -174,5 +173,178 @@ func TestKillLeader(t *testing.T) {
 	}
 	if len(acked) < workers*perWorker/2 {
 		t.Fatalf("only %d of %d writes acknowledged", len(acked), workers*perWorker)
+	}
+}
+
+// TestTransactions runs database/sql transactions spanning requests: reads
+// inside see the transaction's writes, other connections see nothing until
+// Commit, Rollback leaves nothing, a statement's error keeps the
+// transaction usable, and a prepared statement inside sees a table the
+// transaction created.
+func TestTransactions(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := openDB(t, c.Addrs)
+	if _, err := db.ExecContext(ctx, "CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL CHECK (bal >= 0))"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "INSERT INTO acct VALUES (1, 100), (2, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	balances := func(q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}) (a, b int) {
+		t.Helper()
+		if err := q.QueryRowContext(ctx, "SELECT (SELECT bal FROM acct WHERE id = 1), (SELECT bal FROM acct WHERE id = 2)").Scan(&a, &b); err != nil {
+			t.Fatal(err)
+		}
+		return a, b
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read, then write from what was read: a transfer of 30.
+	var bal int
+	if err := tx.QueryRowContext(ctx, "SELECT bal FROM acct WHERE id = 1").Scan(&bal); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = ? WHERE id = 1", bal-30); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = bal + 30 WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	// A failing statement (CHECK) is undone alone.
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = bal - 1000 WHERE id = 1"); err == nil || !contains(err.Error(), "CHECK") {
+		t.Fatalf("overdraft: %v", err)
+	}
+	if a, b := balances(tx); a != 70 || b != 30 {
+		t.Fatalf("inside the transaction: %d %d", a, b)
+	}
+	if a, b := balances(db); a != 100 || b != 0 {
+		t.Fatalf("outside the transaction before commit: %d %d", a, b)
+	}
+	// A table created in the transaction, used through a prepared
+	// statement.
+	if _, err := tx.ExecContext(ctx, "CREATE TABLE audit (note TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := tx.PrepareContext(ctx, "INSERT INTO audit VALUES (?)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ExecContext(ctx, "moved 30"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := balances(db); a != 70 || b != 30 {
+		t.Fatalf("after commit: %d %d", a, b)
+	}
+	// Rollback.
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = 0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := balances(db); a != 70 || b != 30 {
+		t.Fatalf("after rollback: %d %d", a, b)
+	}
+	var notes int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM audit").Scan(&notes); err != nil || notes != 1 {
+		t.Fatalf("audit rows: %d %v", notes, err)
+	}
+}
+
+// TestTransactionLeaderChange: the leader hands over leadership in the
+// middle of a transaction. The next statement fails with ErrTxAborted
+// (it is not retried alone on the new leader), Rollback succeeds, the
+// transaction's writes are nowhere, and the connection works again for
+// the next transaction, on the new leader.
+func TestTransactionLeaderChange(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := openDB(t, c.Addrs)
+	db.SetMaxOpenConns(1) // the transaction and the checks share one connection
+	if _, err := db.ExecContext(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	li := c.Leader(t, ctx)
+	if err := c.Nodes[li].Transfer(ctx, raft.None); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (2)"); !errors.Is(err, driver.ErrTxAborted) {
+		t.Fatalf("statement after the leader changed: %v", err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (3)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var sum, n int
+	if err := db.QueryRowContext(ctx, "SELECT count(*), sum(x) FROM t").Scan(&n, &sum); err != nil || n != 1 || sum != 3 {
+		t.Fatalf("rows: %d sum %d (%v)", n, sum, err)
+	}
+}
+
+// TestTransactionClientGone: a client that opens a transaction and
+// disconnects does not hold the writer slot: its transaction is rolled
+// back when the connection closes (well before the server's idle limit,
+// which the next write's deadline is shorter than).
+func TestTransactionClientGone(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := openDB(t, c.Addrs)
+	if _, err := db.ExecContext(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	li := c.Leader(t, ctx)
+	w, err := wire.Dial(ctx, c.Addrs[li], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := w.Open(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)"} {
+		if _, err := w.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, Schema: 1, DB: id, SQL: q}); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	w.Close()
+	wctx, wcancel := context.WithTimeout(ctx, node.DefaultTxIdleTimeout/2)
+	defer wcancel()
+	if _, err := db.ExecContext(wctx, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatalf("write after the client left: %v", err)
+	}
+	var sum int
+	if err := db.QueryRowContext(ctx, "SELECT sum(x) FROM t").Scan(&sum); err != nil || sum != 2 {
+		t.Fatalf("sum %d (%v): the abandoned transaction's row must not be there", sum, err)
 	}
 }

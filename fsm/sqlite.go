@@ -52,6 +52,10 @@ type DB struct {
 	// from the writes conn makes meanwhile; cursors are its open statements.
 	rconn   *vfs.Conn
 	cursors map[*vfs.Stmt]struct{}
+	// txOpen: a client's transaction spanning requests is open on conn
+	// (see ExecuteTx); txCursors are its queries, reading on conn.
+	txOpen    bool
+	txCursors map[*vfs.Stmt]struct{}
 	// The transaction this node captured and proposed, waiting for its
 	// entry to be applied.
 	pending                 bool
@@ -75,14 +79,28 @@ func Open(v *vfs.VFS, name string, pageSize int, mode Mode) (*DB, error) {
 		return nil, err
 	}
 	return &DB{vfs: v, name: name, pageSize: pageSize, mode: mode, conn: c, rconn: r,
-		cursors: map[*vfs.Stmt]struct{}{}}, nil
+		cursors: map[*vfs.Stmt]struct{}{}, txCursors: map[*vfs.Stmt]struct{}{}}, nil
 }
 
 // OpenCursor prepares a read-only query on the read connection. The caller
 // steps it (possibly across many loop events: it reads one consistent
 // snapshot) and closes it with CloseCursor.
 func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
-	s, tail, err := d.rconn.Prepare(sql)
+	return d.openCursor(d.rconn, d.cursors, sql, args)
+}
+
+// OpenTxCursor prepares a read-only query inside the open transaction (on
+// the write connection: it sees the transaction's own writes). It is closed
+// with CloseCursor, or when the transaction ends.
+func (d *DB) OpenTxCursor(sql string, args ...any) (*vfs.Stmt, error) {
+	if !d.txOpen {
+		return nil, ErrNoOpenTx
+	}
+	return d.openCursor(d.conn, d.txCursors, sql, args)
+}
+
+func (d *DB) openCursor(c *vfs.Conn, set map[*vfs.Stmt]struct{}, sql string, args []any) (*vfs.Stmt, error) {
+	s, tail, err := c.Prepare(sql)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +125,7 @@ func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
 			return nil, err
 		}
 	}
-	d.cursors[s] = struct{}{}
+	set[s] = struct{}{}
 	return s, nil
 }
 
@@ -119,9 +137,14 @@ var (
 )
 
 // PrepareCheck compiles the first statement of sql and returns its bind
-// parameter count and the byte offset of the unparsed tail.
-func (d *DB) PrepareCheck(sql string) (params, tail int, err error) {
-	s, rest, err := d.rconn.Prepare(sql)
+// parameter count and the byte offset of the unparsed tail; inTx compiles it
+// inside the open transaction (seeing its schema changes).
+func (d *DB) PrepareCheck(sql string, inTx bool) (params, tail int, err error) {
+	c := d.rconn
+	if inTx && d.txOpen {
+		c = d.conn // the transaction's own schema changes are visible
+	}
+	s, rest, err := c.Prepare(sql)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -135,6 +158,7 @@ func (d *DB) PrepareCheck(sql string) (params, tail int, err error) {
 // CloseCursor finalizes a cursor.
 func (d *DB) CloseCursor(s *vfs.Stmt) {
 	delete(d.cursors, s)
+	delete(d.txCursors, s)
 	s.Finalize()
 }
 
@@ -149,6 +173,7 @@ func (d *DB) closeCursors() {
 // Close closes the node's connection.
 func (d *DB) Close() error {
 	d.closeCursors()
+	d.closeTxCursors()
 	d.rconn.Close()
 	return d.conn.Close()
 }
@@ -166,6 +191,9 @@ func (d *DB) Mode() Mode { return d.mode }
 func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Result, error) {
 	if d.pending {
 		return nil, Result{}, fmt.Errorf("fsm: a write is already pending")
+	}
+	if d.txOpen {
+		return nil, Result{}, errTxHoldsConn
 	}
 	if d.mode == ModeStatements {
 		cmd, err := EncodeStatements(&Statements{Client: client, Seq: seq, Database: d.name,
@@ -197,15 +225,134 @@ func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Re
 	return cmd, res, nil
 }
 
+// Errors of transactions spanning requests.
+var (
+	// ErrNoOpenTx: a query for a transaction that is not open.
+	ErrNoOpenTx = errors.New("fsm: no transaction is open")
+	// ErrTxStatementMode: statement mode replicates whole requests, so a
+	// transaction cannot stay open between them.
+	ErrTxStatementMode = errors.New("fsm: transactions spanning requests need frames mode " +
+		"(statement mode replicates whole requests): send BEGIN ... COMMIT as one request")
+	errTxHoldsConn = errors.New("fsm: a transaction spanning requests holds the write connection")
+)
+
+// ExecuteTx runs a request of a transaction that spans requests: every
+// statement of sql runs as written on the write connection (BEGIN, COMMIT,
+// ROLLBACK and savepoints included), as SQLite would run it for one
+// connection. open reports whether a transaction is open afterwards (the
+// caller keeps the writer slot for it); when the request ended a
+// transaction that wrote, cmd is the command to propose, captured as in
+// Execute. A ROLLBACK with no transaction open succeeds (the transaction
+// was already rolled back, e.g. by a leadership change).
+func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open bool, err error) {
+	if d.pending {
+		return nil, Result{}, d.txOpen, fmt.Errorf("fsm: a write is already pending")
+	}
+	if d.mode == ModeStatements {
+		return nil, Result{}, false, ErrTxStatementMode
+	}
+	if !d.txOpen && isLoneRollback(sql) {
+		return nil, Result{}, false, nil
+	}
+	res, err = d.run(sql, params, false)
+	d.txOpen = !d.conn.Autocommit()
+	if d.txOpen {
+		return nil, res, true, err
+	}
+	d.closeTxCursors()
+	if err != nil {
+		d.dropCaptured()
+		return nil, Result{}, false, err
+	}
+	if !d.vfs.Pending(d.name) {
+		return nil, res, false, nil
+	}
+	f, err := d.vfs.Poll(d.name)
+	if err == nil {
+		cmd, err = EncodeFrames(&Frames{Database: d.name, PageSize: uint32(f.PageSize),
+			DBSize: f.DBSize, PageNumbers: f.PageNumbers, Pages: f.Pages})
+	}
+	if err != nil {
+		_ = d.vfs.Abort(d.name)
+		return nil, Result{}, false, err
+	}
+	d.pending, d.pendingResult = true, res
+	return cmd, res, false, nil
+}
+
+// isLoneRollback reports whether sql is one ROLLBACK [TRANSACTION]
+// statement (not ROLLBACK TO a savepoint).
+func isLoneRollback(sql string) bool { return LoneTxControl(sql) == "ROLLBACK" }
+
+// LoneTxControl returns BEGIN, COMMIT, END or ROLLBACK when sql is exactly
+// one such statement (BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION],
+// COMMIT|END|ROLLBACK [TRANSACTION]; not ROLLBACK TO), else "".
+func LoneTxControl(sql string) string {
+	t := strings.TrimSpace(sql)
+	for strings.HasSuffix(t, ";") {
+		t = strings.TrimSpace(strings.TrimSuffix(t, ";"))
+	}
+	f := strings.Fields(strings.ToUpper(t))
+	if len(f) == 0 || len(f) > 3 {
+		return ""
+	}
+	kw, rest := f[0], f[1:]
+	switch kw {
+	case "BEGIN":
+		if len(rest) > 0 && (rest[0] == "DEFERRED" || rest[0] == "IMMEDIATE" || rest[0] == "EXCLUSIVE") {
+			rest = rest[1:]
+		}
+	case "COMMIT", "END", "ROLLBACK":
+	default:
+		return ""
+	}
+	if len(rest) == 0 || len(rest) == 1 && rest[0] == "TRANSACTION" {
+		return kw
+	}
+	return ""
+}
+
+// TxOpen reports whether a transaction spanning requests is open.
+func (d *DB) TxOpen() bool { return d.txOpen }
+
+// RollbackTx ends the open transaction spanning requests, leaving no trace.
+func (d *DB) RollbackTx() {
+	if !d.txOpen {
+		return
+	}
+	d.closeTxCursors()
+	if !d.conn.Autocommit() {
+		_ = d.conn.Exec("ROLLBACK")
+	}
+	d.dropCaptured()
+	d.txOpen = false
+}
+
+func (d *DB) closeTxCursors() {
+	for s := range d.txCursors {
+		s.Finalize()
+	}
+	clear(d.txCursors)
+}
+
+// dropCaptured drops frames the VFS captured that no entry carries.
+func (d *DB) dropCaptured() {
+	if !d.pending && d.vfs.Pending(d.name) {
+		_ = d.vfs.Abort(d.name)
+	}
+}
+
 // Proposed records the log position of the pending write's entry.
 func (d *DB) Proposed(index, term uint64) { d.pendingIndex, d.pendingTm = index, term }
 
-// Abort drops the pending write (leadership lost, or the proposal failed).
+// Abort drops the pending write (leadership lost, or the proposal failed)
+// and rolls back an open transaction spanning requests.
 func (d *DB) Abort() {
 	if d.pending {
 		_ = d.vfs.Abort(d.name)
 		d.pending = false
 	}
+	d.RollbackTx()
 }
 
 // Pending reports whether this node holds a captured write.
@@ -295,9 +442,9 @@ func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 // Errors of transaction statements in a request.
 var (
 	ErrOpenTransaction = fmt.Errorf("fsm: BEGIN without COMMIT in the same request: " +
-		"transactions spanning several requests are not supported; send BEGIN ... COMMIT as one request")
+		"send BEGIN alone to open a transaction spanning requests, or BEGIN ... COMMIT as one request")
 	ErrNoTransaction = fmt.Errorf("fsm: COMMIT without BEGIN in the same request " +
-		"(transactions spanning several requests are not supported)")
+		"(a transaction spanning requests starts with a request holding BEGIN alone)")
 )
 
 // txnControl returns BEGIN, COMMIT, END or ROLLBACK when sql starts with
@@ -362,7 +509,7 @@ const checkpointFrames = 1000
 // read snapshot would stop the checkpoint part way). A failure is left for
 // the next try; Snapshot reports checkpoint errors.
 func (d *DB) maybeCheckpoint() {
-	if d.pending || len(d.cursors) > 0 || d.vfs.WALSize(d.name) < int64(checkpointFrames)*int64(d.pageSize+24) {
+	if d.pending || d.txOpen || len(d.cursors) > 0 || d.vfs.WALSize(d.name) < int64(checkpointFrames)*int64(d.pageSize+24) {
 		return
 	}
 	_ = d.conn.Checkpoint()
@@ -429,7 +576,7 @@ func (d *DB) WALSize() int64 { return d.vfs.WALSize(d.name) }
 // its read snapshot would stop the checkpoint part way (the image does not
 // depend on the checkpoint either way).
 func (d *DB) Snapshot() ([]byte, error) {
-	if d.pending {
+	if d.pending || d.txOpen {
 		return nil, ErrSnapshotBusy
 	}
 	if len(d.cursors) == 0 {
@@ -557,9 +704,12 @@ func (d *DB) dedupRecord(client, seq uint64, r Result) error {
 func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 	results := make([]any, len(items))
 	errs := make([]error, len(items))
-	if d.pending {
+	if d.pending || d.txOpen {
 		for i := range errs {
 			errs[i] = fmt.Errorf("fsm: a write is already pending")
+			if d.txOpen {
+				errs[i] = errTxHoldsConn
+			}
 		}
 		return nil, results, errs
 	}

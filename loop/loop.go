@@ -45,6 +45,7 @@ const (
 	DefaultMaxPendingRequests  = 1024
 	DefaultRequestTimeoutTicks = 100
 	DefaultSnapshotThreshold   = 8192
+	DefaultTxIdleTicks         = 100
 )
 
 // Config configures a Loop.
@@ -61,6 +62,10 @@ type Config struct {
 	// SnapshotThreshold is the number of applied entries after which the
 	// loop takes a snapshot and compacts the log (0: the default).
 	SnapshotThreshold uint64
+	// TxIdleTicks bounds how long a transaction spanning requests may hold
+	// the writer slot without a request (default DefaultTxIdleTicks); then
+	// it is rolled back (a vanished client cannot stop every writer).
+	TxIdleTicks int
 	// Batcher, if set, runs batchable writes together; MaxBatch bounds how
 	// many (default DefaultMaxBatch).
 	Batcher  Batcher
@@ -82,6 +87,13 @@ var (
 	// ErrUnknownOutcome: the write may or may not have committed (this node
 	// lost track of it, for example when a snapshot replaced its log).
 	ErrUnknownOutcome = errors.New("loop: outcome of the write is unknown")
+	// ErrTxAborted: the session's transaction spanning requests was rolled
+	// back by the node (leadership lost, idle too long); every request of
+	// the session fails with it until the client ends the transaction
+	// (ROLLBACK succeeds, COMMIT fails with it).
+	ErrTxAborted = errors.New("loop: the transaction was rolled back")
+	// ErrTxIdle is why a transaction idle past TxIdleTicks was rolled back.
+	ErrTxIdle = errors.New("transaction idle for too long")
 )
 
 // WriteJob is an append the runtime performs with Storage.Append outside
@@ -142,6 +154,17 @@ type WriteRequest struct {
 	// functions above: consecutive batchable writes run together as one
 	// transaction and one entry (group commit).
 	Batch any
+	// Tx, when not 0, names the client session the write comes from, for
+	// transactions spanning requests. While the session's transaction is
+	// open it holds the writer slot, and the session's writes run at once
+	// with ExecuteTx (Batch is ignored); ExecuteTx also replaces Execute
+	// when Batch is nil. open reports whether a transaction is open after
+	// the write. Abort also rolls an open transaction back.
+	Tx        uint64
+	ExecuteTx func() (cmd []byte, result any, open bool, err error)
+	// EndsTx marks a COMMIT or ROLLBACK: it consumes the report of a
+	// transaction the node rolled back (a ROLLBACK then succeeds).
+	EndsTx, Rollback bool
 }
 
 // Batcher executes several queued writes as one transaction and one entry
@@ -184,6 +207,15 @@ type Loop struct {
 	writingAbort              func()
 	// The membership change and the transfer being waited on (0: none).
 	confReq, transferReq uint64
+	// The session whose transaction spanning requests holds the writer
+	// slot (0: none), the term it began in, its idle ticks and how to roll
+	// it back; txAborted holds, per session, why the loop rolled back its
+	// transaction, until the client ends it.
+	tx        uint64
+	txTerm    uint64
+	txIdle    int
+	txAbort   func()
+	txAborted map[uint64]error
 }
 
 // New creates a loop from durable state, restoring the state machine from
@@ -200,6 +232,9 @@ func New(cfg Config) (*Loop, error) {
 	}
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.TxIdleTicks == 0 {
+		cfg.TxIdleTicks = DefaultTxIdleTicks
 	}
 	snap := cfg.Storage.Snapshot()
 	if snap.Index > 0 {
@@ -218,7 +253,7 @@ func New(cfg Config) (*Loop, error) {
 		return nil, err
 	}
 	return &Loop{cfg: cfg, raft: r, storage: cfg.Storage, fsm: cfg.FSM, pending: map[uint64]*request{},
-		byIndex: map[uint64][]uint64{}, applied: snap.Index, snapshot: snap.Index}, nil
+		byIndex: map[uint64][]uint64{}, applied: snap.Index, snapshot: snap.Index, txAborted: map[uint64]error{}}, nil
 }
 
 // readSnapshotChunkBytes is the chunk size used to read a whole snapshot.
@@ -254,7 +289,18 @@ func (l *Loop) Tick() Output {
 		}
 		req.ticks++
 		if req.ticks > l.cfg.RequestTimeoutTicks {
-			l.finish(id, Reply{ID: id, Err: ErrTimeout})
+			err := ErrTimeout
+			if req.write != nil && req.index == 0 {
+				// Still queued: never executed, safe to send again.
+				err = fmt.Errorf("%w: timed out waiting for the writer slot", ErrBusy)
+			}
+			l.finish(id, Reply{ID: id, Err: err})
+		}
+	}
+	if l.tx != 0 {
+		l.txIdle++
+		if l.txIdle > l.cfg.TxIdleTicks {
+			l.abortTx(ErrTxIdle)
 		}
 	}
 	return l.flush()
@@ -285,7 +331,15 @@ func (l *Loop) Propose(id uint64, data []byte) Output {
 
 // Read submits a linearizable read: fn runs on the state machine once a
 // ReadIndex round confirmed leadership and the read point is applied.
-func (l *Loop) Read(id uint64, fn func() (any, error)) Output {
+func (l *Loop) Read(id uint64, fn func() (any, error)) Output { return l.ReadIn(id, 0, fn) }
+
+// ReadIn is Read for a client session (0: none): a session whose
+// transaction the loop rolled back gets ErrTxAborted instead.
+func (l *Loop) ReadIn(id, session uint64, fn func() (any, error)) Output {
+	if err := l.txAborted[session]; err != nil {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
 	if err := l.admit(id); err != nil {
 		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
 		return l.flush()
@@ -304,14 +358,78 @@ func (l *Loop) SubmitWrite(w WriteRequest) Output {
 		l.out.Replies = append(l.out.Replies, Reply{ID: w.ID, Err: err})
 		return l.flush()
 	}
+	if w.Tx != 0 {
+		if err, ok := l.txAborted[w.Tx]; ok {
+			if w.EndsTx {
+				delete(l.txAborted, w.Tx)
+			}
+			if w.Rollback {
+				err = nil
+			}
+			l.out.Replies = append(l.out.Replies, Reply{ID: w.ID, Err: err})
+			return l.flush()
+		}
+	}
 	if l.raft.Basic().State != raft.StateLeader {
 		l.out.Replies = append(l.out.Replies, Reply{ID: w.ID, Err: ErrNotLeader})
 		return l.flush()
 	}
 	req := &request{id: w.ID, write: &w}
 	l.track(req)
+	if w.Tx != 0 && w.Tx == l.tx {
+		// The session's transaction holds the writer slot: run now.
+		l.txIdle = 0
+		l.startWrite(req)
+		return l.flush()
+	}
 	l.writeQueue = append(l.writeQueue, req)
 	return l.flush()
+}
+
+// abortTx rolls back the open transaction spanning requests; the session's
+// next requests fail with ErrTxAborted wrapping why.
+func (l *Loop) abortTx(why error) {
+	if l.tx == 0 {
+		return
+	}
+	l.txAborted[l.tx] = fmt.Errorf("%w: %w", ErrTxAborted, why)
+	l.releaseTx()
+}
+
+func (l *Loop) releaseTx() {
+	if l.txAbort != nil {
+		l.txAbort()
+	}
+	l.tx, l.txAbort = 0, nil
+}
+
+// QueuedWrites is the number of writes waiting for the writer slot.
+func (l *Loop) QueuedWrites() int { return len(l.writeQueue) }
+
+// TxOpen reports whether session's transaction spanning requests is open
+// (and holds the writer slot).
+func (l *Loop) TxOpen(session uint64) bool { return session != 0 && l.tx == session }
+
+// TxErr is why the loop rolled back session's transaction (nil if it did
+// not); reads of the session report it too.
+func (l *Loop) TxErr(session uint64) error { return l.txAborted[session] }
+
+// TxActive tells the loop the session's transaction is in use (a query
+// streaming its rows): it is not idle.
+func (l *Loop) TxActive(session uint64) {
+	if l.TxOpen(session) {
+		l.txIdle = 0
+	}
+}
+
+// EndSession rolls back the session's open transaction, if any, and
+// forgets it (its client disconnected).
+func (l *Loop) EndSession(session uint64) Output {
+	if l.TxOpen(session) {
+		l.releaseTx()
+	}
+	delete(l.txAborted, session)
+	return l.flush() // queued writers may go now
 }
 
 // pumpWrites runs the next queued write when the writer slot is free and
@@ -325,6 +443,9 @@ func (l *Loop) pumpWrites() {
 		l.writingAbort()
 		l.writingAbort = nil
 	}
+	if l.tx != 0 && (b.State != raft.StateLeader || b.Term != l.txTerm || l.writeErr != nil) {
+		l.abortTx(ErrLeadershipLost)
+	}
 	if b.State != raft.StateLeader {
 		for _, req := range l.writeQueue {
 			l.finish(req.id, Reply{ID: req.id, Err: ErrNotLeader})
@@ -332,7 +453,7 @@ func (l *Loop) pumpWrites() {
 		l.writeQueue = nil
 		return
 	}
-	for l.writingIndex == 0 && len(l.writeQueue) > 0 && l.writeErr == nil {
+	for l.writingIndex == 0 && l.tx == 0 && len(l.writeQueue) > 0 && l.writeErr == nil {
 		if t, _ := l.raft.Term(b.Commit); t != b.Term || l.applied < b.Commit {
 			return // barrier: not everything committed is applied yet
 		}
@@ -360,7 +481,26 @@ func (l *Loop) pumpWrites() {
 }
 
 func (l *Loop) startWrite(req *request) {
-	cmd, result, err := req.write.Execute()
+	var cmd []byte
+	var result any
+	var err error
+	if w := req.write; w.Tx != 0 && w.ExecuteTx != nil && (w.Batch == nil || l.cfg.Batcher == nil || w.Tx == l.tx) {
+		var open bool
+		cmd, result, open, err = w.ExecuteTx()
+		switch {
+		case open:
+			if l.tx != w.Tx {
+				l.tx, l.txTerm, l.txAbort = w.Tx, l.raft.Basic().Term, w.Abort
+			}
+			l.txIdle = 0
+			l.finish(req.id, Reply{ID: req.id, Result: result, Err: err})
+			return
+		case l.tx == w.Tx:
+			l.tx, l.txAbort = 0, nil // ended: the slot passes to its entry, if any
+		}
+	} else {
+		cmd, result, err = req.write.Execute()
+	}
 	if err != nil || cmd == nil {
 		l.finish(req.id, Reply{ID: req.id, Result: result, Err: err})
 		return

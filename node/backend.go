@@ -56,7 +56,7 @@ func (b backend) Exec(ctx context.Context, w *wire.Write) (int64, int64, error) 
 	for i, p := range w.Params {
 		params[i] = fsmValue(p)
 	}
-	res, err := b.n.exec(ctx, &fsm.BatchItem{SQL: w.SQL, Params: params, Client: w.Client, Seq: w.Seq})
+	res, err := b.n.execIn(ctx, w.Session, &fsm.BatchItem{SQL: w.SQL, Params: params, Client: w.Client, Seq: w.Seq})
 	return res.LastInsertID, res.RowsAffected, err
 }
 
@@ -74,28 +74,28 @@ func fsmValue(v wire.Value) fsm.Value {
 	return fsm.Value{Type: fsm.TypeNull}
 }
 
-func (b backend) Prepare(ctx context.Context, sql string) (int, int, error) {
+func (b backend) Prepare(ctx context.Context, session uint64, sql string) (int, int, error) {
 	var params, tail int
 	var err error
-	if !b.n.do(func() { params, tail, err = b.n.db.PrepareCheck(sql) }) {
+	if !b.n.do(func() { params, tail, err = b.n.db.PrepareCheck(sql, b.n.loop.TxOpen(session)) }) {
 		return 0, 0, ErrClosed
 	}
 	return params, tail, err
 }
 
-func (b backend) Query(ctx context.Context, sql string, params []wire.Value) (wire.Cursor, error) {
+func (b backend) Query(ctx context.Context, session uint64, sql string, params []wire.Value) (wire.Cursor, error) {
 	args := make([]any, len(params))
 	for i, p := range params {
 		args[i] = p.V
 	}
 	n := b.n
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.Read(id, func() (any, error) {
-			st, err := n.db.OpenCursor(sql, args...)
+		return n.loop.ReadIn(id, session, func() (any, error) {
+			st, err := n.openCursor(session, sql, args)
 			if err != nil {
 				return nil, err
 			}
-			c := &cursor{n: n, st: st, cols: make([]string, st.ColumnCount()), decl: make([]string, st.ColumnCount())}
+			c := &cursor{n: n, session: session, st: st, cols: make([]string, st.ColumnCount()), decl: make([]string, st.ColumnCount())}
 			for i := range c.cols {
 				c.cols[i], c.decl[i] = st.ColumnName(i), st.ColumnDeclType(i)
 			}
@@ -111,6 +111,7 @@ func (b backend) Query(ctx context.Context, sql string, params []wire.Value) (wi
 // cursor steps a query in short batches of loop time.
 type cursor struct {
 	n          *Node
+	session    uint64
 	st         *vfs.Stmt
 	cols, decl []string
 	closed     bool
@@ -122,6 +123,7 @@ func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
 	var done bool
 	var err error
 	if !c.n.do(func() {
+		c.n.loop.TxActive(c.session)
 		start := time.Now()
 		for k := 0; k < queryBatchRows && time.Since(start) < queryBatchTime; k++ {
 			more, e := c.st.Step()
@@ -149,6 +151,8 @@ func (c *cursor) Close() {
 		c.n.do(func() { c.n.db.CloseCursor(c.st) })
 	}
 }
+
+func (b backend) EndSession(session uint64) { b.n.endSession(session) }
 
 func (b backend) Cluster() []wire.ServerInfo {
 	servers := b.n.Cluster()
@@ -226,6 +230,11 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, raft.ErrTransferInProgress):
 		// Refused before proposing: safe to send again to the (next) leader.
 		return wire.CodeNotLeader, "not leader"
+	case errors.Is(err, loop.ErrTxAborted):
+		// Before ErrLeadershipLost, which it may wrap: the transaction is
+		// gone (nothing of it committed); retrying a statement alone would
+		// be wrong, so it is not a code clients retry.
+		return wire.CodeTxAborted, err.Error()
 	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
 		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
 		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()
@@ -233,7 +242,8 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		return wire.CodeBusy, err.Error()
 	case errors.Is(err, fsm.ErrBindParameters), errors.Is(err, fsm.ErrNonemptyTail),
 		errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
-		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence):
+		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence),
+		errors.Is(err, fsm.ErrTxStatementMode), errors.Is(err, fsm.ErrNoOpenTx):
 		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
 	}
 	return wire.CodeLeaderExec, err.Error()

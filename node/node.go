@@ -54,7 +54,11 @@ type Config struct {
 	// (default 64 MiB). Snapshots bound the retained entries, so New
 	// refuses a budget smaller than the index those entries can need.
 	LogMemoryBytes int64
-	Logger         *slog.Logger
+	// TxIdleTimeout bounds how long a transaction spanning requests may
+	// hold the writer slot without a request before the node rolls it back
+	// (default DefaultTxIdleTimeout).
+	TxIdleTimeout time.Duration
+	Logger        *slog.Logger
 	// FailureDomain is reported by DESCRIBE (role management prefers
 	// voters in distinct domains).
 	FailureDomain uint64
@@ -142,8 +146,9 @@ type Node struct {
 	seenMembers                  string
 	// leading caches IsLeaderLocked after every event, for the wire
 	// server's per-request check without a trip through the loop.
-	leading atomic.Bool
-	nextReq atomic.Uint64
+	leading     atomic.Bool
+	nextReq     atomic.Uint64
+	nextSession atomic.Uint64
 	// busySince is when the loop started its current event (unix nanos, 0
 	// when idle), and keepAlive the heartbeats to send for it while it is
 	// busy for long (see keepAliveWhileBusy).
@@ -158,6 +163,13 @@ type Node struct {
 
 var vfsSeq atomic.Uint64
 
+// loopConfigHook lets tests adjust the loop's configuration (nil
+// otherwise).
+var loopConfigHook func(*loop.Config)
+
+// DefaultTxIdleTimeout is Config.TxIdleTimeout's default.
+const DefaultTxIdleTimeout = 10 * time.Second
+
 // New opens the data directory, recovers the log and starts the node.
 func New(cfg Config) (*Node, error) {
 	if cfg.Tick == 0 {
@@ -165,6 +177,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.ElectionTicks == 0 {
 		cfg.ElectionTicks = 10
+	}
+	if cfg.TxIdleTimeout == 0 {
+		cfg.TxIdleTimeout = DefaultTxIdleTimeout
 	}
 	if cfg.Mode == 0 {
 		cfg.Mode = fsm.ModeFrames
@@ -261,14 +276,19 @@ func (n *Node) open() error {
 		return err
 	}
 	n.db = db
-	l, err := loop.New(loop.Config{
+	lc := loop.Config{
 		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
 		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks:    int(30 * time.Second / n.cfg.Tick),
+		TxIdleTicks:            max(1, int(n.cfg.TxIdleTimeout/n.cfg.Tick)),
 		SnapshotThreshold:      n.cfg.SnapshotThreshold,
 		Batcher:                db,
 		TestingAckBeforeCommit: n.cfg.TestingAckBeforeCommit,
-	})
+	}
+	if loopConfigHook != nil {
+		loopConfigHook(&lc)
+	}
+	l, err := loop.New(lc)
 	if err != nil {
 		return fmt.Errorf("node %d: starting: %w", n.cfg.ID, err)
 	}
@@ -584,9 +604,14 @@ func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, e
 }
 
 func (n *Node) exec(ctx context.Context, item *fsm.BatchItem) (fsm.Result, error) {
+	return n.execIn(ctx, 0, item)
+}
+
+// execIn runs a write from a client session (0: none; see tx.go).
+func (n *Node) execIn(ctx context.Context, session uint64, item *fsm.BatchItem) (fsm.Result, error) {
 	r, err := n.request(ctx, func(id uint64) loop.Output {
 		n.vfs.SetTime(time.Now().UnixMilli())
-		return n.loop.SubmitWrite(loop.WriteRequest{ID: id, Batch: item})
+		return n.loop.SubmitWrite(n.writeRequest(id, session, item))
 	})
 	if err != nil {
 		return fsm.Result{}, err
@@ -612,8 +637,12 @@ var ErrTooManyRows = errors.New("node: query result too large")
 // reads one consistent snapshot, stepped in short batches between the loop's
 // other events.
 func (n *Node) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
+	return n.queryIn(ctx, 0, sql, args)
+}
+
+func (n *Node) queryIn(ctx context.Context, session uint64, sql string, args []any) ([][]any, error) {
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.Read(id, func() (any, error) { return n.db.OpenCursor(sql, args...) })
+		return n.loop.ReadIn(id, session, func() (any, error) { return n.openCursor(session, sql, args) })
 	})
 	if err != nil {
 		return nil, err
@@ -631,6 +660,7 @@ func (n *Node) Query(ctx context.Context, sql string, args ...any) ([][]any, err
 					done, stepErr = true, err
 					break
 				}
+				n.loop.TxActive(session)
 				row := make([]any, cur.ColumnCount())
 				for i := range row {
 					row[i] = cur.Column(i)

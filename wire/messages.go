@@ -69,6 +69,10 @@ const (
 	CodeParse          = 1005
 	CodeNotLeader      = 10250
 	CodeLeadershipLost = 10506
+	// CodeTxAborted (SQLITE_ABORT_ROLLBACK): the server rolled back the
+	// connection's open transaction (leadership lost, idle too long);
+	// nothing of it committed.
+	CodeTxAborted = 516
 	// Legacy codes the Go client of dqlite also treats as "reconnect".
 	CodeNotLeaderLegacy      = 8202
 	CodeLeadershipLostLegacy = 8458

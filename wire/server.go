@@ -22,13 +22,19 @@ type Backend interface {
 	Leader() (id uint64, address string)
 	// IsLeader reports whether this node leads and can serve writes.
 	IsLeader() bool
-	// Exec runs every statement of sql as one write.
+	// Exec runs every statement of sql as one write. A request that is a
+	// lone BEGIN opens a transaction spanning the session's requests
+	// (w.Session): it holds the writer slot until COMMIT or ROLLBACK.
 	Exec(ctx context.Context, w *Write) (lastInsertID, rowsAffected int64, err error)
 	// Prepare checks the first statement of sql and returns SQLite's bind
 	// parameter count and the byte offset of the unparsed tail.
-	Prepare(ctx context.Context, sql string) (params, tail int, err error)
-	// Query starts a linearizable read of one statement.
-	Query(ctx context.Context, sql string, params []Value) (Cursor, error)
+	Prepare(ctx context.Context, session uint64, sql string) (params, tail int, err error)
+	// Query starts a linearizable read of one statement (inside the
+	// session's transaction, if one is open).
+	Query(ctx context.Context, session uint64, sql string, params []Value) (Cursor, error)
+	// EndSession rolls back the session's open transaction, if any: its
+	// connection closed.
+	EndSession(session uint64)
 	Cluster() []ServerInfo
 	// Dump returns the database image.
 	Dump(ctx context.Context, name string) ([]byte, error)
@@ -48,6 +54,9 @@ type Backend interface {
 
 // Write is a write request.
 type Write struct {
+	// Session identifies the client connection (never 0), for
+	// transactions spanning requests.
+	Session     uint64
 	Client, Seq uint64 // deduplication (0: none)
 	SQL         string
 	Params      []Value
@@ -87,12 +96,13 @@ type Server struct {
 	Backend Backend
 	Log     *slog.Logger
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
-	ctx    context.Context
-	cancel context.CancelFunc
+	mu       sync.Mutex
+	sessions uint64 // last session id given
+	conns    map[net.Conn]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 // NewServer returns a server for b.
@@ -150,6 +160,7 @@ type message struct {
 }
 
 type session struct {
+	id      uint64
 	s       *Server
 	conn    net.Conn
 	w       *bufio.Writer
@@ -184,7 +195,11 @@ func (s *Server) serve(conn net.Conn) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
-	ss := &session{s: s, conn: conn, w: bufio.NewWriterSize(conn, 64<<10), log: log,
+	s.mu.Lock()
+	s.sessions++
+	id := s.sessions
+	s.mu.Unlock()
+	ss := &session{id: id, s: s, conn: conn, w: bufio.NewWriterSize(conn, 64<<10), log: log,
 		legacy: version == ProtocolLegacy, stmts: map[uint32]*stmt{}, in: make(chan message, 1),
 		stop: make(chan struct{})}
 	// The first request may be CONNECT: then the connection is a peer link
@@ -222,6 +237,7 @@ func (s *Server) serve(conn net.Conn) {
 		}
 	}()
 	ss.loop()
+	s.Backend.EndSession(ss.id)
 	close(ss.stop)
 	conn.Close()
 	<-done
@@ -352,7 +368,7 @@ func (ss *session) handle(m message) bool {
 		if len(ss.stmts) >= MaxStatements {
 			return ss.fail(&Error{CodeError, fmt.Sprintf("too many prepared statements (limit %d): finalize some", MaxStatements)})
 		}
-		n, tail, err := b.Prepare(ctx, req.SQL)
+		n, tail, err := b.Prepare(ctx, ss.id, req.SQL)
 		if err != nil {
 			return ss.fail(err)
 		}
@@ -388,7 +404,7 @@ func (ss *session) handle(m message) bool {
 		if strings.TrimSpace(sql) == "" {
 			return ss.fail(&Error{CodeError, "empty statement"})
 		}
-		last, rows, err := b.Exec(ctx, &Write{Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
+		last, rows, err := b.Exec(ctx, &Write{Session: ss.id, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
 		if err != nil {
 			return ss.fail(err)
 		}
@@ -470,7 +486,7 @@ func (ss *session) checkDB(id uint32) error {
 func (ss *session) query(ctx context.Context, sql string, params []Value) bool {
 	// ctx bounds the start of the query; streaming is bounded by the
 	// client reading it (WriteTimeout per message).
-	cur, err := ss.s.Backend.Query(ctx, sql, params)
+	cur, err := ss.s.Backend.Query(ctx, ss.id, sql, params)
 	if err != nil {
 		return ss.fail(err)
 	}

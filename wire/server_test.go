@@ -33,10 +33,12 @@ func (f *fakeBackend) Exec(ctx context.Context, w *Write) (int64, int64, error) 
 	}
 	return 1, int64(len(w.Params)), nil
 }
-func (f *fakeBackend) Prepare(ctx context.Context, sql string) (int, int, error) {
+func (f *fakeBackend) EndSession(uint64) {}
+
+func (f *fakeBackend) Prepare(ctx context.Context, session uint64, sql string) (int, int, error) {
 	return 1, len(sql), nil
 }
-func (f *fakeBackend) Query(ctx context.Context, sql string, params []Value) (Cursor, error) {
+func (f *fakeBackend) Query(ctx context.Context, session uint64, sql string, params []Value) (Cursor, error) {
 	return &fakeCursor{f: f}, nil
 }
 func (f *fakeBackend) Cluster() []ServerInfo { return []ServerInfo{{1, "leader:1", 0}} }

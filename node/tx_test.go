@@ -1,0 +1,237 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dqlite-go/dqlite/loop"
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// count returns SELECT count(*) FROM table on n (a linearizable read on the
+// leader, or the node's applied state on a follower through Dump's hash).
+func countRows(t *testing.T, ctx context.Context, n *Node, table string) int64 {
+	t.Helper()
+	rows, err := n.Query(ctx, "SELECT count(*) FROM "+table)
+	if err != nil {
+		t.Fatalf("count %s: %v", table, err)
+	}
+	return rows[0][0].(int64)
+}
+
+// sameImages waits until every node has applied the leader's last index and
+// checks that their images are equal.
+func sameImages(t *testing.T, ctx context.Context, nodes []*Node, l *Node) {
+	t.Helper()
+	last := l.Applied()
+	var want uint64
+	for i, n := range nodes {
+		if err := n.WaitFor(ctx, func() bool { return n.loop.Applied() >= last }); err != nil {
+			t.Fatalf("node %d does not catch up: %v", n.cfg.ID, err)
+		}
+		h, err := n.ImageHash()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			want = h
+		} else if h != want {
+			t.Fatalf("node %d image %x differs from node %d's %x", n.cfg.ID, h, nodes[0].cfg.ID, want)
+		}
+	}
+}
+
+// TestTxSpanningRequests: a transaction opened by a lone BEGIN spans
+// requests. Its writes are visible to its own reads and to nobody else's
+// until COMMIT; an autocommit writer arriving meanwhile waits for the
+// writer slot and runs after the commit (it sees the committed rows); the
+// commit replicates as one entry and every node ends with the same image.
+// A statement's error leaves the transaction open (as in SQLite); ROLLBACK
+// leaves no trace.
+func TestTxSpanningRequests(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x INTEGER PRIMARY KEY); CREATE TABLE seen (n)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (?)", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A failing statement: its own changes are undone, the transaction
+	// goes on.
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err == nil {
+		t.Fatal("duplicate key accepted")
+	}
+	if rows, err := tx.Query(ctx, "SELECT count(*), sum(x) FROM t"); err != nil || rows[0][0] != int64(5) || rows[0][1] != int64(15) {
+		t.Fatalf("the transaction's own read: %v %v", rows, err)
+	}
+	if n := countRows(t, ctx, l, "t"); n != 0 {
+		t.Fatalf("uncommitted rows visible outside the transaction: %d", n)
+	}
+	// A writer from elsewhere queues behind the transaction.
+	writer := make(chan error, 1)
+	go func() {
+		_, err := l.Exec(ctx, "INSERT INTO seen SELECT count(*) FROM t")
+		writer <- err
+	}()
+	if err := l.WaitFor(ctx, func() bool { return l.loop.QueuedWrites() == 1 }); err != nil {
+		t.Fatalf("the writer never queued: %v", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (6)"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-writer:
+		t.Fatalf("a writer ran while the transaction held the writer slot: %v", err)
+	default:
+	}
+	before := l.Applied()
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-writer; err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := l.Query(ctx, "SELECT n FROM seen"); err != nil || len(rows) != 1 || rows[0][0] != int64(6) {
+		t.Fatalf("the queued writer saw %v (%v), want the 6 committed rows", rows, err)
+	}
+	// COMMIT and the queued write: two entries (the transaction's six
+	// inserts are one).
+	if got := l.Applied() - before; got != 2 {
+		t.Fatalf("%d entries applied for the commit and the queued write, want 2", got)
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, ErrTxDone) {
+		t.Fatalf("second commit: %v", err)
+	}
+	// ROLLBACK leaves no trace.
+	tx, err = l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (100); CREATE TABLE u (y)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, ctx, l, "t"); n != 6 {
+		t.Fatalf("%d rows after rollback, want 6", n)
+	}
+	if _, err := l.Query(ctx, "SELECT * FROM u"); err == nil {
+		t.Fatal("a rolled back table exists")
+	}
+	sameImages(t, ctx, nodes, l)
+}
+
+// TestTxAbortedOnLeadershipLoss: when the leader hands over leadership,
+// its open transaction is rolled back; the client's next statement fails
+// with ErrTxAborted (never run as an autocommit write), ROLLBACK succeeds,
+// and no node ever shows the transaction's rows.
+func TestTxAbortedOnLeadershipLoss(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Transfer(ctx, raft.None); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (2)"); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, loop.ErrLeadershipLost) {
+		t.Fatalf("statement after the leadership change: %v", err)
+	}
+	if _, err := tx.Query(ctx, "SELECT count(*) FROM t"); !errors.Is(err, loop.ErrTxAborted) {
+		t.Fatalf("query after the leadership change: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatalf("rollback of the aborted transaction: %v", err)
+	}
+	nl := leaderOf(t, ctx, nodes)
+	if _, err := nl.Exec(ctx, "INSERT INTO t VALUES (3)"); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := nl.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(3) {
+		t.Fatalf("rows after the aborted transaction: %v %v", rows, err)
+	}
+	sameImages(t, ctx, nodes, nl)
+}
+
+// TestTxIdleTimeout: a transaction left idle past TxIdleTimeout is rolled
+// back and frees the writer slot for the writers queued behind it; the
+// transaction's client then gets ErrTxAborted, and COMMIT fails.
+func TestTxIdleTimeout(t *testing.T) {
+	nodes := startClusterWith(t, 3, func(c *Config) { c.TxIdleTimeout = 300 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	// This write can only run once the idle transaction is rolled back.
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, loop.ErrTxIdle) {
+		t.Fatalf("commit of the idle transaction: %v", err)
+	}
+	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(2) {
+		t.Fatalf("rows: %v %v", rows, err)
+	}
+}
+
+// TestTxQueuedWriterGetsBusy: a writer queued behind a transaction for
+// longer than the request timeout fails with a busy error (it never ran:
+// safe to send again), not with an unknown outcome.
+func TestTxQueuedWriterGetsBusy(t *testing.T) {
+	lc := loopConfigHook
+	defer func() { loopConfigHook = lc }()
+	loopConfigHook = func(c *loop.Config) { c.RequestTimeoutTicks = 4 }
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (2)"); !errors.Is(err, loop.ErrBusy) {
+		t.Fatalf("queued writer: %v", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(1) {
+		t.Fatalf("rows: %v %v", rows, err)
+	}
+}
