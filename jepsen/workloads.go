@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/dqlite-go/dqlite/driver"
 )
 
 // Register workload: one register per key (table reg), linearizable reads
@@ -219,8 +221,10 @@ func runRegister(ctx context.Context, db *sql.DB, client int, seed uint64, keys 
 }
 
 // Bank workload: accounts whose total never changes; transfers are single
-// atomic statements, every read checks the total and that no balance is
-// negative.
+// atomic statements or transactions spanning requests that read both
+// balances and write back values computed by the client (a lost update or
+// a non-serializable interleaving changes the total); every read checks the
+// total and that no balance is negative.
 
 const (
 	bankAccounts = 5
@@ -233,11 +237,23 @@ func setupBank(ctx context.Context, db *sql.DB) error {
 	return err
 }
 
-func runBank(ctx context.Context, db *sql.DB, client int, seed uint64, c *counts, violations *violations) {
+// runBank records single-statement transfers and reads in c, transfers in
+// transactions spanning requests in tc.
+func runBank(ctx context.Context, db *sql.DB, client int, seed uint64, c, tc *counts, violations *violations) {
 	rng := rand.New(rand.NewPCG(seed, uint64(client)+1000))
 	for ctx.Err() == nil {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if rng.IntN(2) == 0 {
+		op := rng.IntN(4)
+		if op == 0 {
+			from, to := rng.IntN(bankAccounts), rng.IntN(bankAccounts)
+			for to == from {
+				to = rng.IntN(bankAccounts)
+			}
+			ok, unknown, err := bankTxTransfer(octx, db, from, to, 1+rng.IntN(10))
+			if ctx.Err() == nil {
+				tc.record(ok, unknown, err)
+			}
+		} else if op == 1 {
 			from, to := rng.IntN(bankAccounts), rng.IntN(bankAccounts)
 			for to == from {
 				to = rng.IntN(bankAccounts)
@@ -260,6 +276,37 @@ func runBank(ctx context.Context, db *sql.DB, client int, seed uint64, c *counts
 		}
 		cancel()
 	}
+}
+
+// bankTxTransfer moves amount in a transaction spanning requests: read
+// both balances, write the new values as constants. unknown: the COMMIT's
+// answer was lost.
+func bankTxTransfer(ctx context.Context, db *sql.DB, from, to, amount int) (ok, unknown bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, false, err
+	}
+	defer tx.Rollback() // after Commit: sql.ErrTxDone, ignored
+	var fb, tb int64
+	if err := tx.QueryRowContext(ctx, "SELECT bal FROM acc WHERE id = ?", from).Scan(&fb); err != nil {
+		return false, false, err
+	}
+	if err := tx.QueryRowContext(ctx, "SELECT bal FROM acc WHERE id = ?", to).Scan(&tb); err != nil {
+		return false, false, err
+	}
+	if fb < int64(amount) {
+		return true, false, nil // nothing to move: a successful no-op
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acc SET bal = ? WHERE id = ?", fb-int64(amount), from); err != nil {
+		return false, false, err
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acc SET bal = ? WHERE id = ?", tb+int64(amount), to); err != nil {
+		return false, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return false, errors.Is(err, driver.ErrUnknownOutcome), err
+	}
+	return true, false, nil
 }
 
 // Set workload: unique inserts into a table without a key; at the end
