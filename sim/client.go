@@ -24,6 +24,7 @@ type client struct {
 	n       int
 	pending *pendingOp
 	bank    bool // the SQLite bank workload's client
+	tx      *bankTx
 }
 
 type pendingOp struct {

@@ -151,8 +151,10 @@ type Sim struct {
 	clients    []*client
 	reqOwner   map[uint64]*client
 	nextReq    uint64
-	history    []op
-	violations []string
+	// nextSession numbers the bank clients' transaction sessions.
+	nextSession uint64
+	history     []op
+	violations  []string
 
 	// Oracles' memory.
 	leaders      map[uint64]raft.NodeID  // term -> leader

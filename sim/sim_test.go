@@ -154,6 +154,11 @@ func TestSimulatorSQLite(t *testing.T) {
 	if sum.Faults["bank-check"] == 0 {
 		t.Error("the bank invariant was never checked")
 	}
+	if sum.Faults["bank-tx-commit"] == 0 {
+		t.Error("no transfer in a transaction spanning requests committed")
+	}
+	t.Logf("bank checks %d, transfers committed in transactions spanning requests %d",
+		sum.Faults["bank-check"], sum.Faults["bank-tx-commit"])
 	for _, k := range []string{"crash", "crash-mid-write", "eio", "enospc", "partition-isolate", "drop"} {
 		if sum.Faults[k] == 0 {
 			t.Errorf("fault %s never injected", k)

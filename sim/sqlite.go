@@ -100,10 +100,118 @@ func (s *Sim) sqlGet(n *node, req uint64, key string) {
 	}))
 }
 
-// bankStep is the bank client: it alternates transfers and total checks.
+// bankTx is a transfer in a transaction spanning requests: BEGIN, read
+// both balances, write back values the client computed, COMMIT (or
+// ROLLBACK when the balance is short). A lost update or a non-serializable
+// interleaving would change the bank's total.
+type bankTx struct {
+	node       raft.NodeID
+	session    uint64
+	step       int // the request in flight: txBegin, txRead, txWrite, txEnd
+	a, b       int
+	amt        int64
+	balA, balB int64
+	rollback   bool
+}
+
+const (
+	txBegin = iota
+	txRead
+	txWrite
+	txEnd
+)
+
+// txRequest submits a request of a transaction spanning requests.
+func (s *Sim) txRequest(n *node, req, session uint64, sql string, params ...fsm.Value) {
+	db := n.db
+	ctl := fsm.LoneTxControl(sql)
+	n.vfs.SetTime(simClock + s.now.Milliseconds())
+	s.take(n, n.loop.SubmitWrite(loop.WriteRequest{ID: req, Tx: session,
+		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx(sql, params) },
+		Proposed:  db.Proposed, Abort: db.Abort,
+		EndsTx: ctl == "COMMIT" || ctl == "ROLLBACK", Rollback: ctl == "ROLLBACK"}))
+}
+
+// bankTxStep sends the transaction's next request.
+func (s *Sim) bankTxStep(n *node, c *client, req uint64) {
+	t := c.tx
+	integer := func(v int64) fsm.Value { return fsm.Value{Type: fsm.TypeInteger, Int: v} }
+	switch t.step {
+	case txBegin:
+		s.txRequest(n, req, t.session, "BEGIN")
+	case txRead:
+		db, l, session := n.db, n.loop, t.session
+		s.take(n, n.loop.ReadIn(req, session, func() (any, error) {
+			if !l.TxOpen(session) {
+				return nil, fsm.ErrNoOpenTx
+			}
+			return db.Conn().Query("SELECT id, bal FROM bank WHERE id IN (?, ?) ORDER BY id = ?", t.a, t.b, t.b)
+		}))
+	case txWrite:
+		s.txRequest(n, req, t.session, "UPDATE bank SET bal = ? WHERE id = ?; UPDATE bank SET bal = ? WHERE id = ?",
+			integer(t.balA-t.amt), integer(int64(t.a)), integer(t.balB+t.amt), integer(int64(t.b)))
+	case txEnd:
+		if t.rollback {
+			s.txRequest(n, req, t.session, "ROLLBACK")
+		} else {
+			s.txRequest(n, req, t.session, "COMMIT")
+		}
+	}
+}
+
+// bankTxReply advances the transaction; false when it ended (done or
+// failed).
+func (s *Sim) bankTxReply(n *node, c *client, r loop.Reply) {
+	t := c.tx
+	if r.Err != nil {
+		s.abandonTx(c)
+		return
+	}
+	switch t.step {
+	case txRead:
+		rows, ok := r.Result.([][]any)
+		if !ok || len(rows) != 2 {
+			s.violate("bank: a transaction read %v for accounts %d and %d", r.Result, t.a, t.b)
+			s.abandonTx(c)
+			return
+		}
+		t.balA, t.balB = rows[0][1].(int64), rows[1][1].(int64)
+		if t.balA < t.amt {
+			t.rollback = true
+			t.step = txEnd
+			return
+		}
+	case txEnd:
+		if !t.rollback {
+			s.count("bank-tx-commit")
+		}
+		c.tx = nil
+		return
+	}
+	t.step++
+}
+
+// abandonTx gives up the client's transaction; its session ends (as when a
+// connection closes), which rolls it back if it is still open.
+func (s *Sim) abandonTx(c *client) {
+	t := c.tx
+	c.tx = nil
+	if n := s.nodes[t.node]; n != nil && n.up && !n.paused && n.loop != nil {
+		s.take(n, n.loop.EndSession(t.session))
+	}
+}
+
+// bankStep is the bank client: it alternates transfers (single requests, or
+// transactions spanning requests) and total checks.
 func (s *Sim) bankStep(c *client) {
 	if !s.clientsOn || c.pending != nil {
 		return
+	}
+	if c.tx != nil {
+		n := s.nodes[c.tx.node]
+		if n == nil || !n.up || n.removed || n.paused {
+			s.abandonTx(c)
+		}
 	}
 	n := s.nodes[c.target]
 	if n == nil || !n.up || n.removed || n.paused {
@@ -118,10 +226,27 @@ func (s *Sim) bankStep(c *client) {
 	p := &pendingOp{req: s.nextReq, call: s.now}
 	c.pending = p
 	s.reqOwner[p.req] = c
-	s.after(clientTimeout, &event{kind: evClient, fn: func() { s.bankDone(c, p) }})
+	s.after(clientTimeout, &event{kind: evClient, fn: func() {
+		if c.pending == p && c.tx != nil {
+			s.abandonTx(c) // timed out inside the transaction: give it up
+		}
+		s.bankDone(c, p)
+	}})
 	c.n++
 	if !s.schemaDone {
 		s.take(n, n.loop.SubmitWrite(loop.WriteRequest{ID: p.req, Batch: &fsm.BatchItem{SQL: schemaSQL}}))
+		return
+	}
+	if c.tx == nil && c.n%6 == 0 {
+		a, b := s.rng.IntN(bankAccounts), s.rng.IntN(bankAccounts-1)
+		if b >= a {
+			b++
+		}
+		s.nextSession++
+		c.tx = &bankTx{node: n.id, session: s.nextSession, a: a, b: b, amt: int64(1 + s.rng.IntN(20))}
+	}
+	if c.tx != nil {
+		s.bankTxStep(s.nodes[c.tx.node], c, p.req)
 		return
 	}
 	if c.n%2 == 0 {
@@ -142,6 +267,14 @@ func (s *Sim) bankStep(c *client) {
 // bankReply handles the answer to a bank client's request.
 func (s *Sim) bankReply(n *node, c *client, r loop.Reply) {
 	p := c.pending
+	if c.tx != nil && n.id == c.tx.node {
+		s.bankTxReply(n, c, r)
+		if r.Err != nil {
+			c.target = n.loop.Raft().Basic().Lead
+		}
+		s.bankDone(c, p)
+		return
+	}
 	if r.Err == nil {
 		if !s.schemaDone && c.n == 1 {
 			s.schemaDone = true
@@ -169,6 +302,7 @@ func (s *Sim) bankDone(c *client, p *pendingOp) {
 	if c.pending != p {
 		return
 	}
+
 	delete(s.reqOwner, p.req)
 	c.pending = nil
 	s.after(s.randDuration(time.Millisecond, 20*time.Millisecond), &event{kind: evClient, fn: func() { s.bankStep(c) }})
