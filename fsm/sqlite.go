@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"strings"
 
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
 )
@@ -282,35 +283,7 @@ func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open
 
 // isLoneRollback reports whether sql is one ROLLBACK [TRANSACTION]
 // statement (not ROLLBACK TO a savepoint).
-func isLoneRollback(sql string) bool { return LoneTxControl(sql) == "ROLLBACK" }
-
-// LoneTxControl returns BEGIN, COMMIT, END or ROLLBACK when sql is exactly
-// one such statement (BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION],
-// COMMIT|END|ROLLBACK [TRANSACTION]; not ROLLBACK TO), else "".
-func LoneTxControl(sql string) string {
-	t := strings.TrimSpace(sql)
-	for strings.HasSuffix(t, ";") {
-		t = strings.TrimSpace(strings.TrimSuffix(t, ";"))
-	}
-	f := strings.Fields(strings.ToUpper(t))
-	if len(f) == 0 || len(f) > 3 {
-		return ""
-	}
-	kw, rest := f[0], f[1:]
-	switch kw {
-	case "BEGIN":
-		if len(rest) > 0 && (rest[0] == "DEFERRED" || rest[0] == "IMMEDIATE" || rest[0] == "EXCLUSIVE") {
-			rest = rest[1:]
-		}
-	case "COMMIT", "END", "ROLLBACK":
-	default:
-		return ""
-	}
-	if len(rest) == 0 || len(rest) == 1 && rest[0] == "TRANSACTION" {
-		return kw
-	}
-	return ""
-}
+func isLoneRollback(sql string) bool { return sqltext.LoneTxControl(sql) == "ROLLBACK" }
 
 // TxOpen reports whether a transaction spanning requests is open.
 func (d *DB) TxOpen() bool { return d.txOpen }

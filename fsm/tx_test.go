@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 )
@@ -19,8 +20,8 @@ func (c *cluster) execTx(n *node, session uint64, sql string) uint64 {
 		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx(sql, nil) },
 		Proposed:  db.Proposed,
 		Abort:     db.Abort,
-		EndsTx:    fsm.LoneTxControl(sql) == "COMMIT" || fsm.LoneTxControl(sql) == "ROLLBACK",
-		Rollback:  fsm.LoneTxControl(sql) == "ROLLBACK",
+		EndsTx:    sqltext.LoneTxControl(sql) == "COMMIT" || sqltext.LoneTxControl(sql) == "ROLLBACK",
+		Rollback:  sqltext.LoneTxControl(sql) == "ROLLBACK",
 	}))
 	return id
 }
@@ -141,21 +142,6 @@ func TestTxSpanningRequestsAbortedByPartition(t *testing.T) {
 	for _, n := range c.nodes {
 		if rows := query(t, n, "SELECT x FROM t"); !reflect.DeepEqual(rows, [][]any{{int64(7)}}) {
 			t.Fatalf("node %d shows %v", n.id, rows)
-		}
-	}
-}
-
-// TestLoneTxControl classifies the requests that open or end a transaction
-// spanning requests.
-func TestLoneTxControl(t *testing.T) {
-	for sql, want := range map[string]string{
-		"BEGIN": "BEGIN", " begin immediate transaction ; ": "BEGIN", "BEGIN EXCLUSIVE": "BEGIN",
-		"COMMIT": "COMMIT", "end transaction": "END", "ROLLBACK;": "ROLLBACK",
-		"ROLLBACK TO sp": "", "BEGIN; INSERT INTO t VALUES (1)": "", "BEGIN; COMMIT": "",
-		"BEGINNING": "", "SELECT 1": "", "": "", "BEGIN TRANSACTION x y": "",
-	} {
-		if got := fsm.LoneTxControl(sql); got != want {
-			t.Errorf("%q: %q, want %q", sql, got, want)
 		}
 	}
 }

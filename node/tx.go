@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/vfs"
 )
@@ -33,7 +34,7 @@ func (n *Node) writeRequest(id, session uint64, item *fsm.BatchItem) loop.WriteR
 	if session == 0 {
 		return w
 	}
-	ctl := fsm.LoneTxControl(item.SQL)
+	ctl := sqltext.LoneTxControl(item.SQL)
 	if ctl != "" {
 		// BEGIN opens a transaction (it runs alone, not merged into a
 		// batch); COMMIT/END/ROLLBACK outside a transaction get SQLite's

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
@@ -124,7 +125,7 @@ const (
 // txRequest submits a request of a transaction spanning requests.
 func (s *Sim) txRequest(n *node, req, session uint64, sql string, params ...fsm.Value) {
 	db := n.db
-	ctl := fsm.LoneTxControl(sql)
+	ctl := sqltext.LoneTxControl(sql)
 	n.vfs.SetTime(simClock + s.now.Milliseconds())
 	s.take(n, n.loop.SubmitWrite(loop.WriteRequest{ID: req, Tx: session,
 		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx(sql, params) },

@@ -25,6 +25,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/wire"
 	"golang.org/x/term"
 )
@@ -42,7 +43,15 @@ type shell struct {
 	out     io.Writer
 	conn    *wire.Conn
 	dbID    uint32
+	// inTx: a BEGIN succeeded on conn and no COMMIT or ROLLBACK yet; the
+	// transaction lives in conn's server session, so it is never retried
+	// on another connection.
+	inTx bool
 }
+
+// errTxLost is returned when the connection holding an open transaction
+// is lost: the server rolled the transaction back.
+var errTxLost = errors.New("the connection to the leader was lost inside a transaction: it was rolled back")
 
 func run(args []string, in io.Reader, out, errOut io.Writer) int {
 	fs := flag.NewFlagSet("dqlite", flag.ContinueOnError)
@@ -86,8 +95,9 @@ func run(args []string, in io.Reader, out, errOut io.Writer) int {
 		return sh.interactive(f, errOut)
 	}
 	// A script: statements end with ';' at the end of a line. A BEGIN ...
-	// COMMIT block is sent as one request (a transaction cannot span
-	// requests), so the output of sqlite3's .dump loads as it is.
+	// COMMIT block is sent as one request (atomic even if the connection
+	// breaks half way), so the output of sqlite3's .dump loads as it is.
+	// Typed interactively, BEGIN opens a transaction spanning requests.
 	failed := false
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
@@ -218,6 +228,10 @@ func (sh *shell) connect(ctx context.Context) error {
 	if sh.conn != nil && sh.conn.Broken() == nil {
 		return nil
 	}
+	if sh.inTx {
+		sh.inTx = false
+		return errTxLost
+	}
 	sh.close()
 	c, err := wire.FindLeader(ctx, sh.servers, sh.tls)
 	if err != nil {
@@ -245,6 +259,12 @@ func (sh *shell) retry(ctx context.Context, f func() error) error {
 		if err == nil || !moved || attempt > 0 {
 			return err
 		}
+		if sh.inTx {
+			sh.inTx = false
+			sh.close()
+			sh.conn = nil
+			return fmt.Errorf("%w (%v)", errTxLost, err)
+		}
 		sh.close()
 		sh.conn = nil
 	}
@@ -265,6 +285,13 @@ func (sh *shell) do(cmd string) error {
 	}
 	return sh.retry(ctx, func() error {
 		res, err := sh.conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: sh.dbID, SQL: cmd})
+		var we *wire.Error
+		switch ctl := sqltext.LoneTxControl(cmd); {
+		case err == nil && ctl == "BEGIN":
+			sh.inTx = true
+		case err == nil && ctl != "", errors.As(err, &we) && we.Code == wire.CodeTxAborted && ctl != "":
+			sh.inTx = false
+		}
 		if err != nil {
 			return err
 		}

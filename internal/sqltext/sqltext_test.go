@@ -1,0 +1,18 @@
+package sqltext
+
+import "testing"
+
+// TestLoneTxControl classifies the requests that open or end a transaction
+// spanning requests.
+func TestLoneTxControl(t *testing.T) {
+	for sql, want := range map[string]string{
+		"BEGIN": "BEGIN", " begin immediate transaction ; ": "BEGIN", "BEGIN EXCLUSIVE": "BEGIN",
+		"COMMIT": "COMMIT", "end transaction": "END", "ROLLBACK;": "ROLLBACK",
+		"ROLLBACK TO sp": "", "BEGIN; INSERT INTO t VALUES (1)": "", "BEGIN; COMMIT": "",
+		"BEGINNING": "", "SELECT 1": "", "": "", "BEGIN TRANSACTION x y": "",
+	} {
+		if got := LoneTxControl(sql); got != want {
+			t.Errorf("%q: %q, want %q", sql, got, want)
+		}
+	}
+}
