@@ -16,6 +16,9 @@ import (
 // Conn is a SQLite connection on a VFS, for the node's own use.
 type Conn struct {
 	db *C.sqlite3
+	// trusted (C memory, read by the guard) is set while the node runs its
+	// own statements; client SQL runs guarded (see dq_guard).
+	trusted *C.int
 }
 
 // Open opens (creating if needed) database name on the VFS, in WAL mode with
@@ -34,7 +37,7 @@ func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("vfs: open %s: %w", name, err)
 	}
-	c := &Conn{db: db}
+	c := &Conn{db: db, trusted: (*C.int)(C.calloc(1, C.size_t(unsafe.Sizeof(C.int(0)))))}
 	C.sqlite3_extended_result_codes(db, 1)
 	setup := fmt.Sprintf("PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA foreign_keys=ON;", pageSize)
 	if err := c.Exec(setup); err != nil {
@@ -42,6 +45,10 @@ func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
 		return nil, fmt.Errorf("vfs: configuring %s: %w", name, err)
 	}
 	C.sqlite3_wal_autocheckpoint(db, 0)
+	if rc := C.dq_guard(db, c.trusted); rc != C.SQLITE_OK {
+		c.Close()
+		return nil, fmt.Errorf("vfs: guarding %s: %w", name, connError(db, rc))
+	}
 	return c, nil
 }
 
@@ -51,6 +58,10 @@ func connError(db *C.sqlite3, rc C.int) error {
 	if db != nil {
 		msg = C.GoString(C.sqlite3_errmsg(db))
 		code = int(C.sqlite3_extended_errcode(db))
+	}
+	if code == C.SQLITE_AUTH {
+		msg += ": ATTACH, DETACH, checkpoints and setting PRAGMAs that change how the node stores or " +
+			"replicates the database (journal_mode, locking_mode, synchronous, foreign_keys, ...) are reserved to the node"
 	}
 	return &Error{Code: code, Msg: msg}
 }
@@ -62,6 +73,8 @@ func (c *Conn) Close() error {
 	}
 	rc := C.sqlite3_close_v2(c.db)
 	c.db = nil
+	C.free(unsafe.Pointer(c.trusted))
+	c.trusted = nil
 	if rc != C.SQLITE_OK {
 		return &Error{Code: int(rc), Msg: "closing connection"}
 	}
@@ -79,7 +92,11 @@ func (c *Conn) Exec(sql string) error {
 }
 
 // Checkpoint copies the WAL into the database file and empties the WAL.
-func (c *Conn) Checkpoint() error { return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)") }
+func (c *Conn) Checkpoint() error {
+	*c.trusted = 1
+	defer func() { *c.trusted = 0 }()
+	return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+}
 
 // Changes is the number of rows the last statement changed.
 func (c *Conn) Changes() int64 { return int64(C.sqlite3_changes(c.db)) }

@@ -151,5 +151,13 @@ int sqlite3_extended_errcode(sqlite3 *db);
 int sqlite3_wal_autocheckpoint(sqlite3 *db, int N);
 int sqlite3_get_autocommit(sqlite3 *);
 int sqlite3_stmt_readonly(sqlite3_stmt *);
+int sqlite3_set_authorizer(sqlite3 *, int (*)(void *, int, const char *, const char *, const char *, const char *),
+                           void *);
+int sqlite3_stricmp(const char *, const char *);
+#define SQLITE_DENY 1
+#define SQLITE_AUTH 23
+#define SQLITE_PRAGMA 19
+#define SQLITE_ATTACH 24
+#define SQLITE_DETACH 25
 
 #endif

@@ -804,3 +804,31 @@ int dq_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
 int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n) {
 	return sqlite3_bind_blob(s, i, p, n, SQLITE_TRANSIENT);
 }
+
+/* Client SQL runs on connections the node shares between its clients and
+ * whose settings replication relies on (WAL mode, no automatic checkpoints,
+ * the node's locking). The guard refuses, unless *trusted is set (the
+ * node's own statements), what would change them or bypass the capture:
+ * ATTACH and DETACH (an attached database is not replicated), a checkpoint,
+ * and setting the PRAGMAs below. Reading a PRAGMA stays allowed. */
+static const char *const guarded_pragmas[] = {
+    "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "page_size", "mmap_size",
+    "query_only", "writable_schema", "schema_version", "foreign_keys", "recursive_triggers",
+    "ignore_check_constraints", "case_sensitive_like", "trusted_schema", "cell_size_check",
+    "temp_store_directory", "data_store_directory", "legacy_alter_table", "journal_size_limit",
+};
+
+static int dq_authorize(void *arg, int action, const char *a, const char *b, const char *c, const char *d) {
+	(void)c;
+	(void)d;
+	if (*(int *)arg) return SQLITE_OK;
+	if (action == SQLITE_ATTACH || action == SQLITE_DETACH) return SQLITE_DENY;
+	if (action != SQLITE_PRAGMA || !a) return SQLITE_OK;
+	if (sqlite3_stricmp(a, "wal_checkpoint") == 0) return SQLITE_DENY;
+	if (!b) return SQLITE_OK;
+	for (size_t i = 0; i < sizeof guarded_pragmas / sizeof guarded_pragmas[0]; i++)
+		if (sqlite3_stricmp(a, guarded_pragmas[i]) == 0) return SQLITE_DENY;
+	return SQLITE_OK;
+}
+
+int dq_guard(sqlite3 *db, int *trusted) { return sqlite3_set_authorizer(db, dq_authorize, trusted); }

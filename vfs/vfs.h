@@ -28,5 +28,6 @@ int dq_wal_size(dq_vfs *v, const char *name, long long *size);
 int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long size);
 typedef struct sqlite3_stmt sqlite3_stmt;
 int dq_bind_text(sqlite3_stmt *s, int i, const char *p, int n);
+int dq_guard(sqlite3 *db, int *trusted);
 int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n);
 #endif

@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -349,11 +350,52 @@ func TestWritesAfterSpilledRollbackAndWALRestart(t *testing.T) {
 	}
 	// A passive checkpoint copies every frame back; the next write restarts
 	// the WAL from its header.
+	*fc.trusted = 1 // clients may not checkpoint; the node may
 	exec(t, fc, "PRAGMA wal_checkpoint(PASSIVE)")
+	*fc.trusted = 0
 	replicateWrite(t, fv, lv, fc, "INSERT INTO big VALUES (3, x'03')")
 	replicateWrite(t, fv, lv, fc, "INSERT INTO big VALUES (4, x'04')")
 	sameRows(t, lc, fc, "SELECT k, v FROM big ORDER BY k")
 	if n := count(t, lc, "big"); n != 5 {
 		t.Fatalf("%d rows, want 5", n)
+	}
+}
+
+// TestGuardRefusesStorageChanges: client SQL may not change the settings
+// replication relies on, checkpoint, or attach databases (not replicated);
+// reading those PRAGMAs and setting harmless ones stays allowed, and the
+// node's own checkpoint still runs.
+func TestGuardRefusesStorageChanges(t *testing.T) {
+	v := newVFS(t)
+	c := open(t, v, "db", 4096)
+	exec(t, c, "CREATE TABLE t (x)")
+	commit(t, v, "db")
+	for _, q := range []string{"PRAGMA journal_mode=DELETE", "PRAGMA locking_mode=EXCLUSIVE", "pragma Synchronous = 0",
+		"PRAGMA wal_autocheckpoint=1", "PRAGMA wal_checkpoint", "PRAGMA main.wal_checkpoint(RESTART)",
+		"PRAGMA foreign_keys=OFF", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o"} {
+		err := c.Exec(q)
+		var e *Error
+		if !errors.As(err, &e) || e.Code != 23 || !strings.Contains(e.Msg, "reserved to the node") {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys"} {
+		if err := c.Exec(q); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+		if v.Pending("db") {
+			commit(t, v, "db")
+		}
+	}
+	if rows := query(t, c, "PRAGMA journal_mode"); rows[0][0] != "wal" {
+		t.Fatalf("journal mode %v", rows)
+	}
+	exec(t, c, "INSERT INTO t VALUES (1)")
+	commit(t, v, "db")
+	if err := c.Checkpoint(); err != nil {
+		t.Fatalf("the node's checkpoint: %v", err)
+	}
+	if v.WALSize("db") != 0 {
+		t.Fatalf("WAL of %d bytes after the checkpoint", v.WALSize("db"))
 	}
 }
