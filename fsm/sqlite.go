@@ -235,6 +235,10 @@ var (
 	ErrTxStatementMode = errors.New("fsm: transactions spanning requests need frames mode " +
 		"(statement mode replicates whole requests): send BEGIN ... COMMIT as one request")
 	errTxHoldsConn = errors.New("fsm: a transaction spanning requests holds the write connection")
+	// ErrTxCommitAndBegin: one request may not end a transaction and
+	// begin another.
+	ErrTxCommitAndBegin = errors.New("fsm: a request may not end a transaction and begin another; " +
+		"nothing of it was committed and the transaction was rolled back")
 )
 
 // ExecuteTx runs a request of a transaction that spans requests: every
@@ -257,6 +261,13 @@ func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open
 	}
 	res, err = d.run(sql, params, false)
 	d.txOpen = !d.conn.Autocommit()
+	if d.txOpen && d.vfs.Pending(d.name) {
+		// The request ended a transaction and began another ("COMMIT;
+		// BEGIN"): the first cannot be proposed while the second holds
+		// the connection. Refuse the whole request.
+		d.RollbackTx()
+		return nil, Result{}, false, ErrTxCommitAndBegin
+	}
 	if d.txOpen {
 		return nil, res, true, err
 	}

@@ -94,6 +94,10 @@ var (
 	ErrTxAborted = errors.New("loop: the transaction was rolled back")
 	// ErrTxIdle is why a transaction idle past TxIdleTicks was rolled back.
 	ErrTxIdle = errors.New("transaction idle for too long")
+	// ErrSessionEnded answers requests still queued when their session
+	// ended; ErrCanceled those whose client stopped waiting. Neither ran.
+	ErrSessionEnded = errors.New("loop: the client session ended")
+	ErrCanceled     = errors.New("loop: request canceled before it ran")
 )
 
 // WriteJob is an append the runtime performs with Storage.Append outside
@@ -403,6 +407,10 @@ func (l *Loop) releaseTx() {
 	l.tx, l.txAbort = 0, nil
 }
 
+// TxHeld reports whether a transaction spanning requests holds the writer
+// slot, and how many sessions have a rolled back transaction to hear about.
+func (l *Loop) TxHeld() (bool, int) { return l.tx != 0, len(l.txAborted) }
+
 // QueuedWrites is the number of writes waiting for the writer slot.
 func (l *Loop) QueuedWrites() int { return len(l.writeQueue) }
 
@@ -429,7 +437,40 @@ func (l *Loop) EndSession(session uint64) Output {
 		l.releaseTx()
 	}
 	delete(l.txAborted, session)
+	// Its requests still queued must not run (a BEGIN would open a
+	// transaction nobody ends).
+	kept := l.writeQueue[:0]
+	for _, req := range l.writeQueue {
+		if req.write.Tx == session && l.pending[req.id] != nil {
+			l.finish(req.id, Reply{ID: req.id, Err: ErrSessionEnded})
+			continue
+		}
+		kept = append(kept, req)
+	}
+	l.writeQueue = kept
 	return l.flush() // queued writers may go now
+}
+
+// Cancel drops a request whose client stopped waiting, if it has not run
+// yet (a queued write, a read): it never will. A write already executed
+// keeps going (its outcome is what it is).
+func (l *Loop) Cancel(id uint64) Output {
+	req := l.pending[id]
+	switch {
+	case req == nil:
+	case req.write != nil && req.index == 0:
+		kept := l.writeQueue[:0]
+		for _, r := range l.writeQueue {
+			if r != req {
+				kept = append(kept, r)
+			}
+		}
+		l.writeQueue = kept
+		l.finish(id, Reply{ID: id, Err: ErrCanceled})
+	case req.read != nil:
+		l.finish(id, Reply{ID: id, Err: ErrCanceled})
+	}
+	return l.flush()
 }
 
 // pumpWrites runs the next queued write when the writer slot is free and
@@ -497,6 +538,14 @@ func (l *Loop) startWrite(req *request) {
 			return
 		case l.tx == w.Tx:
 			l.tx, l.txAbort = 0, nil // ended: the slot passes to its entry, if any
+			if err != nil && !w.EndsTx {
+				// SQLite rolled the whole transaction back (INSERT OR
+				// ROLLBACK, RAISE(ROLLBACK), an I/O error): the client
+				// still believes it open, so its next requests must
+				// fail, not run alone.
+				err = fmt.Errorf("%w: %w", ErrTxAborted, err)
+				l.txAborted[w.Tx] = err
+			}
 		}
 	} else {
 		cmd, result, err = req.write.Execute()

@@ -225,16 +225,17 @@ func (b backend) Peer(c net.Conn, r *bufio.Reader, id uint64, address string) {
 func (b backend) ErrorCode(err error) (uint64, string) {
 	var se *vfs.Error
 	switch {
+	case errors.Is(err, loop.ErrTxAborted):
+		// Before the SQLite error it may wrap, and before
+		// ErrLeadershipLost: the transaction is gone (nothing of it
+		// committed); retrying a statement alone would be wrong, so it is
+		// not a code clients retry.
+		return wire.CodeTxAborted, strings.TrimPrefix(err.Error(), "loop: ")
 	case errors.As(err, &se):
 		return uint64(se.Code), se.Msg
 	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, raft.ErrTransferInProgress):
 		// Refused before proposing: safe to send again to the (next) leader.
 		return wire.CodeNotLeader, "not leader"
-	case errors.Is(err, loop.ErrTxAborted):
-		// Before ErrLeadershipLost, which it may wrap: the transaction is
-		// gone (nothing of it committed); retrying a statement alone would
-		// be wrong, so it is not a code clients retry.
-		return wire.CodeTxAborted, err.Error()
 	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
 		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
 		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()

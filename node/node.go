@@ -585,6 +585,9 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 	case r := <-ch:
 		return r, r.Err
 	case <-ctx.Done():
+		// A request that has not run yet never will (a queued BEGIN must
+		// not open a transaction after its client gave up).
+		n.post(func() { n.handle(n.loop.Cancel(id)) })
 		return loop.Reply{}, fmt.Errorf("node: request abandoned, outcome unknown: %w", ctx.Err())
 	case <-n.stop:
 		return loop.Reply{}, ErrClosed
@@ -724,11 +727,11 @@ func (n *Node) ImageHash() (uint64, error) {
 	var h uint64
 	var err error
 	if !n.do(func() {
+		// The image is the committed state whatever the WAL holds: no
+		// checkpoint (one under an open cursor would leave the WAL fully
+		// copied but not truncated).
 		if n.db.Pending() {
 			err = errors.New("node: a write is pending")
-			return
-		}
-		if err = n.db.Conn().Checkpoint(); err != nil {
 			return
 		}
 		f := fnv.New64a()
@@ -844,9 +847,7 @@ func (n *Node) Dump() ([]byte, error) {
 			err = errors.New("node: a write is pending, try again")
 			return
 		}
-		if err = n.db.Conn().Checkpoint(); err == nil {
-			img = n.vfs.Image("db")
-		}
+		img = n.vfs.Image("db") // the committed state (see ImageHash)
 	}) {
 		return nil, ErrClosed
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 )
@@ -233,5 +234,106 @@ func TestTxQueuedWriterGetsBusy(t *testing.T) {
 	}
 	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(1) {
 		t.Fatalf("rows: %v %v", rows, err)
+	}
+}
+
+// TestTxRolledBackBySQLite: a statement after which SQLite itself rolled
+// the transaction back (INSERT OR ROLLBACK) fails with ErrTxAborted, and so
+// do the session's next statements: they never run as autocommit writes.
+// ROLLBACK then succeeds and nothing of the transaction exists.
+func TestTxRolledBackBySQLite(t *testing.T) {
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x INTEGER PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT OR ROLLBACK INTO t VALUES (1)"); !errors.Is(err, loop.ErrTxAborted) {
+		t.Fatalf("the statement that rolled back: %v", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (2)"); !errors.Is(err, loop.ErrTxAborted) {
+		t.Fatalf("the next statement: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 0 {
+		t.Fatalf("rows: %v %v", rows, err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (3)"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTxCommitAndBeginRefused: "COMMIT; BEGIN" in one request would
+// capture a commit it could not propose while the next transaction holds
+// the connection; it is refused whole and the transaction rolled back.
+func TestTxCommitAndBeginRefused(t *testing.T) {
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x INTEGER PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, fsm.ErrTxCommitAndBegin) {
+		t.Fatalf("COMMIT; BEGIN: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (2)"); err != nil {
+		t.Fatal(err)
+	}
+	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(2) {
+		t.Fatalf("rows: %v %v", rows, err)
+	}
+}
+
+// TestTxAbandonedBeginNeverOpens: a Begin whose client gives up while it
+// waits for the writer slot is dropped from the queue; it never opens a
+// transaction nobody would end, and leaves nothing behind.
+func TestTxAbandonedBeginNeverOpens(t *testing.T) {
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := l.Begin(short); done <- err }()
+	if err := l.WaitFor(ctx, func() bool { return l.loop.QueuedWrites() == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	cancelShort()
+	if err := <-done; err == nil {
+		t.Fatal("the abandoned Begin succeeded")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var held bool
+	var queued, aborted int
+	l.do(func() { held, aborted = l.loop.TxHeld(); queued = l.loop.QueuedWrites() })
+	if held || queued != 0 || aborted != 0 {
+		t.Fatalf("after the abandoned Begin: transaction held %v, %d queued, %d sessions remembered", held, queued, aborted)
 	}
 }

@@ -178,6 +178,8 @@ static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 	return SQLITE_OK;
 }
 
+static unsigned char *index_copy(dq_db *d);
+
 static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xWrite(p->temp, in, n, off);
@@ -187,7 +189,16 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 			/* A new WAL header: SQLite restarts the WAL (every frame was
 			 * checkpointed and no reader uses them), so the transaction
 			 * is everything from offset 0 on. */
-			if (off == 0 && n == WAL_HDR) d->pre_wal_size = 0;
+			if (off == 0 && n == WAL_HDR && d->pre_wal_size > 0) {
+				d->pre_wal_size = 0;
+				/* SQLite already wrote the restarted index header (no
+				 * frames, new salts, nothing backfilled): hiding the
+				 * transaction must go back to that state, not to the
+				 * frames the restart discarded. */
+				free(d->pre_index);
+				d->pre_index = index_copy(d);
+				d->pre_nregions = d->nregions;
+			}
 			if (off < d->pre_wal_size) {
 				/* It would overwrite committed frames that the capture
 				 * cannot restore: fail the transaction instead of
@@ -329,6 +340,9 @@ static void index_restore(dq_db *d, const unsigned char *c, int n) {
  * rolled back transaction that had spilled frames, which SQLite overwrites. */
 static sqlite3_int64 wal_end(dq_db *d) {
 	uint32_t mx = 0;
+	/* An index invalidated by dq_apply_frames (isInit 0) has a stale frame
+	 * count: the WAL's end is then unknown until a recovery rebuilds it. */
+	if (d->nregions > 0 && ((unsigned char *)d->regions[0])[12] == 0) return d->wal.size;
 	if (d->nregions > 0) memcpy(&mx, (unsigned char *)d->regions[0] + 16, sizeof mx);
 	if (mx == 0 || d->wal.size < WAL_HDR) return d->wal.size < WAL_HDR ? d->wal.size : WAL_HDR;
 	uint32_t pgsz = get_be32(d->wal.data + 8);
