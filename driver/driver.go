@@ -50,6 +50,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/wire"
 )
 
@@ -60,6 +61,11 @@ var (
 	// ErrUnknownOutcome wraps the error of a write whose outcome is unknown
 	// after the retry window ended.
 	ErrUnknownOutcome = errors.New("dqlite: the outcome of the write is unknown")
+	// ErrUseBeginTx is returned for BEGIN, COMMIT, END or ROLLBACK sent
+	// alone through Exec: the transaction would live on one pooled
+	// connection database/sql knows nothing about.
+	ErrUseBeginTx = errors.New("dqlite: use BeginTx, Commit and Rollback for transactions " +
+		"(or send BEGIN; ...; COMMIT as one Exec)")
 	// ErrTxAborted wraps the error of a request inside a transaction that
 	// the server rolled back (leadership lost, connection broken, idle
 	// past the server's limit): nothing of the transaction committed.
@@ -182,6 +188,9 @@ type conn struct {
 	// inTx: a transaction spanning requests is open on this connection;
 	// txLost: its server session is gone (the transaction rolled back).
 	inTx, txLost bool
+	// open is the last query's rows, which may still be streaming when
+	// the transaction sends its next request.
+	open *rows
 }
 
 var (
@@ -297,6 +306,9 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, err
 	}
+	if !cn.inTx && sqltext.LoneTxControl(query) != "" {
+		return nil, ErrUseBeginTx
+	}
 	if cn.inTx {
 		res, err := cn.txExec(ctx, query, params)
 		if err != nil {
@@ -369,7 +381,8 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 		if err != nil {
 			return nil, cn.txFailed(err)
 		}
-		return &rows{rr: rr}, nil
+		cn.open = &rows{rr: rr}
+		return cn.open, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
 	defer cancel()
@@ -461,9 +474,18 @@ func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, 
 	}
 }
 
-// txUsable checks that the transaction's server session still exists.
+// txUsable checks that the transaction's server session still exists, and
+// frees the connection from a query still streaming (database/sql lets a
+// transaction run a statement while its earlier rows are open).
 func (cn *conn) txUsable() error {
-	if cn.txLost || cn.w == nil {
+	if cn.open != nil {
+		err := cn.open.rr.Buffer()
+		cn.open = nil
+		if err != nil {
+			return cn.txFailed(err)
+		}
+	}
+	if cn.txLost || cn.w == nil || cn.w.Broken() != nil {
 		cn.txLost = true
 		return fmt.Errorf("%w: the connection to the leader was lost", ErrTxAborted)
 	}
@@ -507,9 +529,9 @@ type tx struct{ cn *conn }
 // unknown (ErrUnknownOutcome); any other failure leaves nothing committed.
 func (t *tx) Commit() error {
 	cn := t.cn
-	defer func() { cn.inTx, cn.txLost = false, false }()
+	defer func() { cn.inTx, cn.txLost, cn.open = false, false, nil }()
 	if err := cn.txUsable(); err != nil {
-		return err
+		return err // never sent: the session is gone, and its transaction
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), cn.c.RetryTimeout)
 	defer cancel()
@@ -541,7 +563,7 @@ func (t *tx) Commit() error {
 // Rollback drops the transaction. A lost connection already did.
 func (t *tx) Rollback() error {
 	cn := t.cn
-	defer func() { cn.inTx, cn.txLost = false, false }()
+	defer func() { cn.inTx, cn.txLost, cn.open = false, false, nil }()
 	if cn.txLost || cn.w == nil {
 		return nil
 	}

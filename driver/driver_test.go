@@ -244,6 +244,49 @@ func TestTransactions(t *testing.T) {
 	if a, b := balances(db); a != 70 || b != 30 {
 		t.Fatalf("after commit: %d %d", a, b)
 	}
+	// BEGIN alone through Exec would open a transaction on a pooled
+	// connection database/sql does not know about.
+	for _, q := range []string{"BEGIN", "begin immediate;", "COMMIT", "ROLLBACK"} {
+		if _, err := db.ExecContext(ctx, q); !errors.Is(err, driver.ErrUseBeginTx) {
+			t.Fatalf("%s through Exec: %v", q, err)
+		}
+	}
+	// A statement while the transaction's earlier rows are still open
+	// (database/sql allows it on a Tx): the rows are read to the end first.
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "CREATE TABLE many (n INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 3000) "+
+		"INSERT INTO many SELECT n FROM s"); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := tx.QueryContext(ctx, "SELECT n FROM many ORDER BY n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Next() {
+		t.Fatal("no first row")
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = bal - 1 WHERE id = 1"); err != nil {
+		t.Fatalf("statement while rows are open: %v", err)
+	}
+	seen := 1
+	for rs.Next() {
+		seen++
+	}
+	if err := rs.Err(); err != nil || seen != 3000 {
+		t.Fatalf("rows read around the statement: %d %v", seen, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := balances(db); a != 69 {
+		t.Fatalf("balance after the nested statement: %d", a)
+	}
 	// Rollback.
 	tx, err = db.BeginTx(ctx, nil)
 	if err != nil {
@@ -255,7 +298,7 @@ func TestTransactions(t *testing.T) {
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	if a, b := balances(db); a != 70 || b != 30 {
+	if a, b := balances(db); a != 69 || b != 30 {
 		t.Fatalf("after rollback: %d %d", a, b)
 	}
 	var notes int

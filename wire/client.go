@@ -250,6 +250,20 @@ func (rr *RowsReader) fetch() error {
 	return rr.c.breakWith(fmt.Errorf("%w: response type %d to a query", ErrMalformed, h.Type))
 }
 
+// Buffer reads the rest of the result into memory: the connection is then
+// free for the next request while the rows are still being read.
+func (rr *RowsReader) Buffer() error {
+	for rr.more {
+		read := rr.rows
+		if err := rr.fetch(); err != nil {
+			rr.more = false
+			return err
+		}
+		rr.rows = append(read, rr.rows...)
+	}
+	return nil
+}
+
 // Next returns the next row, or io.EOF at the end.
 func (rr *RowsReader) Next() ([]Value, error) {
 	for len(rr.rows) == 0 {

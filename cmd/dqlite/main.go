@@ -283,10 +283,14 @@ func (sh *shell) do(cmd string) error {
 			return err
 		}
 	}
+	ctl := sqltext.LoneTxControl(cmd)
+	if sh.inTx && (ctl == "COMMIT" || ctl == "END") {
+		return sh.commit(ctx, cmd)
+	}
 	return sh.retry(ctx, func() error {
 		res, err := sh.conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: sh.dbID, SQL: cmd})
 		var we *wire.Error
-		switch ctl := sqltext.LoneTxControl(cmd); {
+		switch {
 		case err == nil && ctl == "BEGIN":
 			sh.inTx = true
 		case err == nil && ctl != "", errors.As(err, &we) && we.Code == wire.CodeTxAborted && ctl != "":
@@ -301,6 +305,33 @@ func (sh *shell) do(cmd string) error {
 		fmt.Fprintf(sh.out, "OK (%d rows affected, last insert id %d)\n", res.RowsAffected, res.LastInsertID)
 		return nil
 	})
+}
+
+// commit sends the open transaction's COMMIT once (never on another
+// connection) and says what is known of its outcome.
+func (sh *shell) commit(ctx context.Context, cmd string) error {
+	if sh.conn == nil || sh.conn.Broken() != nil {
+		sh.inTx = false
+		return errTxLost
+	}
+	_, err := sh.conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: sh.dbID, SQL: cmd})
+	var we *wire.Error
+	isWire := errors.As(err, &we)
+	switch {
+	case err == nil:
+		sh.inTx = false
+		fmt.Fprintln(sh.out, "OK (committed)")
+		return nil
+	case isWire && (we.Code == wire.CodeTxAborted || we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy):
+		sh.inTx = false
+		return fmt.Errorf("the transaction was rolled back, nothing of it committed: %w", err)
+	case !isWire || we.Code == wire.CodeLeadershipLost || we.Code == wire.CodeLeadershipLostLegacy:
+		// Sent, answer lost: it may have committed. The server's session
+		// no longer holds it either way.
+		sh.inTx = false
+		return fmt.Errorf("the outcome of the COMMIT is unknown (it may have committed): check before running the transaction again: %w", err)
+	}
+	return err // SQLite refused the COMMIT: the transaction is still open
 }
 
 func firstWord(sql string) string {

@@ -43,6 +43,16 @@ func TestShellTransactionNeverRetriedElsewhere(t *testing.T) {
 	if got := strings.Fields(out.String()); len(got) == 0 || got[len(got)-1] != "0" {
 		t.Fatalf("rows after the lost transaction: %q", out.String())
 	}
+	// COMMIT on a connection that broke: never sent, so rolled back.
+	for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (9)"} {
+		if err := sh.do(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	sh.conn.Close()
+	if err := sh.do("COMMIT"); !errors.Is(err, errTxLost) {
+		t.Fatalf("COMMIT after the connection broke: %v", err)
+	}
 	// A new transaction works and commits.
 	for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (3)", "COMMIT"} {
 		if err := sh.do(q); err != nil {

@@ -5,15 +5,19 @@ package sqltext
 import "strings"
 
 // LoneTxControl returns BEGIN, COMMIT, END or ROLLBACK when sql is exactly
-// one such statement (BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION],
-// COMMIT|END|ROLLBACK [TRANSACTION]; not ROLLBACK TO), else "".
+// one such statement, comments and a final semicolon aside: BEGIN
+// [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION [name]], COMMIT|END|ROLLBACK
+// [TRANSACTION [name]] (not ROLLBACK TO a savepoint); else "".
 func LoneTxControl(sql string) string {
-	t := strings.TrimSpace(sql)
+	t := strings.TrimSpace(stripComments(sql))
 	for strings.HasSuffix(t, ";") {
 		t = strings.TrimSpace(strings.TrimSuffix(t, ";"))
 	}
+	if strings.ContainsAny(t, ";'\"`[") {
+		return "" // more than one statement, or a quoted name: not a lone control
+	}
 	f := strings.Fields(strings.ToUpper(t))
-	if len(f) == 0 || len(f) > 3 {
+	if len(f) == 0 {
 		return ""
 	}
 	kw, rest := f[0], f[1:]
@@ -26,8 +30,45 @@ func LoneTxControl(sql string) string {
 	default:
 		return ""
 	}
-	if len(rest) == 0 || len(rest) == 1 && rest[0] == "TRANSACTION" {
+	switch {
+	case len(rest) == 0, len(rest) == 1 && rest[0] == "TRANSACTION":
 		return kw
+	case len(rest) == 2 && rest[0] == "TRANSACTION" && rest[1] != "TO":
+		return kw // a transaction name, which SQLite accepts and ignores
 	}
 	return ""
+}
+
+// stripComments removes -- and /* */ comments outside quotes.
+func stripComments(sql string) string {
+	var b strings.Builder
+	var quote byte
+	for i := 0; i < len(sql); i++ {
+		c := sql[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"' || c == '`':
+			quote = c
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+			b.WriteByte(' ')
+			continue
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			end := strings.Index(sql[i+2:], "*/")
+			if end < 0 {
+				i = len(sql)
+			} else {
+				i += end + 3
+			}
+			b.WriteByte(' ')
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }

@@ -10,6 +10,9 @@ func TestLoneTxControl(t *testing.T) {
 		"COMMIT": "COMMIT", "end transaction": "END", "ROLLBACK;": "ROLLBACK",
 		"ROLLBACK TO sp": "", "BEGIN; INSERT INTO t VALUES (1)": "", "BEGIN; COMMIT": "",
 		"BEGINNING": "", "SELECT 1": "", "": "", "BEGIN TRANSACTION x y": "",
+		"ROLLBACK TRANSACTION t1": "ROLLBACK", "COMMIT TRANSACTION t1": "COMMIT", "ROLLBACK TRANSACTION TO sp": "",
+		"-- undo\nROLLBACK -- all of it": "ROLLBACK", "/* go */ BEGIN /* now */;": "BEGIN",
+		"BEGIN; -- x\nCOMMIT": "", "SELECT '--'": "", "/* unterminated BEGIN": "",
 	} {
 		if got := LoneTxControl(sql); got != want {
 			t.Errorf("%q: %q, want %q", sql, got, want)
