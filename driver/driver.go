@@ -542,6 +542,9 @@ func (t *tx) Commit() error {
 	var we *wire.Error
 	isWire := errors.As(err, &we)
 	switch {
+	case errors.Is(err, wire.ErrNotSent):
+		cn.drop()
+		return fmt.Errorf("%w: %v", ErrTxAborted, err)
 	case isWire && (we.Code == wire.CodeTxAborted || we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy):
 		// Refused before it ran: the transaction was rolled back.
 		if we.Code != wire.CodeTxAborted {

@@ -30,6 +30,11 @@ const (
 // ErrBroken is returned by calls on a connection that failed before.
 var ErrBroken = errors.New("wire: connection broken by an earlier failure")
 
+// ErrNotSent wraps the error of a request that did not reach the server
+// whole (the connection was broken, or writing it failed): the server
+// cannot have run it.
+var ErrNotSent = errors.New("wire: request not sent")
+
 // Conn is a client connection to one node. One call at a time.
 type Conn struct {
 	Address string
@@ -110,7 +115,7 @@ func (c *Conn) breakWith(err error) error {
 // Send writes a request.
 func (c *Conn) Send(ctx context.Context, r *Request) error {
 	if c.broken != nil {
-		return fmt.Errorf("%w: %v", ErrBroken, c.broken)
+		return fmt.Errorf("%w: %w: %v", ErrNotSent, ErrBroken, c.broken)
 	}
 	msg, err := EncodeRequest(r)
 	if err != nil {
@@ -119,7 +124,9 @@ func (c *Conn) Send(ctx context.Context, r *Request) error {
 	end := c.guard(ctx)
 	defer end()
 	if _, err := c.c.Write(msg); err != nil {
-		return c.breakWith(err)
+		// Part of the message at most reached the server, which runs only
+		// whole messages.
+		return fmt.Errorf("%w: %w", ErrNotSent, c.breakWith(err))
 	}
 	return nil
 }

@@ -322,6 +322,9 @@ func (sh *shell) commit(ctx context.Context, cmd string) error {
 		sh.inTx = false
 		fmt.Fprintln(sh.out, "OK (committed)")
 		return nil
+	case errors.Is(err, wire.ErrNotSent):
+		sh.inTx = false
+		return fmt.Errorf("%w (%v)", errTxLost, err)
 	case isWire && (we.Code == wire.CodeTxAborted || we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy):
 		sh.inTx = false
 		return fmt.Errorf("the transaction was rolled back, nothing of it committed: %w", err)
