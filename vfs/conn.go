@@ -61,7 +61,7 @@ func connError(db *C.sqlite3, rc C.int) error {
 	}
 	if code == C.SQLITE_AUTH {
 		msg += ": ATTACH, DETACH, checkpoints and setting PRAGMAs that change how the node stores or " +
-			"replicates the database (journal_mode, locking_mode, synchronous, foreign_keys, ...) are reserved to the node"
+			"replicates the database (journal_mode, locking_mode, synchronous, wal_checkpoint, ...) are reserved to the node"
 	}
 	return &Error{Code: code, Msg: msg}
 }

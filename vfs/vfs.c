@@ -824,10 +824,12 @@ int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n) {
  * the node's locking). The guard refuses, unless *trusted is set (the
  * node's own statements), what would change them or bypass the capture:
  * ATTACH and DETACH (an attached database is not replicated), a checkpoint,
- * and setting the PRAGMAs below. Reading a PRAGMA stays allowed. */
+ * and setting the PRAGMAs below. Reading a PRAGMA stays allowed; so does
+ * setting foreign_keys, a no-op inside the transaction every client write
+ * runs in (sqlite3's .dump starts with it). */
 static const char *const guarded_pragmas[] = {
     "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "page_size", "mmap_size",
-    "query_only", "writable_schema", "schema_version", "foreign_keys", "recursive_triggers",
+    "query_only", "writable_schema", "schema_version", "recursive_triggers",
     "ignore_check_constraints", "case_sensitive_like", "trusted_schema", "cell_size_check",
     "temp_store_directory", "data_store_directory", "legacy_alter_table", "journal_size_limit",
 };

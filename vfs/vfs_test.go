@@ -372,14 +372,14 @@ func TestGuardRefusesStorageChanges(t *testing.T) {
 	commit(t, v, "db")
 	for _, q := range []string{"PRAGMA journal_mode=DELETE", "PRAGMA locking_mode=EXCLUSIVE", "pragma Synchronous = 0",
 		"PRAGMA wal_autocheckpoint=1", "PRAGMA wal_checkpoint", "PRAGMA main.wal_checkpoint(RESTART)",
-		"PRAGMA foreign_keys=OFF", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o"} {
+		"PRAGMA recursive_triggers=ON", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o"} {
 		err := c.Exec(q)
 		var e *Error
 		if !errors.As(err, &e) || e.Code != 23 || !strings.Contains(e.Msg, "reserved to the node") {
 			t.Errorf("%s: %v", q, err)
 		}
 	}
-	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys"} {
+	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys", "PRAGMA foreign_keys=OFF"} {
 		if err := c.Exec(q); err != nil {
 			t.Errorf("%s: %v", q, err)
 		}
