@@ -128,7 +128,7 @@ func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
 		for k := 0; k < queryBatchRows && time.Since(start) < queryBatchTime; k++ {
 			more, e := c.st.Step()
 			if e != nil || !more {
-				done, err = true, e
+				done, err = true, c.n.txStepErr(c.session, e)
 				return
 			}
 			row := make([]wire.Value, len(c.cols))

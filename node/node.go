@@ -660,7 +660,7 @@ func (n *Node) queryIn(ctx context.Context, session uint64, sql string, args []a
 			for k := 0; k < queryBatchRows && time.Since(start) < queryBatchTime; k++ {
 				more, err := cur.Step()
 				if err != nil || !more {
-					done, stepErr = true, err
+					done, stepErr = true, n.txStepErr(session, err)
 					break
 				}
 				n.loop.TxActive(session)

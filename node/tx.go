@@ -63,6 +63,18 @@ func (n *Node) openCursor(session uint64, sql string, args []any) (*vfs.Stmt, er
 	return n.db.OpenCursor(sql, args...)
 }
 
+// txStepErr is the error of a query's step: when the session's
+// transaction was rolled back under it (which finalized its cursor), the
+// rollback's reason. Called in the loop.
+func (n *Node) txStepErr(session uint64, err error) error {
+	if err != nil && session != 0 {
+		if txErr := n.loop.TxErr(session); txErr != nil {
+			return txErr
+		}
+	}
+	return err
+}
+
 // endSession rolls back session's open transaction and forgets it.
 func (n *Node) endSession(session uint64) {
 	n.post(func() { n.handle(n.loop.EndSession(session)) })

@@ -9,6 +9,7 @@ import (
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wire"
 )
 
 // count returns SELECT count(*) FROM table on n (a linearizable read on the
@@ -335,5 +336,48 @@ func TestTxAbandonedBeginNeverOpens(t *testing.T) {
 	l.do(func() { held, aborted = l.loop.TxHeld(); queued = l.loop.QueuedWrites() })
 	if held || queued != 0 || aborted != 0 {
 		t.Fatalf("after the abandoned Begin: transaction held %v, %d queued, %d sessions remembered", held, queued, aborted)
+	}
+}
+
+// TestTxCursorAbortedReportsWhy: a query of a transaction is still
+// streaming when the leader hands over leadership; the transaction is
+// rolled back (its cursor finalized) and the query's next batch reports
+// ErrTxAborted, not a finalized statement.
+func TestTxCursorAbortedReportsWhy(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x); WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 3000) "+
+		"INSERT INTO t SELECT n FROM s"); err != nil {
+		t.Fatal(err)
+	}
+	const session = 77
+	defer l.endSession(session)
+	if _, err := l.execIn(ctx, session, &fsm.BatchItem{SQL: "BEGIN"}); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := backend{l}.Query(ctx, session, "SELECT x FROM t", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	if done, err := cur.Next(func([]wire.Value) bool { return false }); done || err != nil {
+		t.Fatalf("first row: done %v, %v", done, err)
+	}
+	if err := l.Transfer(ctx, raft.None); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		done, err := cur.Next(func([]wire.Value) bool { return true })
+		if err != nil {
+			if !errors.Is(err, loop.ErrTxAborted) {
+				t.Fatalf("query after the rollback: %v", err)
+			}
+			return
+		}
+		if done {
+			t.Fatal("the query of a rolled back transaction ran to its end")
+		}
 	}
 }
