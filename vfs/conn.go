@@ -16,9 +16,10 @@ import (
 // Conn is a SQLite connection on a VFS, for the node's own use.
 type Conn struct {
 	db *C.sqlite3
-	// trusted (C memory, read by the guard) is set while the node runs its
-	// own statements; client SQL runs guarded (see dq_guard).
-	trusted *C.int
+	// guard refuses client SQL that would change how the node stores or
+	// replicates the database; the node's own statements run trusted (see
+	// dq_guard in vfs.c).
+	guard *C.dq_guard_state
 }
 
 // Open opens (creating if needed) database name on the VFS, in WAL mode with
@@ -37,7 +38,7 @@ func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("vfs: open %s: %w", name, err)
 	}
-	c := &Conn{db: db, trusted: (*C.int)(C.calloc(1, C.size_t(unsafe.Sizeof(C.int(0)))))}
+	c := &Conn{db: db}
 	C.sqlite3_extended_result_codes(db, 1)
 	setup := fmt.Sprintf("PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA foreign_keys=ON;", pageSize)
 	if err := c.Exec(setup); err != nil {
@@ -45,9 +46,9 @@ func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
 		return nil, fmt.Errorf("vfs: configuring %s: %w", name, err)
 	}
 	C.sqlite3_wal_autocheckpoint(db, 0)
-	if rc := C.dq_guard(db, c.trusted); rc != C.SQLITE_OK {
+	if c.guard = C.dq_guard(db); c.guard == nil {
 		c.Close()
-		return nil, fmt.Errorf("vfs: guarding %s: %w", name, connError(db, rc))
+		return nil, fmt.Errorf("vfs: guarding %s: out of memory", name)
 	}
 	return c, nil
 }
@@ -60,8 +61,9 @@ func connError(db *C.sqlite3, rc C.int) error {
 		code = int(C.sqlite3_extended_errcode(db))
 	}
 	if code == C.SQLITE_AUTH {
-		msg += ": ATTACH, DETACH, checkpoints and setting PRAGMAs that change how the node stores or " +
-			"replicates the database (journal_mode, locking_mode, synchronous, wal_checkpoint, ...) are reserved to the node"
+		msg += ": ATTACH, DETACH, TEMP tables, views, triggers and indexes, checkpoints and setting PRAGMAs that change " +
+			"how the node stores or replicates the database (journal_mode, locking_mode, synchronous, heap limits, ...) " +
+			"are reserved to the node"
 	}
 	return &Error{Code: code, Msg: msg}
 }
@@ -73,8 +75,10 @@ func (c *Conn) Close() error {
 	}
 	rc := C.sqlite3_close_v2(c.db)
 	c.db = nil
-	C.free(unsafe.Pointer(c.trusted))
-	c.trusted = nil
+	if c.guard != nil {
+		C.dq_guard_free(c.guard)
+		c.guard = nil
+	}
 	if rc != C.SQLITE_OK {
 		return &Error{Code: int(rc), Msg: "closing connection"}
 	}
@@ -93,9 +97,18 @@ func (c *Conn) Exec(sql string) error {
 
 // Checkpoint copies the WAL into the database file and empties the WAL.
 func (c *Conn) Checkpoint() error {
-	*c.trusted = 1
-	defer func() { *c.trusted = 0 }()
+	c.trust(true)
+	defer c.trust(false)
 	return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+}
+
+// trust lets the node's own statements past the guard.
+func (c *Conn) trust(on bool) {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	C.dq_guard_trust(c.guard, v)
 }
 
 // Changes is the number of rows the last statement changed.

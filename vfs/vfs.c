@@ -822,29 +822,86 @@ int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n) {
 /* Client SQL runs on connections the node shares between its clients and
  * whose settings replication relies on (WAL mode, no automatic checkpoints,
  * the node's locking). The guard refuses, unless *trusted is set (the
- * node's own statements), what would change them or bypass the capture:
- * ATTACH and DETACH (an attached database is not replicated), a checkpoint,
- * and setting the PRAGMAs below. Reading a PRAGMA stays allowed; so does
- * setting foreign_keys, a no-op inside the transaction every client write
- * runs in (sqlite3's .dump starts with it). */
+ * node's own statements), what would change them, outlive the request on
+ * the shared connection, or bypass the capture: ATTACH and DETACH (an
+ * attached database is not replicated, nor is VACUUM INTO's output), TEMP
+ * tables, views, triggers and indexes (they live on the leader's connection
+ * only, and a TEMP table shadows the replicated table of the same name for
+ * every client), a checkpoint, and setting the PRAGMAs below, which change
+ * the connection or the whole process (heap limits). Reading a PRAGMA stays
+ * allowed; so does setting foreign_keys inside a transaction, where SQLite
+ * ignores it (every client write runs in one; sqlite3's .dump starts with
+ * it). */
 static const char *const guarded_pragmas[] = {
     "journal_mode", "locking_mode", "synchronous", "wal_autocheckpoint", "page_size", "mmap_size",
-    "query_only", "writable_schema", "schema_version", "recursive_triggers",
-    "ignore_check_constraints", "case_sensitive_like", "trusted_schema", "cell_size_check",
-    "temp_store_directory", "data_store_directory", "legacy_alter_table", "journal_size_limit",
+    "query_only", "writable_schema", "schema_version", "recursive_triggers", "ignore_check_constraints",
+    "case_sensitive_like", "trusted_schema", "cell_size_check", "temp_store_directory",
+    "data_store_directory", "legacy_alter_table", "journal_size_limit", "hard_heap_limit",
+    "soft_heap_limit", "max_page_count", "busy_timeout", "threads", "count_changes", "full_column_names",
+    "short_column_names", "empty_result_callbacks", "temp_store", "legacy_file_format",
 };
 
+#define SQLITE_CREATE_TEMP_INDEX 3
+#define SQLITE_CREATE_TEMP_TABLE 4
+#define SQLITE_CREATE_TEMP_TRIGGER 5
+#define SQLITE_CREATE_TEMP_VIEW 6
+#define SQLITE_CREATE_VTABLE 29
+#define SQLITE_CREATE_INDEX 1
+#define SQLITE_CREATE_TABLE 2
+#define SQLITE_CREATE_TRIGGER 7
+#define SQLITE_CREATE_VIEW 8
+
+typedef struct dq_guard_state {
+	int trusted;
+	sqlite3 *db;
+} dq_guard_state;
+
 static int dq_authorize(void *arg, int action, const char *a, const char *b, const char *c, const char *d) {
-	(void)c;
 	(void)d;
-	if (*(int *)arg) return SQLITE_OK;
-	if (action == SQLITE_ATTACH || action == SQLITE_DETACH) return SQLITE_DENY;
-	if (action != SQLITE_PRAGMA || !a) return SQLITE_OK;
+	dq_guard_state *g = arg;
+	if (g->trusted) return SQLITE_OK;
+	switch (action) {
+	case SQLITE_ATTACH:
+	case SQLITE_DETACH:
+	case SQLITE_CREATE_TEMP_INDEX:
+	case SQLITE_CREATE_TEMP_TABLE:
+	case SQLITE_CREATE_TEMP_TRIGGER:
+	case SQLITE_CREATE_TEMP_VIEW:
+		return SQLITE_DENY;
+	case SQLITE_CREATE_INDEX:
+	case SQLITE_CREATE_TABLE:
+	case SQLITE_CREATE_TRIGGER:
+	case SQLITE_CREATE_VIEW:
+	case SQLITE_CREATE_VTABLE:
+		/* CREATE TABLE temp.x and the like: TEMP all the same. */
+		return c && sqlite3_stricmp(c, "temp") == 0 ? SQLITE_DENY : SQLITE_OK;
+	case SQLITE_PRAGMA:
+		break;
+	default:
+		return SQLITE_OK;
+	}
+	if (!a) return SQLITE_OK;
 	if (sqlite3_stricmp(a, "wal_checkpoint") == 0) return SQLITE_DENY;
 	if (!b) return SQLITE_OK;
+	if (sqlite3_stricmp(a, "foreign_keys") == 0) return sqlite3_get_autocommit(g->db) ? SQLITE_DENY : SQLITE_OK;
 	for (size_t i = 0; i < sizeof guarded_pragmas / sizeof guarded_pragmas[0]; i++)
 		if (sqlite3_stricmp(a, guarded_pragmas[i]) == 0) return SQLITE_DENY;
 	return SQLITE_OK;
 }
 
-int dq_guard(sqlite3 *db, int *trusted) { return sqlite3_set_authorizer(db, dq_authorize, trusted); }
+/* dq_guard installs the guard; the caller sets trusted through the
+ * returned state (freed by dq_guard_free after the connection closed). */
+dq_guard_state *dq_guard(sqlite3 *db) {
+	dq_guard_state *g = calloc(1, sizeof *g);
+	if (!g) return NULL;
+	g->db = db;
+	if (sqlite3_set_authorizer(db, dq_authorize, g) != SQLITE_OK) {
+		free(g);
+		return NULL;
+	}
+	return g;
+}
+
+void dq_guard_trust(dq_guard_state *g, int trusted) { g->trusted = trusted; }
+
+void dq_guard_free(dq_guard_state *g) { free(g); }

@@ -28,6 +28,9 @@ int dq_wal_size(dq_vfs *v, const char *name, long long *size);
 int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long size);
 typedef struct sqlite3_stmt sqlite3_stmt;
 int dq_bind_text(sqlite3_stmt *s, int i, const char *p, int n);
-int dq_guard(sqlite3 *db, int *trusted);
+typedef struct dq_guard_state dq_guard_state;
+dq_guard_state *dq_guard(sqlite3 *db);
+void dq_guard_trust(dq_guard_state *g, int trusted);
+void dq_guard_free(dq_guard_state *g);
 int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n);
 #endif

@@ -350,9 +350,9 @@ func TestWritesAfterSpilledRollbackAndWALRestart(t *testing.T) {
 	}
 	// A passive checkpoint copies every frame back; the next write restarts
 	// the WAL from its header.
-	*fc.trusted = 1 // clients may not checkpoint; the node may
+	fc.trust(true) // clients may not checkpoint; the node may
 	exec(t, fc, "PRAGMA wal_checkpoint(PASSIVE)")
-	*fc.trusted = 0
+	fc.trust(false)
 	replicateWrite(t, fv, lv, fc, "INSERT INTO big VALUES (3, x'03')")
 	replicateWrite(t, fv, lv, fc, "INSERT INTO big VALUES (4, x'04')")
 	sameRows(t, lc, fc, "SELECT k, v FROM big ORDER BY k")
@@ -372,14 +372,18 @@ func TestGuardRefusesStorageChanges(t *testing.T) {
 	commit(t, v, "db")
 	for _, q := range []string{"PRAGMA journal_mode=DELETE", "PRAGMA locking_mode=EXCLUSIVE", "pragma Synchronous = 0",
 		"PRAGMA wal_autocheckpoint=1", "PRAGMA wal_checkpoint", "PRAGMA main.wal_checkpoint(RESTART)",
-		"PRAGMA recursive_triggers=ON", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o"} {
+		"PRAGMA recursive_triggers=ON", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o",
+		"PRAGMA hard_heap_limit=1", "PRAGMA soft_heap_limit=1", "PRAGMA max_page_count=1", "PRAGMA foreign_keys=OFF",
+		"CREATE TEMP TABLE t (y)", "CREATE TABLE temp.u (y)", "CREATE TEMP VIEW v AS SELECT 1", "CREATE VIEW temp.w AS SELECT 1",
+		"CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", "VACUUM INTO 'copy'", "PRAGMA main.locking_mode=EXCLUSIVE"} {
 		err := c.Exec(q)
 		var e *Error
 		if !errors.As(err, &e) || e.Code != 23 || !strings.Contains(e.Msg, "reserved to the node") {
 			t.Errorf("%s: %v", q, err)
 		}
 	}
-	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys", "PRAGMA foreign_keys=OFF"} {
+	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys", "PRAGMA table_info(t)",
+		"BEGIN; PRAGMA foreign_keys=OFF; COMMIT"} {
 		if err := c.Exec(q); err != nil {
 			t.Errorf("%s: %v", q, err)
 		}
@@ -415,9 +419,9 @@ func TestWALRestartPendingThenAborted(t *testing.T) {
 		exec(t, w, "INSERT INTO t VALUES (1)")
 		commit(t, v, "db")
 	}
-	*w.trusted = 1
+	w.trust(true)
 	exec(t, w, "PRAGMA wal_checkpoint(PASSIVE)")
-	*w.trusted = 0
+	w.trust(false)
 	exec(t, w, "INSERT INTO t VALUES (2)")
 	if !v.Pending("db") {
 		t.Fatal("the restarting write was not captured")
