@@ -156,6 +156,9 @@ func (d *DB) PrepareCheck(sql string, inTx bool) (params, tail int, err error) {
 	return s.ParamCount(), len(sql) - len(rest), nil
 }
 
+// OpenCursors is the number of open cursors (queries not yet closed).
+func (d *DB) OpenCursors() int { return len(d.cursors) + len(d.txCursors) }
+
 // CloseCursor finalizes a cursor.
 func (d *DB) CloseCursor(s *vfs.Stmt) {
 	delete(d.cursors, s)
@@ -235,6 +238,10 @@ var (
 	ErrTxStatementMode = errors.New("fsm: transactions spanning requests need frames mode " +
 		"(statement mode replicates whole requests): send BEGIN ... COMMIT as one request")
 	errTxHoldsConn = errors.New("fsm: a transaction spanning requests holds the write connection")
+	// ErrStatementAfterTxEnd: statements after the COMMIT or ROLLBACK that
+	// ended a transaction, in the same request.
+	ErrStatementAfterTxEnd = errors.New("fsm: a statement after the COMMIT or ROLLBACK that ended the transaction, " +
+		"in the same request, is refused; nothing of the request was committed and the transaction was rolled back")
 	// ErrTxCommitAndBegin: one request may not end a transaction and
 	// begin another.
 	ErrTxCommitAndBegin = errors.New("fsm: a request may not end a transaction and begin another; " +
@@ -259,7 +266,7 @@ func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open
 	if !d.txOpen && isLoneRollback(sql) {
 		return nil, Result{}, false, nil
 	}
-	res, err = d.run(sql, params, false)
+	res, err = d.runStmts(sql, params, false, true)
 	d.txOpen = !d.conn.Autocommit()
 	if d.txOpen && d.vfs.Pending(d.name) {
 		// The request ended a transaction and began another ("COMMIT;
@@ -349,9 +356,17 @@ func (d *DB) Pending() bool { return d.pending }
 // must pair up within the text (a transaction cannot span requests), and
 // ROLLBACK is refused (fail the request instead).
 func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
+	return d.runStmts(sql, params, atomic, false)
+}
+
+// runStmts is run; with endsTx, a statement after one that ended the
+// transaction (COMMIT, ROLLBACK) is refused: it would run on the shared
+// connection outside any transaction.
+func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, error) {
 	rest := sql
 	next := 0
 	inTxn := false
+	ran := 0
 	// The connection is shared by every client: the result must be this
 	// request's own (last insert id 0 unless it inserted; rows affected by
 	// its last statement, 0 when that statement changed nothing).
@@ -365,6 +380,11 @@ func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
 		if s == nil {
 			break
 		}
+		if endsTx && ran > 0 && d.conn.Autocommit() {
+			s.Finalize()
+			return Result{}, ErrStatementAfterTxEnd
+		}
+		ran++
 		if atomic {
 			switch txnControl(rest) {
 			case "BEGIN":

@@ -586,8 +586,16 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 		return r, r.Err
 	case <-ctx.Done():
 		// A request that has not run yet never will (a queued BEGIN must
-		// not open a transaction after its client gave up).
-		n.post(func() { n.handle(n.loop.Cancel(id)) })
+		// not open a transaction after its client gave up); a read that
+		// already ran has its cursor closed (it would hold the WAL).
+		n.post(func() {
+			n.handle(n.loop.Cancel(id))
+			select {
+			case r := <-ch:
+				n.release(r.Result)
+			default:
+			}
+		})
 		return loop.Reply{}, fmt.Errorf("node: request abandoned, outcome unknown: %w", ctx.Err())
 	case <-n.stop:
 		return loop.Reply{}, ErrClosed
@@ -688,6 +696,17 @@ func (n *Node) queryIn(ctx context.Context, session uint64, sql string, args []a
 			n.do(func() { n.db.CloseCursor(cur) })
 			return nil, err
 		}
+	}
+}
+
+// release frees what a reply nobody will read holds. Called in the loop.
+func (n *Node) release(result any) {
+	switch v := result.(type) {
+	case *vfs.Stmt:
+		n.db.CloseCursor(v)
+	case *cursor:
+		v.closed = true
+		n.db.CloseCursor(v.st)
 	}
 }
 

@@ -276,7 +276,10 @@ func TestTxRolledBackBySQLite(t *testing.T) {
 
 // TestTxCommitAndBeginRefused: "COMMIT; BEGIN" in one request would
 // capture a commit it could not propose while the next transaction holds
-// the connection; it is refused whole and the transaction rolled back.
+// the connection, and "COMMIT; PRAGMA foreign_keys=OFF" would turn foreign
+// keys off on the write connection every client shares: statements after
+// the end of the transaction in the same request are refused, the whole
+// request with them, and the transaction rolled back.
 func TestTxCommitAndBeginRefused(t *testing.T) {
 	nodes := startCluster(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -292,7 +295,7 @@ func TestTxCommitAndBeginRefused(t *testing.T) {
 	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, fsm.ErrTxCommitAndBegin) {
+	if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, fsm.ErrStatementAfterTxEnd) {
 		t.Fatalf("COMMIT; BEGIN: %v", err)
 	}
 	if err := tx.Rollback(ctx); err != nil {
@@ -303,6 +306,24 @@ func TestTxCommitAndBeginRefused(t *testing.T) {
 	}
 	if rows, err := l.Query(ctx, "SELECT x FROM t"); err != nil || len(rows) != 1 || rows[0][0] != int64(2) {
 		t.Fatalf("rows: %v %v", rows, err)
+	}
+	if _, err := l.Exec(ctx, "CREATE TABLE child (p INTEGER REFERENCES t (x))"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Refused by the guard (foreign_keys outside a transaction) before the
+	// rule on statements after the end applies; either refusal will do.
+	if _, err := tx.Exec(ctx, "COMMIT; PRAGMA foreign_keys=OFF"); !errors.Is(err, loop.ErrTxAborted) {
+		t.Fatalf("COMMIT; PRAGMA foreign_keys=OFF: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Exec(ctx, "INSERT INTO child VALUES (42)"); err == nil {
+		t.Fatal("a write violating a foreign key was accepted")
 	}
 }
 
@@ -379,5 +400,33 @@ func TestTxCursorAbortedReportsWhy(t *testing.T) {
 		if done {
 			t.Fatal("the query of a rolled back transaction ran to its end")
 		}
+	}
+}
+
+// TestAbandonedReadsCloseTheirCursors: reads whose client gave up (here
+// with a context already canceled, so the reply and the cancellation race)
+// leave no cursor open; an open cursor would stop every checkpoint.
+func TestAbandonedReadsCloseTheirCursors(t *testing.T) {
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x); INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	gone, stop := context.WithCancel(ctx)
+	stop()
+	for i := 0; i < 50; i++ {
+		l.Query(gone, "SELECT x FROM t")
+		backend{l}.Query(gone, 0, "SELECT x FROM t", nil)
+	}
+	// A request after them: the loop has handled every cancellation.
+	if _, err := l.Query(ctx, "SELECT x FROM t"); err != nil {
+		t.Fatal(err)
+	}
+	var open int
+	l.do(func() { open = l.db.OpenCursors() })
+	if open != 0 {
+		t.Fatalf("%d cursors left open by abandoned reads", open)
 	}
 }
