@@ -74,6 +74,10 @@ var (
 
 // Defaults.
 const (
+	// TxRowsBufferBytes bounds the rows of a transaction's query read into
+	// memory when the transaction sends its next request before they were
+	// read (the rest is cut, and the rows end with wire.ErrBufferLimit).
+	TxRowsBufferBytes = 64 << 20
 	// DefaultRetryTimeout bounds how long a request keeps looking for a
 	// leader and retrying.
 	DefaultRetryTimeout = 30 * time.Second
@@ -479,7 +483,7 @@ func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, 
 // transaction run a statement while its earlier rows are open).
 func (cn *conn) txUsable() error {
 	if cn.open != nil {
-		err := cn.open.rr.Buffer()
+		err := cn.open.rr.Buffer(TxRowsBufferBytes)
 		cn.open = nil
 		if err != nil {
 			return cn.txFailed(err)

@@ -281,6 +281,26 @@ func TestTransactions(t *testing.T) {
 	if err := rs.Err(); err != nil || seen != 3000 {
 		t.Fatalf("rows read around the statement: %d %v", seen, err)
 	}
+	// A query that fails part way while its rows are buffered: the rows
+	// end with its error (the server drops the rows of the batch it was
+	// filling), and the next statement is not affected.
+	rs, err = tx.QueryContext(ctx, "SELECT CASE WHEN n = 2900 THEN json(n || '{') ELSE n END FROM many")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Next() {
+		t.Fatal("no first row")
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE acct SET bal = bal WHERE id = 1"); err != nil {
+		t.Fatalf("statement after a failing query's rows: %v", err)
+	}
+	seen = 1
+	for rs.Next() {
+		seen++
+	}
+	if err := rs.Err(); err == nil || !contains(err.Error(), "malformed JSON") || seen < 2 || seen >= 2900 {
+		t.Fatalf("failing query: %d rows, then %v", seen, err)
+	}
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}

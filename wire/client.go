@@ -227,7 +227,15 @@ type RowsReader struct {
 	more    bool // more ROWS messages follow
 	done    bool // the response ended (RowsDone, FAILURE or EMPTY)
 	started bool
+	// err ends the rows once those read are consumed (Buffer's failure);
+	// size is the body size of the last message read.
+	err  error
+	size int
 }
+
+// ErrBufferLimit ends rows that Buffer stopped reading at its limit.
+var ErrBufferLimit = errors.New("wire: the rest of the result was not read: it exceeds the buffer limit " +
+	"(read a query's rows before the next request on its connection)")
 
 func (rr *RowsReader) fetch() error {
 	h, body, err := rr.c.Receive(rr.ctx)
@@ -235,6 +243,7 @@ func (rr *RowsReader) fetch() error {
 		rr.done = true
 		return err
 	}
+	rr.size = len(body)
 	switch h.Type {
 	case RespRows:
 		m, err := DecodeRows(body)
@@ -257,16 +266,29 @@ func (rr *RowsReader) fetch() error {
 	return rr.c.breakWith(fmt.Errorf("%w: response type %d to a query", ErrMalformed, h.Type))
 }
 
-// Buffer reads the rest of the result into memory: the connection is then
-// free for the next request while the rows are still being read.
-func (rr *RowsReader) Buffer() error {
+// Buffer reads the rest of the result into memory, up to maxBytes of
+// messages: the connection is then free for the next request while the
+// rows are still being read. The query's own failure, or the limit
+// (ErrBufferLimit: the rest is interrupted), ends the rows after those
+// read; Buffer returns an error only when the connection failed.
+func (rr *RowsReader) Buffer(maxBytes int) error {
+	total := 0
 	for rr.more {
 		read := rr.rows
-		if err := rr.fetch(); err != nil {
-			rr.more = false
+		err := rr.fetch()
+		if err != nil {
+			rr.rows, rr.more, rr.err = read, false, err
+			var qe *Error
+			if errors.As(err, &qe) {
+				return nil // the query failed; the connection is fine
+			}
 			return err
 		}
 		rr.rows = append(read, rr.rows...)
+		if total += rr.size; total > maxBytes && rr.more {
+			rr.err = ErrBufferLimit
+			return rr.Close()
+		}
 	}
 	return nil
 }
@@ -274,6 +296,9 @@ func (rr *RowsReader) Buffer() error {
 // Next returns the next row, or io.EOF at the end.
 func (rr *RowsReader) Next() ([]Value, error) {
 	for len(rr.rows) == 0 {
+		if rr.err != nil {
+			return nil, rr.err
+		}
 		if !rr.more {
 			return nil, io.EOF
 		}

@@ -334,3 +334,42 @@ func FuzzResponse(f *testing.F) {
 		DecodeResponse(Header{Type: typ}, body, uint64(typ&1))
 	})
 }
+
+// TestBufferRows: Buffer frees the connection for the next request while a
+// query's rows are read later; past its limit the rest of the result is
+// interrupted and the rows end with ErrBufferLimit after those read.
+func TestBufferRows(t *testing.T) {
+	f := &fakeBackend{rows: 5000}
+	addr := startServer(t, f)
+	ctx := ctx5(t)
+	c := dial(t, addr)
+	c.Open(ctx, "db")
+	for _, limit := range []int{1 << 20, 3 * RowsBatchBytes} {
+		rr, err := c.Query(ctx, &Request{Type: ReqQuerySQL, SQL: "SELECT n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rr.Buffer(limit); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Exec(ctx, &Request{Type: ReqExecSQL, SQL: "INSERT"}); err != nil {
+			t.Fatalf("request after Buffer: %v", err)
+		}
+		var n int64
+		for {
+			row, err := rr.Next()
+			if err != nil {
+				if limit == 1<<20 && err != io.EOF || limit < 1<<20 && !errors.Is(err, ErrBufferLimit) {
+					t.Fatalf("limit %d: end of rows: %v", limit, err)
+				}
+				break
+			}
+			if n++; row[0].V != n {
+				t.Fatalf("row %d is %v", n, row[0].V)
+			}
+		}
+		if limit == 1<<20 && n != f.rows || limit < 1<<20 && (n == 0 || n >= f.rows) {
+			t.Fatalf("limit %d: %d rows read", limit, n)
+		}
+	}
+}
