@@ -49,6 +49,9 @@ type shell struct {
 	inTx bool
 }
 
+// codeAuth is SQLITE_AUTH: a statement the node reserves for itself.
+const codeAuth = 23
+
 // errTxLost is returned when the connection holding an open transaction
 // is lost: the server rolled the transaction back.
 var errTxLost = errors.New("the connection to the leader was lost inside a transaction: it was rolled back")
@@ -278,8 +281,10 @@ func (sh *shell) do(cmd string) error {
 	}
 	if isQuery(cmd) {
 		err := sh.retry(ctx, func() error { return sh.query(ctx, cmd) })
+		// A statement that writes (or a PRAGMA that may only be set inside
+		// the transaction a write runs in) goes again as a write.
 		var we *wire.Error
-		if !errors.As(err, &we) || !strings.Contains(we.Message, "must not write") {
+		if !errors.As(err, &we) || !strings.Contains(we.Message, "must not write") && we.Code != codeAuth {
 			return err
 		}
 	}
