@@ -388,6 +388,24 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 		cn.open = &rows{rr: rr}
 		return cn.open, nil
 	}
+	var rr *wire.RowsReader
+	err = cn.resend(ctx, func(context.Context) error {
+		req.DB = cn.db
+		var err error
+		rr, err = cn.w.Query(ctx, req) // the rows outlive the call: the caller's ctx
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rows{rr: rr}, nil
+}
+
+// resend sends a request to the leader until it succeeds, fails for good
+// or the retry window ends, reconnecting as needed. call must be safe to
+// send again: a read, or a BEGIN (an attempt whose reply was lost ended
+// with its connection, and the server rolled it back).
+func (cn *conn) resend(ctx context.Context, call func(ctx context.Context) error) error {
 	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
 	defer cancel()
 	backoff := backoffMin
@@ -397,21 +415,18 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 			err = cn.tryConnect(rctx)
 		}
 		if err == nil {
-			req.DB = cn.db
-			var rr *wire.RowsReader
-			rr, err = cn.w.Query(ctx, req)
-			if err == nil {
-				return &rows{rr: rr}, nil
+			if err = call(rctx); err == nil {
+				return nil
 			}
 			if retryable(err) {
 				cn.drop()
 			}
 		}
 		if !retryable(err) && !isProbe(err) {
-			return nil, err
+			return err
 		}
 		if serr := sleep(rctx, backoff); serr != nil {
-			return nil, err
+			return err
 		}
 		backoff = min(2*backoff, backoffMax)
 	}
@@ -447,35 +462,15 @@ func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, 
 	if cn.inTx {
 		return nil, errors.New("dqlite: a transaction is already open on this connection")
 	}
-	// BEGIN is safe to send again: an attempt whose reply was lost ended
-	// with its connection, and the server rolled it back.
-	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
-	defer cancel()
-	req := &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: "BEGIN"}
-	backoff := backoffMin
-	for {
-		var err error
-		if cn.w == nil {
-			err = cn.tryConnect(rctx)
-		}
-		if err == nil {
-			req.DB = cn.db
-			if _, err = cn.w.Exec(rctx, req); err == nil {
-				cn.inTx, cn.txLost = true, false
-				return &tx{cn: cn}, nil
-			}
-			if retryable(err) {
-				cn.drop()
-			}
-		}
-		if !retryable(err) && !isProbe(err) {
-			return nil, err
-		}
-		if serr := sleep(rctx, backoff); serr != nil {
-			return nil, err
-		}
-		backoff = min(2*backoff, backoffMax)
+	err := cn.resend(ctx, func(ctx context.Context) error {
+		_, err := cn.w.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: "BEGIN", DB: cn.db})
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	cn.inTx, cn.txLost = true, false
+	return &tx{cn: cn}, nil
 }
 
 // txUsable checks that the transaction's server session still exists, and
