@@ -239,13 +239,11 @@ var (
 		"(statement mode replicates whole requests): send BEGIN ... COMMIT as one request")
 	errTxHoldsConn = errors.New("fsm: a transaction spanning requests holds the write connection")
 	// ErrStatementAfterTxEnd: statements after the COMMIT or ROLLBACK that
-	// ended a transaction, in the same request.
+	// ended a transaction, in the same request (among them a BEGIN: the
+	// commit could not be proposed while the next transaction held the
+	// connection).
 	ErrStatementAfterTxEnd = errors.New("fsm: a statement after the COMMIT or ROLLBACK that ended the transaction, " +
 		"in the same request, is refused; nothing of the request was committed and the transaction was rolled back")
-	// ErrTxCommitAndBegin: one request may not end a transaction and
-	// begin another.
-	ErrTxCommitAndBegin = errors.New("fsm: a request may not end a transaction and begin another; " +
-		"nothing of it was committed and the transaction was rolled back")
 )
 
 // ExecuteTx runs a request of a transaction that spans requests: every
@@ -268,13 +266,6 @@ func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open
 	}
 	res, err = d.runStmts(sql, params, false, true)
 	d.txOpen = !d.conn.Autocommit()
-	if d.txOpen && d.vfs.Pending(d.name) {
-		// The request ended a transaction and began another ("COMMIT;
-		// BEGIN"): the first cannot be proposed while the second holds
-		// the connection. Refuse the whole request.
-		d.RollbackTx()
-		return nil, Result{}, false, ErrTxCommitAndBegin
-	}
 	if d.txOpen {
 		return nil, res, true, err
 	}
