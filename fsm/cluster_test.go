@@ -149,6 +149,21 @@ func (c *cluster) elect() *node {
 	return c.leader()
 }
 
+// electOther ticks until a node other than old leads (old is cut off).
+func (c *cluster) electOther(old *node) *node {
+	c.t.Helper()
+	for i := 0; i < 200; i++ {
+		c.tick(1)
+		for _, n := range c.nodes {
+			if n != old && n.l.Raft().Basic().State == raft.StateLeader {
+				return n
+			}
+		}
+	}
+	c.t.Fatal("no new leader")
+	return nil
+}
+
 // exec submits a write to the leader and returns its request id.
 func (c *cluster) exec(n *node, sql string) uint64 {
 	c.nextID++
@@ -264,18 +279,7 @@ func TestHeldTransactionInvisibleThenAborted(t *testing.T) {
 			n.down = false
 		}
 	}
-	var nl *node
-	for i := 0; i < 200 && nl == nil; i++ {
-		c.tick(1)
-		for _, n := range c.nodes {
-			if n != l && n.l.Raft().Basic().State == raft.StateLeader {
-				nl = n
-			}
-		}
-	}
-	if nl == nil {
-		t.Fatal("no new leader")
-	}
+	nl := c.electOther(l)
 	c.tick(2)
 	c.mustExec(nl, "INSERT INTO t VALUES (7)")
 	l.down = false

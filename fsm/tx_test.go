@@ -112,18 +112,7 @@ func TestTxSpanningRequestsAbortedByPartition(t *testing.T) {
 	c.mustTx(l, 9, "BEGIN")
 	c.mustTx(l, 9, "INSERT INTO t VALUES (42)")
 	l.down = true
-	var nl *node
-	for i := 0; i < 200 && nl == nil; i++ {
-		c.tick(1)
-		for _, n := range c.nodes {
-			if n != l && n.l.Raft().Basic().State == raft.StateLeader {
-				nl = n
-			}
-		}
-	}
-	if nl == nil {
-		t.Fatal("no new leader")
-	}
+	nl := c.electOther(l)
 	c.tick(2)
 	c.mustExec(nl, "INSERT INTO t VALUES (7)")
 	// The old leader steps down by itself (check-quorum) before it hears
