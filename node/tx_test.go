@@ -45,6 +45,26 @@ func sameImages(t *testing.T, ctx context.Context, nodes []*Node, l *Node) {
 	}
 }
 
+// txWithRow creates table t (columns as given) on the leader of nodes and
+// opens a transaction that inserted the row 1 into it.
+func txWithRow(t *testing.T, nodes []*Node, columns string) (context.Context, *Node, *Tx) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	l := leaderOf(t, ctx, nodes)
+	if _, err := l.Exec(ctx, "CREATE TABLE t "+columns); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, l, tx
+}
+
 // TestTxSpanningRequests: a transaction opened by a lone BEGIN spans
 // requests. Its writes are visible to its own reads and to nobody else's
 // until COMMIT; an autocommit writer arriving meanwhile waits for the
@@ -141,19 +161,7 @@ func TestTxSpanningRequests(t *testing.T) {
 // and no node ever shows the transaction's rows.
 func TestTxAbortedOnLeadershipLoss(t *testing.T) {
 	nodes := startCluster(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	l := leaderOf(t, ctx, nodes)
-	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, tx := txWithRow(t, nodes, "(x)")
 	if err := l.Transfer(ctx, raft.None); err != nil {
 		t.Fatal(err)
 	}
@@ -181,19 +189,7 @@ func TestTxAbortedOnLeadershipLoss(t *testing.T) {
 // transaction's client then gets ErrTxAborted, and COMMIT fails.
 func TestTxIdleTimeout(t *testing.T) {
 	nodes := startClusterWith(t, 3, func(c *Config) { c.TxIdleTimeout = 300 * time.Millisecond })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	l := leaderOf(t, ctx, nodes)
-	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, tx := txWithRow(t, nodes, "(x)")
 	// This write can only run once the idle transaction is rolled back.
 	if _, err := l.Exec(ctx, "INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
@@ -244,19 +240,7 @@ func TestTxQueuedWriterGetsBusy(t *testing.T) {
 // ROLLBACK then succeeds and nothing of the transaction exists.
 func TestTxRolledBackBySQLite(t *testing.T) {
 	nodes := startCluster(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	l := leaderOf(t, ctx, nodes)
-	if _, err := l.Exec(ctx, "CREATE TABLE t (x INTEGER PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, tx := txWithRow(t, nodes, "(x INTEGER PRIMARY KEY)")
 	if _, err := tx.Exec(ctx, "INSERT OR ROLLBACK INTO t VALUES (1)"); !errors.Is(err, loop.ErrTxAborted) {
 		t.Fatalf("the statement that rolled back: %v", err)
 	}
@@ -282,19 +266,7 @@ func TestTxRolledBackBySQLite(t *testing.T) {
 // request with them, and the transaction rolled back.
 func TestTxCommitAndBeginRefused(t *testing.T) {
 	nodes := startCluster(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	l := leaderOf(t, ctx, nodes)
-	if _, err := l.Exec(ctx, "CREATE TABLE t (x INTEGER PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := l.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, tx := txWithRow(t, nodes, "(x INTEGER PRIMARY KEY)")
 	if _, err := tx.Exec(ctx, "COMMIT; BEGIN"); !errors.Is(err, loop.ErrTxAborted) || !errors.Is(err, fsm.ErrStatementAfterTxEnd) {
 		t.Fatalf("COMMIT; BEGIN: %v", err)
 	}
@@ -310,7 +282,7 @@ func TestTxCommitAndBeginRefused(t *testing.T) {
 	if _, err := l.Exec(ctx, "CREATE TABLE child (p INTEGER REFERENCES t (x))"); err != nil {
 		t.Fatal(err)
 	}
-	tx, err = l.Begin(ctx)
+	tx, err := l.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
