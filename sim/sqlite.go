@@ -160,8 +160,8 @@ func (s *Sim) bankTxStep(n *node, c *client, req uint64) {
 	}
 }
 
-// bankTxReply advances the transaction; false when it ended (done or
-// failed).
+// bankTxReply advances the transaction with its request's reply; the
+// client's tx is nil once it ended (committed, rolled back or given up).
 func (s *Sim) bankTxReply(n *node, c *client, r loop.Reply) {
 	t := c.tx
 	if r.Err != nil {

@@ -841,16 +841,6 @@ static const char *const guarded_pragmas[] = {
     "short_column_names", "empty_result_callbacks", "temp_store", "legacy_file_format",
 };
 
-#define SQLITE_CREATE_TEMP_INDEX 3
-#define SQLITE_CREATE_TEMP_TABLE 4
-#define SQLITE_CREATE_TEMP_TRIGGER 5
-#define SQLITE_CREATE_TEMP_VIEW 6
-#define SQLITE_CREATE_VTABLE 29
-#define SQLITE_CREATE_INDEX 1
-#define SQLITE_CREATE_TABLE 2
-#define SQLITE_CREATE_TRIGGER 7
-#define SQLITE_CREATE_VIEW 8
-
 typedef struct dq_guard_state {
 	int trusted;
 	sqlite3 *db;
