@@ -9,6 +9,11 @@ import "strings"
 // [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION [name]], COMMIT|END|ROLLBACK
 // [TRANSACTION [name]] (not ROLLBACK TO a savepoint); else "".
 func LoneTxControl(sql string) string {
+	// Every write passes here: most start with another keyword, and need
+	// no copy without their comments.
+	if t := strings.TrimLeft(sql, " \t\r\n"); t == "" || !strings.ContainsRune("BbCcEeRr-/", rune(t[0])) {
+		return ""
+	}
 	t := strings.TrimSpace(stripComments(sql))
 	for strings.HasSuffix(t, ";") {
 		t = strings.TrimSpace(strings.TrimSuffix(t, ";"))
