@@ -30,7 +30,11 @@
 // transaction are never retried: when the leader changes or the connection
 // breaks, the server rolls the transaction back and the statement fails
 // with an error wrapping ErrTxAborted (Rollback then succeeds). A Commit
-// whose reply is lost fails with an error wrapping ErrUnknownOutcome.
+// whose reply is lost fails with an error wrapping ErrUnknownOutcome. A
+// statement sent while the transaction's earlier rows are still open reads
+// them into memory first (at most TxRowsBufferBytes; past it the rows end
+// with wire.ErrBufferLimit). BEGIN, COMMIT or ROLLBACK sent alone through
+// Exec are refused (ErrUseBeginTx).
 package driver
 
 import (
