@@ -42,9 +42,17 @@ type cluster struct {
 	writes  map[raft.NodeID]*loop.WriteJob
 	replies map[uint64]loop.Reply
 	nextID  uint64
+	// drop, when set, drops the messages it returns true for.
+	drop func(m raft.Message) bool
 }
 
 func newCluster(t *testing.T, n int, mode fsm.Mode, snapEvery uint64) *cluster {
+	return newClusterWith(t, n, mode, snapEvery, nil)
+}
+
+// newClusterWith is newCluster with each loop's configuration adjusted by
+// opts (when not nil).
+func newClusterWith(t *testing.T, n int, mode fsm.Mode, snapEvery uint64, opts func(*loop.Config)) *cluster {
 	c := &cluster{t: t, writes: map[raft.NodeID]*loop.WriteJob{}, replies: map[uint64]loop.Reply{}}
 	var m raft.Membership
 	for i := 1; i <= n; i++ {
@@ -65,10 +73,14 @@ func newCluster(t *testing.T, n int, mode fsm.Mode, snapEvery uint64) *cluster {
 			t.Fatal(err)
 		}
 		s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
-		l, err := loop.New(loop.Config{Raft: raft.Config{ID: raft.NodeID(i), ElectionTicks: 10, HeartbeatTicks: 1,
+		lc := loop.Config{Raft: raft.Config{ID: raft.NodeID(i), ElectionTicks: 10, HeartbeatTicks: 1,
 			MaxMsgBytes: 64 << 20, MaxSnapshotChunkBytes: 8192}, Storage: s, FSM: db,
 			Rand: rand.New(rand.NewPCG(uint64(i), 1)), SnapshotThreshold: snapEvery, RequestTimeoutTicks: 1000,
-			Batcher: db})
+			Batcher: db}
+		if opts != nil {
+			opts(&lc)
+		}
+		l, err := loop.New(lc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +115,7 @@ func (c *cluster) run() {
 		msgs := c.msgs
 		c.msgs = nil
 		for _, m := range msgs {
-			if c.node(m.To).down || c.node(m.From).down {
+			if c.node(m.To).down || c.node(m.From).down || (c.drop != nil && c.drop(m)) {
 				continue
 			}
 			out, err := c.node(m.To).l.Step(m)

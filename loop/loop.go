@@ -477,12 +477,12 @@ func (l *Loop) Cancel(id uint64) Output {
 // the leader has applied everything committed.
 func (l *Loop) pumpWrites() {
 	b := l.raft.Basic()
-	if l.writingIndex != 0 && l.writingAbort != nil && (b.State != raft.StateLeader || b.Term != l.writingTerm) {
+	if l.writingIndex != 0 && (b.State != raft.StateLeader || b.Term != l.writingTerm) {
 		// Leadership lost: drop the captured transaction now. The requests
 		// keep waiting: their entry may still commit (then they succeed) or
-		// be overwritten (then they fail with ErrLeadershipLost).
-		l.writingAbort()
-		l.writingAbort = nil
+		// be overwritten (then they fail with ErrLeadershipLost). A later
+		// term's writes start only after the barrier, so the slot is free.
+		l.releaseSlot(true)
 	}
 	if l.tx != 0 && (b.State != raft.StateLeader || b.Term != l.txTerm || l.writeErr != nil) {
 		l.abortTx(ErrLeadershipLost)
@@ -498,6 +498,7 @@ func (l *Loop) pumpWrites() {
 		if t, _ := l.raft.Term(b.Commit); t != b.Term || l.applied < b.Commit {
 			return // barrier: not everything committed is applied yet
 		}
+		l.assertSlotFree()
 		var batch []*request
 		for len(l.writeQueue) > 0 && len(batch) < l.cfg.MaxBatch {
 			req := l.writeQueue[0]
@@ -582,7 +583,14 @@ func (l *Loop) startBatch(reqs []*request) {
 			ok, okResults = append(ok, r), append(okResults, results[i])
 		}
 	}
-	if cmd == nil || len(ok) == 0 {
+	if cmd == nil {
+		return
+	}
+	if len(ok) == 0 {
+		// Every write failed, yet the transaction captured frames (e.g.
+		// the deduplication table's creation): nobody proposes them, so
+		// drop them, or every later write would find a capture pending.
+		l.cfg.Batcher.Abort()
 		return
 	}
 	index, term, err := l.raft.Propose(cmd)
@@ -611,6 +619,34 @@ func (l *Loop) holdSlot(reqs []*request, results []any, index, term uint64, abor
 		l.byIndex[index] = append(l.byIndex[index], r.id)
 	}
 	l.writingIndex, l.writingTerm, l.writingAbort = index, term, abort
+}
+
+// releaseSlot frees the writer slot held by a proposed entry, dropping its
+// captured transaction first when abort is set. The slot is released only
+// here: when the entry applies or when this node stops leading in its term
+// (never when its requests finish: a timed out client leaves the capture
+// pending in the state machine until its entry resolves).
+func (l *Loop) releaseSlot(abort bool) {
+	if abort && l.writingAbort != nil {
+		l.writingAbort()
+	}
+	l.writingIndex, l.writingTerm, l.writingAbort = 0, 0, nil
+}
+
+// PendingReporter is implemented by state machines that capture a write
+// before proposing it (fsm's frames mode): Pending reports whether one is
+// captured and not yet applied or dropped.
+type PendingReporter interface{ Pending() bool }
+
+// assertSlotFree checks, before a write starts, that the loop's free writer
+// slot and the state machine's capture agree: a capture left behind would
+// refuse every following write.
+func (l *Loop) assertSlotFree() {
+	for _, sm := range []any{l.fsm, l.cfg.Batcher} {
+		if p, ok := sm.(PendingReporter); ok {
+			assert.That(!p.Pending(), "writer slot free but the state machine holds a captured write (applied %d)", l.applied)
+		}
+	}
 }
 
 func (l *Loop) admit(id uint64) error {
@@ -647,10 +683,10 @@ func (l *Loop) finish(id uint64, rep Reply) {
 			}
 		}
 		if len(ids) == 0 {
+			// The writer slot stays with the entry, not with its
+			// requests: a client that stopped waiting does not end the
+			// captured transaction (see releaseSlot).
 			delete(l.byIndex, req.index)
-			if req.index == l.writingIndex {
-				l.writingIndex, l.writingAbort = 0, nil
-			}
 		} else {
 			l.byIndex[req.index] = ids
 		}
@@ -775,8 +811,10 @@ func (l *Loop) apply(e raft.Entry) {
 	if e.Type == raft.EntryNormal {
 		result, err = l.fsm.Apply(e)
 	}
-	if e.Index == l.writingIndex && e.Term == l.writingTerm {
-		l.writingIndex, l.writingAbort = 0, nil
+	if l.writingIndex != 0 && e.Index >= l.writingIndex {
+		// Applied: the state machine made its captured transaction
+		// visible (same term) or dropped it for another leader's entry.
+		l.releaseSlot(false)
 	}
 	for _, id := range append([]uint64(nil), l.byIndex[e.Index]...) {
 		req := l.pending[id]
