@@ -532,6 +532,17 @@ func (d *DB) applyFrames(e raft.Entry) (any, error) {
 	return nil, nil
 }
 
+// statementError is a statement's own error when applied in statement
+// mode: every replica runs the same statement on the same state and gets
+// the same error, so it is the entry's result and apply goes on (it
+// satisfies loop.DeterministicError). Every other Apply error means this
+// replica failed to apply the entry.
+type statementError struct{ err error }
+
+func (e statementError) Error() string     { return e.err.Error() }
+func (e statementError) Unwrap() error     { return e.err }
+func (statementError) Deterministic() bool { return true }
+
 func (d *DB) applyStatements(e raft.Entry) (any, error) {
 	d.Abort()
 	s, err := DecodeStatements(e.Data)
@@ -546,7 +557,7 @@ func (d *DB) applyStatements(e raft.Entry) (any, error) {
 		if res, err = d.run(st.SQL, st.Params, true); err != nil {
 			_ = d.conn.Exec("ROLLBACK")
 			// The statement's own error is the deterministic result.
-			return nil, err
+			return nil, statementError{err}
 		}
 	}
 	if err := d.conn.Exec("COMMIT"); err != nil {

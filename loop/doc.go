@@ -23,10 +23,19 @@
 //   - Term and vote are durable before any message of the same Raft update
 //     is returned (SetHardState is synchronous and rare).
 //   - A received snapshot is never installed while a write is in flight.
-//   - After a storage failure the loop stops appending and leading; every
-//     waiting request fails with ErrStopped (outcome unknown); a new one is
-//     refused with ErrNotLeader wrapping ErrStopped (it never ran). Failed
-//     writes are not retried.
+//   - After a storage failure, or a committed entry this replica could not
+//     apply (ErrApplyFailed: an Apply error that is not a
+//     DeterministicError), the loop stops appending, applying, sending and
+//     leading for good (until a restart); Err says why. A proposed write
+//     waiting then fails with ErrUnknownOutcome wrapping ErrStopped, any
+//     other request (and every new one) with ErrNotLeader wrapping
+//     ErrStopped (it never ran). Failed writes are not retried. A replica
+//     never applies past an entry it failed to apply, so it cannot diverge
+//     silently.
+//   - The writer slot belongs to a proposed entry until it applies or this
+//     node stops leading in its term (never to its requests: a client that
+//     times out does not free it), and the loop asserts that the state
+//     machine holds no capture whenever a write starts.
 //   - A write's reply carries the result of applying it, or
 //     ErrLeadershipLost when its entry left the log (it did not happen), or
 //     ErrTimeout (outcome unknown).

@@ -31,7 +31,12 @@ type Storage interface {
 // StateMachine is what committed entries are applied to.
 type StateMachine interface {
 	// Apply applies a committed normal entry and returns its result for the
-	// client that proposed it (if any is waiting on this node).
+	// client that proposed it (if any is waiting on this node). An error
+	// that is the entry's deterministic result (every replica computes the
+	// same one, e.g. a statement's SQL error in statement mode) implements
+	// DeterministicError; any other error means this replica could not
+	// apply the entry, and the loop stops applying (ErrApplyFailed) rather
+	// than let the replica diverge from the others.
 	Apply(e raft.Entry) (any, error)
 	// Snapshot returns the state as bytes. An error with a method
 	// SnapshotLater() bool returning true means "not now, try later".
@@ -84,6 +89,10 @@ var (
 	ErrBusy           = errors.New("loop: too many pending requests")
 	ErrTimeout        = errors.New("loop: request timed out")
 	ErrStopped        = errors.New("loop: node stopped after a storage failure")
+	// ErrApplyFailed: this replica could not apply a committed entry (its
+	// state would diverge from the others'); the node stopped as after a
+	// storage failure, and Err wraps it.
+	ErrApplyFailed = errors.New("loop: applying a committed entry failed")
 	// ErrUnknownOutcome: the write may or may not have committed (this node
 	// lost track of it, for example when a snapshot replaced its log).
 	ErrUnknownOutcome = errors.New("loop: outcome of the write is unknown")
@@ -99,6 +108,19 @@ var (
 	ErrSessionEnded = errors.New("loop: the client session ended")
 	ErrCanceled     = errors.New("loop: request canceled before it ran")
 )
+
+// DeterministicError is an Apply error that is the entry's result on every
+// replica: it goes to the client and apply goes on.
+type DeterministicError interface {
+	error
+	Deterministic() bool
+}
+
+// IsDeterministic reports whether err is (or wraps) a DeterministicError.
+func IsDeterministic(err error) bool {
+	var d DeterministicError
+	return errors.As(err, &d) && d.Deterministic()
+}
 
 // WriteJob is an append the runtime performs with Storage.Append outside
 // the loop, then reports with WriteDone.
@@ -701,12 +723,7 @@ func (l *Loop) WriteDone(job *WriteJob, err error) Output {
 	if err != nil {
 		// Not retried: the kernel may have dropped the dirty pages. Stop
 		// appending and stop leading; what is on disk is the truth.
-		l.writeErr = err
-		l.staged = nil
-		l.raft.StepDown()
-		for _, id := range append([]uint64(nil), l.order...) {
-			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %v", ErrStopped, err)})
-		}
+		l.fail(err)
 		return l.flush()
 	}
 	last := job.Entries[len(job.Entries)-1]
@@ -805,12 +822,19 @@ func (l *Loop) installSnapshot(s *raft.Snapshot) {
 }
 
 func (l *Loop) apply(e raft.Entry) {
-	l.applied = e.Index
+	if l.writeErr != nil {
+		return // stopped: nothing more is applied (see fail)
+	}
 	var result any
 	var err error
 	if e.Type == raft.EntryNormal {
 		result, err = l.fsm.Apply(e)
 	}
+	if err != nil && !IsDeterministic(err) {
+		l.fail(fmt.Errorf("%w: entry %d (term %d): %w", ErrApplyFailed, e.Index, e.Term, err))
+		return
+	}
+	l.applied = e.Index
 	if l.writingIndex != 0 && e.Index >= l.writingIndex {
 		// Applied: the state machine made its captured transaction
 		// visible (same term) or dropped it for another leader's entry.
@@ -892,14 +916,38 @@ func (l *Loop) maybeSnapshot() {
 	l.snapshot = l.applied
 }
 
+// fail stops the node for good (until a restart): no more appends, applies
+// or messages, and every waiting request is answered now.
 func (l *Loop) fail(err error) {
-	if l.writeErr == nil {
-		l.writeErr = err
-		l.raft.StepDown()
+	if l.writeErr != nil {
+		return
 	}
+	l.writeErr = err
+	l.staged = nil
+	l.raft.StepDown()
+	l.failPending(err)
 }
 
-// Err returns the storage failure that stopped the node, if any.
+// failPending answers every waiting request of a stopped node: a write
+// already proposed may have committed (unknown outcome); anything else
+// never ran and goes to another node ("not leader").
+func (l *Loop) failPending(err error) {
+	for _, id := range append([]uint64(nil), l.order...) {
+		req := l.pending[id]
+		if req == nil {
+			continue
+		}
+		if req.read == nil && req.index != 0 {
+			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %w: %v", ErrUnknownOutcome, ErrStopped, err)})
+		} else {
+			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %w: %v", ErrNotLeader, ErrStopped, err)})
+		}
+	}
+	l.writeQueue = nil
+}
+
+// Err returns the failure that stopped the node (a storage failure, or
+// ErrApplyFailed), if any.
 func (l *Loop) Err() error { return l.writeErr }
 
 // compactOrder drops finished request ids from the arrival order.
