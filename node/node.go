@@ -13,6 +13,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -75,6 +76,24 @@ type Config struct {
 	// RootCAs and ClientCAs of the cluster's CA, and ClientAuth set to
 	// tls.RequireAndVerifyClientCert for mutual TLS. Off by default.
 	TLS *tls.Config
+	// Peer links (see docs/OPERATIONS.md, "Peer authentication"): a
+	// connection that sends CONNECT becomes a peer link only once it proved
+	// it belongs to the cluster, before any Raft message is read.
+	//
+	// ClusterKey, when set (at least wire.ClusterKeyBytesMin bytes, the
+	// same on every member), is proved by both sides of every peer link in
+	// a challenge-response; it never crosses the wire.
+	ClusterKey []byte
+	// PeerCAs, with TLS, is the pool of the CA (or CAs) that issue the
+	// nodes' own certificates, distinct from the clients' CA: a dialing
+	// peer's certificate must verify against it, so a client certificate
+	// cannot open a peer link. TLS.ClientCAs must also trust it.
+	PeerCAs *x509.CertPool
+	// OpenPeerLinks accepts peer links that prove nothing. Without a key
+	// or PeerCAs, New refuses to listen on anything but a loopback address
+	// unless this is set: anyone who reaches an open port can then act as
+	// a member of the cluster.
+	OpenPeerLinks bool
 }
 
 // trailingEntries are kept in the log behind a snapshot, so a follower a
@@ -138,6 +157,7 @@ type Node struct {
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
+	stopLogged                   bool // logStop reported loop.Err
 	seenTerm                     uint64
 	seenState                    raft.StateType
 	seenLead                     raft.NodeID
@@ -193,6 +213,9 @@ func New(cfg Config) (*Node, error) {
 	if cfg.LogMemoryBytes == 0 {
 		cfg.LogMemoryBytes = wal.DefaultCacheBytes
 	}
+	if err := checkPeerAuth(&cfg); err != nil {
+		return nil, err
+	}
 	if need := logIndexBytes(cfg.SnapshotThreshold); cfg.LogMemoryBytes < need {
 		return nil, fmt.Errorf("node %d: log memory budget of %d bytes is below the %d bytes the log's index may need between snapshots (raise LogMemoryBytes or lower SnapshotThreshold)",
 			cfg.ID, cfg.LogMemoryBytes, need)
@@ -201,6 +224,10 @@ func New(cfg Config) (*Node, error) {
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
 		stop: make(chan struct{}), changed: make(chan struct{}),
 		addrHints: map[raft.NodeID]string{}}
+	if cfg.ClusterKey == nil && cfg.PeerCAs == nil {
+		n.log.Warn("peer links are open: anything that reaches the port can act as a member "+
+			"(set a cluster key or peer certificates; see docs/OPERATIONS.md)", "address", cfg.Address)
+	}
 	if err := n.open(); err != nil {
 		n.closeResources()
 		return nil, err
@@ -358,10 +385,27 @@ func (n *Node) handle(out loop.Output) {
 	}
 	n.logRaftChanges()
 	n.logProgress()
+	n.logStop()
 	n.changedMu.Lock()
 	close(n.changed)
 	n.changed = make(chan struct{})
 	n.changedMu.Unlock()
+}
+
+// logStop logs, once, why the loop stopped the node (a storage failure or
+// an entry it could not apply).
+func (n *Node) logStop() {
+	err := n.loop.Err()
+	if err == nil || n.stopLogged {
+		return
+	}
+	n.stopLogged = true
+	if errors.Is(err, loop.ErrApplyFailed) {
+		n.log.Error("a committed entry failed to apply: the node stopped applying and writing "+
+			"(it would diverge from the others); restart it, or replace it with a fresh node", "applied", n.loop.Applied(), "err", err)
+		return
+	}
+	n.log.Error("storage failed: the node stopped writing", "err", err)
 }
 
 // logRaftChanges logs changes of term, state and known leader.

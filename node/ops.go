@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/wal"
 	"github.com/dqlite-go/dqlite/wire"
@@ -45,6 +46,8 @@ type metrics struct {
 	appendEntries                     atomic.Uint64 // entries appended (sum of batch sizes)
 	appendBytes                       atomic.Uint64 // entry payload bytes appended
 	peerBytes                         atomic.Uint64 // bytes sent on peer links
+	peerLinksRefused                  atomic.Uint64 // incoming peer links that failed authentication
+	peerMessagesInvalid               atomic.Uint64 // peer messages raft refused (the link was dropped)
 	snapshots, snapshotBytes          atomic.Uint64
 	restores                          atomic.Uint64
 }
@@ -62,6 +65,8 @@ type Metrics struct {
 	FsyncSeconds          float64 // total time in appends
 	FsyncMaxSeconds       float64
 	PeerBytesSent         uint64
+	PeerLinksRefused      uint64 // incoming peer links that failed authentication
+	PeerMessagesInvalid   uint64 // peer messages refused as invalid (each dropped its link)
 	Snapshots             uint64
 	SnapshotBytes         uint64 // total size of the snapshots taken
 	SnapshotsInstalled    uint64
@@ -69,6 +74,9 @@ type Metrics struct {
 	LogCacheBytes         int64 // entry data cached
 	LogMemoryBytes        int64 // index and cached data: within Config.LogMemoryBytes
 	StorageFailed         bool
+	// ApplyFailed: a committed entry failed to apply here; the node
+	// stopped applying (and writing) rather than diverge from the others.
+	ApplyFailed bool
 }
 
 // Metrics returns the node's metrics.
@@ -86,7 +94,10 @@ func (n *Node) Metrics() Metrics {
 		}
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()
-		m.StorageFailed = n.loop.Err() != nil
+		if err := n.loop.Err(); err != nil {
+			m.ApplyFailed = errors.Is(err, loop.ErrApplyFailed)
+			m.StorageFailed = !m.ApplyFailed
+		}
 	})
 	m.EventQueue = len(n.events)
 	m.Appends = n.metrics.fsyncs.Load()
@@ -95,6 +106,8 @@ func (n *Node) Metrics() Metrics {
 	m.FsyncSeconds = float64(n.metrics.fsyncNanos.Load()) / 1e9
 	m.FsyncMaxSeconds = float64(n.metrics.fsyncMaxNanos.Load()) / 1e9
 	m.PeerBytesSent = n.metrics.peerBytes.Load()
+	m.PeerLinksRefused = n.metrics.peerLinksRefused.Load()
+	m.PeerMessagesInvalid = n.metrics.peerMessagesInvalid.Load()
 	m.Snapshots = n.metrics.snapshots.Load()
 	m.SnapshotBytes = n.metrics.snapshotBytes.Load()
 	m.SnapshotsInstalled = n.metrics.restores.Load()

@@ -3,7 +3,12 @@ package node
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/dqlite-go/dqlite/raft"
@@ -85,10 +90,17 @@ func (n *Node) stream(p *peer, conn net.Conn) error {
 	if err != nil {
 		return err
 	}
-	conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
+	conn.SetDeadline(time.Now().Add(peerAuthTimeout))
 	if _, err := conn.Write(connect); err != nil {
 		return err
 	}
+	if err := wire.DialPeer(conn, bufio.NewReaderSize(conn, 64), n.cfg.ClusterKey, uint64(n.cfg.ID), uint64(p.id)); err != nil {
+		if errors.Is(err, wire.ErrPeerAuth) {
+			n.log.Warn("peer link not authenticated", "peer", p.id, "address", p.addr, "err", err)
+		}
+		return err
+	}
+	conn.SetDeadline(time.Time{})
 	var buf []byte
 	for {
 		select {
@@ -111,6 +123,90 @@ func (n *Node) stream(p *peer, conn net.Conn) error {
 			}
 		}
 	}
+}
+
+// peerAuthTimeout bounds the CONNECT and authentication exchange.
+const peerAuthTimeout = 10 * time.Second
+
+// authPeer runs the acceptor's side of peer authentication on a link that
+// sent CONNECT claiming id from: the peer certificate first (with PeerCAs),
+// then the cluster key's challenge-response (see wire.AcceptPeer).
+func (n *Node) authPeer(c net.Conn, r *bufio.Reader, from raft.NodeID) error {
+	if n.cfg.PeerCAs != nil {
+		if err := verifyPeerCert(c, n.cfg.PeerCAs); err != nil {
+			return err
+		}
+	}
+	c.SetDeadline(time.Now().Add(peerAuthTimeout))
+	if err := wire.AcceptPeer(c, r, n.cfg.ClusterKey, uint64(from), uint64(n.cfg.ID)); err != nil {
+		return err
+	}
+	return c.SetDeadline(time.Time{})
+}
+
+// verifyPeerCert checks that a TLS link's client certificate was issued by
+// a peer CA (a client certificate from the clients' CA does not verify).
+func verifyPeerCert(c net.Conn, roots *x509.CertPool) error {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return fmt.Errorf("%w: a peer certificate is required, and this link is not TLS", wire.ErrPeerAuth)
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return fmt.Errorf("%w: no peer certificate", wire.ErrPeerAuth)
+	}
+	inter := x509.NewCertPool()
+	for _, ct := range certs[1:] {
+		inter.AddCert(ct)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("%w: the certificate of %q is not a peer certificate: %v", wire.ErrPeerAuth, certs[0].Subject.CommonName, err)
+	}
+	return nil
+}
+
+// checkPeerAuth refuses a configuration that would open peer links to
+// anyone who reaches a non-loopback address.
+func checkPeerAuth(cfg *Config) error {
+	if cfg.ClusterKey != nil && len(cfg.ClusterKey) < wire.ClusterKeyBytesMin {
+		return fmt.Errorf("node %d: the cluster key has %d bytes, fewer than %d", cfg.ID, len(cfg.ClusterKey), wire.ClusterKeyBytesMin)
+	}
+	if cfg.PeerCAs != nil && cfg.TLS == nil {
+		return fmt.Errorf("node %d: PeerCAs needs TLS", cfg.ID)
+	}
+	if cfg.ClusterKey != nil || cfg.PeerCAs != nil || cfg.OpenPeerLinks {
+		return nil
+	}
+	listen := cfg.ListenAddress
+	if listen == "" {
+		listen = cfg.Address
+	}
+	if isLocalAddress(listen) {
+		return nil
+	}
+	return fmt.Errorf("node %d: peer links on %s would be open to anyone who reaches it, who could then act as a member "+
+		"(forge votes and entries): set a cluster key (Config.ClusterKey, dqlited -cluster-key-file or DQLITE_CLUSTER_KEY), "+
+		"peer certificates (Config.PeerCAs, dqlited -tls-peer-ca), or accept open links explicitly (Config.OpenPeerLinks, dqlited -open-peer-links)",
+		cfg.ID, listen)
+}
+
+// isLocalAddress reports whether only this machine can reach addr: a
+// loopback host or an abstract Unix socket.
+func isLocalAddress(addr string) bool {
+	if strings.HasPrefix(addr, "@") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (n *Node) stopped() bool {
@@ -149,6 +245,11 @@ func (n *Node) accept() {
 // CONNECT).
 func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address string) {
 	defer c.Close()
+	if err := n.authPeer(c, r, from); err != nil {
+		n.metrics.peerLinksRefused.Add(1)
+		n.log.Warn("peer link refused", "claimed", from, "remote", c.RemoteAddr().String(), "err", err)
+		return
+	}
 	if address != "" && !n.post(func() {
 		if _, known := n.addrHints[from]; !known {
 			n.addrHints[from] = address
@@ -174,7 +275,11 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 		if !n.post(func() {
 			out, err := n.loop.Step(m)
 			if err != nil {
-				n.log.Warn("malformed peer message", "peer", from, "err", err)
+				// A message no correct member sends: stop reading this
+				// link (the peer redials; Raft retransmits).
+				n.metrics.peerMessagesInvalid.Add(1)
+				n.log.Warn("invalid peer message: dropping the link", "peer", from, "type", m.Type.String(), "err", err)
+				c.Close()
 			}
 			n.handle(out)
 		}) {

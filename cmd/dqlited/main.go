@@ -51,6 +51,9 @@ type options struct {
 	join            string
 	tlsCert, tlsKey string
 	tlsCA           string
+	tlsPeerCA       string
+	clusterKeyFile  string
+	openPeerLinks   bool
 	metrics         string
 	logLevel        string
 	statements      bool
@@ -75,6 +78,11 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate of this node (turns on mutual TLS, with -tls-key and -tls-ca)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key of this node")
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM certificate of the cluster's CA")
+	fs.StringVar(&o.tlsPeerCA, "tls-peer-ca", "", "PEM certificate of the CA that issues the nodes' certificates, distinct from the clients' "+
+		"(-tls-ca): peer links then need a certificate it issued")
+	fs.StringVar(&o.clusterKeyFile, "cluster-key-file", "", "file holding the cluster key (hex) that peer links prove; a bootstrapping node creates it "+
+		"when missing (default: DIR/cluster-key if present; DQLITE_CLUSTER_KEY, in hex, overrides)")
+	fs.BoolVar(&o.openPeerLinks, "open-peer-links", false, "accept peer links that prove nothing on a non-loopback address (anyone reaching the port can act as a member)")
 	fs.StringVar(&o.metrics, "metrics", "", "host:port to serve /metrics, /healthz and /readyz on (empty: off)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.statements, "statements", false, "replicate SQL statements instead of WAL frames (comparison mode)")
@@ -120,27 +128,44 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	return o, nil
 }
 
-func loadTLS(o *options) (*tls.Config, error) {
+// loadTLS returns the TLS configuration and the pool of peer CAs (nil
+// without -tls-peer-ca; it is also trusted for the TLS handshake).
+func loadTLS(o *options) (*tls.Config, *x509.CertPool, error) {
 	if o.tlsCert == "" && o.tlsKey == "" && o.tlsCA == "" {
-		return nil, nil
+		if o.tlsPeerCA != "" {
+			return nil, nil, errors.New("-tls-peer-ca needs -tls-cert, -tls-key and -tls-ca")
+		}
+		return nil, nil, nil
 	}
 	if o.tlsCert == "" || o.tlsKey == "" || o.tlsCA == "" {
-		return nil, errors.New("TLS needs all of -tls-cert, -tls-key and -tls-ca")
+		return nil, nil, errors.New("TLS needs all of -tls-cert, -tls-key and -tls-ca")
 	}
 	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ca, err := os.ReadFile(o.tlsCA)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("%s: no PEM certificate", o.tlsCA)
+		return nil, nil, fmt.Errorf("%s: no PEM certificate", o.tlsCA)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}, nil
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	if o.tlsPeerCA != "" {
+		pem, err := os.ReadFile(o.tlsPeerCA)
+		if err != nil {
+			return nil, nil, err
+		}
+		peers := x509.NewCertPool()
+		if !peers.AppendCertsFromPEM(pem) || !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("%s: no PEM certificate", o.tlsPeerCA)
+		}
+		return cfg, peers, nil
+	}
+	return cfg, nil, nil
 }
 
 func run(parent context.Context, args []string, errOut io.Writer) int {
@@ -158,7 +183,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: level}))
-	tlsCfg, err := loadTLS(o)
+	tlsCfg, peerCAs, err := loadTLS(o)
 	if err != nil {
 		log.Error("loading TLS files", "err", err)
 		return 2
@@ -168,7 +193,13 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		log.Error("data directory", "dir", o.dir, "err", err)
 		return 1
 	}
+	key, err := clusterKey(o, fresh && o.join == "", peerCAs != nil, log)
+	if err != nil {
+		log.Error("cluster key", "err", err)
+		return 2
+	}
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
+		ClusterKey: key, PeerCAs: peerCAs, OpenPeerLinks: o.openPeerLinks,
 		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen, TestingAckBeforeCommit: o.ackBeforeCommit,
 		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
 	if o.statements {

@@ -24,8 +24,8 @@ func metricsHandler(n *node.Node) http.Handler {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if n.Metrics().StorageFailed {
-			http.Error(w, "storage failed", http.StatusServiceUnavailable)
+		if m := n.Metrics(); m.StorageFailed || m.ApplyFailed {
+			http.Error(w, "stopped: storage failed or a committed entry failed to apply (see the log)", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -69,10 +69,13 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("log_cache_bytes", "gauge", "Log entry data cached in memory.", m.LogCacheBytes)
 	metric("log_memory_bytes", "gauge", "Memory the log holds (index and cached data), within -log-memory.", m.LogMemoryBytes)
 	metric("peer_sent_bytes_total", "counter", "Bytes sent to peers (replication and elections).", m.PeerBytesSent)
+	metric("peer_links_refused_total", "counter", "Incoming peer links refused: no valid cluster key proof or peer certificate.", m.PeerLinksRefused)
+	metric("peer_messages_invalid_total", "counter", "Peer messages refused as invalid (each dropped its link).", m.PeerMessagesInvalid)
 	metric("snapshots_total", "counter", "Snapshots taken.", m.Snapshots)
 	metric("snapshot_bytes_total", "counter", "Total size of the snapshots taken.", m.SnapshotBytes)
 	metric("snapshots_installed_total", "counter", "Snapshots installed from the leader.", m.SnapshotsInstalled)
 	metric("event_queue_depth", "gauge", "Events waiting for the node's loop.", m.EventQueue)
 	metric("peer_queue_depth", "gauge", "Messages waiting to be sent to peers.", m.PeerQueue)
 	metric("storage_failed", "gauge", "1 when the log storage failed and the node stopped writing.", b(m.StorageFailed))
+	metric("apply_failed", "gauge", "1 when a committed entry failed to apply and the node stopped applying and writing.", b(m.ApplyFailed))
 }
