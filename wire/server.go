@@ -3,12 +3,9 @@ package wire
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 )
@@ -153,33 +150,8 @@ func (s *Server) Close() {
 	s.wg.Wait()
 }
 
-type message struct {
-	h    Header
-	body []byte
-	err  error
-}
-
-type session struct {
-	id      uint64
-	s       *Server
-	conn    net.Conn
-	w       *bufio.Writer
-	log     *slog.Logger
-	legacy  bool
-	open    bool
-	dbName  string
-	stmts   map[uint32]*stmt
-	next    uint32
-	in      chan message
-	stop    chan struct{}
-	stashed *message
-}
-
-type stmt struct {
-	sql    string
-	params int
-}
-
+// serve runs conn: the handshake, then a peer link (servePeer) or a client
+// session (session.serve). It returns once the connection is closed.
 func (s *Server) serve(conn net.Conn) {
 	log := s.Log.With("remote", conn.RemoteAddr().String())
 	conn.SetReadDeadline(time.Now().Add(HandshakeTimeout))
@@ -211,323 +183,21 @@ func (s *Server) serve(conn net.Conn) {
 		return
 	}
 	if h.Type == ReqConnect {
-		req, err := DecodeRequest(h, body)
-		if err != nil {
-			ss.reply(failureOf(err))
-			conn.Close()
-			return
-		}
-		s.Backend.Peer(conn, br, req.ID, req.Address)
+		s.servePeer(ss, conn, br, h, body)
 		return
 	}
-	done := make(chan struct{})
-	go func() { // reader: owned by this session, ends when conn closes
-		defer close(done)
-		ss.in <- message{h: h, body: body}
-		for {
-			h, body, err := ReadMessage(br, MaxRequestBytes)
-			select {
-			case ss.in <- message{h, body, err}:
-			case <-ss.stop:
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	ss.loop()
-	s.Backend.EndSession(ss.id)
-	close(ss.stop)
-	conn.Close()
-	<-done
+	ss.serve(br, message{h: h, body: body})
 }
 
-// frameError answers a message whose framing is lost, then the caller
-// closes the connection.
-func (ss *session) frameError(err error) {
-	if errors.Is(err, ErrTooLarge) {
-		ss.log.Warn("closing a connection: request too large", "err", err)
-		ss.reply(Failure(CodeParse, err.Error()))
-	}
-}
-
-func (ss *session) nextMessage() (message, bool) {
-	if ss.stashed != nil {
-		m := *ss.stashed
-		ss.stashed = nil
-		return m, true
-	}
-	select {
-	case m := <-ss.in:
-		return m, true
-	case <-ss.s.ctx.Done():
-		return message{}, false
-	}
-}
-
-func (ss *session) loop() {
-	for {
-		m, ok := ss.nextMessage()
-		if !ok {
-			return
-		}
-		if m.err != nil {
-			if m.err != io.EOF && !errors.Is(m.err, net.ErrClosed) {
-				ss.frameError(m.err)
-			}
-			return
-		}
-		if !ss.handle(m) {
-			return
-		}
-	}
-}
-
-// reply sends r; false if the connection failed.
-func (ss *session) reply(r *Response) bool {
-	return ss.send(EncodeResponse(r))
-}
-
-func (ss *session) send(msg []byte) bool {
-	ss.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
-	if _, err := ss.w.Write(msg); err != nil {
-		return false
-	}
-	return ss.w.Flush() == nil
-}
-
-func failureOf(err error) *Response {
-	var e *Error
-	if errors.As(err, &e) {
-		return Failure(e.Code, e.Message)
-	}
-	return Failure(CodeParse, err.Error())
-}
-
-func (ss *session) fail(err error) bool {
-	var e *Error
-	if errors.As(err, &e) {
-		return ss.reply(Failure(e.Code, e.Message))
-	}
-	code, msg := ss.s.Backend.ErrorCode(err)
-	return ss.reply(Failure(code, msg))
-}
-
-var errNotLeader = &Error{CodeNotLeader, "not leader"}
-
-// needsLeader lists the requests a non-leader refuses.
-func needsLeader(t uint8) bool {
-	switch t {
-	case ReqOpen, ReqPrepare, ReqExec, ReqQuery, ReqExecSQL, ReqQuerySQL, ReqAdd, ReqAssign, ReqRemove, ReqTransfer:
-		return true
-	}
-	return false
-}
-
-// handle serves one request; false closes the connection.
-func (ss *session) handle(m message) bool {
-	req, err := DecodeRequest(m.h, m.body)
+// servePeer hands a connection whose first request is CONNECT to the
+// backend as a peer link, with the reader and whatever it buffered; a
+// malformed CONNECT is answered FAILURE and the connection closed.
+func (s *Server) servePeer(ss *session, conn net.Conn, br *bufio.Reader, h Header, body []byte) {
+	req, err := DecodeRequest(h, body)
 	if err != nil {
-		return ss.fail(err)
+		ss.reply(failureOf(err))
+		conn.Close()
+		return
 	}
-	b := ss.s.Backend
-	if needsLeader(req.Type) && !b.IsLeader() {
-		return ss.fail(errNotLeader)
-	}
-	ctx, cancel := context.WithTimeout(ss.s.ctx, RequestTimeout)
-	defer cancel()
-	switch req.Type {
-	case ReqLeader:
-		id, addr := b.Leader()
-		if ss.legacy {
-			var e Encoder
-			e.Text(addr)
-			return ss.send(AppendMessage(nil, RespServer, 0, e.B))
-		}
-		return ss.reply(&Response{Type: RespServer, ID: id, Address: addr})
-	case ReqClient:
-		return ss.reply(&Response{Type: RespWelcome, Heartbeat: HeartbeatTimeoutMs})
-	case ReqHeartbeat:
-		// The original answers FAILURE "unrecognized request type"; we
-		// answer EMPTY.
-		return ss.reply(&Response{Type: RespEmpty})
-	case ReqOpen:
-		if ss.open {
-			return ss.fail(&Error{CodeBusy, "a database is already open on this connection"})
-		}
-		if req.Name == "" {
-			return ss.fail(&Error{CodeError, "empty database name"})
-		}
-		ss.open, ss.dbName = true, req.Name
-		return ss.reply(&Response{Type: RespDB, DB: 0})
-	case ReqPrepare:
-		if err := ss.checkDB(req.DB); err != nil {
-			return ss.fail(err)
-		}
-		if len(ss.stmts) >= MaxStatements {
-			return ss.fail(&Error{CodeError, fmt.Sprintf("too many prepared statements (limit %d): finalize some", MaxStatements)})
-		}
-		n, tail, err := b.Prepare(ctx, ss.id, req.SQL)
-		if err != nil {
-			return ss.fail(err)
-		}
-		if req.Schema == 0 && strings.TrimSpace(req.SQL[tail:]) != "" {
-			return ss.fail(&Error{CodeError, "nonempty statement tail"})
-		}
-		id := ss.next
-		ss.next++
-		ss.stmts[id] = &stmt{sql: req.SQL[:tail], params: n}
-		return ss.reply(&Response{Type: RespStmt, Schema: req.Schema, DB: req.DB, Stmt: id,
-			ParamCount: uint64(n), Tail: uint64(tail)})
-	case ReqFinalize:
-		if err := ss.checkDB(req.DB); err != nil {
-			return ss.fail(err)
-		}
-		if _, ok := ss.stmts[req.Stmt]; !ok {
-			return ss.fail(&Error{CodeNotFound, fmt.Sprintf("no statement with id %d", req.Stmt)})
-		}
-		delete(ss.stmts, req.Stmt)
-		return ss.reply(&Response{Type: RespEmpty})
-	case ReqExec, ReqExecSQL:
-		if err := ss.checkDB(req.DB); err != nil {
-			return ss.fail(err)
-		}
-		sql := req.SQL
-		if req.Type == ReqExec {
-			st, ok := ss.stmts[req.Stmt]
-			if !ok {
-				return ss.fail(&Error{CodeNotFound, fmt.Sprintf("no statement with id %d", req.Stmt)})
-			}
-			sql = st.sql
-		}
-		if strings.TrimSpace(sql) == "" {
-			return ss.fail(&Error{CodeError, "empty statement"})
-		}
-		last, rows, err := b.Exec(ctx, &Write{Session: ss.id, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
-		if err != nil {
-			return ss.fail(err)
-		}
-		return ss.reply(&Response{Type: RespResult, LastInsertID: uint64(last), RowsAffected: uint64(rows)})
-	case ReqQuery, ReqQuerySQL:
-		if err := ss.checkDB(req.DB); err != nil {
-			return ss.fail(err)
-		}
-		sql := req.SQL
-		if req.Type == ReqQuery {
-			st, ok := ss.stmts[req.Stmt]
-			if !ok {
-				return ss.fail(&Error{CodeNotFound, fmt.Sprintf("no statement with id %d", req.Stmt)})
-			}
-			if len(req.Params) > st.params {
-				return ss.fail(&Error{CodeError, fmt.Sprintf("bind parameters: %d given, the statement has %d", len(req.Params), st.params)})
-			}
-			sql = st.sql
-		}
-		if strings.TrimSpace(sql) == "" {
-			return ss.fail(&Error{CodeError, "empty statement"})
-		}
-		return ss.query(ctx, sql, req.Params)
-	case ReqInterrupt:
-		// Nothing is running (a running query takes its INTERRUPT itself).
-		return ss.reply(&Response{Type: RespEmpty})
-	case ReqConnect:
-		return ss.fail(&Error{CodeParse, "CONNECT must be a connection's first request"})
-	case ReqAdd:
-		return ss.done(b.Add(ctx, req.ID, req.Address))
-	case ReqAssign:
-		if req.Role > RoleSpare {
-			return ss.fail(&Error{CodeError, fmt.Sprintf("unknown role %d (voter 0, standby 1, spare 2)", req.Role)})
-		}
-		return ss.done(b.Assign(ctx, req.ID, req.Role))
-	case ReqRemove:
-		return ss.done(b.Remove(ctx, req.ID))
-	case ReqTransfer:
-		return ss.done(b.Transfer(ctx, req.ID))
-	case ReqDump:
-		img, err := b.Dump(ctx, req.Name)
-		if err != nil {
-			return ss.fail(err)
-		}
-		return ss.reply(&Response{Type: RespFiles, Files: []File{{req.Name, img}, {req.Name + "-wal", nil}}})
-	case ReqCluster:
-		if req.ID > 1 {
-			return ss.fail(&Error{CodeParse, fmt.Sprintf("unknown cluster format %d", req.ID)})
-		}
-		return ss.reply(&Response{Type: RespServers, Format: req.ID, Servers: b.Cluster()})
-	case ReqDescribe:
-		if req.ID != 0 {
-			return ss.fail(&Error{CodeDescribeFormat, fmt.Sprintf("unknown describe format %d", req.ID)})
-		}
-		d, w := b.Describe()
-		return ss.reply(&Response{Type: RespMetadata, Domain: d, Weight: w})
-	case ReqWeight:
-		return ss.done(b.SetWeight(req.ID))
-	}
-	return ss.fail(&Error{CodeParse, fmt.Sprintf("unrecognized request type %d", req.Type)})
-}
-
-func (ss *session) done(err error) bool {
-	if err != nil {
-		return ss.fail(err)
-	}
-	return ss.reply(&Response{Type: RespEmpty})
-}
-
-func (ss *session) checkDB(id uint32) error {
-	if !ss.open || id != 0 {
-		return &Error{CodeNotFound, fmt.Sprintf("no database with id %d open on this connection", id)}
-	}
-	return nil
-}
-
-// query streams a result in ROWS messages of about RowsBatchBytes, reading
-// the connection between messages so an INTERRUPT stops it at once.
-func (ss *session) query(ctx context.Context, sql string, params []Value) bool {
-	// ctx bounds the start of the query; streaming is bounded by the
-	// client reading it (WriteTimeout per message).
-	cur, err := ss.s.Backend.Query(ctx, ss.id, sql, params)
-	if err != nil {
-		return ss.fail(err)
-	}
-	defer cur.Close()
-	enc := &RowsEncoder{Columns: cur.Columns()}
-	var addErr error
-	add := func(row []Value) bool {
-		if err := enc.Add(row); err != nil {
-			addErr = err
-			return false
-		}
-		return enc.Size() < RowsBatchBytes
-	}
-	for {
-		done, err := cur.Next(add)
-		if err == nil {
-			err = addErr
-		}
-		if err != nil {
-			return ss.fail(err)
-		}
-		if done {
-			return ss.send(enc.Finish(RowsDone))
-		}
-		if enc.Size() < RowsBatchBytes {
-			continue // Next yielded to the loop: keep filling
-		}
-		if !ss.send(enc.Finish(RowsPart)) {
-			return false
-		}
-		select {
-		case m := <-ss.in:
-			if m.err == nil && m.h.Type == ReqInterrupt {
-				// The query ends with EMPTY; the INTERRUPT gets no reply
-				// of its own (one EMPTY in all, as clients expect).
-				return ss.reply(&Response{Type: RespEmpty})
-			}
-			ss.stashed = &m // a pipelined request: served after the query
-		case <-ss.s.ctx.Done():
-			return false
-		default:
-		}
-	}
+	s.Backend.Peer(conn, br, req.ID, req.Address)
 }

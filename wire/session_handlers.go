@@ -1,0 +1,175 @@
+package wire
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// The handlers of session.handle, one per request type (EXEC and EXEC_SQL
+// share one, as do QUERY and QUERY_SQL). Each sends the request's one
+// response and returns false when the connection failed.
+
+func (ss *session) handleLeader() bool {
+	id, addr := ss.s.Backend.Leader()
+	if ss.legacy {
+		var e Encoder
+		e.Text(addr)
+		return ss.send(AppendMessage(nil, RespServer, 0, e.B))
+	}
+	return ss.reply(&Response{Type: RespServer, ID: id, Address: addr})
+}
+
+func (ss *session) handleClient() bool {
+	return ss.reply(&Response{Type: RespWelcome, Heartbeat: HeartbeatTimeoutMs})
+}
+
+// handleHeartbeat answers EMPTY, where the original answers FAILURE
+// "unrecognized request type".
+func (ss *session) handleHeartbeat() bool {
+	return ss.reply(&Response{Type: RespEmpty})
+}
+
+func (ss *session) handleOpen(req *Request) bool {
+	if ss.open {
+		return ss.fail(&Error{CodeBusy, "a database is already open on this connection"})
+	}
+	if req.Name == "" {
+		return ss.fail(&Error{CodeError, "empty database name"})
+	}
+	ss.open, ss.dbName = true, req.Name
+	return ss.reply(&Response{Type: RespDB, DB: 0})
+}
+
+func (ss *session) handlePrepare(ctx context.Context, req *Request) bool {
+	if err := ss.checkDB(req.DB); err != nil {
+		return ss.fail(err)
+	}
+	if len(ss.stmts) >= MaxStatements {
+		return ss.fail(&Error{CodeError, fmt.Sprintf("too many prepared statements (limit %d): finalize some", MaxStatements)})
+	}
+	n, tail, err := ss.s.Backend.Prepare(ctx, ss.id, req.SQL)
+	if err != nil {
+		return ss.fail(err)
+	}
+	if req.Schema == 0 && strings.TrimSpace(req.SQL[tail:]) != "" {
+		return ss.fail(&Error{CodeError, "nonempty statement tail"})
+	}
+	id := ss.next
+	ss.next++
+	ss.stmts[id] = &stmt{sql: req.SQL[:tail], params: n}
+	return ss.reply(&Response{Type: RespStmt, Schema: req.Schema, DB: req.DB, Stmt: id,
+		ParamCount: uint64(n), Tail: uint64(tail)})
+}
+
+func (ss *session) handleFinalize(req *Request) bool {
+	if err := ss.checkDB(req.DB); err != nil {
+		return ss.fail(err)
+	}
+	if _, ok := ss.stmts[req.Stmt]; !ok {
+		return ss.fail(errNoStmt(req.Stmt))
+	}
+	delete(ss.stmts, req.Stmt)
+	return ss.reply(&Response{Type: RespEmpty})
+}
+
+// handleExec serves EXEC (a prepared statement; extra parameters are
+// ignored) and EXEC_SQL.
+func (ss *session) handleExec(ctx context.Context, req *Request) bool {
+	if err := ss.checkDB(req.DB); err != nil {
+		return ss.fail(err)
+	}
+	sql := req.SQL
+	if req.Type == ReqExec {
+		st, ok := ss.stmts[req.Stmt]
+		if !ok {
+			return ss.fail(errNoStmt(req.Stmt))
+		}
+		sql = st.sql
+	}
+	if strings.TrimSpace(sql) == "" {
+		return ss.fail(&Error{CodeError, "empty statement"})
+	}
+	last, rows, err := ss.s.Backend.Exec(ctx, &Write{Session: ss.id, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
+	if err != nil {
+		return ss.fail(err)
+	}
+	return ss.reply(&Response{Type: RespResult, LastInsertID: uint64(last), RowsAffected: uint64(rows)})
+}
+
+// handleQuery serves QUERY (a prepared statement; extra parameters are an
+// error) and QUERY_SQL by streaming the rows (see query).
+func (ss *session) handleQuery(ctx context.Context, req *Request) bool {
+	if err := ss.checkDB(req.DB); err != nil {
+		return ss.fail(err)
+	}
+	sql := req.SQL
+	if req.Type == ReqQuery {
+		st, ok := ss.stmts[req.Stmt]
+		if !ok {
+			return ss.fail(errNoStmt(req.Stmt))
+		}
+		if len(req.Params) > st.params {
+			return ss.fail(&Error{CodeError, fmt.Sprintf("bind parameters: %d given, the statement has %d", len(req.Params), st.params)})
+		}
+		sql = st.sql
+	}
+	if strings.TrimSpace(sql) == "" {
+		return ss.fail(&Error{CodeError, "empty statement"})
+	}
+	return ss.query(ctx, sql, req.Params)
+}
+
+// handleInterrupt answers an INTERRUPT read while no query streams: nothing
+// runs, so it gets its own EMPTY (a streaming query takes its INTERRUPT
+// itself: see query).
+func (ss *session) handleInterrupt() bool {
+	return ss.reply(&Response{Type: RespEmpty})
+}
+
+// handleLateConnect refuses a CONNECT after a connection's first request
+// (Server.serve hands a first CONNECT to the backend as a peer link).
+func (ss *session) handleLateConnect() bool {
+	return ss.fail(&Error{CodeParse, "CONNECT must be a connection's first request"})
+}
+
+func (ss *session) handleAssign(ctx context.Context, req *Request) bool {
+	if req.Role > RoleSpare {
+		return ss.fail(&Error{CodeError, fmt.Sprintf("unknown role %d (voter 0, standby 1, spare 2)", req.Role)})
+	}
+	return ss.done(ss.s.Backend.Assign(ctx, req.ID, req.Role))
+}
+
+func (ss *session) handleDump(ctx context.Context, req *Request) bool {
+	img, err := ss.s.Backend.Dump(ctx, req.Name)
+	if err != nil {
+		return ss.fail(err)
+	}
+	return ss.reply(&Response{Type: RespFiles, Files: []File{{req.Name, img}, {req.Name + "-wal", nil}}})
+}
+
+func (ss *session) handleCluster(req *Request) bool {
+	if req.ID > 1 {
+		return ss.fail(&Error{CodeParse, fmt.Sprintf("unknown cluster format %d", req.ID)})
+	}
+	return ss.reply(&Response{Type: RespServers, Format: req.ID, Servers: ss.s.Backend.Cluster()})
+}
+
+func (ss *session) handleDescribe(req *Request) bool {
+	if req.ID != 0 {
+		return ss.fail(&Error{CodeDescribeFormat, fmt.Sprintf("unknown describe format %d", req.ID)})
+	}
+	d, w := ss.s.Backend.Describe()
+	return ss.reply(&Response{Type: RespMetadata, Domain: d, Weight: w})
+}
+
+func (ss *session) checkDB(id uint32) error {
+	if !ss.open || id != 0 {
+		return &Error{CodeNotFound, fmt.Sprintf("no database with id %d open on this connection", id)}
+	}
+	return nil
+}
+
+func errNoStmt(id uint32) error {
+	return &Error{CodeNotFound, fmt.Sprintf("no statement with id %d", id)}
+}
