@@ -86,9 +86,33 @@ const (
 	HeartbeatTimeoutMs = 15000
 	// MaxRequestBytes bounds a request message.
 	MaxRequestBytes = MaxMessageBytes
+	// MaxPipelinedRequests bounds the requests a connection holds that
+	// arrived while one of its queries streamed (a client may pipeline:
+	// send requests without waiting for responses). At the limit the
+	// connection is not read until the query ends: backpressure, nothing
+	// is dropped.
+	MaxPipelinedRequests = 16
+	// MaxPipelinedBytes bounds the same requests' bodies: a request is
+	// held only while those held total less, so they stay under
+	// MaxPipelinedBytes + MaxRequestBytes and a single large request still
+	// gets through.
+	MaxPipelinedBytes = 1 << 20
 )
 
 // Server serves the dqlite protocol on accepted connections.
+//
+// Each connection gets a goroutine (see Go). After the handshake, a
+// connection whose first request is CONNECT is handed to Backend.Peer; any
+// other is a client session: a reader goroutine decodes frames while the
+// connection's goroutine serves them. Requests are served one at a time,
+// and every request gets exactly one response, in the order the requests
+// were received, whether the client waits for each response or pipelines
+// several. A query's response is one or more ROWS messages, sent without
+// waiting for the client; meanwhile the session goes on reading: an
+// INTERRUPT stops the query (which then ends with EMPTY, the INTERRUPT's
+// only answer), and other requests wait, up to MaxPipelinedRequests and
+// MaxPipelinedBytes, to be served after the query. Past those limits the
+// session stops reading the connection until the query ends.
 type Server struct {
 	Backend Backend
 	Log     *slog.Logger

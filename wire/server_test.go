@@ -9,15 +9,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // fakeBackend serves the session logic without a node: a query returns
-// rows 1..rows (one integer column), stepping 100 per Next.
+// rows 1..rows (one integer column), stepping 100 per Next. With yield set,
+// each Next yields the processor first, so other goroutines (the session's
+// reader) run while rows stream, as they would on a busy node.
 type fakeBackend struct {
 	rows      int64
+	yield     bool
 	stepped   atomic.Int64
 	closed    atomic.Int64
 	execs     atomic.Int64
@@ -61,6 +65,9 @@ type fakeCursor struct {
 
 func (c *fakeCursor) Columns() []string { return []string{"n"} }
 func (c *fakeCursor) Next(add func([]Value) bool) (bool, error) {
+	if c.f.yield {
+		runtime.Gosched()
+	}
 	for k := 0; k < 100; k++ {
 		if c.i >= c.f.rows {
 			return true, nil

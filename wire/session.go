@@ -9,12 +9,23 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/dqlite-go/dqlite/internal/assert"
 )
 
 // A session serves one client connection. Two goroutines share it: the
 // reader (started by session.serve) only decodes frames from the socket and
 // sends them on in; everything else, the fields below included, belongs to
 // the connection's goroutine running loop.
+//
+// Requests are answered one at a time, in the order received, each with
+// exactly one response (a query's response is its ROWS messages). While a
+// query streams, the session still reads between ROWS messages: an
+// INTERRUPT stops the query, and any other request waits in pending, a FIFO
+// served once the query ends. When pending is full the session stops
+// reading, so the reader blocks on in and the socket's buffers fill: the
+// client is slowed down (backpressure), never answered out of order, and no
+// request is dropped.
 type session struct {
 	id     uint64
 	s      *Server
@@ -30,7 +41,7 @@ type session struct {
 	// there, not in a growing queue); stop tells the reader to end.
 	in      chan message
 	stop    chan struct{}
-	stashed *message
+	pending requestQueue
 }
 
 // message is one frame from the reader, or the read error that ended it
@@ -46,6 +57,43 @@ type stmt struct {
 	params int
 }
 
+// requestQueue is a FIFO of the messages read while a query streamed,
+// bounded by MaxPipelinedRequests and MaxPipelinedBytes: a ring of fixed
+// size, so it never allocates.
+type requestQueue struct {
+	ring      [MaxPipelinedRequests]message
+	head      int // index in ring of the oldest message
+	count     int
+	bodyBytes int // the queued bodies' total size
+}
+
+// full reports whether the queue takes no more messages. The byte limit is
+// checked before a message is added, so a single request larger than
+// MaxPipelinedBytes (up to MaxRequestBytes) still fits an empty queue.
+func (q *requestQueue) full() bool {
+	return q.count == MaxPipelinedRequests || q.bodyBytes >= MaxPipelinedBytes
+}
+
+func (q *requestQueue) push(m message) {
+	assert.That(!q.full(), "wire: push on a full request queue (%d messages, %d bytes)", q.count, q.bodyBytes)
+	q.ring[(q.head+q.count)%MaxPipelinedRequests] = m
+	q.count++
+	q.bodyBytes += len(m.body)
+}
+
+// pop removes the oldest message; false when the queue is empty.
+func (q *requestQueue) pop() (message, bool) {
+	if q.count == 0 {
+		return message{}, false
+	}
+	m := q.ring[q.head]
+	q.ring[q.head] = message{} // let the body be collected once served
+	q.head = (q.head + 1) % MaxPipelinedRequests
+	q.count--
+	q.bodyBytes -= len(m.body)
+	return m, true
+}
+
 // frameError answers a message whose framing is lost, then the caller
 // closes the connection.
 func (ss *session) frameError(err error) {
@@ -55,10 +103,10 @@ func (ss *session) frameError(err error) {
 	}
 }
 
+// nextMessage is the oldest request not yet served: from pending first (it
+// was read earlier than anything still in in). False when the server closes.
 func (ss *session) nextMessage() (message, bool) {
-	if ss.stashed != nil {
-		m := *ss.stashed
-		ss.stashed = nil
+	if m, ok := ss.pending.pop(); ok {
 		return m, true
 	}
 	select {

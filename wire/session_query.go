@@ -2,8 +2,10 @@ package wire
 
 import "context"
 
-// query streams a result in ROWS messages of about RowsBatchBytes, reading
-// the connection between messages so an INTERRUPT stops it at once.
+// query streams a result in ROWS messages of about RowsBatchBytes. Between
+// messages it reads, without waiting, what the client sent meanwhile
+// (pollStreaming): an INTERRUPT stops the query at once; other requests
+// wait in pending and are served after the query, in order.
 func (ss *session) query(ctx context.Context, sql string, params []Value) bool {
 	// ctx bounds the start of the query; streaming is bounded by the
 	// client reading it (WriteTimeout per message).
@@ -38,17 +40,46 @@ func (ss *session) query(ctx context.Context, sql string, params []Value) bool {
 		if !ss.send(enc.Finish(RowsPart)) {
 			return false
 		}
+		switch ss.pollStreaming() {
+		case pollInterrupted:
+			// The query ends with EMPTY; the INTERRUPT gets no reply
+			// of its own (one EMPTY in all, as clients expect).
+			return ss.reply(&Response{Type: RespEmpty})
+		case pollClosing:
+			return false
+		}
+	}
+}
+
+// pollResult is what pollStreaming found.
+type pollResult int
+
+const (
+	pollContinue    pollResult = iota // keep streaming
+	pollInterrupted                   // an INTERRUPT came: stop the query
+	pollClosing                       // the server is closing
+)
+
+// pollStreaming moves the requests the reader has ready into pending,
+// without waiting, until an INTERRUPT (consumed here: it belongs to the
+// streaming query) or until pending is full. A full pending is not read
+// from: the reader then blocks, and so does the client once the socket's
+// buffers fill (backpressure). An INTERRUPT behind a full pending is
+// therefore only seen once the session reads again: after the query ended,
+// when it is answered as one with nothing running.
+func (ss *session) pollStreaming() pollResult {
+	for !ss.pending.full() {
 		select {
 		case m := <-ss.in:
 			if m.err == nil && m.h.Type == ReqInterrupt {
-				// The query ends with EMPTY; the INTERRUPT gets no reply
-				// of its own (one EMPTY in all, as clients expect).
-				return ss.reply(&Response{Type: RespEmpty})
+				return pollInterrupted
 			}
-			ss.stashed = &m // a pipelined request: served after the query
+			ss.pending.push(m) // a read error too: it ends the session in turn
 		case <-ss.s.ctx.Done():
-			return false
+			return pollClosing
 		default:
+			return pollContinue
 		}
 	}
+	return pollContinue
 }
