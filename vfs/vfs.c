@@ -28,6 +28,27 @@
 #define CKPT_INFO_END 136
 #define JULIAN_UNIX_EPOCH_MS 210866760000000LL
 
+/* ---- allocation, with a test-only fault switch ---- */
+
+/* dq_test_fail_alloc_after is a countdown for tests (set through
+ * failAllocAfter in testhook.go): while it is positive, every allocation
+ * below decrements it, and the one that brings it to zero fails as if the
+ * heap were exhausted; the switch is then inert again. It is zero, and
+ * costs one load per allocation, unless a test sets it. Every allocation
+ * this file makes goes through these wrappers, so a test can fail each one
+ * in turn. */
+long long dq_test_fail_alloc_after;
+
+static int alloc_fault(void) {
+	if (dq_test_fail_alloc_after <= 0) return 0;
+	return --dq_test_fail_alloc_after == 0;
+}
+
+static void *dq_malloc(size_t n) { return alloc_fault() ? NULL : malloc(n); }
+static void *dq_calloc(size_t k, size_t n) { return alloc_fault() ? NULL : calloc(k, n); }
+static void *dq_realloc(void *p, size_t n) { return alloc_fault() ? NULL : realloc(p, n); }
+static char *dq_strdup(const char *s) { return alloc_fault() ? NULL : strdup(s); }
+
 typedef struct buf {
 	unsigned char *data;
 	sqlite3_int64 size, cap;
@@ -38,7 +59,7 @@ static int buf_reserve(buf *b, sqlite3_int64 n) {
 	if (n <= b->cap) return SQLITE_OK;
 	sqlite3_int64 cap = b->cap ? b->cap : 4096;
 	while (cap < n) cap *= 2;
-	unsigned char *d = realloc(b->data, (size_t)cap);
+	unsigned char *d = dq_realloc(b->data, (size_t)cap);
 	if (!d) return SQLITE_NOMEM;
 	memset(d + b->cap, 0, (size_t)(cap - b->cap));
 	b->data = d;
@@ -107,9 +128,13 @@ static dq_db *db_find(dq_vfs *v, const char *name, int create) {
 	for (dq_db *d = v->dbs; d; d = d->next)
 		if (strcmp(d->name, name) == 0) return d;
 	if (!create) return NULL;
-	dq_db *d = calloc(1, sizeof *d);
+	dq_db *d = dq_calloc(1, sizeof *d);
 	if (!d) return NULL;
-	d->name = strdup(name);
+	d->name = dq_strdup(name);
+	if (!d->name) {
+		free(d);
+		return NULL;
+	}
 	d->next = v->dbs;
 	v->dbs = d;
 	return d;
@@ -304,7 +329,7 @@ static int f_shm_map(sqlite3_file *f, int region, int size, int extend, void vol
 	d->region_size = size;
 	while (d->nregions <= region) {
 		if (!extend) return SQLITE_OK;
-		void *r = calloc(1, (size_t)size);
+		void *r = dq_calloc(1, (size_t)size);
 		if (!r) return SQLITE_NOMEM;
 		d->regions[d->nregions++] = r;
 	}
@@ -313,7 +338,7 @@ static int f_shm_map(sqlite3_file *f, int region, int size, int extend, void vol
 }
 
 static unsigned char *index_copy(dq_db *d) {
-	unsigned char *c = malloc((size_t)d->nregions * (size_t)d->region_size + 1);
+	unsigned char *c = dq_malloc((size_t)d->nregions * (size_t)d->region_size + 1);
 	if (!c) return NULL;
 	for (int i = 0; i < d->nregions; i++)
 		memcpy(c + (size_t)i * (size_t)d->region_size, d->regions[i], (size_t)d->region_size);
@@ -367,7 +392,7 @@ static void end_write(dq_db *d) {
 	d->writing = 0;
 	if (d->commit_end > d->pre_wal_size && !d->below_start && d->pre_index) {
 		sqlite3_int64 n = d->commit_end - d->pre_wal_size;
-		d->captured = malloc((size_t)n);
+		d->captured = dq_malloc((size_t)n);
 		d->post_index = index_copy(d);
 		if (d->captured && d->post_index) {
 			memcpy(d->captured, d->wal.data + d->pre_wal_size, (size_t)n);
@@ -572,9 +597,13 @@ static int v_last_error(sqlite3_vfs *vfs, int n, char *out) {
 dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default) {
 	sqlite3_vfs *os = sqlite3_vfs_find(NULL);
 	if (!os) return NULL;
-	dq_vfs *v = calloc(1, sizeof *v);
+	dq_vfs *v = dq_calloc(1, sizeof *v);
 	if (!v) return NULL;
-	v->name = strdup(name);
+	v->name = dq_strdup(name);
+	if (!v->name) {
+		free(v);
+		return NULL;
+	}
 	v->os = os;
 	v->rand_state = seed;
 	v->base.iVersion = 2;
@@ -777,7 +806,7 @@ unsigned char *dq_image(dq_vfs *v, const char *name, long long *size) {
 		}
 	}
 	sqlite3_int64 dbsize = commit_end ? (sqlite3_int64)commit_pages * pgsz : d->main.size;
-	unsigned char *c = malloc((size_t)dbsize + 1);
+	unsigned char *c = dq_malloc((size_t)dbsize + 1);
 	if (!c) return NULL;
 	sqlite3_int64 keep = d->main.size < dbsize ? d->main.size : dbsize;
 	memcpy(c, d->main.data, (size_t)keep);
@@ -882,7 +911,7 @@ static int dq_authorize(void *arg, int action, const char *a, const char *b, con
 /* dq_guard installs the guard; the caller sets trusted through the
  * returned state (freed by dq_guard_free after the connection closed). */
 dq_guard_state *dq_guard(sqlite3 *db) {
-	dq_guard_state *g = calloc(1, sizeof *g);
+	dq_guard_state *g = dq_calloc(1, sizeof *g);
 	if (!g) return NULL;
 	g->db = db;
 	if (sqlite3_set_authorizer(db, dq_authorize, g) != SQLITE_OK) {

@@ -6,6 +6,9 @@
 
 typedef struct dq_vfs dq_vfs;
 
+/* Test-only allocation fault switch (see vfs.c); zero means off. */
+extern long long dq_test_fail_alloc_after;
+
 typedef struct dq_frames {
 	int page_size;
 	int count;
