@@ -6,8 +6,9 @@
 // # Capture
 //
 // When a connection takes the WAL write lock, the VFS notes the WAL size and
-// copies the WAL index. When the connection releases the lock after writing a
-// commit frame, the VFS copies the transaction's WAL bytes and the new index
+// copies the WAL index. When the connection releases the lock after SQLite
+// committed (the index header counts the frames up to the commit frame),
+// the VFS copies the transaction's WAL bytes and the new index
 // ("pending"), then puts the old WAL size and index back: no connection sees
 // the transaction (the writer's own page cache is reset when it notices the
 // index changed under it). While a transaction is pending, no other write can
@@ -17,6 +18,21 @@
 // them, leaving no trace. The transaction is the WAL bytes up to SQLite's
 // commit frame, so frames left behind by ROLLBACK TO after a cache spill are
 // not part of it.
+//
+// # Failures
+//
+// A transaction is captured whole or fails: it is never visible without
+// being captured, nor captured when its COMMIT failed. Releasing a lock
+// cannot report an error to SQLite, so nothing there can fail: taking the
+// write lock copies the index (or the lock is refused), and writing the
+// commit frame reserves the room for the capture (or the write fails).
+// SQLite rolls back a transaction whose WAL write failed, or whose last
+// frames could not be indexed (a new index region is mapped, and the
+// capture's copy of the index grows, after the commit frame); the VFS then
+// drops the frames past the committed ones, so a later recovery cannot read
+// a failed commit's frames as committed. Every allocation of the C code
+// goes through one fault switch, inert unless a test arms it to fail the
+// nth.
 //
 // # Followers
 //

@@ -12,10 +12,16 @@
  *   visible again (after Raft committed it) or dq_abort drops it.
  * - Followers append replicated frames to their WAL (dq_apply_frames) and
  *   invalidate the index header so the next reader rebuilds it.
+ * - Any failure on the way (no memory for the WAL, the index, the copies)
+ *   fails the transaction while SQLite can still roll it back: releasing
+ *   the write lock, where the capture happens, cannot report an error, so
+ *   the room for the capture is reserved when the commit frame is written.
+ *   A transaction is never visible uncaptured, nor captured uncommitted.
  *
  * Everything runs on one thread at a time per VFS instance (the node's loop).
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +33,8 @@
 #define CKPT_INFO_START 96
 #define CKPT_INFO_END 136
 #define JULIAN_UNIX_EPOCH_MS 210866760000000LL
+#define SQLITE_IOERR_WRITE (SQLITE_IOERR | (3 << 8))
+#define SQLITE_IOERR_NOMEM (SQLITE_IOERR | (12 << 8))
 
 /* ---- allocation, with a test-only fault switch ---- */
 
@@ -44,6 +52,14 @@ static int alloc_fault(void) {
 	return --dq_test_fail_alloc_after == 0;
 }
 
+/* invariant_failed stops the process on a broken invariant (our bug), with
+ * the values involved: carrying on could replicate or expose the wrong
+ * transaction. */
+static void invariant_failed(const char *what, long long a, long long b) {
+	fprintf(stderr, "dqlite vfs: broken invariant: %s (%lld, %lld)\n", what, a, b);
+	abort();
+}
+
 static void *dq_malloc(size_t n) { return alloc_fault() ? NULL : malloc(n); }
 static void *dq_calloc(size_t k, size_t n) { return alloc_fault() ? NULL : calloc(k, n); }
 static void *dq_realloc(void *p, size_t n) { return alloc_fault() ? NULL : realloc(p, n); }
@@ -55,6 +71,8 @@ typedef struct buf {
 	int exists;
 } buf;
 
+/* buf_reserve makes room for n bytes. Buffers never shrink, so rewriting
+ * bytes a buffer has held cannot fail (dq_apply relies on this). */
 static int buf_reserve(buf *b, sqlite3_int64 n) {
 	if (n <= b->cap) return SQLITE_OK;
 	sqlite3_int64 cap = b->cap ? b->cap : 4096;
@@ -64,6 +82,17 @@ static int buf_reserve(buf *b, sqlite3_int64 n) {
 	memset(d + b->cap, 0, (size_t)(cap - b->cap));
 	b->data = d;
 	b->cap = cap;
+	return SQLITE_OK;
+}
+
+/* reserve makes *p a block of at least n bytes (not keeping its contents). */
+static int reserve(unsigned char **p, sqlite3_int64 *cap, sqlite3_int64 n) {
+	if (n <= *cap) return SQLITE_OK;
+	unsigned char *q = dq_malloc((size_t)n);
+	if (!q) return SQLITE_IOERR_NOMEM;
+	free(*p);
+	*p = q;
+	*cap = n;
 	return SQLITE_OK;
 }
 
@@ -91,8 +120,14 @@ typedef struct dq_db {
 	int writing;
 	sqlite3_int64 pre_wal_size, commit_end;
 	int below_start; /* a write was refused below pre_wal_size */
+	int pre_valid;   /* the index was valid when the write lock was taken */
 	unsigned char *pre_index;
 	int pre_nregions;
+	/* Room for the capture, reserved while a failure can still fail the
+	 * commit (see reserve_capture): end_write, which runs after SQLite
+	 * committed, must not allocate. */
+	unsigned char *res_wal, *res_index;
+	sqlite3_int64 res_wal_cap, res_index_cap;
 	/* Pending (captured, invisible) transaction. */
 	int pending;
 	unsigned char *captured; /* WAL bytes [pre_wal_size, commit_end) */
@@ -139,6 +174,9 @@ static dq_db *db_find(dq_vfs *v, const char *name, int create) {
 	v->dbs = d;
 	return d;
 }
+
+/* index_size is the size of a copy of the index with nregions regions. */
+static sqlite3_int64 index_size(dq_db *d, int nregions) { return (sqlite3_int64)nregions * d->region_size + 1; }
 
 /* ---- byte order helpers ---- */
 
@@ -203,44 +241,20 @@ static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 	return SQLITE_OK;
 }
 
-static unsigned char *index_copy(dq_db *d);
+static int capture_write(dq_db *d, const unsigned char *in, int n, sqlite3_int64 off);
 
 static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xWrite(p->temp, in, n, off);
-	if (p->kind == KIND_WAL) {
-		dq_db *d = p->db;
-		if (d->writing) {
-			/* A new WAL header: SQLite restarts the WAL (every frame was
-			 * checkpointed and no reader uses them), so the transaction
-			 * is everything from offset 0 on. */
-			if (off == 0 && n == WAL_HDR && d->pre_wal_size > 0) {
-				d->pre_wal_size = 0;
-				/* SQLite already wrote the restarted index header (no
-				 * frames, new salts, nothing backfilled): hiding the
-				 * transaction must go back to that state, not to the
-				 * frames the restart discarded. */
-				free(d->pre_index);
-				d->pre_index = index_copy(d);
-				d->pre_nregions = d->nregions;
-			}
-			if (off < d->pre_wal_size) {
-				/* It would overwrite committed frames that the capture
-				 * cannot restore: fail the transaction instead of
-				 * committing it here without replicating it. */
-				d->below_start = 1;
-				return SQLITE_IOERR | (3 << 8); /* SQLITE_IOERR_WRITE */
-			}
-			/* A frame header whose "database size" is set ends a commit. */
-			if (n == FRAME_HDR && off >= WAL_HDR && get_be32((const unsigned char *)in + 4) != 0) {
-				uint32_t pgsz = 0;
-				if (d->wal.size >= WAL_HDR) pgsz = get_be32(d->wal.data + 8);
-				if (pgsz == 1) pgsz = 65536;
-				d->commit_end = off + FRAME_HDR + pgsz;
-			}
-		}
+	if (p->kind == KIND_WAL && p->db->writing) {
+		int rc = capture_write(p->db, in, n, off);
+		if (rc) return rc;
 	}
-	return buf_write(file_buf(p), in, n, off);
+	/* A failure here fails the write; SQLite then rolls the transaction
+	 * back (it has not committed: the index header is updated after the
+	 * last frame is written), and end_write sees no commit. */
+	int rc = buf_write(file_buf(p), in, n, off);
+	return rc == SQLITE_NOMEM ? SQLITE_IOERR_NOMEM : rc;
 }
 
 static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
@@ -329,19 +343,30 @@ static int f_shm_map(sqlite3_file *f, int region, int size, int extend, void vol
 	d->region_size = size;
 	while (d->nregions <= region) {
 		if (!extend) return SQLITE_OK;
+		/* A region mapped after the commit frame was written (to index
+		 * the transaction's last frames) must fit in the capture's copy
+		 * of the index. Failing here fails the commit: SQLite updates
+		 * the index header only once every frame is indexed. */
+		if (d->writing && d->commit_end) {
+			int rc = reserve(&d->res_index, &d->res_index_cap, index_size(d, d->nregions + 1));
+			if (rc) return rc;
+		}
 		void *r = dq_calloc(1, (size_t)size);
-		if (!r) return SQLITE_NOMEM;
+		if (!r) return SQLITE_IOERR_NOMEM;
 		d->regions[d->nregions++] = r;
 	}
 	*out = d->regions[region];
 	return SQLITE_OK;
 }
 
-static unsigned char *index_copy(dq_db *d) {
-	unsigned char *c = dq_malloc((size_t)d->nregions * (size_t)d->region_size + 1);
-	if (!c) return NULL;
+static void index_copy_to(dq_db *d, unsigned char *c) {
 	for (int i = 0; i < d->nregions; i++)
 		memcpy(c + (size_t)i * (size_t)d->region_size, d->regions[i], (size_t)d->region_size);
+}
+
+static unsigned char *index_copy(dq_db *d) {
+	unsigned char *c = dq_malloc((size_t)index_size(d, d->nregions));
+	if (c) index_copy_to(d, c);
 	return c;
 }
 
@@ -360,6 +385,10 @@ static void index_restore(dq_db *d, const unsigned char *c, int n) {
 	if (d->nregions > 0) memcpy((unsigned char *)d->regions[0] + CKPT_INFO_START, ckpt, sizeof ckpt);
 }
 
+/* index_valid reports whether the index header is initialized (not
+ * invalidated by dq_apply_frames or dq_restore). */
+static int index_valid(dq_db *d) { return d->nregions > 0 && ((unsigned char *)d->regions[0])[12] != 0; }
+
 /* wal_end is where the WAL's committed frames end, from the index
  * header's frame count (mxFrame): bytes past it are the leftovers of a
  * rolled back transaction that had spilled frames, which SQLite overwrites. */
@@ -376,40 +405,132 @@ static sqlite3_int64 wal_end(dq_db *d) {
 	return end < d->wal.size ? end : d->wal.size;
 }
 
-static void begin_write(dq_db *d) {
+/* begin_write runs when a connection asks for the write lock, before it
+ * is granted: if the index cannot be copied, the lock is refused (SQLite
+ * returns the error), so no write starts without what hides it. */
+static int begin_write(dq_db *d) {
+	unsigned char *c = index_copy(d);
+	if (!c) return SQLITE_IOERR_NOMEM;
+	free(d->pre_index);
+	d->pre_index = c;
+	d->pre_nregions = d->nregions;
 	d->writing = 1;
+	d->pre_valid = index_valid(d);
 	d->pre_wal_size = wal_end(d);
 	d->commit_end = 0;
 	d->below_start = 0;
-	free(d->pre_index);
-	d->pre_index = index_copy(d);
-	d->pre_nregions = d->nregions;
+	return SQLITE_OK;
 }
 
-/* end_write runs when the writer releases the write lock. After a commit,
- * the transaction is captured and hidden again. */
+/* reserve_capture makes room to capture a transaction whose commit frame
+ * ends at commit_end: its WAL bytes and a copy of the index as it stands
+ * (f_shm_map grows the copy for regions mapped later). It runs when the
+ * commit frame is written, the last point where a failure still fails the
+ * commit: after it SQLite only indexes the frames (through f_shm_map) and
+ * releases the write lock, ignoring what that returns. */
+static int reserve_capture(dq_db *d, sqlite3_int64 commit_end) {
+	int rc = reserve(&d->res_wal, &d->res_wal_cap, commit_end - d->pre_wal_size);
+	if (rc == SQLITE_OK) rc = reserve(&d->res_index, &d->res_index_cap, index_size(d, d->nregions));
+	return rc;
+}
+
+static void release_capture_reserve(dq_db *d) {
+	free(d->res_wal);
+	free(d->res_index);
+	d->res_wal = d->res_index = NULL;
+	d->res_wal_cap = d->res_index_cap = 0;
+}
+
+/* capture_write runs before each write to the WAL under the write lock:
+ * it notes where the transaction starts and where its commit frame ends,
+ * and reserves the capture. An error fails the write, and with it the
+ * transaction, which has not committed yet. */
+static int capture_write(dq_db *d, const unsigned char *in, int n, sqlite3_int64 off) {
+	/* A new WAL header: SQLite restarts the WAL (every frame was
+	 * checkpointed and no reader uses them), so the transaction is
+	 * everything from offset 0 on. */
+	if (off == 0 && n == WAL_HDR && d->pre_wal_size > 0) {
+		/* SQLite already wrote the restarted index header (no frames,
+		 * new salts, nothing backfilled): hiding the transaction must go
+		 * back to that state, not to the frames the restart discarded.
+		 * Without the copy the write fails, and the restart stands with
+		 * no frames: end_write cuts the WAL to its header. */
+		unsigned char *c = index_copy(d);
+		if (!c) return SQLITE_IOERR_NOMEM;
+		free(d->pre_index);
+		d->pre_index = c;
+		d->pre_nregions = d->nregions;
+		d->pre_wal_size = 0;
+	}
+	if (off < d->pre_wal_size) {
+		/* It would overwrite committed frames that the capture cannot
+		 * restore: fail the transaction instead of committing it here
+		 * without replicating it. */
+		d->below_start = 1;
+		return SQLITE_IOERR_WRITE;
+	}
+	/* A frame header whose "database size" is set ends a commit. */
+	if (n == FRAME_HDR && off >= WAL_HDR && get_be32(in + 4) != 0) {
+		uint32_t pgsz = 0;
+		if (d->wal.size >= WAL_HDR) pgsz = get_be32(d->wal.data + 8);
+		if (pgsz == 1) pgsz = 65536;
+		sqlite3_int64 end = off + FRAME_HDR + pgsz;
+		int rc = reserve_capture(d, end);
+		if (rc) return rc;
+		d->commit_end = end;
+	}
+	return SQLITE_OK;
+}
+
+/* commit_landed reports whether SQLite committed the transaction whose
+ * commit frame capture_write saw: the index header then counts frames up
+ * to exactly that frame. A commit that failed after its commit frame was
+ * written (its frames could not be indexed) left the header as it was, and
+ * SQLite rolled it back. */
+static int commit_landed(dq_db *d) {
+	return d->commit_end > d->pre_wal_size && !d->below_start && index_valid(d) && wal_end(d) == d->commit_end;
+}
+
+/* end_write runs when the writer releases the write lock. It cannot fail:
+ * SQLite ignores what releasing a lock returns, and a commit is done by
+ * then. So it does not allocate: a committed transaction is captured into
+ * the room reserve_capture made, and hidden again. */
 static void end_write(dq_db *d) {
 	d->writing = 0;
-	if (d->commit_end > d->pre_wal_size && !d->below_start && d->pre_index) {
+	if (commit_landed(d)) {
 		sqlite3_int64 n = d->commit_end - d->pre_wal_size;
-		d->captured = dq_malloc((size_t)n);
-		d->post_index = index_copy(d);
-		if (d->captured && d->post_index) {
-			memcpy(d->captured, d->wal.data + d->pre_wal_size, (size_t)n);
-			d->captured_size = n;
-			d->captured_at = d->pre_wal_size;
-			d->post_nregions = d->nregions;
-			d->wal.size = d->pre_wal_size;
-			index_restore(d, d->pre_index, d->pre_nregions);
-			d->pending = 1;
-		}
-	} else if (d->commit_end == 0) {
-		/* No commit (a rollback, a recovery, a checkpoint): drop frames
-		 * past the committed ones, so frames appended later (replicated
-		 * ones, on a follower) never follow a rolled back transaction's. */
+		if (!d->pre_index) invariant_failed("no index copy to hide the commit", d->pre_wal_size, n);
+		if (n > d->res_wal_cap) invariant_failed("capture larger than its reserve", n, d->res_wal_cap);
+		if (index_size(d, d->nregions) > d->res_index_cap)
+			invariant_failed("index larger than its reserve", index_size(d, d->nregions), d->res_index_cap);
+		memcpy(d->res_wal, d->wal.data + d->pre_wal_size, (size_t)n);
+		index_copy_to(d, d->res_index);
+		d->captured = d->res_wal;
+		d->post_index = d->res_index;
+		d->res_wal = d->res_index = NULL;
+		d->captured_size = n;
+		d->captured_at = d->pre_wal_size;
+		d->post_nregions = d->nregions;
+		d->wal.size = d->pre_wal_size;
+		index_restore(d, d->pre_index, d->pre_nregions);
+		d->pending = 1;
+	} else {
+		/* No commit (a rollback, a failed commit, a recovery, a
+		 * checkpoint): drop frames past the committed ones, so frames
+		 * appended later (replicated ones, on a follower) never follow
+		 * them: a recovery would read a failed commit's frames, a whole
+		 * checksummed transaction, as committed. */
 		sqlite3_int64 end = wal_end(d);
 		if (end < d->wal.size) d->wal.size = end;
+		/* Nothing past the start of the write may have become visible
+		 * uncaptured (after a restart the header alone remains). With
+		 * no valid index at the start, the lock was taken to recover
+		 * the index from the WAL (no transaction can start without a
+		 * valid index), which makes frames already there visible. */
+		sqlite3_int64 start = d->pre_wal_size > WAL_HDR ? d->pre_wal_size : WAL_HDR;
+		if (d->pre_valid && index_valid(d) && end > start) invariant_failed("commit not captured", end, start);
 	}
+	release_capture_reserve(d);
 	free(d->pre_index);
 	d->pre_index = NULL;
 }
@@ -442,9 +563,12 @@ static int f_shm_lock(sqlite3_file *f, int ofst, int n, int flags) {
 		int others = d->shm_shared[i] - ((p->shm_shared_mask >> i) & 1u);
 		if (others > 0 || (d->shm_excl[i] && !(p->shm_excl_mask & (1u << i)))) return SQLITE_BUSY;
 	}
+	if (ofst == 0) {
+		int rc = begin_write(d);
+		if (rc) return rc;
+	}
 	for (int i = ofst; i < ofst + n; i++) d->shm_excl[i] = 1;
 	p->shm_excl_mask |= mask;
-	if (ofst == 0) begin_write(d);
 	return SQLITE_OK;
 }
 
@@ -637,6 +761,7 @@ static void db_free(dq_db *d) {
 	free(d->pre_index);
 	free(d->captured);
 	free(d->post_index);
+	release_capture_reserve(d);
 	free(d->name);
 	free(d);
 }
@@ -693,9 +818,14 @@ int dq_poll(dq_vfs *v, const char *name, dq_frames *out) {
 int dq_apply(dq_vfs *v, const char *name) {
 	dq_db *d = db_find(v, name, 0);
 	if (!d || !d->pending) return SQLITE_NOTFOUND;
-	d->wal.size = d->captured_at;
-	int rc = buf_write(&d->wal, d->captured, (int)d->captured_size, d->captured_at);
+	/* This cannot fail: the WAL buffer held these bytes when they were
+	 * captured, and buffers never shrink. If it did, the transaction
+	 * would stay pending and hidden, as before the call. */
+	int rc = buf_reserve(&d->wal, d->captured_at + d->captured_size);
 	if (rc) return rc;
+	memcpy(d->wal.data + d->captured_at, d->captured, (size_t)d->captured_size);
+	d->wal.size = d->captured_at + d->captured_size;
+	d->wal.exists = 1;
 	index_restore(d, d->post_index, d->post_nregions);
 	free(d->captured);
 	free(d->post_index);
