@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math"
+
+	"github.com/dqlite-go/dqlite/raft"
 )
 
 // Command formats. Every command is:
@@ -49,8 +51,8 @@ const (
 
 // Named limits on commands, enforced by both encoder and decoder.
 const (
-	// MaxCommandBytes bounds one encoded command (one Raft entry).
-	MaxCommandBytes = 256 << 20
+	// MaxCommandBytes bounds one encoded command: one Raft entry's data.
+	MaxCommandBytes = raft.MaxEntryBytes
 	// MaxNameBytes bounds a database name.
 	MaxNameBytes = 1024
 	// MinPageSize and MaxPageSize are SQLite's page size bounds.

@@ -51,6 +51,9 @@ const (
 	DefaultRequestTimeoutTicks = 100
 	DefaultSnapshotThreshold   = 8192
 	DefaultTxIdleTicks         = 100
+	// DefaultMaxWriteJobBytes bounds the entry data of one write job (one
+	// append and one sync); more staged entries wait for the next job.
+	DefaultMaxWriteJobBytes = 64 << 20
 )
 
 // Config configures a Loop.
@@ -71,6 +74,9 @@ type Config struct {
 	// the writer slot without a request (default DefaultTxIdleTicks); then
 	// it is rolled back (a vanished client cannot stop every writer).
 	TxIdleTicks int
+	// MaxWriteJobBytes bounds the entry data of one WriteJob (at least one
+	// entry goes in each; default DefaultMaxWriteJobBytes).
+	MaxWriteJobBytes int
 	// Batcher, if set, runs batchable writes together; MaxBatch bounds how
 	// many (default DefaultMaxBatch).
 	Batcher  Batcher
@@ -261,6 +267,9 @@ func New(cfg Config) (*Loop, error) {
 	}
 	if cfg.TxIdleTicks == 0 {
 		cfg.TxIdleTicks = DefaultTxIdleTicks
+	}
+	if cfg.MaxWriteJobBytes == 0 {
+		cfg.MaxWriteJobBytes = DefaultMaxWriteJobBytes
 	}
 	snap := cfg.Storage.Snapshot()
 	if snap.Index > 0 {
@@ -747,8 +756,12 @@ func (l *Loop) flush() Output {
 		l.handleUpdate(u)
 	}
 	if !l.writing && l.snap == nil && len(l.staged) > 0 && l.writeErr == nil {
-		l.out.Write = &WriteJob{Entries: l.staged}
-		l.staged = nil
+		n := jobEntries(l.staged, l.cfg.MaxWriteJobBytes)
+		l.out.Write = &WriteJob{Entries: l.staged[:n:n]}
+		l.staged = l.staged[n:]
+		if len(l.staged) == 0 {
+			l.staged = nil
+		}
 		l.writing = true
 	}
 	l.compactOrder()
@@ -796,6 +809,20 @@ func (l *Loop) handleUpdate(u raft.Update) {
 	l.serveReads()
 	l.failLostWrites()
 	l.maybeSnapshot()
+}
+
+// jobEntries is how many staged entries go in one write job: those whose
+// data (and raft.EntryOverheadBytes each) totals at most maxBytes, and at
+// least one.
+func jobEntries(staged []raft.Entry, maxBytes int) int {
+	size := 0
+	for i, e := range staged {
+		size += len(e.Data) + raft.EntryOverheadBytes
+		if i > 0 && size > maxBytes {
+			return i
+		}
+	}
+	return len(staged)
 }
 
 // appendStaged adds entries to the staged batch, replacing any staged

@@ -432,3 +432,45 @@ func TestBoundsAndTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteJobBytesBounded checks a write job carries at most
+// MaxWriteJobBytes of entry data (but always one entry): entries staged
+// behind a slow append go out in several jobs, in order, all appended.
+func TestWriteJobBytesBounded(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	l := c.loops[lead]
+	l.cfg.MaxWriteJobBytes = 2*raft.EntryOverheadBytes + 12 // two small entries
+	first := l.Propose(1, []byte("a=1"))
+	if first.Write == nil {
+		t.Fatal("no write job for the first proposal")
+	}
+	for i := 2; i <= 7; i++ {
+		if out := l.Propose(uint64(i), []byte(fmt.Sprintf("k%d=v", i))); out.Write != nil {
+			t.Fatal("a second write job while one is in flight")
+		}
+	}
+	l.Propose(8, []byte("big=0123456789abcdef")) // alone over the limit: still written
+	job, jobs := first.Write, 0
+	var written []uint64
+	for job != nil {
+		jobs++
+		size := 0
+		for _, e := range job.Entries {
+			size += len(e.Data) + raft.EntryOverheadBytes
+			written = append(written, e.Index)
+		}
+		if len(job.Entries) > 1 && size > l.cfg.MaxWriteJobBytes {
+			t.Fatalf("job of %d entries with %d bytes, limit %d", len(job.Entries), size, l.cfg.MaxWriteJobBytes)
+		}
+		job = l.WriteDone(job, c.stores[lead].Append(job.Entries)).Write
+	}
+	for i := 1; i < len(written); i++ {
+		if written[i] != written[i-1]+1 {
+			t.Fatalf("entries written out of order: %v", written)
+		}
+	}
+	if jobs < 4 || c.stores[lead].LastIndex() != written[len(written)-1] {
+		t.Fatalf("%d jobs, written %v, last index %d", jobs, written, c.stores[lead].LastIndex())
+	}
+}

@@ -121,8 +121,9 @@ const (
 	// eventQueueMax bounds the events waiting for the loop.
 	eventQueueMax = 4096
 	dialTimeout   = time.Second
-	// maxMsgBytes bounds one Raft entry (one transaction's frames).
-	maxMsgBytes = 64 << 20
+	// maxMsgBytes bounds the entries of one append message: one entry of
+	// the largest size (one transaction's frames) fits alone.
+	maxMsgBytes = raft.MaxMessageBytes
 )
 
 // ErrClosed is returned by requests on a closed node.

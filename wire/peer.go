@@ -26,14 +26,25 @@ import (
 // PeerVersion is the version of the peer message encoding.
 const PeerVersion = 1
 
-// MaxPeerFrameBytes bounds one peer frame (a batch of entries or a
-// snapshot chunk, plus overhead).
-const MaxPeerFrameBytes = 80 << 20
+// MaxPeerFrameBytes bounds one peer frame: what one Raft message carries
+// (raft.MaxMessageBytes: its entries, each encoded in no more than
+// raft.EntryOverheadBytes beyond its data, or a snapshot chunk) plus the
+// fixed fields and a snapshot's membership.
+const MaxPeerFrameBytes = raft.MaxMessageBytes + peerFrameOverheadBytes
 
 // Per-message bounds checked before allocating.
 const (
 	maxPeerEntries = 1 << 20
+	// maxPeerConfigBytes bounds a snapshot's encoded membership in a frame.
+	maxPeerConfigBytes = 1 << 20
+	// peerFrameOverheadBytes covers the fields around entries and data.
+	peerFrameOverheadBytes = 256 + maxPeerConfigBytes
+	// peerEntryHeaderBytes is an entry's encoding beyond its data.
+	peerEntryHeaderBytes = 21
 )
+
+// An entry's encoding must fit in what raft counts for it (MaxMsgBytes).
+const _ = uint(raft.EntryOverheadBytes - peerEntryHeaderBytes)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -130,7 +141,7 @@ func DecodePeerMessage(p []byte) (raft.Message, error) {
 	m.Term, m.LogTerm, m.Index, m.Commit = d.u64(), d.u64(), d.u64(), d.u64()
 	m.RejectHint, m.Context, m.Offset = d.u64(), d.u64(), d.u64()
 	n := d.u32()
-	if n > maxPeerEntries || int(n)*21 > len(d.b)-d.off {
+	if n > maxPeerEntries || int(n)*peerEntryHeaderBytes > len(d.b)-d.off {
 		return m, fmt.Errorf("%w: %d entries in %d bytes", ErrPeerFrame, n, len(d.b)-d.off)
 	}
 	if n > 0 {
@@ -143,7 +154,11 @@ func DecodePeerMessage(p []byte) (raft.Message, error) {
 	}
 	if flags&flagSnapshot != 0 {
 		s := &raft.SnapshotMeta{Index: d.u64(), Term: d.u64(), ConfigIndex: d.u64()}
-		cfg := d.bytes(d.u32())
+		n := d.u32()
+		if n > maxPeerConfigBytes {
+			return m, fmt.Errorf("%w: snapshot membership of %d bytes (limit %d)", ErrPeerFrame, n, maxPeerConfigBytes)
+		}
+		cfg := d.bytes(n)
 		if d.err == nil {
 			c, err := raft.DecodeMembership(cfg)
 			if err != nil {
