@@ -211,3 +211,49 @@ func (x *allocFaultFixture) checkCaptured(t *testing.T, frames int, before [][]a
 	}
 	sameRows(t, x.r, x.fc, allocFaultDigest)
 }
+
+// TestAllocationFailureInApplyFrames fails, in turn, each allocation a
+// follower makes to append replicated frames: the call fails leaving the
+// WAL as it was (a failure part way once left frames behind), and applying
+// the frames again brings the follower level with the leader.
+func TestAllocationFailureInApplyFrames(t *testing.T) {
+	c := allocFaultCases[0]
+	setup := func(t *testing.T) (*allocFaultFixture, *Frames) {
+		x := newAllocFaultFixture(t, c)
+		exec(t, x.w, c.write)
+		return x, commit(t, x.lv, "db")
+	}
+	var allocs int64
+	t.Run("count", func(t *testing.T) {
+		x, f := setup(t)
+		failAllocAfter(1 << 40)
+		err := x.fv.ApplyFrames("db", f)
+		allocs = 1<<40 - allocFaultCountdown()
+		failAllocAfter(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs == 0 {
+		t.Fatal("applying frames made no allocation to fail")
+	}
+	for n := int64(1); n <= allocs; n++ {
+		t.Run(fmt.Sprintf("alloc%d", n), func(t *testing.T) {
+			x, f := setup(t)
+			size := x.fv.WALSize("db")
+			failAllocAfter(n)
+			err := x.fv.ApplyFrames("db", f)
+			failAllocAfter(0)
+			if err != nil {
+				if got := x.fv.WALSize("db"); got != size {
+					t.Fatalf("failed apply (%v) changed the WAL from %d to %d bytes", err, size, got)
+				}
+				if err := x.fv.ApplyFrames("db", f); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sameRows(t, x.r, x.fc, "SELECT k, v FROM t ORDER BY k")
+			x.checkNextWrites(t)
+		})
+	}
+}

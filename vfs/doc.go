@@ -30,9 +30,9 @@
 // frames could not be indexed (a new index region is mapped, and the
 // capture's copy of the index grows, after the commit frame); the VFS then
 // drops the frames past the committed ones, so a later recovery cannot read
-// a failed commit's frames as committed. Every allocation of the C code
-// goes through one fault switch, inert unless a test arms it to fail the
-// nth.
+// a failed commit's frames as committed. ApplyFrames makes room for all
+// its frames before appending any. Every allocation of the C code goes
+// through one fault switch, inert unless a test arms it to fail the nth.
 //
 // # Followers
 //

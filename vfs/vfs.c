@@ -854,6 +854,11 @@ int dq_apply_frames(dq_vfs *v, const char *name, int page_size, int count, const
 	if (d->pending || d->writing) return SQLITE_BUSY;
 	for (int i = 0; i < SQLITE_SHM_NLOCK; i++)
 		if (d->shm_excl[i]) return SQLITE_BUSY;
+	/* Room for every frame first: frames left behind by a failure part
+	 * way would be read, by the recovery that rebuilds the index, as part
+	 * of the next transaction replicated here. */
+	sqlite3_int64 start = d->wal.size < WAL_HDR ? WAL_HDR : d->wal.size;
+	if (buf_reserve(&d->wal, start + (sqlite3_int64)count * (FRAME_HDR + page_size))) return SQLITE_NOMEM;
 	unsigned char h[WAL_HDR];
 	uint32_t s0 = 0, s1 = 0;
 	if (d->wal.size < WAL_HDR) {
@@ -962,8 +967,11 @@ int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long
 	dq_db *d = db_find(v, name, 1);
 	if (!d) return SQLITE_NOMEM;
 	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
+	/* Room first, so a failure leaves the database as it was. */
+	int rc = buf_reserve(&d->main, size);
+	if (rc) return rc;
 	d->main.size = 0;
-	int rc = buf_write(&d->main, data, (int)size, 0);
+	rc = buf_write(&d->main, data, (int)size, 0);
 	if (rc) return rc;
 	d->wal.size = 0;
 	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);
