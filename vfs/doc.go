@@ -30,9 +30,9 @@
 // frames could not be indexed (a new index region is mapped, and the
 // capture's copy of the index grows, after the commit frame); the VFS then
 // drops the frames past the committed ones, so a later recovery cannot read
-// a failed commit's frames as committed. ApplyFrames makes room for all
-// its frames before appending any. Every allocation of the C code goes
-// through one fault switch, inert unless a test arms it to fail the nth.
+// a failed commit's frames as committed. ApplyFrames makes room for all its
+// frames before appending any. Every allocation of the C code goes through
+// one fault switch, inert unless a test arms it to fail the nth.
 //
 // # Followers
 //
@@ -42,9 +42,12 @@
 //
 // # Determinism
 //
-// SQLite's clock is the VFS's (SetTime); its randomness is seeded from the
-// default VFS, which a node (or the simulator) registers with a seed.
-// Temporary files go to the OS VFS.
+// SQLite's clock is the VFS's (SetTime). Its randomness (random(),
+// randomblob(), WAL salts) is not: SQLite seeds its generator once per
+// process from the default VFS, and no caller makes one of ours the default
+// (New's makeDefault), so the seed comes from the operating system.
+// Replication does not depend on it: followers receive pages, not
+// statements. Temporary files go to the OS VFS.
 //
 // # Concurrency
 //
