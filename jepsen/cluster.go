@@ -2,6 +2,8 @@ package jepsen
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -48,6 +50,9 @@ type cluster struct {
 	procs   []*proc
 	nextID  uint64
 	log     func(string, ...any)
+	// key is the cluster key (hex) every process proves on its peer links
+	// (DQLITE_CLUSTER_KEY), so the runs exercise authenticated links.
+	key string
 }
 
 func freeAddr() (string, error) {
@@ -64,6 +69,11 @@ func freeAddr() (string, error) {
 // voters and up to 3 standbys).
 func newCluster(ctx context.Context, bin, dataDir, out string, n int, extra []string, log func(string, ...any)) (*cluster, error) {
 	c := &cluster{bin: bin, out: out, extra: extra, net: newNetwork(), nextID: 100, log: log}
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return nil, err
+	}
+	c.key = hex.EncodeToString(key[:])
 	for i := 0; i < n; i++ {
 		listen, err := freeAddr()
 		if err != nil {
@@ -132,6 +142,7 @@ func (c *cluster) start(p *proc) error {
 	args = append(args, c.extra...)
 	cmd := exec.Command(c.bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
+	cmd.Env = append(os.Environ(), "DQLITE_CLUSTER_KEY="+c.key)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
