@@ -19,6 +19,8 @@
 //   - Replacing a suffix (a follower's conflict) first removes later
 //     segments, then rewrites the segment holding the cut through a
 //     temporary file and a rename: a crash leaves a prefix of the old log.
+//     A failure part way leaves the log showing the prefix the disk holds,
+//     with every entry below the cut.
 //   - Term and vote, snapshots and rewritten segments are written to a
 //     temporary file, synced, renamed, and the directory synced.
 //   - A write or sync error is never retried: the log fails and every later
@@ -44,5 +46,13 @@
 // # Concurrency
 //
 // Writers are serialized; readers (the raft.Storage methods) may run
-// concurrently with an Append on another goroutine. wal starts no goroutines.
+// concurrently with an Append on another goroutine, and see the log as it
+// was before the Append or as it is after, never in between. An Append that
+// replaces a suffix does the file work first (removing later segments,
+// renaming a rewritten copy over the segment holding the cut) while readers
+// go on reading the old files, still open; then, in one critical section, it
+// drops the replaced entries, points the kept ones at the copy and adds the
+// new ones; only then does it close the old files. Readers reach segment
+// files only through the index, so a file is closed only once no entry
+// refers to it. wal starts no goroutines.
 package wal

@@ -95,6 +95,8 @@ type Report struct {
 type segment struct {
 	name string
 	hdr  segmentHeader
+	// file is the segment's for its whole life: a rewrite makes a new
+	// segment, so an entry's location always matches its segment's file.
 	file File
 	last uint64 // last index in the segment (hdr.firstIndex-1 if empty)
 	size int64  // end of valid data
@@ -118,7 +120,8 @@ type entry struct {
 //
 // Concurrency: writes (Append, SetHardState, CreateSnapshot,
 // InstallSnapshot) are serialized; an Append may run on another goroutine
-// while the raft.Storage reads run on the loop's.
+// while the raft.Storage reads run on the loop's, and readers see it take
+// effect at once (see the package comment).
 type WAL struct {
 	fs   FS
 	opts Options
@@ -129,9 +132,9 @@ type WAL struct {
 	mu        sync.Mutex // guards everything below
 	hard      raft.HardState
 	snaps     []snapInfo // oldest first, at most snapshotsKept
-	segs      []*segment
-	first     uint64 // index of ents[0]
-	prevTerm  uint64 // term of first-1
+	segs      []*segment // the writer's; readers reach segments only through ents
+	first     uint64     // index of ents[0]
+	prevTerm  uint64     // term of first-1
 	ents      []entry
 	cacheFrom int // ents[cacheFrom:] may hold cached data
 	cached    int64

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -24,7 +25,19 @@ func snapshotName(index, term uint64) string {
 // directory fsync: after a crash the file holds either the old or the new
 // content.
 func (w *WAL) writeFileAtomic(name, tmp string, parts ...[]byte) error {
-	f, err := w.fs.Create(tmp)
+	if err := w.writeFileSynced(tmp, parts...); err != nil {
+		return err
+	}
+	if err := w.fs.Rename(tmp, name); err != nil {
+		return err
+	}
+	return w.fs.SyncDir()
+}
+
+// writeFileSynced creates (or truncates) name, writes parts one after the
+// other and syncs it.
+func (w *WAL) writeFileSynced(name string, parts ...[]byte) error {
+	f, err := w.fs.Create(name)
 	if err != nil {
 		return err
 	}
@@ -40,13 +53,7 @@ func (w *WAL) writeFileAtomic(name, tmp string, parts ...[]byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := w.fs.Rename(tmp, name); err != nil {
-		return err
-	}
-	return w.fs.SyncDir()
+	return f.Close()
 }
 
 // SetHardState makes term and vote durable, together, before returning.
@@ -68,7 +75,8 @@ func (w *WAL) SetHardState(hs raft.HardState) error {
 // Append durably writes entries with one write and one sync, replacing any
 // suffix from ents[0].Index first (that replacement is durable before the
 // new entries are written). Entries already covered by the snapshot are
-// skipped.
+// skipped. Readers see the log as it was until Append publishes the
+// replacement and the new entries together.
 func (w *WAL) Append(ents []raft.Entry) error {
 	if len(ents) == 0 {
 		return nil
@@ -95,46 +103,84 @@ func (w *WAL) Append(ents []raft.Entry) error {
 			return fmt.Errorf("wal: append: entries not consecutive at %d", e.Index)
 		}
 	}
-	if ents[0].Index <= last {
-		if err := w.truncateFrom(ents[0].Index); err != nil {
-			return w.fail(fmt.Errorf("truncating log from %d: %w", ents[0].Index, err))
-		}
-	}
+	// Refused before the suffix is touched, so the log stays as it was.
 	batch := encodeBatch(ents)
 	if len(batch)-batchHeaderBytes > MaxBatchBytes {
 		return fmt.Errorf("wal: batch of %d bytes exceeds %d", len(batch), MaxBatchBytes)
 	}
+	var cut *suffixCut
+	if ents[0].Index <= last {
+		var err error
+		if cut, err = w.truncateFrom(ents[0].Index, last); err != nil {
+			return w.failCut(cut, fmt.Errorf("truncating log from %d: %w", ents[0].Index, err))
+		}
+	}
 	seg, err := w.segmentFor(ents[0], int64(len(batch)))
 	if err != nil {
-		return w.fail(fmt.Errorf("starting segment at %d: %w", ents[0].Index, err))
+		return w.failCut(cut, fmt.Errorf("starting segment at %d: %w", ents[0].Index, err))
 	}
 	if _, err := seg.file.WriteAt(batch, seg.size); err != nil {
 		if IsNoSpace(err) {
 			// Cut the partial batch so the file stays consistent.
 			_ = seg.file.Truncate(seg.size)
 		}
-		return w.fail(fmt.Errorf("writing %s: %w", seg.name, err))
+		return w.failCut(cut, fmt.Errorf("writing %s: %w", seg.name, err))
 	}
 	if err := seg.file.Sync(); err != nil {
-		return w.fail(fmt.Errorf("syncing %s: %w", seg.name, err))
+		return w.failCut(cut, fmt.Errorf("syncing %s: %w", seg.name, err))
 	}
-	w.publish(seg, ents, batch)
+	w.publish(cut, seg, ents, batch)
 	return nil
 }
 
-// publish makes written entries visible to readers.
-func (w *WAL) publish(seg *segment, ents []raft.Entry, batch []byte) {
+// publish makes an append visible to readers in one step under mu: the
+// suffix cut (if any) and the entries written to seg (none if seg is nil).
+// The files the cut retired are closed afterwards, once no entry refers to
+// them.
+func (w *WAL) publish(cut *suffixCut, seg *segment, ents []raft.Entry, batch []byte) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	off := seg.size + batchHeaderBytes
-	for _, e := range ents {
+	if cut != nil {
+		w.applyCut(cut)
+	}
+	if seg != nil {
+		assert.That(ents[0].Index == w.lastIndexLocked()+1, "publishing entries from %d after last %d",
+			ents[0].Index, w.lastIndexLocked())
+		for n, loc := range batchLocs(seg.size, ents) {
+			w.ents = append(w.ents, entry{loc: loc, seg: seg})
+			w.cacheAdd(&w.ents[len(w.ents)-1], ents[n].Data)
+		}
+		seg.size += int64(len(batch))
+		seg.last = ents[len(ents)-1].Index
+	}
+	w.mu.Unlock()
+	if cut != nil {
+		for _, s := range cut.retired {
+			s.file.Close()
+		}
+	}
+}
+
+// failCut shows readers the part of a suffix replacement that reached the
+// disk before err (the log must not claim entries the disk no longer has),
+// then fails the log.
+func (w *WAL) failCut(cut *suffixCut, err error) error {
+	if cut != nil {
+		w.publish(cut, nil, nil, nil)
+	}
+	return w.fail(err)
+}
+
+// batchLocs returns where a batch of ents written at offset off holds each
+// entry's data.
+func batchLocs(off int64, ents []raft.Entry) []entryLoc {
+	locs := make([]entryLoc, len(ents))
+	off += batchHeaderBytes
+	for n, e := range ents {
 		off += entryHeaderBytes
-		w.ents = append(w.ents, entry{loc: entryLoc{term: e.Term, typ: e.Type, off: off, length: uint32(len(e.Data))}, seg: seg})
-		w.cacheAdd(&w.ents[len(w.ents)-1], e.Data)
+		locs[n] = entryLoc{term: e.Term, typ: e.Type, off: off, length: uint32(len(e.Data))}
 		off += int64(len(e.Data))
 	}
-	seg.size += int64(len(batch))
-	seg.last = ents[len(ents)-1].Index
+	return locs
 }
 
 // segmentFor returns the open segment, starting a new one when there is
@@ -203,80 +249,6 @@ func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
 	w.segs = append(w.segs, s)
 	w.mu.Unlock()
 	return s, nil
-}
-
-// truncateFrom durably removes entries at and after index i: later
-// segments are removed first, then the segment holding i is rewritten
-// (through a temporary file and a rename) without them. A crash in between
-// leaves a prefix of the old log.
-func (w *WAL) truncateFrom(i uint64) error {
-	w.mu.Lock()
-	k := len(w.segs) - 1
-	for k >= 0 && w.segs[k].hdr.firstIndex > i {
-		k--
-	}
-	later := append([]*segment(nil), w.segs[k+1:]...)
-	w.mu.Unlock()
-	for n := len(later) - 1; n >= 0; n-- {
-		later[n].file.Close()
-		if err := w.fs.Remove(later[n].name); err != nil {
-			return err
-		}
-	}
-	if len(later) > 0 {
-		if err := w.fs.SyncDir(); err != nil {
-			return err
-		}
-	}
-	w.mu.Lock()
-	w.segs = w.segs[:k+1]
-	w.mu.Unlock()
-	if k < 0 {
-		w.mu.Lock()
-		w.dropEntriesFrom(i)
-		w.mu.Unlock()
-		return nil
-	}
-	return w.rewriteSegment(w.segs[k], i)
-}
-
-// rewriteSegment replaces seg with a copy holding only entries below i (or
-// removes it when it would be empty).
-func (w *WAL) rewriteSegment(seg *segment, i uint64) error {
-	if seg.hdr.firstIndex >= i {
-		seg.file.Close()
-		if err := w.fs.Remove(seg.name); err != nil {
-			return err
-		}
-		if err := w.fs.SyncDir(); err != nil {
-			return err
-		}
-		w.mu.Lock()
-		w.segs = w.segs[:len(w.segs)-1]
-		w.dropEntriesFrom(i)
-		w.mu.Unlock()
-		return nil
-	}
-	kept, err := w.Entries(seg.hdr.firstIndex, i, ^uint64(0))
-	if err != nil {
-		return err
-	}
-	batch := encodeBatch(kept)
-	if err := w.writeFileAtomic(seg.name, segTempName, seg.hdr.encode(), batch); err != nil {
-		return err
-	}
-	f, err := w.fs.Open(seg.name)
-	if err != nil {
-		return err
-	}
-	old := seg.file
-	w.mu.Lock()
-	w.dropEntriesFrom(seg.hdr.firstIndex)
-	seg.file, seg.size, seg.last = f, segmentHeaderBytes, seg.hdr.firstIndex-1
-	w.mu.Unlock()
-	old.Close()
-	w.publish(seg, kept, batch)
-	return nil
 }
 
 // CreateSnapshot durably records a snapshot of the state machine at
