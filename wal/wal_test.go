@@ -514,3 +514,61 @@ func TestIndexCountsAgainstBudget(t *testing.T) {
 	}
 	t.Logf("%d entries appended, at most %d bytes held (%d of them data), budget %d", total, maxMem, maxData, budget)
 }
+
+// TestFailedSuffixReplacement fails, in turn, each disk operation of an
+// append that replaces a suffix across segments (with EIO, then with
+// ENOSPC): the log must go on showing a prefix of the old log that keeps
+// every entry below the cut and that the disk holds (a reopen finds it).
+// After ENOSPC the log resumes, and an append right after its last index
+// must survive a reopen: the log and the disk agree on where it ends.
+func TestFailedSuffixReplacement(t *testing.T) {
+	const cut = 14
+	opts := wal.Options{SegmentSizeMax: 256}
+	base := func() (*sim.Disk, *wal.WAL) {
+		disk := sim.NewDisk(1)
+		w := open(t, disk, opts)
+		for i := uint64(1); i <= 30; i += 3 {
+			must(t, w.Append(ents(i, i+2, 1)))
+		}
+		return disk, w
+	}
+	disk, w := base()
+	if firsts := w.SegmentFirstIndexes(); firsts[len(firsts)-1] <= cut+3 {
+		t.Fatalf("segments %v: want the cut inside a segment, with later ones", firsts)
+	}
+	before := disk.Ops()
+	must(t, w.Append(ents(cut, 20, 2)))
+	ops := disk.Ops() - before
+	w.Close()
+	old := ents(1, 30, 1)
+	for n := 1; n <= ops; n++ {
+		for _, fault := range []error{syscall.EIO, syscall.ENOSPC} {
+			disk, w := base()
+			disk.FailAt(n, fault)
+			if err := w.Append(ents(cut, 20, 2)); !errors.Is(err, fault) {
+				t.Fatalf("op %d/%d failing with %v: append returned %v", n, ops, fault, err)
+			}
+			shown := readAll(t, w)
+			if len(shown) < cut-1 || !sameEntries(shown, old[:len(shown)]) {
+				t.Fatalf("op %d/%d failing with %v: the log shows %d entries, not a prefix of the old log through %d",
+					n, ops, fault, len(shown), cut-1)
+			}
+			if fault == syscall.ENOSPC {
+				must(t, w.Resume())
+				next := w.LastIndex() + 1
+				must(t, w.Append(ents(next, next+1, 3)))
+				shown = append(shown, ents(next, next+1, 3)...)
+			}
+			w.Close()
+			disk.ClearFaults()
+			r := open(t, disk, opts)
+			got := readAll(t, r)
+			r.Close()
+			if len(got) < len(shown) || !sameEntries(got[:len(shown)], shown) {
+				t.Fatalf("op %d/%d failing with %v: reopened log has %d entries, not the %d the log showed",
+					n, ops, fault, len(got), len(shown))
+			}
+		}
+	}
+	t.Logf("failed each of %d operations", ops)
+}

@@ -228,27 +228,47 @@ func (w *WAL) segmentFor(e raft.Entry, n int64) (*segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.WriteAt(hdr.encode(), 0); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := w.preallocate(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := w.fs.SyncDir(); err != nil {
-		f.Close()
-		return nil, err
+	if err := w.initSegment(f, hdr); err != nil {
+		return nil, w.abandonSegment(f, name, err)
 	}
 	s := &segment{name: name, hdr: hdr, file: f, last: e.Index - 1, size: segmentHeaderBytes}
 	w.mu.Lock()
 	w.segs = append(w.segs, s)
 	w.mu.Unlock()
 	return s, nil
+}
+
+// initSegment writes a new segment's header and preallocated space, and
+// makes the file and its name durable.
+func (w *WAL) initSegment(f File, hdr segmentHeader) error {
+	if _, err := f.WriteAt(hdr.encode(), 0); err != nil {
+		return err
+	}
+	if err := w.preallocate(f); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return w.fs.SyncDir()
+}
+
+// abandonSegment closes and durably removes a new segment whose creation
+// failed with err. Left in place, its header would claim the next index
+// for a file the log never wrote to: once a full disk is resumed the next
+// batch may fit the previous segment, and the next Open would refuse the
+// two as overlapping. If the removal fails too, the error returned does not
+// wrap err, so a full disk cannot be resumed with the file still there.
+func (w *WAL) abandonSegment(f File, name string, err error) error {
+	f.Close()
+	rmErr := w.fs.Remove(name)
+	if rmErr == nil {
+		rmErr = w.fs.SyncDir()
+	}
+	if rmErr != nil {
+		return fmt.Errorf("%v; removing the new %s: %w", err, name, rmErr)
+	}
+	return err
 }
 
 // CreateSnapshot durably records a snapshot of the state machine at
