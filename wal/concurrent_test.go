@@ -96,7 +96,8 @@ func (f *readFailures) add(kind string, err error) {
 // succeed: never-replaced entries with their own term and data, and the
 // whole log as one version of it (old suffix or new, never a gap, a mix or
 // a closed file). Once with the entries' data cached, once with every read
-// going to the segment files.
+// going to the segment files. On the real file system: sim.Disk is
+// single-threaded, and closing its files does not stop reads.
 func TestReadDuringSuffixReplacement(t *testing.T) {
 	for _, c := range []struct {
 		name       string
