@@ -57,13 +57,15 @@ func (r *Raft) sendAppend(to NodeID, sendIfEmpty bool) {
 	pr := r.prs[to]
 	for !pr.isPaused(r.cfg.MaxInflightMsgs) {
 		prevIndex := pr.next - 1
+		assert.That(prevIndex <= r.log.lastIndex(), "next %d for %d beyond last index %d",
+			pr.next, to, r.log.lastIndex())
 		prevTerm, errT := r.log.term(prevIndex)
 		ents, errE := r.log.slice(pr.next, r.log.lastIndex()+1, r.cfg.MaxMsgBytes)
-		if errT != nil || errE != nil {
-			if errors.Is(errT, ErrCompacted) || errors.Is(errE, ErrCompacted) {
-				r.startSnapshot(to, pr)
-				return
-			}
+		switch {
+		case errors.Is(errT, ErrCompacted) || errors.Is(errE, ErrCompacted):
+			r.startSnapshot(to, pr)
+			return
+		case errT != nil || errE != nil:
 			assert.Fail("reading log for %d at %d: %v %v", to, pr.next, errT, errE)
 		}
 		if len(ents) == 0 && !sendIfEmpty {

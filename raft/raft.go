@@ -147,6 +147,15 @@ type Raft struct {
 	// configs is the membership history: the snapshot's membership followed
 	// by every config entry in the log, in index order. The last is in force.
 	configs []configAt
+	// knownIDs holds every server named by a membership this node held
+	// since it started (including ones truncated or superseded since), to
+	// tell a removed member's late messages from a stranger's. It grows
+	// only with the config entries and snapshots this node replicates.
+	knownIDs map[NodeID]struct{}
+	// leadHint is the leader of the current term as named by a member in a
+	// vote rejection: a voter that missed the changes adding it may follow
+	// it although it knows no membership naming it.
+	leadHint NodeID
 
 	// Follower: matched is the highest index known to match the current
 	// term's leader's log; acked is the highest index acknowledged to it.
@@ -175,11 +184,20 @@ type Raft struct {
 	needBcast       bool
 
 	incoming *incomingSnapshot
+	// snapRead is the furthest byte of a snapshot read for sending in this
+	// leadership: no follower can acknowledge more.
+	snapRead snapshotRead
 
 	msgs       []Message
 	prevHard   HardState
 	readStates []ReadState
 	notices    []Notice
+}
+
+// snapshotRead is how much of the snapshot at index was read from storage.
+type snapshotRead struct {
+	index uint64
+	end   uint64 // offset just past the furthest byte read
 }
 
 type proposedSize struct {
@@ -196,10 +214,10 @@ func New(cfg Config) (*Raft, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft: reading initial state: %w", err)
 	}
-	r := &Raft{id: cfg.ID, cfg: cfg, log: newLog(cfg.Storage)}
+	r := &Raft{id: cfg.ID, cfg: cfg, log: newLog(cfg.Storage), knownIDs: map[NodeID]struct{}{}}
 	snap := cfg.Storage.Snapshot()
 	if snap.Index > 0 {
-		r.configs = []configAt{{index: snap.ConfigIndex, config: snap.Config.Clone()}}
+		r.setSnapshotConfig(snap)
 	}
 	if err := r.loadConfigs(); err != nil {
 		return nil, err
@@ -254,8 +272,22 @@ func (r *Raft) trackConfigs(ents []Entry) error {
 			return fmt.Errorf("raft: config entry %d: %w", e.Index, err)
 		}
 		r.configs = append(r.configs, configAt{index: e.Index, config: m})
+		r.noteMembers(m)
 	}
 	return nil
+}
+
+// setSnapshotConfig makes a snapshot's membership the whole history.
+func (r *Raft) setSnapshotConfig(meta SnapshotMeta) {
+	m := meta.Config.Clone()
+	r.configs = []configAt{{index: meta.ConfigIndex, config: m}}
+	r.noteMembers(m)
+}
+
+func (r *Raft) noteMembers(m Membership) {
+	for _, s := range m.Servers {
+		r.knownIDs[s.ID] = struct{}{}
+	}
 }
 
 // config is the membership in force (empty for a node that knows none yet).
@@ -310,6 +342,7 @@ func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 		r.matched, r.acked, r.pendingAck = 0, 0, false
 		// A partly received snapshot came from the old term's leader.
 		r.incoming = nil
+		r.leadHint = None
 	}
 	r.abortLeadership()
 	r.state = StateFollower
@@ -352,7 +385,7 @@ func (r *Raft) becomeCandidate() {
 	r.term++
 	r.vote = r.id
 	r.state = StateCandidate
-	r.lead = None
+	r.lead, r.leadHint = None, None
 	r.matched, r.acked, r.pendingAck = 0, 0, false
 	r.votes = map[NodeID]bool{}
 	r.resetTimers()
@@ -365,6 +398,7 @@ func (r *Raft) becomeLeader() {
 	r.votes = nil
 	r.resetTimers()
 	r.prs = map[NodeID]*progress{}
+	r.snapRead = snapshotRead{}
 	r.updateReplicas()
 	r.appendEntries(Entry{Index: r.log.lastIndex() + 1, Term: r.term, Type: EntryNoop})
 	r.needBcast = true

@@ -71,14 +71,14 @@ func TestStepRejectsMalformed(t *testing.T) {
 		{Type: MsgSnap, From: 2, To: 1},
 		{Type: MsgApp, From: 2, To: 1, Snapshot: &SnapshotMeta{}},
 	} {
-		if err := r.Step(m); err == nil {
-			t.Errorf("Step(%v) accepted", m.Type)
+		if err := r.Step(m); !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("Step(%v): %v", m.Type, err)
 		}
 	}
-	// An append with entries out of sequence is dropped, not applied.
+	// An append with entries out of sequence is refused, not applied.
 	if err := r.Step(Message{Type: MsgApp, From: 2, To: 1, Term: 5, Index: 1, LogTerm: 1,
-		Entries: []Entry{{Index: 3, Term: 5, Type: EntryNormal}}}); err != nil {
-		t.Fatal(err)
+		Entries: []Entry{{Index: 3, Term: 5, Type: EntryNormal}}}); !errors.Is(err, ErrInvalidMessage) {
+		t.Fatalf("out-of-sequence entries: %v", err)
 	}
 	if r.log.lastIndex() != 1 {
 		t.Fatalf("bad entries appended: last index %d", r.log.lastIndex())

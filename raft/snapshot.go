@@ -27,6 +27,7 @@ func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
 		return
 	}
 	assert.NoError(err, "reading snapshot chunk")
+	r.noteSnapshotRead(pr.snap.Index, pr.snapOffset+uint64(len(data)))
 	meta := pr.snap
 	r.send(Message{Type: MsgSnap, To: to, Snapshot: &meta, Offset: pr.snapOffset, Data: data, Done: last})
 	pr.snapOffset += uint64(len(data))
@@ -34,11 +35,30 @@ func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
 	pr.snapIdle = 0
 }
 
+func (r *Raft) noteSnapshotRead(index, end uint64) {
+	if r.snapRead.index != index {
+		r.snapRead = snapshotRead{index: index}
+	}
+	r.snapRead.end = max(r.snapRead.end, end)
+}
+
+// handleSnapshotResponse moves a snapshot transfer on. Step checked the
+// offset is within what was sent of that snapshot; a response from an
+// earlier round of the same snapshot may still rewind (harmlessly: the
+// follower tells us what it holds on the next chunk).
 func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
 	if pr.state != snapshotState || m.Index != pr.snap.Index {
 		return
 	}
 	pr.snapIdle = 0
+	if m.Index != r.snapRead.index {
+		// A newer snapshot was read since, so this one is gone: the
+		// follower gets the newest unless it is getting all of this one.
+		if !pr.snapDone || m.Reject {
+			r.startSnapshot(m.From, pr)
+		}
+		return
+	}
 	if m.Offset < pr.snapOffset || m.Reject {
 		// The follower lost chunks (or restarted): rewind.
 		pr.snapOffset, pr.snapDone = m.Offset, false
@@ -86,7 +106,7 @@ func (r *Raft) handleSnapshot(m Message) {
 	snap := &Snapshot{Meta: meta, Data: in.buf}
 	snap.Meta.Config = meta.Config.Clone()
 	r.log.restore(snap)
-	r.configs = []configAt{{index: meta.ConfigIndex, config: snap.Meta.Config}}
+	r.setSnapshotConfig(snap.Meta)
 	r.matched = meta.Index
 	r.pendingAck = true
 }

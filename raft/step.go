@@ -1,10 +1,6 @@
 package raft
 
-import (
-	"fmt"
-
-	"github.com/dqlite-go/dqlite/internal/assert"
-)
+import "github.com/dqlite-go/dqlite/internal/assert"
 
 type campaignKind uint8
 
@@ -14,15 +10,30 @@ const (
 	campaignTransfer
 )
 
-// Step feeds a peer message into the state machine. It returns an error only
-// for a message that is malformed (unknown type, a sender of 0, not addressed
-// to this node); messages from stale terms are silently dropped.
+// Step feeds a peer message into the state machine. Every message is
+// checked before anything in it is acted upon (see validate.go). Step
+// returns an error wrapping ErrInvalidMessage for a message no correct peer
+// could send to this node in its state; such a message changed nothing.
+// Messages a correct cluster can produce (from stale terms, duplicated,
+// delayed or reordered, from a removed server) are dropped or handled
+// silently.
 func (r *Raft) Step(m Message) error {
-	if m.From == None || m.To != r.id || m.Type == 0 || m.Type > MsgTimeoutNow {
-		return fmt.Errorf("raft: malformed message %v", m)
+	return r.step(m)
+}
+
+func (r *Raft) step(m Message) error {
+	if err := checkFields(m, r.id); err != nil {
+		return err
 	}
-	if (m.Type == MsgSnap) != (m.Snapshot != nil) {
-		return fmt.Errorf("raft: malformed message %v: snapshot metadata", m)
+	if ok, err := r.checkSender(m); !ok {
+		return err
+	}
+	if m.Term < r.term {
+		r.stepStale(m)
+		return nil
+	}
+	if ok, err := r.checkState(m); !ok {
+		return err
 	}
 	if !r.stepTerm(m) {
 		return nil
@@ -31,6 +42,7 @@ func (r *Raft) Step(m Message) error {
 	case MsgVote, MsgPreVote:
 		r.handleVoteRequest(m)
 	case MsgVoteResp, MsgPreVoteResp:
+		r.noteLeadHint(m)
 		r.handleVoteResponse(m)
 	case MsgApp, MsgHeartbeat, MsgSnap:
 		r.handleFromLeader(m)
@@ -46,42 +58,67 @@ func (r *Raft) Step(m Message) error {
 	return nil
 }
 
-// stepTerm applies the term rules common to every message. It returns false
+// stepStale answers a message from an older term, which is otherwise
+// dropped.
+func (r *Raft) stepStale(m Message) {
+	switch m.Type {
+	case MsgApp, MsgHeartbeat:
+		// A deposed leader: tell it the term so it steps down (it may be
+		// cut off from everyone else and never learn).
+		r.send(Message{Type: MsgAppResp, To: m.From})
+	case MsgPreVote:
+		r.rejectVote(m)
+	}
+}
+
+// stepTerm applies the rules for a message of a newer term. It returns false
 // when the message must not be processed further.
 func (r *Raft) stepTerm(m Message) bool {
-	switch {
-	case m.Term > r.term:
-		if m.Type == MsgVote || m.Type == MsgPreVote {
-			// A live leader is known: refuse to be disrupted, unless the
-			// leader itself asked for this election.
-			inLease := r.lead != None && r.electionElapsed < r.cfg.ElectionTicks
-			if inLease && !m.Transfer {
-				return false
-			}
-		}
-		switch {
-		case m.Type == MsgPreVote:
-			// Pre-votes never change our term.
-		case m.Type == MsgPreVoteResp && !m.Reject:
-			// A grant echoes the term we asked for.
-		case m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap:
-			r.becomeFollower(m.Term, m.From)
-		default:
-			r.becomeFollower(m.Term, None)
-		}
+	if m.Term == r.term {
 		return true
-	case m.Term < r.term:
-		switch m.Type {
-		case MsgApp, MsgHeartbeat:
-			// A deposed leader: tell it the term so it steps down (it
-			// may be cut off from everyone else and never learn).
-			r.send(Message{Type: MsgAppResp, To: m.From})
-		case MsgPreVote:
-			r.send(Message{Type: MsgPreVoteResp, To: m.From, Reject: true})
+	}
+	if m.Type == MsgVote || m.Type == MsgPreVote {
+		// A live leader is known: refuse to be disrupted, unless the
+		// leader itself asked for this election. A pre-vote hears who
+		// leads, without any change here.
+		inLease := r.lead != None && r.electionElapsed < r.cfg.ElectionTicks
+		if inLease && !m.Transfer {
+			if m.Type == MsgPreVote {
+				r.rejectVote(m)
+			}
+			return false
 		}
-		return false
+	}
+	switch {
+	case m.Type == MsgPreVote:
+		// Pre-votes never change our term.
+	case m.Type == MsgPreVoteResp && !m.Reject:
+		// A grant echoes the term we asked for.
+	case m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap:
+		r.becomeFollower(m.Term, m.From)
+	default:
+		r.becomeFollower(m.Term, None)
 	}
 	return true
+}
+
+// rejectVote refuses a (pre-)vote, naming the leader we follow: a voter
+// that missed the membership changes adding that leader learns it may
+// follow it (see checkSender).
+func (r *Raft) rejectVote(m Message) {
+	typ := MsgVoteResp
+	if m.Type == MsgPreVote {
+		typ = MsgPreVoteResp
+	}
+	r.send(Message{Type: typ, To: m.From, Reject: true, RejectHint: uint64(r.lead)})
+}
+
+// noteLeadHint records the leader a member named in a vote rejection of our
+// term.
+func (r *Raft) noteLeadHint(m Message) {
+	if hint := NodeID(m.RejectHint); m.Reject && m.Term == r.term && hint != None && hint != r.id {
+		r.leadHint = hint
+	}
 }
 
 // campaign starts a pre-election, election, or transfer election.
@@ -161,7 +198,7 @@ func (r *Raft) handleVoteRequest(m Message) {
 		}
 		return
 	}
-	r.send(Message{Type: respType, To: m.From, Reject: true})
+	r.rejectVote(m)
 }
 
 func (r *Raft) handleVoteResponse(m Message) {
@@ -211,9 +248,6 @@ func (r *Raft) handleAppend(m Message) {
 		r.send(Message{Type: MsgAppResp, To: m.From, Index: min(r.log.committed, r.log.persisted())})
 		return
 	}
-	if err := validateEntries(m); err != nil {
-		return // a leader never sends this; drop it rather than corrupt the log
-	}
 	lastNew, appended, ok := r.log.maybeAppend(m.Index, m.LogTerm, m.Entries)
 	if !ok {
 		hint := min(m.Index, r.log.lastIndex())
@@ -222,10 +256,8 @@ func (r *Raft) handleAppend(m Message) {
 			RejectHint: hint, LogTerm: hintTerm})
 		return
 	}
-	if err := r.trackConfigs(appended); err != nil {
-		// The leader replicated a config entry nobody can decode.
-		assert.Fail("%v", err)
-	}
+	err := r.trackConfigs(appended)
+	assert.NoError(err, "config entries checked in Step")
 	r.matched = max(r.matched, lastNew)
 	r.log.commitTo(min(m.Commit, r.matched))
 	if r.log.persisted() >= lastNew {
@@ -234,18 +266,6 @@ func (r *Raft) handleAppend(m Message) {
 		return
 	}
 	r.pendingAck = true
-}
-
-// validateEntries checks a MsgApp's entries are consecutive, follow
-// m.Index, and carry terms no greater than the message's.
-func validateEntries(m Message) error {
-	for i, e := range m.Entries {
-		if e.Index != m.Index+1+uint64(i) || e.Term > m.Term || e.Term == 0 ||
-			e.Type < EntryNormal || e.Type > EntryConfig {
-			return fmt.Errorf("raft: bad entry %d/%d in %v", e.Index, e.Term, m)
-		}
-	}
-	return nil
 }
 
 // findConflictByTerm returns the largest index <= index whose term is <=

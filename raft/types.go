@@ -217,7 +217,8 @@ func (t MessageType) String() string {
 //	                  hint for fast back-off
 //	MsgVote/PreVote:  Index/LogTerm = candidate's last entry; Transfer when
 //	                  the election was asked for by a leadership transfer
-//	MsgVoteResp/...:  Reject
+//	MsgVoteResp/...:  Reject; a rejection's RejectHint is the NodeID of the
+//	                  leader the responder follows in its term (0: none)
 //	MsgHeartbeat:     Commit, Context (ReadIndex round)
 //	MsgHeartbeatResp: Context
 //	MsgSnap:          Snapshot metadata, Offset and Data of one chunk, Done on
