@@ -37,6 +37,8 @@ type hnode struct {
 	held       [][]Entry
 	down       bool
 	lastCommit uint64
+	// storageErrs collects Update.StorageErr.
+	storageErrs []error
 }
 
 func newHarness(seed uint64, opts func(*Config)) *harness {
@@ -129,6 +131,9 @@ func (h *harness) process(n *hnode) bool {
 	}
 	n.reads = append(n.reads, u.ReadStates...)
 	n.notices = append(n.notices, u.Notices...)
+	if u.StorageErr != nil {
+		n.storageErrs = append(n.storageErrs, u.StorageErr)
+	}
 	h.check()
 	return true
 }

@@ -55,13 +55,15 @@ func (r *Raft) bcastAppend() {
 // append, to carry the commit index, when not paused.
 func (r *Raft) sendAppend(to NodeID, sendIfEmpty bool) {
 	pr := r.prs[to]
-	for !pr.isPaused(r.cfg.MaxInflightMsgs) {
+	for r.log.readErr == nil && !pr.isPaused(r.cfg.MaxInflightMsgs) {
 		prevIndex := pr.next - 1
 		assert.That(prevIndex <= r.log.lastIndex(), "next %d for %d beyond last index %d",
 			pr.next, to, r.log.lastIndex())
 		prevTerm, errT := r.log.term(prevIndex)
 		ents, errE := r.log.slice(pr.next, r.log.lastIndex()+1, r.cfg.MaxMsgBytes)
 		switch {
+		case r.log.readErr != nil:
+			return // reported through Update.StorageErr
 		case errors.Is(errT, ErrCompacted) || errors.Is(errE, ErrCompacted):
 			r.startSnapshot(to, pr)
 			return

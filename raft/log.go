@@ -20,6 +20,10 @@ type raftLog struct {
 	committed uint64
 	// applied is the highest index handed out to be applied.
 	applied uint64
+	// readErr is the first error storage returned on a read raft cannot
+	// do without (anything but ErrCompacted below the first index). It is
+	// sticky: see Update.StorageErr.
+	readErr error
 }
 
 // unstable holds entries (and at most one snapshot) not yet reported durable.
@@ -69,9 +73,23 @@ func (l *raftLog) lastIndex() uint64 {
 	return l.storage.LastIndex()
 }
 
+// fail records a storage read failure (the first one is kept).
+func (l *raftLog) fail(err error) {
+	if l.readErr == nil {
+		l.readErr = err
+	}
+}
+
+// lastTerm returns the term of the last entry, or 0 if storage failed to
+// say (recorded in readErr).
 func (l *raftLog) lastTerm() uint64 {
 	t, err := l.term(l.lastIndex())
-	assert.NoError(err, "term of last index")
+	if err != nil {
+		// Storage must answer Term(LastIndex()), even ErrCompacted is
+		// a failure here.
+		l.fail(fmt.Errorf("raft: reading the term of the last entry %d: %w", l.lastIndex(), err))
+		return 0
+	}
 	return t
 }
 
@@ -90,7 +108,13 @@ func (l *raftLog) term(i uint64) (uint64, error) {
 	if l.unstable.snapshot != nil && i < l.unstable.snapshot.Meta.Index {
 		return 0, ErrCompacted
 	}
-	return l.storage.Term(i)
+	// Storage holds every entry below unstable.offset that it did not
+	// compact.
+	t, err := l.storage.Term(i)
+	if err != nil && !errors.Is(err, ErrCompacted) {
+		l.fail(fmt.Errorf("raft: reading the term of entry %d: %w", i, err))
+	}
+	return t, err
 }
 
 // termOr returns the term of i, or 0 if it is not available.
@@ -126,7 +150,7 @@ func (l *raftLog) slice(lo, hi, maxBytes uint64) ([]Entry, error) {
 	var out []Entry
 	if lo < l.unstable.offset {
 		shi := min(hi, l.unstable.offset)
-		ents, err := l.storage.Entries(lo, shi, maxBytes)
+		ents, err := l.readEntries(lo, shi, maxBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -147,6 +171,31 @@ func (l *raftLog) slice(lo, hi, maxBytes uint64) ([]Entry, error) {
 		}
 	}
 	return limitSize(out, maxBytes), nil
+}
+
+// readEntries reads entries [lo, hi) from storage, recording a failure:
+// anything but ErrCompacted, or an answer that breaks the Storage contract.
+func (l *raftLog) readEntries(lo, hi, maxBytes uint64) ([]Entry, error) {
+	ents, err := l.storage.Entries(lo, hi, maxBytes)
+	switch {
+	case errors.Is(err, ErrCompacted):
+		return nil, err
+	case err == nil && (len(ents) == 0 || ents[0].Index != lo):
+		err = fmt.Errorf("got %d entries starting at %d", len(ents), firstIndexOf(ents))
+	}
+	if err != nil {
+		err = fmt.Errorf("raft: reading entries [%d,%d): %w", lo, hi, err)
+		l.fail(err)
+		return nil, err
+	}
+	return ents, nil
+}
+
+func firstIndexOf(ents []Entry) uint64 {
+	if len(ents) == 0 {
+		return 0
+	}
+	return ents[0].Index
 }
 
 // findConflict returns the index of the first entry of ents whose term
@@ -284,16 +333,16 @@ func (l *raftLog) commitTo(i uint64) {
 // nextApply returns committed, locally durable entries not yet handed out.
 func (l *raftLog) nextApply(maxBytes uint64) []Entry {
 	hi := min(l.committed, l.persisted())
-	if hi <= l.applied {
+	if hi <= l.applied || l.readErr != nil {
 		return nil
 	}
 	ents, err := l.slice(l.applied+1, hi+1, maxBytes)
-	if errors.Is(err, ErrCompacted) {
-		// Compacted under us: the caller's state machine already holds
-		// everything up to the snapshot.
+	if err != nil {
+		// ErrCompacted: compacted under us, the caller's state machine
+		// already holds everything up to the snapshot. Anything else is
+		// in readErr.
 		return nil
 	}
-	assert.NoError(err, "reading committed entries")
 	if len(ents) > 0 {
 		l.applied = ents[len(ents)-1].Index
 	}

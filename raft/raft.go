@@ -188,6 +188,9 @@ type Raft struct {
 	// leadership: no follower can acknowledge more.
 	snapRead snapshotRead
 
+	// storageErrReported is set once Update returned log.readErr.
+	storageErrReported bool
+
 	msgs       []Message
 	prevHard   HardState
 	readStates []ReadState
@@ -442,6 +445,7 @@ func (r *Raft) Tick() {
 			r.campaign(campaignPreVote)
 		}
 	}
+	r.stopOnStorageErr()
 }
 
 func (r *Raft) tickLeader() {
@@ -521,25 +525,43 @@ func (r *Raft) StepDown() {
 	}
 }
 
+// stopOnStorageErr steps down a leader (or candidate) whose storage failed
+// a read: it could no longer replicate, and must not block the cluster.
+// Other inputs check log.readErr where it matters: no appends or snapshots
+// are sent, no campaign starts, no vote is granted, no peer message is
+// taken (the node behaves as crashed until restarted).
+func (r *Raft) stopOnStorageErr() {
+	if r.log.readErr != nil && r.state != StateFollower {
+		r.becomeFollower(r.term, None)
+	}
+}
+
 // HasUpdate reports whether Update would return something.
 func (r *Raft) HasUpdate() bool {
 	if r.needBcast && r.state == StateLeader {
 		return true
 	}
+	if r.log.readErr != nil {
+		// Nothing more can be applied: only the error is news.
+		return !r.storageErrReported || r.hasOutput()
+	}
+	return r.hasOutput() || min(r.log.committed, r.log.persisted()) > r.log.applied
+}
+
+// hasOutput reports whether Update has anything but committed entries.
+func (r *Raft) hasOutput() bool {
 	u := &r.log.unstable
 	if (HardState{Term: r.term, Vote: r.vote}) != r.prevHard || len(r.msgs) > 0 || len(r.readStates) > 0 ||
 		len(r.notices) > 0 || (u.snapshot != nil && !u.snapshotHandedOut) {
 		return true
 	}
-	if len(u.entries) > 0 && u.handedOut < u.offset+uint64(len(u.entries))-1 {
-		return true
-	}
-	return min(r.log.committed, r.log.persisted()) > r.log.applied
+	return len(u.entries) > 0 && u.handedOut < u.offset+uint64(len(u.entries))-1
 }
 
 // Update returns the effects accumulated since the last call. See Update
 // for the rules the caller must follow.
 func (r *Raft) Update() Update {
+	r.stopOnStorageErr()
 	if r.needBcast && r.state == StateLeader {
 		r.bcastAppend()
 	}
@@ -553,6 +575,10 @@ func (r *Raft) Update() Update {
 	u.Entries = r.log.takeUnstable()
 	u.Messages, r.msgs = r.msgs, nil
 	u.CommittedEntries = r.log.nextApply(r.cfg.MaxApplyBytes)
+	r.stopOnStorageErr()
+	if r.log.readErr != nil && !r.storageErrReported {
+		u.StorageErr, r.storageErrReported = r.log.readErr, true
+	}
 	u.ReadStates, r.readStates = r.readStates, nil
 	u.Notices, r.notices = r.notices, nil
 	r.trimConfigs()
@@ -584,6 +610,7 @@ func (r *Raft) Persisted(index, term uint64) {
 	case StateFollower:
 		r.maybeAck()
 	}
+	r.stopOnStorageErr()
 }
 
 // maybeAck acknowledges to the leader what is both verified to match its

@@ -2,8 +2,7 @@ package raft
 
 import (
 	"errors"
-
-	"github.com/dqlite-go/dqlite/internal/assert"
+	"fmt"
 )
 
 // startSnapshot switches a replica that needs compacted entries to receiving
@@ -11,28 +10,46 @@ import (
 // in flight at a time.
 func (r *Raft) startSnapshot(to NodeID, pr *progress) {
 	meta := r.cfg.Storage.Snapshot()
-	assert.That(meta.Index > 0, "log compacted below %d but storage has no snapshot", pr.next)
+	if meta.Index == 0 {
+		r.log.fail(fmt.Errorf("raft: storage compacted the log below %d but has no snapshot", pr.next))
+		return
+	}
 	pr.becomeSnapshot(meta)
 	r.sendSnapshotChunk(to, pr)
 }
 
 func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
-	if pr.snapDone {
+	if pr.snapDone || r.log.readErr != nil {
 		return
 	}
 	data, last, err := r.cfg.Storage.SnapshotChunk(pr.snap.Index, pr.snapOffset, r.cfg.MaxSnapshotChunkBytes)
-	if errors.Is(err, ErrSnapshotChanged) {
-		// A newer snapshot replaced it: start over with that one.
-		r.startSnapshot(to, pr)
+	switch {
+	case errors.Is(err, ErrSnapshotChanged):
+		r.restartSnapshot(to, pr)
+		return
+	case err == nil && len(data) == 0 && !last:
+		err = errors.New("empty chunk before the end")
+	}
+	if err != nil {
+		r.log.fail(fmt.Errorf("raft: reading snapshot %d at offset %d: %w", pr.snap.Index, pr.snapOffset, err))
 		return
 	}
-	assert.NoError(err, "reading snapshot chunk")
 	r.noteSnapshotRead(pr.snap.Index, pr.snapOffset+uint64(len(data)))
 	meta := pr.snap
 	r.send(Message{Type: MsgSnap, To: to, Snapshot: &meta, Offset: pr.snapOffset, Data: data, Done: last})
 	pr.snapOffset += uint64(len(data))
 	pr.snapDone = last
 	pr.snapIdle = 0
+}
+
+// restartSnapshot starts over with the newest snapshot after the one being
+// sent was replaced.
+func (r *Raft) restartSnapshot(to NodeID, pr *progress) {
+	if r.cfg.Storage.Snapshot().Index == pr.snap.Index {
+		r.log.fail(fmt.Errorf("raft: storage reports its newest snapshot %d replaced", pr.snap.Index))
+		return
+	}
+	r.startSnapshot(to, pr)
 }
 
 func (r *Raft) noteSnapshotRead(index, end uint64) {

@@ -18,12 +18,17 @@ const (
 // delayed or reordered, from a removed server) are dropped or handled
 // silently.
 func (r *Raft) Step(m Message) error {
-	return r.step(m)
+	err := r.step(m)
+	r.stopOnStorageErr()
+	return err
 }
 
 func (r *Raft) step(m Message) error {
 	if err := checkFields(m, r.id); err != nil {
 		return err
+	}
+	if r.log.readErr != nil {
+		return nil // storage failed: take nothing more (see stopOnStorageErr)
 	}
 	if ok, err := r.checkSender(m); !ok {
 		return err
@@ -123,7 +128,8 @@ func (r *Raft) noteLeadHint(m Message) {
 
 // campaign starts a pre-election, election, or transfer election.
 func (r *Raft) campaign(kind campaignKind) {
-	if !r.isVoter() {
+	if !r.isVoter() || r.log.readErr != nil {
+		// A node that cannot read its log must not lead.
 		return
 	}
 	var typ MessageType
@@ -188,7 +194,9 @@ func (r *Raft) handleVoteRequest(m Message) {
 		(r.vote == None && r.lead == None) ||
 		(pre && m.Term > r.term) ||
 		r.cfg.TestingBugs.DoubleVote
-	if canVote && r.log.isUpToDate(m.Index, m.LogTerm) {
+	// Without a readable log we cannot tell whether the candidate's is
+	// up to date.
+	if canVote && r.log.isUpToDate(m.Index, m.LogTerm) && r.log.readErr == nil {
 		// A pre-vote grant echoes the requested term so the candidate can
 		// match it; a vote grant is in our (now equal) term.
 		r.send(Message{Type: respType, To: m.From, Term: m.Term})

@@ -339,6 +339,7 @@ type Notice struct {
 //     all durable locally (raft never hands out an entry to apply before the
 //     caller reported it persisted).
 //  5. ReadStates are answered once the applied index reaches their Index.
+//  6. StorageErr, when set, is fatal for this node: see the field.
 //
 // Slices in an Update are owned by the caller once returned; raft keeps its
 // own references to entries but never modifies them.
@@ -350,12 +351,24 @@ type Update struct {
 	CommittedEntries []Entry
 	ReadStates       []ReadState
 	Notices          []Notice
+	// StorageErr is the first error Storage returned on a read raft cannot
+	// do without: Term, Entries or SnapshotChunk failing with anything but
+	// ErrCompacted (below the first index) or ErrSnapshotChanged, or
+	// answering against the Storage contract. It comes in exactly one
+	// Update; the failure is sticky. By then raft has stepped down if it
+	// led, and from then on sends no appends or snapshots, starts no
+	// election, grants no vote and hands out no committed entries, so the
+	// node cannot harm the cluster, but cannot make progress either. The
+	// caller must treat it as a storage failure: stop the node (after
+	// honouring the rest of this Update, HardState before Messages as
+	// always) and restart it from durable state once storage is repaired.
+	StorageErr error
 }
 
 // IsEmpty reports whether the Update carries nothing.
 func (u *Update) IsEmpty() bool {
 	return u.HardState == nil && u.Snapshot == nil && len(u.Entries) == 0 && len(u.Messages) == 0 &&
-		len(u.CommittedEntries) == 0 && len(u.ReadStates) == 0 && len(u.Notices) == 0
+		len(u.CommittedEntries) == 0 && len(u.ReadStates) == 0 && len(u.Notices) == 0 && u.StorageErr == nil
 }
 
 // Errors returned by the request methods.
