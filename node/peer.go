@@ -22,6 +22,7 @@ import (
 
 const (
 	peerWriteTimeout = 5 * time.Second
+	redialBackoffMin = 10 * time.Millisecond
 	redialBackoffMax = time.Second
 )
 
@@ -59,21 +60,31 @@ func (n *Node) send(m raft.Message) {
 }
 
 // runPeer dials the peer and streams its queue, redialing with capped
-// backoff until the node closes.
+// backoff until the node closes. The backoff restarts only after a link
+// that authenticated: a port that accepts and then refuses (a partition, a
+// node that now has another id) is not redialed in a tight loop.
 func (n *Node) runPeer(p *peer) {
 	defer n.wg.Done()
-	backoff := 10 * time.Millisecond
+	backoff := redialBackoffMin
+	warned := false // an authentication failure was logged since the last good link
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 		conn, err := wire.Dial(ctx, p.addr, n.cfg.TLS)
 		cancel()
+		authenticated := false
 		if err == nil {
-			backoff = 10 * time.Millisecond
-			err = n.stream(p, conn.NetConn())
+			authenticated, err = n.stream(p, conn.NetConn())
 			conn.Close()
 		}
 		if n.stopped() {
 			return
+		}
+		switch {
+		case authenticated:
+			backoff, warned = redialBackoffMin, false
+		case errors.Is(err, wire.ErrPeerAuth) && !warned:
+			warned = true
+			n.log.Warn("peer link not authenticated", "peer", p.id, "address", p.addr, "err", err)
 		}
 		n.log.Debug("peer link down", "peer", p.id, "err", err)
 		select {
@@ -85,27 +96,50 @@ func (n *Node) runPeer(p *peer) {
 	}
 }
 
-func (n *Node) stream(p *peer, conn net.Conn) error {
+// errPeerClosed: the other side closed a peer link.
+var errPeerClosed = errors.New("node: the peer closed the link")
+
+// stream runs one outbound peer link: CONNECT, authentication, then the
+// peer's queue. It reports whether the link authenticated. The acceptor
+// never writes after the exchange, so a read that returns means the link
+// ended: a watcher notices at once instead of writing into a dead socket.
+func (n *Node) stream(p *peer, conn net.Conn) (bool, error) {
 	connect, err := wire.EncodeRequest(&wire.Request{Type: wire.ReqConnect, ID: uint64(n.cfg.ID), Address: n.cfg.Address})
 	if err != nil {
-		return err
+		return false, err
 	}
 	conn.SetDeadline(time.Now().Add(peerAuthTimeout))
 	if _, err := conn.Write(connect); err != nil {
-		return err
+		return false, err
 	}
-	if err := wire.DialPeer(conn, bufio.NewReaderSize(conn, 64), n.cfg.ClusterKey, uint64(n.cfg.ID), uint64(p.id)); err != nil {
-		if errors.Is(err, wire.ErrPeerAuth) {
-			n.log.Warn("peer link not authenticated", "peer", p.id, "address", p.addr, "err", err)
-		}
-		return err
+	br := bufio.NewReaderSize(conn, 64)
+	if err := wire.DialPeer(conn, br, n.cfg.ClusterKey, uint64(n.cfg.ID), uint64(p.id)); err != nil {
+		return false, err
 	}
 	conn.SetDeadline(time.Time{})
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		var b [1]byte
+		br.Read(b[:])
+	}()
+	defer func() {
+		conn.Close()
+		<-closed
+	}()
+	return true, n.streamQueue(p, conn, closed)
+}
+
+// streamQueue writes the peer's queued messages until the link or the node
+// ends.
+func (n *Node) streamQueue(p *peer, conn net.Conn, closed <-chan struct{}) error {
 	var buf []byte
 	for {
 		select {
 		case <-n.stop:
 			return nil
+		case <-closed:
+			return errPeerClosed
 		case m := <-p.queue:
 			// Batch what is already queued into one write.
 			buf = wire.AppendPeerMessage(buf[:0], &m)

@@ -103,7 +103,7 @@ func AcceptPeer(w io.Writer, r *bufio.Reader, key []byte, dialerID, selfID uint6
 func DialPeer(w io.Writer, r *bufio.Reader, key []byte, selfID, acceptorID uint64) error {
 	ch := make([]byte, peerAuthChallengeBytes)
 	if _, err := io.ReadFull(r, ch); err != nil {
-		return fmt.Errorf("%w: reading the challenge: %v", ErrPeerAuth, err)
+		return fmt.Errorf("wire: peer link: reading the challenge: %w", err)
 	}
 	if string(ch[:4]) != peerAuthMagic || ch[4] != peerAuthVersion || ch[5]&^peerAuthKeyFlag != 0 {
 		return fmt.Errorf("%w: not a peer challenge (version %d, flags %#x)", ErrPeerAuth, ch[4], ch[5])
