@@ -771,6 +771,11 @@ func (l *Loop) flush() Output {
 }
 
 func (l *Loop) handleUpdate(u raft.Update) {
+	if u.StorageErr != nil {
+		// A read of the log or snapshot failed: stop as after a failed
+		// append (what the disk holds is the truth after a restart).
+		l.fail(fmt.Errorf("loop: reading the log: %w", u.StorageErr))
+	}
 	if u.HardState != nil {
 		if err := l.storage.SetHardState(*u.HardState); err != nil {
 			l.fail(fmt.Errorf("loop: persisting term and vote: %w", err))

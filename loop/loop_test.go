@@ -18,6 +18,21 @@ type memStorage struct {
 	mu sync.Mutex
 	*raft.MemoryStorage
 	failWrites error
+	failReads  error // Term and Entries fail with it
+}
+
+func (s *memStorage) Term(i uint64) (uint64, error) {
+	if s.failReads != nil {
+		return 0, s.failReads
+	}
+	return s.MemoryStorage.Term(i)
+}
+
+func (s *memStorage) Entries(lo, hi, maxBytes uint64) ([]raft.Entry, error) {
+	if s.failReads != nil {
+		return nil, s.failReads
+	}
+	return s.MemoryStorage.Entries(lo, hi, maxBytes)
 }
 
 func (s *memStorage) SetHardState(hs raft.HardState) error {
@@ -472,5 +487,42 @@ func TestWriteJobBytesBounded(t *testing.T) {
 	}
 	if jobs < 4 || c.stores[lead].LastIndex() != written[len(written)-1] {
 		t.Fatalf("%d jobs, written %v, last index %d", jobs, written, c.stores[lead].LastIndex())
+	}
+}
+
+// TestReadFailureStops checks a failed log read is a storage failure, not a
+// panic: the leader whose reads fail stops (Err says why) and steps down,
+// and the others elect a new leader that commits.
+func TestReadFailureStops(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	var lagging raft.NodeID
+	for _, id := range c.ids() {
+		if id != lead {
+			lagging = id
+		}
+	}
+	c.crash(lagging) // it will need entries read back from the log
+	for i := 1; i <= 3; i++ {
+		c.take(lead, c.loops[lead].Propose(uint64(i), []byte(fmt.Sprintf("k%d=v", i))))
+	}
+	c.run()
+	c.stores[lead].failReads = errors.New("EIO on read")
+	c.down[lagging] = false
+	for i := 0; i < 30 && c.loops[lead].Err() == nil; i++ {
+		c.tick(1)
+	}
+	if err := c.loops[lead].Err(); err == nil || !strings.Contains(err.Error(), "EIO on read") {
+		t.Fatalf("leader with failing reads: err %v", err)
+	}
+	if c.loops[lead].Raft().Basic().State == raft.StateLeader {
+		t.Fatal("still leading after a read failure")
+	}
+	c.crash(lead)
+	next := c.elect()
+	c.take(next, c.loops[next].Propose(10, []byte("after=1")))
+	c.run()
+	if r := c.replies[10]; r.Err != nil {
+		t.Fatalf("write on the new leader: %v", r.Err)
 	}
 }
