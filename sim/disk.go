@@ -22,7 +22,7 @@ var ErrCrashed = errors.New("sim: disk crashed")
 //   - the directory reverts to the entries it had at the last SyncDir
 //     (creations, renames and removals not followed by one are undone).
 //
-// Faults can be injected: EIO on any mutating operation, ENOSPC past a
+// Faults can be injected: EIO on any mutating operation or on a read, ENOSPC past a
 // capacity, a crash at operation N (every operation from then on fails with
 // ErrCrashed until Crash is called), and bit flips. It is single-threaded.
 type Disk struct {
@@ -39,6 +39,10 @@ type Disk struct {
 	EIORate float64
 	// Capacity bounds the total bytes of all files (0: unlimited).
 	Capacity int64
+	// reads counts reads; readFailAt fails that one with EIO (0: never).
+	reads, readFailAt int
+	// ReadEIOs counts reads failed.
+	ReadEIOs int
 
 	// Counts of faults injected.
 	Crashes, TornWrites, LostFiles, EIOs, NoSpace, BitFlips int
@@ -74,7 +78,14 @@ func (d *Disk) FailAt(n int, err error) {
 // capacity limit.
 func (d *Disk) ClearFaults() {
 	d.crashAt, d.failAt, d.Capacity, d.EIORate = 0, 0, 0, 0
+	d.readFailAt = 0
 }
+
+// FailReadAt makes read n (counting reads from now) fail with EIO.
+func (d *Disk) FailReadAt(n int) { d.readFailAt = d.reads + n }
+
+// ClearReadFault cancels a pending read failure.
+func (d *Disk) ClearReadFault() { d.readFailAt = 0 }
 
 // Ops returns the number of mutating operations so far.
 func (d *Disk) Ops() int { return d.ops }
@@ -262,6 +273,12 @@ func (f *diskFile) live() error {
 func (f *diskFile) ReadAt(p []byte, off int64) (int, error) {
 	if err := f.live(); err != nil {
 		return 0, err
+	}
+	f.d.reads++
+	if f.d.readFailAt > 0 && f.d.reads == f.d.readFailAt {
+		f.d.readFailAt = 0
+		f.d.ReadEIOs++
+		return 0, syscall.EIO
 	}
 	if off >= int64(len(f.ino.data)) {
 		return 0, io.EOF

@@ -26,6 +26,7 @@ var faultKinds = []struct {
 	{"transfer", 2, (*Sim).faultTransfer},
 	{"crash-mid-write", 2, (*Sim).faultCrashMidWrite},
 	{"eio", 1, (*Sim).faultEIO},
+	{"eio-read", 1, (*Sim).faultReadEIO},
 	{"enospc", 1, (*Sim).faultNoSpace},
 }
 
@@ -155,6 +156,20 @@ func (s *Sim) faultEIO() {
 	}
 	n.fs.FailAt(1+s.rng.IntN(4), nil)
 	s.count("eio")
+}
+
+// faultReadEIO fails one of a running node's next reads of its disk (an
+// entry no longer cached, a snapshot chunk) with EIO: raft reports it as a
+// storage failure, the node stops and restarts from its disk. A read fault
+// not hit before the node restarts is cancelled (recovery reads are not
+// what it tests).
+func (s *Sim) faultReadEIO() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	n.fs.FailReadAt(1 + s.rng.IntN(20))
+	s.count("eio-read")
 }
 
 // faultNoSpace fills a node's disk for a while, then frees space.

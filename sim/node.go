@@ -34,6 +34,11 @@ type node struct {
 	// flipped is a bit flipped in a closed segment while the node was
 	// down: its next start must report corruption.
 	flipped *bitFlip
+	// appended is the write job the disk performed and whose completion
+	// the loop has not heard yet (with its error): as in production, the
+	// loop's reads see the appended entries before WriteDone.
+	appended    *loop.WriteJob
+	appendedErr error
 }
 
 type bitFlip struct {
@@ -68,6 +73,7 @@ func (s *Sim) addNode(id raft.NodeID) *node {
 func (s *Sim) startNode(n *node) {
 	n.inc++
 	n.kv = newKV()
+	n.fs.ClearReadFault()
 	w, rep, err := wal.Open(n.fs, walOptions())
 	if f := n.flipped; f != nil {
 		n.flipped = nil
@@ -158,6 +164,9 @@ func (s *Sim) take(n *node, out loop.Output) {
 			d += 50 * time.Millisecond // a slow disk
 			s.count("slow-disk")
 		}
+		// The append itself happens part way (the disk goroutine runs
+		// beside the loop), its completion reaches the loop at d.
+		s.after(time.Duration(s.rng.Int64N(int64(d)+1)), &event{kind: evAppend, node: n.id, inc: n.inc, job: out.Write})
 		s.after(d, &event{kind: evWriteDone, node: n.id, inc: n.inc, job: out.Write})
 	}
 	for _, r := range out.Replies {

@@ -97,6 +97,7 @@ type eventKind uint8
 const (
 	evTick eventKind = iota + 1
 	evDeliver
+	evAppend
 	evWriteDone
 	evClient
 	evFault
@@ -257,6 +258,7 @@ func (s *Sim) result() Result {
 		s.faults["disk-torn-write"] += n.fs.TornWrites
 		s.faults["disk-lost-unsynced-file"] += n.fs.LostFiles
 		s.faults["disk-eio"] += n.fs.EIOs
+		s.faults["disk-read-eio"] += n.fs.ReadEIOs
 		s.faults["disk-enospc"] += n.fs.NoSpace
 	}
 	res := Result{Seed: s.opts.Seed, Violations: s.violations, Faults: s.faults, Simulated: s.now,
@@ -339,13 +341,21 @@ func (s *Sim) handle(e *event) {
 		s.take(n, n.loop.Tick())
 	case evDeliver:
 		s.deliver(e.msg)
+	case evAppend:
+		n := s.nodes[e.node]
+		if n == nil || !n.up || n.inc != e.inc {
+			return // the write was lost with the crash
+		}
+		n.appended, n.appendedErr = e.job, n.disk.Append(e.job.Entries)
+		s.tracef("disk %d wrote %d..%d", n.id, e.job.Entries[0].Index, e.job.Entries[len(e.job.Entries)-1].Index)
 	case evWriteDone:
 		n := s.nodes[e.node]
 		if n == nil || !n.up || n.inc != e.inc {
 			return // the write was lost with the crash
 		}
-		err := n.disk.Append(e.job.Entries)
-		s.tracef("disk %d wrote %d..%d", n.id, e.job.Entries[0].Index, e.job.Entries[len(e.job.Entries)-1].Index)
+		assert.That(n.appended == e.job, "node %d: write done before its append", n.id)
+		err := n.appendedErr
+		n.appended, n.appendedErr = nil, nil
 		s.take(n, n.loop.WriteDone(e.job, err))
 	case evClient, evFault:
 		e.fn()
