@@ -67,5 +67,6 @@
 // failures, malformed messages) are returned.
 //
 // The known simplification: a follower assembles an incoming snapshot in
-// memory before installing it, so snapshot size is bounded by memory.
+// memory before installing it; Config.MaxSnapshotBytes bounds it (a chunk
+// past it is an invalid message), so snapshot size is bounded by memory.
 package raft

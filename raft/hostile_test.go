@@ -231,6 +231,12 @@ func followerCases() []hostileCase {
 			msg: with(func(h *harness, m *Message) { m.Type, m.Index, m.LogTerm, m.Commit = MsgHeartbeat, 0, 0, 1<<40 })},
 		{name: "heartbeat from a second leader of the term", to: 2, invalid: true,
 			msg: with(func(h *harness, m *Message) { m.Type, m.From, m.Index, m.LogTerm = MsgHeartbeat, 3, 0, 0 })},
+		{name: "snapshot chunk beyond MaxSnapshotBytes", to: 2, invalid: true,
+			msg: func(h *harness) Message {
+				m := snap(func(*SnapshotMeta) {})(h)
+				m.Offset, m.Done = DefaultMaxSnapshotBytes, false
+				return m
+			}},
 		{name: "snapshot config index beyond its index", to: 2, invalid: true,
 			msg: snap(func(s *SnapshotMeta) { s.ConfigIndex = s.Index + 1 })},
 		{name: "snapshot with an empty config", to: 2, invalid: true,

@@ -16,6 +16,9 @@ const (
 	DefaultMaxMsgBytes           = 1 << 20
 	DefaultMaxInflightMsgs       = 64
 	DefaultMaxSnapshotChunkBytes = 256 << 10
+	// DefaultMaxSnapshotBytes: the state machine restores an image whose
+	// size SQLite's C API takes as an int.
+	DefaultMaxSnapshotBytes = 1<<31 - 1
 	DefaultMaxUncommittedBytes   = 64 << 20
 	DefaultMaxApplyBytes         = 16 << 20
 	DefaultCatchUpRounds         = 10
@@ -44,8 +47,13 @@ type Config struct {
 	// MaxInflightMsgs bounds the appends sent to one follower and not yet
 	// acknowledged (pipelining window).
 	MaxInflightMsgs int
-	// MaxSnapshotChunkBytes bounds the data in one snapshot message.
+	// MaxSnapshotChunkBytes bounds the data in one snapshot message (at
+	// most MaxEntryBytes).
 	MaxSnapshotChunkBytes int
+	// MaxSnapshotBytes bounds a snapshot this node receives, which it
+	// assembles in memory: a chunk past it is refused as an invalid
+	// message (default DefaultMaxSnapshotBytes).
+	MaxSnapshotBytes uint64
 	// MaxUncommittedBytes bounds the proposed-but-uncommitted bytes on a
 	// leader; proposals past it fail with ErrTooManyPending.
 	MaxUncommittedBytes uint64
@@ -85,6 +93,11 @@ func (c *Config) setDefaults() error {
 	setDefault(&c.MaxMsgBytes, DefaultMaxMsgBytes)
 	setDefault(&c.MaxInflightMsgs, DefaultMaxInflightMsgs)
 	setDefault(&c.MaxSnapshotChunkBytes, DefaultMaxSnapshotChunkBytes)
+	setDefault(&c.MaxSnapshotBytes, DefaultMaxSnapshotBytes)
+	if c.MaxMsgBytes > MaxMessageBytes || c.MaxSnapshotChunkBytes > MaxEntryBytes {
+		return fmt.Errorf("raft: config: MaxMsgBytes %d (limit %d) or MaxSnapshotChunkBytes %d (limit %d) too large",
+			c.MaxMsgBytes, MaxMessageBytes, c.MaxSnapshotChunkBytes, MaxEntryBytes)
+	}
 	setDefault(&c.MaxUncommittedBytes, DefaultMaxUncommittedBytes)
 	setDefault(&c.MaxApplyBytes, DefaultMaxApplyBytes)
 	setDefault(&c.CatchUpRounds, DefaultCatchUpRounds)

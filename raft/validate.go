@@ -199,6 +199,9 @@ func (r *Raft) checkFromLeader(m Message) error {
 			}
 		}
 	case MsgSnap:
+		if end := m.Offset + uint64(len(m.Data)); end > r.cfg.MaxSnapshotBytes {
+			return invalid(m, "snapshot of at least %d bytes, beyond MaxSnapshotBytes %d", end, r.cfg.MaxSnapshotBytes)
+		}
 		return r.checkSettled(m, m.Snapshot.Index, m.Snapshot.Term)
 	}
 	return nil
