@@ -18,11 +18,11 @@ const (
 	DefaultMaxSnapshotChunkBytes = 256 << 10
 	// DefaultMaxSnapshotBytes: the state machine restores an image whose
 	// size SQLite's C API takes as an int.
-	DefaultMaxSnapshotBytes = 1<<31 - 1
-	DefaultMaxUncommittedBytes   = 64 << 20
-	DefaultMaxApplyBytes         = 16 << 20
-	DefaultCatchUpRounds         = 10
-	DefaultMaxPendingReads       = 4096
+	DefaultMaxSnapshotBytes    = 1<<31 - 1
+	DefaultMaxUncommittedBytes = 64 << 20
+	DefaultMaxApplyBytes       = 16 << 20
+	DefaultCatchUpRounds       = 10
+	DefaultMaxPendingReads     = 4096
 )
 
 // Config configures a Raft. Zero values take the defaults above.
