@@ -116,6 +116,10 @@ const (
 type Server struct {
 	Backend Backend
 	Log     *slog.Logger
+	// MaxConnections bounds this server's concurrent connections; 0 means
+	// the package's MaxConnections. Set it before the first Go (tests set
+	// a small one).
+	MaxConnections int
 
 	mu       sync.Mutex
 	sessions uint64 // last session id given
@@ -138,12 +142,16 @@ func NewServer(b Backend, log *slog.Logger) *Server {
 // Go serves conn on a new goroutine owned by the server (Close waits for
 // it). A connection past MaxConnections is closed at once.
 func (s *Server) Go(conn net.Conn) {
+	limit := s.MaxConnections
+	if limit <= 0 {
+		limit = MaxConnections
+	}
 	s.mu.Lock()
-	if s.closed || len(s.conns) >= MaxConnections {
+	if s.closed || len(s.conns) >= limit {
 		full := !s.closed
 		s.mu.Unlock()
 		if full {
-			s.Log.Warn("connection refused: too many connections", "remote", conn.RemoteAddr(), "limit", MaxConnections)
+			s.Log.Warn("connection refused: too many connections", "remote", conn.RemoteAddr(), "limit", limit)
 		}
 		conn.Close()
 		return

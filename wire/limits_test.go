@@ -1,0 +1,79 @@
+package wire
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestMaxConnections checks Server.MaxConnections: with 3 connections open
+// the 4th is closed by the server at once (its read ends, not times out),
+// the 3 keep being served, and closing one frees a slot for a new one.
+func TestMaxConnections(t *testing.T) {
+	const limit = 3
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(&fakeBackend{rows: 10}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv.MaxConnections = limit
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			srv.Go(c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done; srv.Close() })
+	addr := ln.Addr().String()
+	ctx := ctx5(t)
+
+	var open []*Conn
+	for i := 0; i < limit; i++ {
+		c := dial(t, addr)
+		if _, _, err := c.Leader(ctx); err != nil {
+			t.Fatalf("connection %d of %d: %v", i+1, limit, err)
+		}
+		open = append(open, c)
+	}
+	// One past the limit: closed without a word.
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ne net.Error
+	if _, err := extra.Read(make([]byte, 1)); err == nil || (errors.As(err, &ne) && ne.Timeout()) {
+		t.Fatalf("connection %d: read %v, want it closed by the server", limit+1, err)
+	}
+	for i, c := range open {
+		if _, _, err := c.Leader(ctx); err != nil {
+			t.Fatalf("connection %d after the refusal: %v", i+1, err)
+		}
+	}
+	// Closing one frees its slot (once the server sees it end).
+	open[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := Dial(ctx, addr, nil)
+		if err == nil {
+			_, _, err = c.Leader(ctx)
+			c.Close()
+			if err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot freed after closing a connection: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
