@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -75,5 +76,45 @@ func TestMaxConnections(t *testing.T) {
 			t.Fatalf("no slot freed after closing a connection: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestMaxPreparedStatements checks MaxStatements per connection: MaxStatements
+// PREPAREs succeed, the next fails with a clear FAILURE (and the connection
+// stays usable), and a FINALIZE frees a slot.
+func TestMaxPreparedStatements(t *testing.T) {
+	addr := startServer(t, &fakeBackend{rows: 10})
+	ctx := ctx5(t)
+	c := dial(t, addr)
+	db, err := c.Open(ctx, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepare := func() (*Response, error) {
+		return c.Call(ctx, &Request{Type: ReqPrepare, DB: db, SQL: "SELECT 1"}, RespStmt)
+	}
+	var first uint32
+	for i := 0; i < MaxStatements; i++ {
+		r, err := prepare()
+		if err != nil {
+			t.Fatalf("statement %d of %d: %v", i+1, MaxStatements, err)
+		}
+		if i == 0 {
+			first = r.Stmt
+		}
+	}
+	_, err = prepare()
+	var we *Error
+	if !errors.As(err, &we) || !strings.Contains(we.Message, "too many prepared statements") {
+		t.Fatalf("statement %d: %v, want the limit's FAILURE", MaxStatements+1, err)
+	}
+	if _, err := c.Call(ctx, &Request{Type: ReqFinalize, DB: db, Stmt: first}, RespEmpty); err != nil {
+		t.Fatalf("finalize: %v", err)
+	}
+	if _, err := prepare(); err != nil {
+		t.Fatalf("after a finalize: %v", err)
+	}
+	if _, err := prepare(); err == nil {
+		t.Fatal("the freed slot was counted twice")
 	}
 }
