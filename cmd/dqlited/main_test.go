@@ -133,23 +133,7 @@ func startCluster(t *testing.T) []*proc {
 		}
 		procs = append(procs, startProc(t, addrs[i], addrs[3+i], filepath.Join(base, fmt.Sprint("n", i+1)), extra...))
 	}
-	eventually(t, 30*time.Second, "three voters", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		c, err := wire.FindLeader(ctx, addrs[:3], nil)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		servers, err := c.Cluster(ctx, 1)
-		voters := 0
-		for _, s := range servers {
-			if s.Role == wire.RoleVoter {
-				voters++
-			}
-		}
-		return err == nil && voters == 3
-	})
+	waitVoters(t, procs, nil)
 	return procs
 }
 
