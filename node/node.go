@@ -682,9 +682,11 @@ func (n *Node) execIn(ctx context.Context, session uint64, item *fsm.BatchItem) 
 const (
 	queryBatchRows = 256
 	queryBatchTime = 2 * time.Millisecond
-	// maxQueryRows bounds a result held in memory.
-	maxQueryRows = 1 << 20
 )
+
+// maxQueryRows bounds a result held in memory. A variable only so tests can
+// lower it; nothing else changes it.
+var maxQueryRows = 1 << 20
 
 // ErrTooManyRows is returned when a query's result exceeds maxQueryRows.
 var ErrTooManyRows = errors.New("node: query result too large")

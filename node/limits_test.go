@@ -1,0 +1,93 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// TestQueryRowsLimit checks maxQueryRows (lowered to 10): a query returning
+// exactly the limit succeeds, one row more fails with ErrTooManyRows, and
+// the node goes on serving (the cursor was closed).
+func TestQueryRowsLimit(t *testing.T) {
+	old := maxQueryRows
+	t.Cleanup(func() { maxQueryRows = old }) // registered first: runs after the node closes
+	maxQueryRows = 10
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l := leaderOf(t, ctx, nodes)
+	rowsOf := func(n int) string {
+		return fmt.Sprintf("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < %d) SELECT x FROM c", n)
+	}
+	if rows, err := l.Query(ctx, rowsOf(maxQueryRows)); err != nil || len(rows) != maxQueryRows {
+		t.Fatalf("%d rows (the limit): %d rows, %v", maxQueryRows, len(rows), err)
+	}
+	if _, err := l.Query(ctx, rowsOf(maxQueryRows+1)); !errors.Is(err, ErrTooManyRows) {
+		t.Fatalf("%d rows (limit %d): %v, want ErrTooManyRows", maxQueryRows+1, maxQueryRows, err)
+	}
+	if _, err := l.Exec(ctx, "CREATE TABLE t (x)"); err != nil {
+		t.Fatalf("a write after the refused query: %v", err)
+	}
+	if rows, err := l.Query(ctx, "SELECT count(*) FROM t"); err != nil || len(rows) != 1 {
+		t.Fatalf("a query after the refused query: %v %v", rows, err)
+	}
+}
+
+// countingHandler counts the log records with one message, at any level.
+type countingHandler struct {
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestPeerQueueLimit checks peerQueueMax: sending, from the loop, 100
+// messages more than the limit to a peer whose address refuses connections
+// (so its queue never drains) returns at once, leaves exactly peerQueueMax
+// queued, and logs each of the 100 drops at debug.
+func TestPeerQueueLimit(t *testing.T) {
+	var drops atomic.Int64
+	logger := slog.New(countingHandler{msg: "peer queue full, message dropped", n: &drops})
+	nodes := startClusterWith(t, 1, func(c *Config) { c.Logger = logger })
+	n := nodes[0]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leaderOf(t, ctx, nodes)
+	const extra = 100
+	const dead = raft.NodeID(99) // not a member: Raft itself sends it nothing
+	deadAddr := freeAddrs(t, 1)[0]
+	queued := make(chan int, 1)
+	go n.do(func() {
+		n.addrHints[dead] = deadAddr
+		for i := 0; i < peerQueueMax+extra; i++ {
+			n.send(raft.Message{Type: raft.MsgHeartbeat, From: n.cfg.ID, To: dead, Term: 1})
+		}
+		queued <- len(n.peers[dead].queue)
+	})
+	select {
+	case got := <-queued:
+		if got != peerQueueMax {
+			t.Fatalf("%d messages sent: %d queued, want %d", peerQueueMax+extra, got, peerQueueMax)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sending %d messages to a peer that accepts nothing blocked the loop", peerQueueMax+extra)
+	}
+	if got := drops.Load(); got != extra {
+		t.Fatalf("%d drops logged, want %d", got, extra)
+	}
+}
