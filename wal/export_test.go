@@ -13,3 +13,11 @@ func (w *WAL) SegmentFirstIndexes() []uint64 {
 	}
 	return firsts
 }
+
+// SetMaxBatchBytes lowers the batch payload limit Append enforces and
+// returns a function restoring it.
+func SetMaxBatchBytes(n int) (restore func()) {
+	old := maxBatchBytes
+	maxBatchBytes = n
+	return func() { maxBatchBytes = old }
+}

@@ -83,6 +83,11 @@ const (
 	MaxBatchBytes = 512 << 20
 )
 
+// maxBatchBytes is the payload bound Append enforces: MaxBatchBytes. A
+// variable only so tests can lower it (see export_test.go); nothing else
+// changes it.
+var maxBatchBytes = MaxBatchBytes
+
 func encodeBatch(ents []raft.Entry) []byte {
 	size := batchHeaderBytes
 	for _, e := range ents {

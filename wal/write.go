@@ -105,8 +105,8 @@ func (w *WAL) Append(ents []raft.Entry) error {
 	}
 	// Refused before the suffix is touched, so the log stays as it was.
 	batch := encodeBatch(ents)
-	if len(batch)-batchHeaderBytes > MaxBatchBytes {
-		return fmt.Errorf("wal: batch of %d bytes exceeds %d", len(batch), MaxBatchBytes)
+	if len(batch)-batchHeaderBytes > maxBatchBytes {
+		return fmt.Errorf("wal: batch of %d payload bytes exceeds %d", len(batch)-batchHeaderBytes, maxBatchBytes)
 	}
 	var cut *suffixCut
 	if ents[0].Index <= last {
