@@ -197,7 +197,7 @@ func EncodeStatements(s *Statements) ([]byte, error) {
 				return nil, err
 			}
 		}
-		if len(b) > MaxCommandBytes {
+		if len(b)+trailerBytes > MaxCommandBytes {
 			return nil, fmt.Errorf("%w: statements exceed %d bytes", ErrTooLarge, MaxCommandBytes)
 		}
 	}

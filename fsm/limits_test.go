@@ -63,8 +63,6 @@ func TestStatementsMaxCommandBytes(t *testing.T) {
 // TestStatementsMaxCommandBytesChecksum checks a statements command one to
 // four bytes over MaxCommandBytes fails with ErrTooLarge too.
 func TestStatementsMaxCommandBytesChecksum(t *testing.T) {
-	t.Skip("known bug: EncodeStatements compares the size with MaxCommandBytes before appending " +
-		"the 4-byte checksum, so commands of MaxCommandBytes+1..+4 bytes encode; remove this skip with the fix")
 	exact := exactStatementsSQLBytes(t)
 	if b, err := statementsOfSQL(exact + 1); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("a command of %d bytes (limit %d): %v, want ErrTooLarge", len(b), MaxCommandBytes, err)
