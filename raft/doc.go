@@ -16,7 +16,7 @@
 // StepDown. Output: Update, a batch of effects whose ordering rules are
 // written on the type: persist HardState before sending Messages; install a
 // Snapshot before Entries; report Persisted when an append is durable;
-// apply CommittedEntries in order.
+// apply CommittedEntries in order; a StorageErr is fatal for the node.
 //
 // Persistence is asynchronous: a leader sends entries to followers while its
 // own fsync is in flight, and a follower acknowledges an append only once it
@@ -25,6 +25,55 @@
 // (matched); a Persisted report for entries that were replaced meanwhile (a
 // different term at that index) is ignored. A follower's commit index never
 // exceeds what it verified against the leader.
+//
+// # Peer input
+//
+// Every message is checked before anything in it is acted upon, a newer
+// term included (validate.go). Step returns an error wrapping
+// ErrInvalidMessage, having changed nothing, for a message no correct peer
+// could send to this node in its state:
+//
+//   - malformed: unknown type, sender 0 or ourselves, another addressee,
+//     snapshot metadata on the wrong type;
+//   - numbers past termMax, indexMax, offsetMax (2^62: no real cluster gets
+//     there, and below them index arithmetic cannot overflow);
+//   - entries not consecutive after the previous index, with terms going
+//     down or beyond the message's, of unknown type, or a config entry
+//     that does not decode to a valid membership;
+//   - snapshot metadata with index or term 0, a term beyond the message's,
+//     a config index beyond its index, or an invalid membership; a chunk
+//     ending past Config.MaxSnapshotBytes;
+//   - a second leader in one term (a leader message from other than the
+//     leader we follow, or to the leader itself, MsgTimeoutNow included);
+//   - an entry or snapshot contradicting our log where it is settled: at
+//     or below the commit index, or in the leader's term at or below what
+//     we verified against it;
+//   - a heartbeat commit beyond our last index; an acknowledgement or
+//     rejection beyond the leader's last index, a rejection hint beyond
+//     the rejected index; a read context or snapshot offset beyond what the
+//     leader sent; a vote grant for a term the candidate never asked;
+//   - a response from a server no membership this node held ever named.
+//
+// Messages a correct cluster produces are never reported, whatever the
+// network does (delay, duplication, reordering) and across restarts: stale
+// terms, old acknowledgements, responses about an earlier round of a
+// snapshot, a removed member's late messages, MsgTimeoutNow after we forgot
+// our leader are dropped or handled silently. A leader message or vote
+// request from a server no membership we held named is dropped silently
+// too, since we may be the one behind: a non-voter (a node being added)
+// follows whoever leads, and a voter follows such a leader once a member
+// names it in a vote rejection (RejectHint). Raft is not Byzantine
+// tolerant: a well-formed forged message from a member can break safety;
+// peers must be authenticated below raft.
+//
+// # Storage failures
+//
+// A Storage read failing with anything but the expected ErrCompacted or
+// ErrSnapshotChanged (or breaking the Storage contract) is not a panic: it is
+// recorded (the first one, sticky) and reported once in Update.StorageErr.
+// The node steps down if it leads and from then on sends no appends or
+// snapshots, starts no election, grants no vote, takes no peer message and
+// applies nothing: the caller stops it, as after a failed write.
 //
 // # Protocol features
 //
@@ -64,7 +113,7 @@
 // is never overwritten (checked by assertion); at most one vote per term; the
 // membership in force is the last config entry in the log. Broken invariants
 // panic through internal/assert; errors caused by the world (storage
-// failures, malformed messages) are returned.
+// failures, invalid peer messages) are returned, as described above.
 //
 // The known simplification: a follower assembles an incoming snapshot in
 // memory before installing it; Config.MaxSnapshotBytes bounds it (a chunk
