@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,38 +58,98 @@ func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
 func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h countingHandler) WithGroup(string) slog.Handler      { return h }
 
+// silentPeer listens and accepts connections but never answers, so a
+// sender dialing it waits in the authentication exchange and its queue does
+// not drain while a test fills it.
+func silentPeer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// fillPeerQueue sends count messages of data bytes each, from the loop, to
+// a peer that never answers, and returns the messages and bytes queued
+// (failing if the sends block the loop).
+func fillPeerQueue(t *testing.T, n *Node, count, data int) (int, int64) {
+	t.Helper()
+	const dead = raft.NodeID(99) // not a member: Raft itself sends it nothing
+	addr := silentPeer(t)
+	type result struct {
+		msgs  int
+		bytes int64
+	}
+	queued := make(chan result, 1)
+	go n.do(func() {
+		n.addrHints[dead] = addr
+		for i := 0; i < count; i++ {
+			n.send(raft.Message{Type: raft.MsgHeartbeat, From: n.cfg.ID, To: dead, Term: 1, Data: make([]byte, data)})
+		}
+		p := n.peers[dead]
+		queued <- result{len(p.queue), p.queuedBytes.Load()}
+	})
+	select {
+	case r := <-queued:
+		return r.msgs, r.bytes
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sending %d messages to a peer that answers nothing blocked the loop", count)
+	}
+	return 0, 0
+}
+
 // TestPeerQueueLimit checks peerQueueMax: sending, from the loop, 100
-// messages more than the limit to a peer whose address refuses connections
-// (so its queue never drains) returns at once, leaves exactly peerQueueMax
-// queued, and logs each of the 100 drops at debug.
+// messages more than the limit to a peer that never answers returns at
+// once, leaves exactly peerQueueMax queued, and logs each of the 100 drops
+// at debug.
 func TestPeerQueueLimit(t *testing.T) {
 	var drops atomic.Int64
 	logger := slog.New(countingHandler{msg: "peer queue full, message dropped", n: &drops})
 	nodes := startClusterWith(t, 1, func(c *Config) { c.Logger = logger })
-	n := nodes[0]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	leaderOf(t, ctx, nodes)
 	const extra = 100
-	const dead = raft.NodeID(99) // not a member: Raft itself sends it nothing
-	deadAddr := freeAddrs(t, 1)[0]
-	queued := make(chan int, 1)
-	go n.do(func() {
-		n.addrHints[dead] = deadAddr
-		for i := 0; i < peerQueueMax+extra; i++ {
-			n.send(raft.Message{Type: raft.MsgHeartbeat, From: n.cfg.ID, To: dead, Term: 1})
-		}
-		queued <- len(n.peers[dead].queue)
-	})
-	select {
-	case got := <-queued:
-		if got != peerQueueMax {
-			t.Fatalf("%d messages sent: %d queued, want %d", peerQueueMax+extra, got, peerQueueMax)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("sending %d messages to a peer that accepts nothing blocked the loop", peerQueueMax+extra)
+	if got, _ := fillPeerQueue(t, nodes[0], peerQueueMax+extra, 0); got != peerQueueMax {
+		t.Fatalf("%d messages sent: %d queued, want %d", peerQueueMax+extra, got, peerQueueMax)
 	}
 	if got := drops.Load(); got != extra {
 		t.Fatalf("%d drops logged, want %d", got, extra)
+	}
+}
+
+// TestPeerQueueBytesLimit checks peerQueueBytesMax: large messages to a
+// peer that never answers stop being queued once their data reaches the
+// limit, long before the message count limit.
+func TestPeerQueueBytesLimit(t *testing.T) {
+	nodes := startCluster(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leaderOf(t, ctx, nodes)
+	const data = 1 << 20
+	msgs, bytes := fillPeerQueue(t, nodes[0], 200, data)
+	if bytes > peerQueueBytesMax || msgs < peerQueueBytesMax/(2*data) || msgs >= 200 {
+		t.Fatalf("%d messages of %d bytes queued, %d bytes (limit %d)", msgs, data, bytes, peerQueueBytesMax)
 	}
 }

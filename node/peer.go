@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dqlite-go/dqlite/raft"
@@ -30,11 +31,49 @@ type peer struct {
 	id    raft.NodeID
 	addr  string
 	queue chan raft.Message
+	// queuedBytes is the payload of the queued messages (see
+	// peerQueueBytesMax); the loop adds, the sender subtracts.
+	queuedBytes atomic.Int64
+}
+
+// peerQueueBytesMax bounds the entry and snapshot data queued for one peer
+// (one message of any size is always accepted): a peer that is down or slow
+// must not make the leader hold gigabytes of appends it will resend anyway.
+const peerQueueBytesMax = 64 << 20
+
+// messageBytes is what a queued message holds in memory, roughly.
+func messageBytes(m *raft.Message) int64 {
+	size := int64(len(m.Data)) + 128
+	for _, e := range m.Entries {
+		size += int64(len(e.Data)) + raft.EntryOverheadBytes
+	}
+	return size
+}
+
+// take removes the next queued message.
+func (p *peer) take() raft.Message {
+	m := <-p.queue
+	p.queuedBytes.Add(-messageBytes(&m))
+	return m
+}
+
+// discard drops what is queued (messages of a link that failed: Raft
+// resends what still matters, and a reconnected link then starts with
+// fresh messages instead of a backlog of stale appends). It returns how
+// many were dropped.
+func (p *peer) discard() int {
+	n := 0
+	for len(p.queue) > 0 {
+		p.take()
+		n++
+	}
+	return n
 }
 
 // send queues m for its peer, starting the peer's sender on first use.
-// Called from the loop goroutine. A full queue drops the message: Raft
-// retransmits what matters.
+// Called from the loop goroutine. A full queue (peerQueueMax messages, or
+// peerQueueBytesMax bytes) drops the message: Raft retransmits what
+// matters.
 func (n *Node) send(m raft.Message) {
 	p := n.peers[m.To]
 	if p == nil {
@@ -52,8 +91,14 @@ func (n *Node) send(m raft.Message) {
 		n.wg.Add(1)
 		go n.runPeer(p)
 	}
+	size := messageBytes(&m)
+	if len(p.queue) > 0 && p.queuedBytes.Load()+size > peerQueueBytesMax {
+		n.log.Debug("peer queue full, message dropped", "peer", m.To, "queued_bytes", p.queuedBytes.Load())
+		return
+	}
 	select {
 	case p.queue <- m:
+		p.queuedBytes.Add(size)
 	default:
 		n.log.Debug("peer queue full, message dropped", "peer", m.To)
 	}
@@ -86,7 +131,7 @@ func (n *Node) runPeer(p *peer) {
 			warned = true
 			n.log.Warn("peer link not authenticated", "peer", p.id, "address", p.addr, "err", err)
 		}
-		n.log.Debug("peer link down", "peer", p.id, "err", err)
+		n.log.Debug("peer link down", "peer", p.id, "err", err, "stale_messages_dropped", p.discard())
 		select {
 		case <-n.stop:
 			return
@@ -141,10 +186,11 @@ func (n *Node) streamQueue(p *peer, conn net.Conn, closed <-chan struct{}) error
 		case <-closed:
 			return errPeerClosed
 		case m := <-p.queue:
+			p.queuedBytes.Add(-messageBytes(&m))
 			// Batch what is already queued into one write.
 			buf = wire.AppendPeerMessage(buf[:0], &m)
 			for len(p.queue) > 0 && len(buf) < 1<<20 {
-				m := <-p.queue
+				m := p.take()
 				buf = wire.AppendPeerMessage(buf, &m)
 			}
 			conn.SetWriteDeadline(time.Now().Add(peerWriteTimeout))
