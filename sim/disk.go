@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/dqlite-go/dqlite/wal"
@@ -39,10 +40,12 @@ type Disk struct {
 	EIORate float64
 	// Capacity bounds the total bytes of all files (0: unlimited).
 	Capacity int64
-	// reads counts reads; readFailAt fails that one with EIO (0: never).
-	reads, readFailAt int
-	// ReadEIOs counts reads failed.
-	ReadEIOs int
+	// reads counts reads; readFailAt fails that one with EIO, and
+	// corruptReadAt returns a flipped bit from that read of a log segment
+	// (the file itself stays intact), 0: never.
+	reads, readFailAt, corruptReadAt int
+	// ReadEIOs and CorruptReads count the read faults that happened.
+	ReadEIOs, CorruptReads int
 
 	// Counts of faults injected.
 	Crashes, TornWrites, LostFiles, EIOs, NoSpace, BitFlips int
@@ -78,14 +81,19 @@ func (d *Disk) FailAt(n int, err error) {
 // capacity limit.
 func (d *Disk) ClearFaults() {
 	d.crashAt, d.failAt, d.Capacity, d.EIORate = 0, 0, 0, 0
-	d.readFailAt = 0
+	d.readFailAt, d.corruptReadAt = 0, 0
 }
 
 // FailReadAt makes read n (counting reads from now) fail with EIO.
 func (d *Disk) FailReadAt(n int) { d.readFailAt = d.reads + n }
 
-// ClearReadFault cancels a pending read failure.
-func (d *Disk) ClearReadFault() { d.readFailAt = 0 }
+// CorruptReadAt makes read n (from now) of a log segment return one bit
+// flipped (the first segment read from then on, if read n is of another
+// file).
+func (d *Disk) CorruptReadAt(n int) { d.corruptReadAt = d.reads + n }
+
+// ClearReadFault cancels pending read faults.
+func (d *Disk) ClearReadFault() { d.readFailAt, d.corruptReadAt = 0, 0 }
 
 // Ops returns the number of mutating operations so far.
 func (d *Disk) Ops() int { return d.ops }
@@ -284,6 +292,11 @@ func (f *diskFile) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	n := copy(p, f.ino.data[off:])
+	if d := f.d; d.corruptReadAt > 0 && d.reads >= d.corruptReadAt && n > 0 && strings.HasPrefix(f.name, "seg-") {
+		d.corruptReadAt = 0
+		d.CorruptReads++
+		p[d.rng.IntN(n)] ^= 1 << d.rng.IntN(8)
+	}
 	if n < len(p) {
 		return n, io.EOF
 	}

@@ -27,6 +27,7 @@ var faultKinds = []struct {
 	{"crash-mid-write", 2, (*Sim).faultCrashMidWrite},
 	{"eio", 1, (*Sim).faultEIO},
 	{"eio-read", 1, (*Sim).faultReadEIO},
+	{"corrupt-read", 1, (*Sim).faultCorruptRead},
 	{"enospc", 1, (*Sim).faultNoSpace},
 }
 
@@ -170,6 +171,20 @@ func (s *Sim) faultReadEIO() {
 	}
 	n.fs.FailReadAt(1 + s.rng.IntN(20))
 	s.count("eio-read")
+}
+
+// faultCorruptRead makes one of a running node's next reads of a log
+// segment return a flipped bit, the file itself intact (a bad cable, a
+// controller fault): the log must detect it as corruption (raft reports a
+// storage failure, the node restarts and reads the intact file), never hand
+// the damaged entry to raft, which would send or apply it.
+func (s *Sim) faultCorruptRead() {
+	n := s.pickLive()
+	if n == nil {
+		return
+	}
+	n.fs.CorruptReadAt(1 + s.rng.IntN(20))
+	s.count("corrupt-read")
 }
 
 // faultNoSpace fills a node's disk for a while, then frees space.

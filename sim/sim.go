@@ -259,6 +259,7 @@ func (s *Sim) result() Result {
 		s.faults["disk-lost-unsynced-file"] += n.fs.LostFiles
 		s.faults["disk-eio"] += n.fs.EIOs
 		s.faults["disk-read-eio"] += n.fs.ReadEIOs
+		s.faults["disk-corrupt-read"] += n.fs.CorruptReads
 		s.faults["disk-enospc"] += n.fs.NoSpace
 	}
 	res := Result{Seed: s.opts.Seed, Violations: s.violations, Faults: s.faults, Simulated: s.now,

@@ -114,6 +114,9 @@ type entryLoc struct {
 	typ    raft.EntryType
 	off    int64 // offset of the data in the file
 	length uint32
+	// sum is the CRC-32C of the data, checked when the data is read back
+	// from the file (a corrupt read is corruption, never an entry).
+	sum uint32
 }
 
 // decodeBatchPayload parses a verified payload into entries' locations.
@@ -140,7 +143,8 @@ func decodeBatchPayload(p []byte, count uint32, base int64, want uint64) ([]entr
 		if typ < uint32(raft.EntryNormal) || typ > uint32(raft.EntryConfig) || term == 0 {
 			return nil, nil, fmt.Errorf("entry %d has type %d term %d", idx, typ, term)
 		}
-		locs = append(locs, entryLoc{term: term, typ: raft.EntryType(typ), off: base + int64(off), length: n})
+		locs = append(locs, entryLoc{term: term, typ: raft.EntryType(typ), off: base + int64(off), length: n,
+			sum: crc(p[off : off+int(n)])})
 		idxs = append(idxs, idx)
 		off += int(n)
 	}

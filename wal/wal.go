@@ -283,6 +283,10 @@ func (w *WAL) Entries(lo, hi, maxBytes uint64) ([]raft.Entry, error) {
 			if _, err := e.seg.file.ReadAt(data, e.loc.off); err != nil {
 				return nil, fmt.Errorf("wal: reading entry %d from %s: %w", i, e.seg.name, err)
 			}
+			if crc(data) != e.loc.sum {
+				return nil, &CorruptionError{File: e.seg.name, Offset: e.loc.off, First: i, Last: i,
+					Reason: "entry data read back does not match its checksum"}
+			}
 		}
 		out = append(out, raft.Entry{Index: i, Term: e.loc.term, Type: e.loc.typ, Data: data})
 	}

@@ -177,7 +177,7 @@ func batchLocs(off int64, ents []raft.Entry) []entryLoc {
 	off += batchHeaderBytes
 	for n, e := range ents {
 		off += entryHeaderBytes
-		locs[n] = entryLoc{term: e.Term, typ: e.Type, off: off, length: uint32(len(e.Data))}
+		locs[n] = entryLoc{term: e.Term, typ: e.Type, off: off, length: uint32(len(e.Data)), sum: crc(e.Data)}
 		off += int64(len(e.Data))
 	}
 	return locs
