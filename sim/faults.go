@@ -3,6 +3,7 @@ package sim
 import (
 	"time"
 
+	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -353,12 +354,33 @@ func (s *Sim) faultTransfer() {
 	if s.rng.IntN(2) == 0 {
 		to = voters[s.rng.IntN(len(voters))]
 	}
-	out, err := l.loop.TransferLeadership(to)
+	// As a node's TRANSFER request does: tracked, answered when done.
+	id := s.adminRequest()
+	out := l.loop.RequestTransfer(id, to)
+	err := refusal(out, id)
 	s.take(l, out)
 	if err == nil {
 		s.count("transfer")
 		s.tracef("transfer %d -> %d", l.id, to)
 	}
+}
+
+// adminRequest returns a request id for a membership change or transfer
+// (its reply matches no client, so nobody waits on it).
+func (s *Sim) adminRequest() uint64 {
+	s.nextReq++
+	return s.nextReq
+}
+
+// refusal is the error the loop answered request id with at once, if it
+// refused it.
+func refusal(out loop.Output, id uint64) error {
+	for _, r := range out.Replies {
+		if r.ID == id && r.Err != nil {
+			return r.Err
+		}
+	}
+	return nil
 }
 
 // minVoters is the fewest voters a membership change may leave.
@@ -407,7 +429,11 @@ func (s *Sim) faultMembership() {
 	if cc.Type == raft.ConfigRemove && cc.ID == l.id {
 		kind = "remove-leader"
 	}
-	out, err := l.loop.ChangeMembership(cc)
+	// As a node's ADD/ASSIGN/REMOVE request does: tracked until its entry
+	// applies (the answer goes to no client here).
+	id := s.adminRequest()
+	out := l.loop.RequestMembership(id, cc)
+	err := refusal(out, id)
 	s.take(l, out)
 	if err != nil {
 		return
