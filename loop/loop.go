@@ -996,20 +996,6 @@ func (l *Loop) compactOrder() {
 	l.order = kept
 }
 
-// ChangeMembership starts a membership change on the leader; its outcome
-// comes as a raft Notice, which the loop only logs for now.
-func (l *Loop) ChangeMembership(cc raft.ConfigChange) (Output, error) {
-	err := l.raft.ProposeConfigChange(cc)
-	return l.flush(), err
-}
-
-// TransferLeadership hands leadership to the voter id (None: the most
-// up-to-date one).
-func (l *Loop) TransferLeadership(id raft.NodeID) (Output, error) {
-	err := l.raft.TransferLeadership(id)
-	return l.flush(), err
-}
-
 // RequestMembership starts a membership change whose reply comes once its
 // entry is applied (or with the error that stopped it).
 func (l *Loop) RequestMembership(id uint64, cc raft.ConfigChange) Output {
