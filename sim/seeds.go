@@ -93,7 +93,7 @@ var RequiredFaults = []string{"drop", "duplicate", "reorder", "partition-isolate
 	"partition-oneway", "partition-flap", "links-one-by-one", "crash", "restart", "pause", "clock-jump",
 	"slow-disk", "add", "promote", "demote", "remove", "remove-leader", "rejoin-new-id", "transfer",
 	"crash-mid-write", "disk-torn-write", "disk-lost-unsynced-file", "eio", "disk-eio", "enospc", "disk-enospc",
-	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered"}
+	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered", "disk-read-eio", "disk-corrupt-read"}
 
 // Missing returns the required fault kinds never injected.
 func (s Summary) Missing() []string {

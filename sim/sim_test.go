@@ -159,7 +159,7 @@ func TestSimulatorSQLite(t *testing.T) {
 	}
 	t.Logf("bank checks %d, transfers committed in transactions spanning requests %d",
 		sum.Faults["bank-check"], sum.Faults["bank-tx-commit"])
-	for _, k := range []string{"crash", "crash-mid-write", "eio", "enospc", "partition-isolate", "drop"} {
+	for _, k := range []string{"crash", "crash-mid-write", "eio", "enospc", "partition-isolate", "drop", "disk-read-eio"} {
 		if sum.Faults[k] == 0 {
 			t.Errorf("fault %s never injected", k)
 		}
