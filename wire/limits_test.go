@@ -2,8 +2,6 @@ package wire
 
 import (
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -15,25 +13,7 @@ import (
 // the 3 keep being served, and closing one frees a slot for a new one.
 func TestMaxConnections(t *testing.T) {
 	const limit = 3
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer(&fakeBackend{rows: 10}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv.MaxConnections = limit
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			srv.Go(c)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done; srv.Close() })
-	addr := ln.Addr().String()
+	addr := startServerWith(t, &fakeBackend{rows: 10}, func(s *Server) { s.MaxConnections = limit })
 	ctx := ctx5(t)
 
 	var open []*Conn

@@ -82,12 +82,19 @@ func (c *fakeCursor) Next(add func([]Value) bool) (bool, error) {
 }
 func (c *fakeCursor) Close() { c.f.closed.Add(1) }
 
-func startServer(t *testing.T, b Backend) string {
+func startServer(t *testing.T, b Backend) string { return startServerWith(t, b, nil) }
+
+// startServerWith is startServer with the server adjusted by tweak (when
+// not nil) before it serves.
+func startServerWith(t *testing.T, b Backend, tweak func(*Server)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := NewServer(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if tweak != nil {
+		tweak(srv)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
