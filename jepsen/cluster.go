@@ -264,6 +264,9 @@ func metric(addr, name string) (float64, error) {
 	return 0, fmt.Errorf("%s: no %s", addr, name)
 }
 
+// removeAttemptTimeout bounds one REMOVE attempt of the membership nemesis.
+const removeAttemptTimeout = 5 * time.Second
+
 // errRefused is a fault the cluster rightly refused to take.
 var errRefused = errors.New("refused by the cluster")
 
@@ -281,7 +284,14 @@ func (c *cluster) rejoin(ctx context.Context, p *proc) error {
 			return false
 		}
 		defer conn.Close()
-		lastErr = conn.Empty(ctx, &wire.Request{Type: wire.ReqRemove, ID: p.id})
+		// One attempt waits a few seconds, not the node's request timeout:
+		// a leader that loses leadership with the removal in its log
+		// cannot tell whether it committed (outcome unknown), and when it
+		// removed itself no leader will tell it; the next attempt asks the
+		// new leader.
+		actx, cancel := context.WithTimeout(ctx, removeAttemptTimeout)
+		defer cancel()
+		lastErr = conn.Empty(actx, &wire.Request{Type: wire.ReqRemove, ID: p.id})
 		// The cluster refuses a removal that would leave no responsive
 		// quorum: correct, and not this round's fault to inject.
 		refused = lastErr != nil && strings.Contains(lastErr.Error(), "no responsive quorum")

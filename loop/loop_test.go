@@ -526,3 +526,17 @@ func TestReadFailureStops(t *testing.T) {
 		t.Fatalf("write on the new leader: %v", r.Err)
 	}
 }
+
+// TestRemoveSelfAnswered checks a leader's request to remove itself is
+// answered once the removal commits, although the leader steps down then.
+func TestRemoveSelfAnswered(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.take(lead, c.loops[lead].RequestMembership(77, raft.ConfigChange{Type: raft.ConfigRemove, ID: lead}))
+	for i := 0; i < 20 && c.replies[77].ID == 0; i++ {
+		c.tick(1)
+	}
+	if r, ok := c.replies[77]; !ok || r.Err != nil {
+		t.Fatalf("removal of the leader itself: replied %v, %+v", ok, r)
+	}
+}
