@@ -84,6 +84,19 @@ func (c *fakeCursor) Close() { c.f.closed.Add(1) }
 
 func startServer(t *testing.T, b Backend) string { return startServerWith(t, b, nil) }
 
+// openedConn starts a server on b and returns a client connection to it
+// with the database "db" open, and a context for its requests.
+func openedConn(t *testing.T, b Backend) (*Conn, context.Context) {
+	t.Helper()
+	addr := startServer(t, b)
+	ctx := ctx5(t)
+	c := dial(t, addr)
+	if _, err := c.Open(ctx, "db"); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx
+}
+
 // startServerWith is startServer with the server adjusted by tweak (when
 // not nil) before it serves.
 func startServerWith(t *testing.T, b Backend, tweak func(*Server)) string {
@@ -222,12 +235,7 @@ func TestMalformedMessages(t *testing.T) {
 // serves the next request.
 func TestInterruptMidStream(t *testing.T) {
 	f := &fakeBackend{rows: 10_000_000}
-	addr := startServer(t, f)
-	ctx := ctx5(t)
-	c := dial(t, addr)
-	if _, err := c.Open(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx := openedConn(t, f)
 	rr, err := c.Query(ctx, &Request{Type: ReqQuerySQL, SQL: "SELECT n"})
 	if err != nil {
 		t.Fatal(err)

@@ -85,12 +85,7 @@ func readResult(t *testing.T, ctx context.Context, c *Conn, rowsAffected uint64)
 // order sent.
 func TestPipelinedDuringRows(t *testing.T) {
 	f := &fakeBackend{rows: 5000}
-	addr := startServer(t, f)
-	ctx := ctx5(t)
-	c := dial(t, addr)
-	if _, err := c.Open(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx := openedConn(t, f)
 	pipeline(t, c, &Request{Type: ReqQuerySQL, SQL: "SELECT n"}, execWithParams(1), execWithParams(2))
 	if msgs := readRows(t, ctx, c, f.rows); msgs < 2 {
 		t.Fatalf("the result came in %d ROWS message: the requests were not read during streaming", msgs)
@@ -110,12 +105,7 @@ func TestPipelinedDuringRows(t *testing.T) {
 // limit is reached (TestPollStreamingLimits checks the limits themselves).
 func TestPipelinedPastLimit(t *testing.T) {
 	f := &fakeBackend{rows: 20_000, yield: true}
-	addr := startServer(t, f)
-	ctx := ctx5(t)
-	c := dial(t, addr)
-	if _, err := c.Open(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx := openedConn(t, f)
 	n := 3 * MaxPipelinedRequests
 	isQuery := func(i int) bool { return i%10 == 0 }
 	reqs := []*Request{{Type: ReqQuerySQL, SQL: "SELECT n"}}
@@ -220,12 +210,7 @@ func TestPollStreamingLimits(t *testing.T) {
 // exactly once.
 func TestInterruptWithPipelined(t *testing.T) {
 	f := &fakeBackend{rows: 10_000_000}
-	addr := startServer(t, f)
-	ctx := ctx5(t)
-	c := dial(t, addr)
-	if _, err := c.Open(ctx, "db"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx := openedConn(t, f)
 	pipeline(t, c, &Request{Type: ReqQuerySQL, SQL: "SELECT n"}, execWithParams(3))
 	if h, _, err := c.Receive(ctx); err != nil || h.Type != RespRows {
 		t.Fatalf("first response: type %d, %v", h.Type, err)
