@@ -131,7 +131,8 @@ func (n *Node) runPeer(p *peer) {
 			warned = true
 			n.log.Warn("peer link not authenticated", "peer", p.id, "address", p.addr, "err", err)
 		}
-		n.log.Debug("peer link down", "peer", p.id, "err", err, "stale_messages_dropped", p.discard())
+		dropped := p.discard()
+		n.log.Debug("peer link down", "peer", p.id, "err", err, "stale_messages_dropped", dropped)
 		select {
 		case <-n.stop:
 			return
@@ -205,6 +206,14 @@ func (n *Node) streamQueue(p *peer, conn net.Conn, closed <-chan struct{}) error
 	}
 }
 
+// invalidPeerInput logs and counts what an authenticated peer sent that no
+// correct member sends (a bad frame, another sender's message, a message
+// raft refuses); the caller drops the link.
+func (n *Node) invalidPeerInput(from raft.NodeID, err error) {
+	n.metrics.peerMessagesInvalid.Add(1)
+	n.log.Warn("invalid peer message: dropping the link", "peer", from, "err", err)
+}
+
 // peerAuthTimeout bounds the CONNECT and authentication exchange.
 const peerAuthTimeout = 10 * time.Second
 
@@ -263,7 +272,7 @@ func checkPeerAuth(cfg *Config) error {
 	if listen == "" {
 		listen = cfg.Address
 	}
-	if isLocalAddress(listen) {
+	if IsLocalAddress(listen) {
 		return nil
 	}
 	return fmt.Errorf("node %d: peer links on %s would be open to anyone who reaches it, who could then act as a member "+
@@ -272,9 +281,9 @@ func checkPeerAuth(cfg *Config) error {
 		cfg.ID, listen)
 }
 
-// isLocalAddress reports whether only this machine can reach addr: a
+// IsLocalAddress reports whether only this machine can reach addr: a
 // loopback host or an abstract Unix socket.
-func isLocalAddress(addr string) bool {
+func IsLocalAddress(addr string) bool {
 	if strings.HasPrefix(addr, "@") {
 		return true
 	}
@@ -339,14 +348,17 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 	}
 	for {
 		m, err := wire.ReadPeerMessage(r)
-		if err != nil {
+		switch {
+		case errors.Is(err, wire.ErrPeerFrame):
+			n.invalidPeerInput(from, err)
+			return
+		case err != nil:
 			if !n.stopped() {
 				n.log.Debug("peer connection closed", "peer", from, "err", err)
 			}
 			return
-		}
-		if m.From != from {
-			n.log.Warn("message sender does not match the link", "link", from, "from", m.From)
+		case m.From != from:
+			n.invalidPeerInput(from, fmt.Errorf("message from %d on the link of %d", m.From, from))
 			return
 		}
 		if (m.Type == raft.MsgVoteResp || m.Type == raft.MsgPreVoteResp) && m.Reject {
@@ -357,8 +369,7 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 			if err != nil {
 				// A message no correct member sends: stop reading this
 				// link (the peer redials; Raft retransmits).
-				n.metrics.peerMessagesInvalid.Add(1)
-				n.log.Warn("invalid peer message: dropping the link", "peer", from, "type", m.Type.String(), "err", err)
+				n.invalidPeerInput(from, fmt.Errorf("%s: %w", m.Type, err))
 				c.Close()
 			}
 			n.handle(out)

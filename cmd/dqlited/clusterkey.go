@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/wire"
 )
 
@@ -89,16 +89,10 @@ func writeKey(path string, key []byte) error {
 	return f.Close()
 }
 
-// isLocal reports whether the node listens on loopback only.
+// isLocal reports whether only this machine can reach the node's port.
 func isLocal(o *options) bool {
-	addr := o.listen
-	if addr == "" {
-		addr = o.address
+	if o.listen != "" {
+		return node.IsLocalAddress(o.listen)
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
+	return node.IsLocalAddress(o.address)
 }

@@ -70,7 +70,7 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("log_memory_bytes", "gauge", "Memory the log holds (index and cached data), within -log-memory.", m.LogMemoryBytes)
 	metric("peer_sent_bytes_total", "counter", "Bytes sent to peers (replication and elections).", m.PeerBytesSent)
 	metric("peer_links_refused_total", "counter", "Incoming peer links refused: no valid cluster key proof or peer certificate.", m.PeerLinksRefused)
-	metric("peer_messages_invalid_total", "counter", "Peer messages refused as invalid (each dropped its link).", m.PeerMessagesInvalid)
+	metric("peer_messages_invalid_total", "counter", "Invalid input on authenticated peer links: bad frames, another sender's messages, messages raft refuses (each dropped its link).", m.PeerMessagesInvalid)
 	metric("snapshots_total", "counter", "Snapshots taken.", m.Snapshots)
 	metric("snapshot_bytes_total", "counter", "Total size of the snapshots taken.", m.SnapshotBytes)
 	metric("snapshots_installed_total", "counter", "Snapshots installed from the leader.", m.SnapshotsInstalled)
