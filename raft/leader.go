@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // Propose appends data as a new entry on the leader. It returns the entry's
@@ -191,10 +192,10 @@ func (r *Raft) maybeCommit() bool {
 	if len(matches) > 0 {
 		idx = matches[r.config().Quorum()-1]
 	}
-	if r.cfg.TestingBugs.CommitWithoutQuorum {
+	if mutant.On(mutant.RaftCommitWithoutQuorum) {
 		idx = max(idx, r.log.persisted())
 	}
-	if idx <= r.log.committed || r.log.termOr(idx) != r.term {
+	if idx <= r.log.committed || (r.log.termOr(idx) != r.term && !mutant.On(mutant.RaftFigure8)) {
 		return false
 	}
 	r.log.commitTo(idx)
@@ -243,7 +244,7 @@ func (r *Raft) ReadIndex(ctx uint64) error {
 	if len(r.reads)+len(r.readsWaiting) >= r.cfg.MaxPendingReads {
 		return fmt.Errorf("%w: %d reads pending", ErrTooManyPending, r.cfg.MaxPendingReads)
 	}
-	if !r.committedInTerm() {
+	if !r.committedInTerm() && !mutant.On(mutant.RaftReadBeforeTermCommit) {
 		// Our commit index may lag the previous leader's until our first
 		// entry commits.
 		r.readsWaiting = append(r.readsWaiting, ctx)
@@ -285,7 +286,7 @@ func (r *Raft) handleReadAck(from NodeID, seq uint64) {
 				n++
 			}
 		}
-		if n >= r.config().Quorum() {
+		if n >= r.config().Quorum() || mutant.On(mutant.RaftReadIndexNoQuorum) {
 			confirmed = i
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // raftLog is the log as raft sees it: durable entries in Storage followed by
@@ -214,7 +215,7 @@ func (l *raftLog) findConflict(ents []Entry) uint64 {
 // appended (from the first conflict on), and ok=false if the previous entry
 // does not match.
 func (l *raftLog) maybeAppend(prevIndex, prevTerm uint64, ents []Entry) (lastNew uint64, appended []Entry, ok bool) {
-	if !l.matchTerm(prevIndex, prevTerm) {
+	if !l.matchTerm(prevIndex, prevTerm) && !(mutant.On(mutant.RaftAppendIgnoresPrev) && prevIndex <= l.lastIndex()) {
 		return 0, nil, false
 	}
 	lastNew = prevIndex + uint64(len(ents))

@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // Default limits, used when the Config leaves a field at zero.
@@ -67,18 +68,6 @@ type Config struct {
 	// Applied is the index the state machine already reflects when the node
 	// restarts (at least the storage snapshot's index).
 	Applied uint64
-	// TestingBugs deliberately breaks the protocol. It exists only so tests
-	// can show the simulator's oracles catch a broken Raft. Never set it.
-	TestingBugs TestingBugs
-}
-
-// TestingBugs are deliberate protocol violations for testing the oracles.
-type TestingBugs struct {
-	// DoubleVote grants every vote request, even after voting in the term.
-	DoubleVote bool
-	// CommitWithoutQuorum lets a leader commit what it has persisted locally
-	// without waiting for a quorum.
-	CommitWithoutQuorum bool
 }
 
 func (c *Config) setDefaults() error {
@@ -275,7 +264,7 @@ func (r *Raft) trackConfigs(ents []Entry) error {
 	}
 	first := ents[0].Index
 	n := len(r.configs)
-	for n > 0 && r.configs[n-1].index >= first {
+	for n > 0 && r.configs[n-1].index >= first && !mutant.On(mutant.RaftConfigNoRollback) {
 		n--
 	}
 	r.configs = r.configs[:n]
@@ -455,7 +444,11 @@ func (r *Raft) Tick() {
 	default:
 		r.electionElapsed++
 		if r.isVoter() && r.electionElapsed >= r.electionTimeout {
-			r.campaign(campaignPreVote)
+			if mutant.On(mutant.RaftNoPreVote) {
+				r.campaign(campaignElection)
+			} else {
+				r.campaign(campaignPreVote)
+			}
 		}
 	}
 	r.stopOnStorageErr()
@@ -581,7 +574,9 @@ func (r *Raft) Update() Update {
 	r.needBcast = false
 	var u Update
 	if hs := (HardState{Term: r.term, Vote: r.vote}); hs != r.prevHard {
-		u.HardState = &hs
+		if !mutant.On(mutant.RaftVoteNotPersisted) || hs.Term != r.prevHard.Term {
+			u.HardState = &hs
+		}
 		r.prevHard = hs
 	}
 	u.Snapshot = r.log.takeSnapshot()

@@ -3,6 +3,8 @@ package raft
 import (
 	"errors"
 	"fmt"
+
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // startSnapshot switches a replica that needs compacted entries to receiving
@@ -89,9 +91,10 @@ func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
 // next. The last chunk installs the snapshot.
 func (r *Raft) handleSnapshot(m Message) {
 	meta := *m.Snapshot
-	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) {
+	keep := mutant.On(mutant.RaftSnapshotKeepsConflict) && r.log.lastIndex() >= meta.Index
+	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) || keep {
 		// We already hold everything the snapshot covers.
-		if r.log.matchTerm(meta.Index, meta.Term) {
+		if r.log.matchTerm(meta.Index, meta.Term) || keep {
 			r.matched = max(r.matched, meta.Index)
 			r.log.commitTo(meta.Index)
 		}

@@ -1,6 +1,9 @@
 package raft
 
-import "github.com/dqlite-go/dqlite/internal/assert"
+import (
+	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
+)
 
 type campaignKind uint8
 
@@ -97,7 +100,7 @@ func (r *Raft) stepTerm(m Message) bool {
 	switch {
 	case m.Type == MsgPreVote:
 		// Pre-votes never change our term.
-	case m.Type == MsgPreVoteResp && !m.Reject:
+	case m.Type == MsgPreVoteResp && (!m.Reject || mutant.On(mutant.RaftPreVoteRejectTerm)):
 		// A grant echoes the term we asked for.
 	case m.Type == MsgApp || m.Type == MsgHeartbeat || m.Type == MsgSnap:
 		r.becomeFollower(m.Term, m.From)
@@ -193,10 +196,11 @@ func (r *Raft) handleVoteRequest(m Message) {
 	canVote := r.vote == m.From ||
 		(r.vote == None && r.lead == None) ||
 		(pre && m.Term > r.term) ||
-		r.cfg.TestingBugs.DoubleVote
+		mutant.On(mutant.RaftDoubleVote)
 	// Without a readable log we cannot tell whether the candidate's is
 	// up to date.
-	if canVote && r.log.isUpToDate(m.Index, m.LogTerm) && r.log.readErr == nil {
+	upToDate := r.log.isUpToDate(m.Index, m.LogTerm) || mutant.On(mutant.RaftVoteIgnoresLog)
+	if canVote && upToDate && r.log.readErr == nil {
 		// A pre-vote grant echoes the requested term so the candidate can
 		// match it; a vote grant is in our (now equal) term.
 		r.send(Message{Type: respType, To: m.From, Term: m.Term})
@@ -267,8 +271,12 @@ func (r *Raft) handleAppend(m Message) {
 	err := r.trackConfigs(appended)
 	assert.NoError(err, "config entries checked in Step")
 	r.matched = max(r.matched, lastNew)
-	r.log.commitTo(min(m.Commit, r.matched))
-	if r.log.persisted() >= lastNew {
+	if mutant.On(mutant.RaftCommitBeyondMatch) {
+		r.log.commitTo(min(m.Commit, r.log.lastIndex()))
+	} else {
+		r.log.commitTo(min(m.Commit, r.matched))
+	}
+	if r.log.persisted() >= lastNew || mutant.On(mutant.RaftAckBeforePersist) {
 		r.acked = max(r.acked, lastNew)
 		r.send(Message{Type: MsgAppResp, To: m.From, Index: lastNew})
 		return

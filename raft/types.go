@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // NodeID names a server. Zero means "none".
@@ -130,7 +132,12 @@ func (m Membership) Voters() []NodeID {
 }
 
 // Quorum is the number of voters that form a majority.
-func (m Membership) Quorum() int { return len(m.Voters())/2 + 1 }
+func (m Membership) Quorum() int {
+	if mutant.On(mutant.RaftQuorumEven) {
+		return (len(m.Voters()) + 1) / 2
+	}
+	return len(m.Voters())/2 + 1
+}
 
 func (m Membership) String() string {
 	var b strings.Builder

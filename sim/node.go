@@ -114,7 +114,7 @@ func (s *Sim) startNode(n *node) {
 	}
 	cfg := loop.Config{
 		Raft: raft.Config{ID: n.id, ElectionTicks: 10, HeartbeatTicks: 2, MaxSnapshotChunkBytes: 256,
-			MaxMsgBytes: maxMsg, MaxInflightMsgs: 8, TestingBugs: s.opts.Bugs},
+			MaxMsgBytes: maxMsg, MaxInflightMsgs: 8},
 		Storage: n.disk, FSM: sm, Batcher: batcher,
 		Rand:                rand.New(rand.NewPCG(s.opts.Seed, uint64(n.id)<<32|uint64(n.inc))),
 		SnapshotThreshold:   s.opts.SnapshotThreshold,

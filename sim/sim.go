@@ -13,6 +13,7 @@ import (
 	"github.com/anishathalye/porcupine"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/wal"
@@ -45,8 +46,10 @@ type Options struct {
 	Clients, Keys int
 	// SnapshotThreshold is how many applied entries trigger a snapshot.
 	SnapshotThreshold uint64
-	// Bugs deliberately breaks raft (to show the oracles catch it).
-	Bugs raft.TestingBugs
+	// Mutant is the catalogued bug active during the run (to show the
+	// oracles catch it; see internal/mutant). Runs in one process may share
+	// a mutant but not run different ones at once.
+	Mutant mutant.Bug
 	// Trace, when set, receives one line per event.
 	Trace io.Writer
 	// CheckTimeout bounds the linearizability check.
@@ -230,6 +233,11 @@ func (s *Sim) tracef(format string, args ...any) {
 // Run executes the whole run and returns its result. Panics inside the
 // system under test (assertion failures) are reported as violations.
 func Run(opts Options) (res Result) {
+	release, err := mutant.Activate(opts.Mutant)
+	if err != nil {
+		return Result{Seed: opts.Seed, Violations: []string{err.Error()}}
+	}
+	defer release()
 	s := New(opts)
 	defer s.release()
 	defer func() {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // seedCount is the CI size unless DQLITE_SIM_SEEDS asks for a long run.
@@ -78,15 +78,15 @@ func TestDeterminism(t *testing.T) {
 // votes in one term; a leader that commits without a quorum) and requires
 // the simulator to report a violation within 100 seeds.
 func TestOraclesCatchBugs(t *testing.T) {
-	bugs := map[string]raft.TestingBugs{
-		"double-vote":           {DoubleVote: true},
-		"commit-without-quorum": {CommitWithoutQuorum: true},
+	bugs := map[string]mutant.Bug{
+		"double-vote":           mutant.RaftDoubleVote,
+		"commit-without-quorum": mutant.RaftCommitWithoutQuorum,
 	}
 	for name, bug := range bugs {
 		t.Run(name, func(t *testing.T) {
 			for seed := uint64(1); seed <= 100; seed++ {
 				o := DefaultOptions(seed)
-				o.Bugs = bug
+				o.Mutant = bug
 				o.OutDir = t.TempDir()
 				if r := Run(o); len(r.Violations) > 0 {
 					t.Logf("seed %d caught it: %s", seed, r.Violations[0])

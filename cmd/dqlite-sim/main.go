@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/sim"
 )
 
@@ -36,25 +36,26 @@ func main() {
 	verbose := flag.Bool("v", false, "print the trace of every event (with -seed)")
 	workers := flag.Int("workers", runtime.NumCPU(), "seeds run in parallel")
 	sqlite := flag.Bool("sqlite", false, "run the replicated SQLite state machine (key-value over SQL plus a bank workload)")
-	bug := flag.String("testing-bug", "", "break raft on purpose to see the checker fail: double-vote or commit-without-quorum")
+	bug := flag.String("testing-bug", "", "activate one catalogued bug (internal/mutant) to see the checker fail, e.g. raft-figure8")
 	flag.Parse()
-	var bugs raft.TestingBugs
-	switch *bug {
-	case "":
-	case "double-vote":
-		bugs.DoubleVote = true
-	case "commit-without-quorum":
-		bugs.CommitWithoutQuorum = true
-	default:
-		fmt.Fprintf(os.Stderr, "unknown -testing-bug %q\n", *bug)
-		os.Exit(2)
+	bugs := mutant.None
+	if *bug != "" {
+		b, ok := mutant.Lookup(*bug)
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown -testing-bug %q; the catalogue:\n", *bug)
+			for _, in := range mutant.Catalogue {
+				fmt.Fprintf(os.Stderr, "  %-30s %s: %s\n", in.Name, in.Pkg, in.Rule)
+			}
+			os.Exit(2)
+		}
+		bugs = b
 	}
 
 	opts := func(s uint64) sim.Options {
 		o := sim.DefaultOptions(s)
 		o.Nodes, o.FaultPhase, o.HealPhase = *nodes, *faultPhase, *healPhase
 		o.DropRate, o.DupRate, o.ReorderRate, o.FaultInterval = *drop, *dup, *reorder, *faultInterval
-		o.OutDir, o.Bugs, o.SQLite = *out, bugs, *sqlite
+		o.OutDir, o.Mutant, o.SQLite = *out, bugs, *sqlite
 		if *verbose && *seed != 0 {
 			o.Trace = os.Stdout
 		}

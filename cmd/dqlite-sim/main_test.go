@@ -32,12 +32,12 @@ func TestCommandSummary(t *testing.T) {
 	if m == nil || m[1] != "5" || m[2] != "0" || !strings.Contains(string(out), "faults: ") {
 		t.Fatalf("unexpected output:\n%s", out)
 	}
-	out, err = exec.Command(bin, "-seeds", "3", "-testing-bug", "commit-without-quorum", "-out", t.TempDir()).CombinedOutput()
+	out, err = exec.Command(bin, "-seeds", "3", "-testing-bug", "raft-commit-without-quorum", "-out", t.TempDir()).CombinedOutput()
 	if err == nil {
 		t.Fatalf("broken raft passed:\n%s", out)
 	}
 	if !strings.Contains(string(out), "replay: go run ./cmd/dqlite-sim -seed ") ||
-		!strings.Contains(string(out), "-testing-bug commit-without-quorum") {
+		!strings.Contains(string(out), "-testing-bug raft-commit-without-quorum") {
 		t.Fatalf("no replay line:\n%s", out)
 	}
 	if m := summary.FindStringSubmatch(string(out)); m == nil || m[2] == "0" {
