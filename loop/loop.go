@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -167,6 +168,9 @@ type request struct {
 	// conf marks a membership change (answered when its entry applies);
 	// transfer a leadership transfer (answered when this node stops leading).
 	conf, transfer bool
+	// acked: the client was already answered when the write was proposed
+	// (only under mutant.LoopReplyBeforeApply); finish answers nobody.
+	acked bool
 }
 
 // WriteRequest is a write that the leader executes before proposing it
@@ -359,8 +363,12 @@ func (l *Loop) Propose(id uint64, data []byte) Output {
 		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
 		return l.flush()
 	}
-	l.track(&request{id: id, index: index, term: term})
+	req := &request{id: id, index: index, term: term}
+	l.track(req)
 	l.byIndex[index] = append(l.byIndex[index], id)
+	if mutant.On(mutant.LoopReplyBeforeApply) {
+		l.ackEarly(req, nil)
+	}
 	return l.flush()
 }
 
@@ -650,6 +658,20 @@ func (l *Loop) holdSlot(reqs []*request, results []any, index, term uint64, abor
 		l.byIndex[index] = append(l.byIndex[index], r.id)
 	}
 	l.writingIndex, l.writingTerm, l.writingAbort = index, term, abort
+	if mutant.On(mutant.LoopReplyBeforeApply) {
+		for i, r := range reqs {
+			l.ackEarly(r, results[i])
+		}
+	}
+}
+
+// ackEarly is the deliberate bug mutant.LoopReplyBeforeApply: it answers a
+// write as succeeded as soon as it is proposed. The request keeps its place
+// (its entry still holds the writer slot and resolves it when applied or
+// lost), but whatever finish says later reaches nobody.
+func (l *Loop) ackEarly(req *request, result any) {
+	l.out.Replies = append(l.out.Replies, Reply{ID: req.id, Result: result, Index: req.index})
+	req.acked = true
 }
 
 // releaseSlot frees the writer slot held by a proposed entry, dropping its
@@ -721,6 +743,9 @@ func (l *Loop) finish(id uint64, rep Reply) {
 		} else {
 			l.byIndex[req.index] = ids
 		}
+	}
+	if req.acked {
+		return // answered when proposed (mutant.LoopReplyBeforeApply)
 	}
 	l.out.Replies = append(l.out.Replies, rep)
 }
@@ -889,7 +914,7 @@ func (l *Loop) apply(e raft.Entry) {
 func (l *Loop) serveReads() {
 	for _, id := range l.order {
 		req := l.pending[id]
-		if req == nil || !req.reading || req.index > l.applied {
+		if req == nil || !req.reading || (req.index > l.applied && !mutant.On(mutant.LoopReadBeforeApply)) {
 			continue
 		}
 		result, err := req.read()
