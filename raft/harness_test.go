@@ -22,6 +22,21 @@ type harness struct {
 	applied map[uint64]Entry // index -> entry applied anywhere (state machine safety)
 	leaders map[uint64]NodeID
 	errs    []string
+	// trace, when set, receives one line for every message sent or lost and
+	// every change of a node's visible state (see traceMessage and
+	// observe); the scenario scripts print it. Nil: no tracing.
+	trace *strings.Builder
+	seen  map[NodeID]nodeView
+}
+
+// nodeView is the part of a node's state the trace reports changes of.
+type nodeView struct {
+	state  StateType
+	term   uint64
+	vote   NodeID
+	lead   NodeID
+	commit uint64
+	config string
 }
 
 type hnode struct {
@@ -84,9 +99,16 @@ func (h *harness) crash(id NodeID) {
 	n.down = true
 	n.held, n.holdWrites = nil, false
 	// Messages to a crashed node are lost.
+	h.dropQueued(func(m Message) bool { return m.To == id })
+}
+
+// dropQueued discards the queued messages for which match is true.
+func (h *harness) dropQueued(match func(Message) bool) {
 	q := h.queue[:0]
 	for _, m := range h.queue {
-		if m.To != id {
+		if match(m) {
+			h.tracef("dropped %s", describeMessage(m))
+		} else {
 			q = append(q, m)
 		}
 	}
@@ -105,7 +127,11 @@ func (h *harness) restart(id NodeID) {
 // process drains one node's Update following its ordering rules. It reports
 // whether there was anything.
 func (h *harness) process(n *hnode) bool {
-	if n.down || !n.raft.HasUpdate() {
+	if n.down {
+		return false
+	}
+	h.observe(n)
+	if !n.raft.HasUpdate() {
 		return false
 	}
 	u := n.raft.Update()
@@ -125,6 +151,7 @@ func (h *harness) process(n *hnode) bool {
 	}
 	for _, m := range u.Messages {
 		h.queue = append(h.queue, m)
+		h.tracef("%s", describeMessage(m))
 	}
 	for _, e := range u.CommittedEntries {
 		h.apply(n, e)
@@ -134,6 +161,18 @@ func (h *harness) process(n *hnode) bool {
 	if u.StorageErr != nil {
 		n.storageErrs = append(n.storageErrs, u.StorageErr)
 	}
+	if h.trace != nil {
+		for _, rs := range u.ReadStates {
+			h.tracef("%d: read %d@%d", n.id, rs.Context, rs.Index)
+		}
+		for _, x := range u.Notices {
+			h.tracef("%d: notice %s", n.id, noticeName(x))
+		}
+		if u.StorageErr != nil {
+			h.tracef("%d: storage error: %v", n.id, u.StorageErr)
+		}
+	}
+	h.observe(n)
 	h.check()
 	return true
 }
@@ -196,9 +235,33 @@ func (h *harness) deliverOne(i int) {
 	h.queue = append(h.queue[:i], h.queue[i+1:]...)
 	n := h.nodes[m.To]
 	if n == nil || n.down || h.cut[[2]NodeID{m.From, m.To}] {
+		h.tracef("dropped %s", describeMessage(m))
 		return
 	}
 	must(n.raft.Step(m))
+}
+
+// deliver delivers the queued messages for which match is true (the
+// others stay queued, in order), then processes every node once, queueing
+// what they send in answer.
+func (h *harness) deliver(match func(Message) bool) {
+	var now []Message
+	q := h.queue[:0]
+	for _, m := range h.queue {
+		if match(m) {
+			now = append(now, m)
+		} else {
+			q = append(q, m)
+		}
+	}
+	h.queue = q
+	for _, m := range now {
+		h.queue = append(h.queue, m)
+		h.deliverOne(len(h.queue) - 1)
+	}
+	for _, id := range h.ids {
+		h.process(h.nodes[id])
+	}
 }
 
 // stabilize processes updates and delivers messages until nothing moves.
@@ -280,6 +343,112 @@ func (h *harness) isolate(id NodeID) {
 }
 
 func (h *harness) heal() { h.cut = map[[2]NodeID]bool{} }
+
+// tracef adds one line to the trace, if tracing.
+func (h *harness) tracef(format string, args ...any) {
+	if h.trace != nil {
+		fmt.Fprintf(h.trace, format+"\n", args...)
+	}
+}
+
+// observe traces what changed in node n's state since it was last
+// observed: "N: field=value ..." for the fields of nodeView that differ (a
+// node seen for the first time shows its non-zero fields).
+func (h *harness) observe(n *hnode) {
+	if h.trace == nil || n.down {
+		return
+	}
+	if h.seen == nil {
+		h.seen = map[NodeID]nodeView{}
+	}
+	st := n.raft.Status()
+	now := nodeView{state: st.State, term: st.Term, vote: st.Vote, lead: st.Lead, commit: st.Commit,
+		config: st.Config.String()}
+	was := h.seen[n.id]
+	if now == was {
+		return
+	}
+	h.seen[n.id] = now
+	var b strings.Builder
+	field := func(changed bool, format string, args ...any) {
+		if changed {
+			fmt.Fprintf(&b, " "+format, args...)
+		}
+	}
+	field(now.state != was.state, "state=%s", now.state)
+	field(now.term != was.term, "term=%d", now.term)
+	field(now.vote != was.vote, "vote=%d", now.vote)
+	field(now.lead != was.lead, "lead=%d", now.lead)
+	field(now.commit != was.commit, "commit=%d", now.commit)
+	field(now.config != was.config, "config=[%s]", now.config)
+	h.tracef("%d:%s", n.id, b.String())
+}
+
+// observeAll observes every live node.
+func (h *harness) observeAll() {
+	for _, id := range h.ids {
+		h.observe(h.nodes[id])
+	}
+}
+
+// describeMessage is the trace's one-line form of a message: sender and
+// receiver, type, term, then the fields that type uses (zero-valued
+// optional fields left out).
+func describeMessage(m Message) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d->%d %s term=%d", m.From, m.To, m.Type, m.Term)
+	switch m.Type {
+	case MsgApp:
+		fmt.Fprintf(&b, " index=%d logterm=%d commit=%d", m.Index, m.LogTerm, m.Commit)
+		if len(m.Entries) > 0 {
+			b.WriteString(" entries=[")
+			for i, e := range m.Entries {
+				if i > 0 {
+					b.WriteByte(' ')
+				}
+				fmt.Fprintf(&b, "%d/%d", e.Index, e.Term)
+			}
+			b.WriteByte(']')
+		}
+	case MsgAppResp:
+		fmt.Fprintf(&b, " index=%d", m.Index)
+		if m.Reject {
+			fmt.Fprintf(&b, " reject hint=%d logterm=%d", m.RejectHint, m.LogTerm)
+		}
+	case MsgVote, MsgPreVote:
+		fmt.Fprintf(&b, " index=%d logterm=%d", m.Index, m.LogTerm)
+		if m.Transfer {
+			b.WriteString(" transfer")
+		}
+	case MsgVoteResp, MsgPreVoteResp:
+		if m.Reject {
+			b.WriteString(" reject")
+			if m.RejectHint != 0 {
+				fmt.Fprintf(&b, " lead=%d", m.RejectHint)
+			}
+		}
+	case MsgHeartbeat:
+		fmt.Fprintf(&b, " commit=%d", m.Commit)
+		if m.Context != 0 {
+			fmt.Fprintf(&b, " ctx=%d", m.Context)
+		}
+	case MsgHeartbeatResp:
+		if m.Context != 0 {
+			fmt.Fprintf(&b, " ctx=%d", m.Context)
+		}
+	case MsgSnap:
+		fmt.Fprintf(&b, " snap=%d/%d offset=%d bytes=%d", m.Snapshot.Index, m.Snapshot.Term, m.Offset, len(m.Data))
+		if m.Done {
+			b.WriteString(" done")
+		}
+	case MsgSnapResp:
+		fmt.Fprintf(&b, " index=%d offset=%d", m.Index, m.Offset)
+		if m.Reject {
+			b.WriteString(" reject")
+		}
+	}
+	return b.String()
+}
 
 func (h *harness) String() string {
 	var b strings.Builder

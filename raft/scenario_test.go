@@ -1,68 +1,341 @@
 package raft
 
+// Scenario scripts (testdata/*.txt) in the style of etcd's datadriven tests.
+//
+// A script is a list of commands, one per line; a line starting with # is a
+// comment and blank lines separate paragraphs. A command runs one step on the
+// in-memory cluster of harness_test.go (see runCommand for the verbs) and
+// prints what that step produced. The expected output is stored in the
+// script right after the command:
+//
+//	tick 1 12
+//	----
+//	1: state=precandidate
+//	1->2 MsgPreVote term=2 index=3 logterm=1
+//	1->3 MsgPreVote term=2 index=3 logterm=1
+//
+// The block starts with a line "----" and ends at the next blank line, comment
+// line or end of file. The rule for silent steps: a command whose step prints
+// nothing has no block (an empty block is accepted and dropped by -rewrite).
+// Every `expect` line prints nothing when it holds.
+//
+// Output lines, in the order things happened:
+//
+//	F->T Type term=N ...          a message sent by F to T (see describeMessage):
+//	                              MsgApp index/logterm (of the entry before the
+//	                              entries), commit, entries=[index/term ...];
+//	                              MsgAppResp index and "reject hint= logterm=";
+//	                              votes index/logterm of the candidate's last
+//	                              entry; vote answers "reject" (lead= the leader
+//	                              the refuser follows); heartbeats commit, ctx
+//	dropped F->T Type ...         a queued message lost: its link is cut, the
+//	                              receiver is down, or the script dropped it
+//	N: field=value ...            node N's visible state changed: the fields of
+//	                              state term vote lead commit config that differ
+//	                              from when N was last seen (a node seen for the
+//	                              first time shows its non-zero fields)
+//	N: read CTX@INDEX             a ReadIndex answer
+//	N: notice NAME                a Notice (see noticeName)
+//	... the K lines above, R times in all
+//	                              the K lines before this one happened R times
+//	                              in a row (steady heartbeats; see compressRuns)
+//
+// A node's messages are printed when it hands them out (in its Update), its
+// state when it is processed and at the end of each command; a message is
+// printed once when sent and once more only if it is lost.
+//
+// `expect` lines are assertions on top of the output: they fail the scenario
+// when the cluster is not in the stated state. A command that must fail ends
+// with `-> substring of the error`.
+//
+// go test ./raft -run TestScenarios -rewrite rewrites every script with the
+// output its commands produce now; comments, blank lines and the commands
+// stay as written. Read the diff before committing it: the output is the
+// expectation.
+
 import (
-	"bufio"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 )
 
-// TestScenarios replays every script under testdata/*.txt. A script is a list
-// of commands, one per line (# starts a comment); `expect` lines fail the
-// test when the cluster is not in the stated state. A command that should
-// fail ends with `-> substring of the error`. See runCommand for the verbs.
+var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.txt scenarios with the output they produce")
+
+// TestScenarios replays every script under testdata/*.txt and compares what
+// each command prints with the block stored after it.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenarios found: %v", err)
-	}
-	for _, f := range files {
+	for _, f := range scenarioFiles(t) {
 		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
-			runScenario(t, f)
+			got, err := runScenario(f, *rewrite)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !*rewrite {
+				return
+			}
+			old, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(old) != got {
+				if err := os.WriteFile(f, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("rewrote %s", f)
+			}
 		})
 	}
 }
 
-func runScenario(t *testing.T, path string) {
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
+func scenarioFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scenarios found: %v", err)
 	}
-	defer f.Close()
-	h := newHarness(1, nil)
-	sc := bufio.NewScanner(f)
-	line := 0
-	for sc.Scan() {
-		line++
-		text := strings.TrimSpace(sc.Text())
-		if i := strings.Index(text, "#"); i >= 0 {
-			text = strings.TrimSpace(text[:i])
+	return files
+}
+
+// scriptItem is one element of a script: a command with its expected output,
+// or (cmd == "") a comment or blank line kept verbatim.
+type scriptItem struct {
+	raw  string
+	line int    // the command's line number
+	cmd  string // the command line as written
+	want []string
+	got  []string
+}
+
+// parseScript splits a script into its items (see the format above).
+func parseScript(path, data string) ([]scriptItem, error) {
+	lines := strings.Split(strings.TrimSuffix(data, "\n"), "\n")
+	if data == "" {
+		lines = nil
+	}
+	var items []scriptItem
+	for i := 0; i < len(lines); i++ {
+		l := lines[i]
+		t := strings.TrimSpace(l)
+		switch {
+		case t == "" || strings.HasPrefix(t, "#"):
+			items = append(items, scriptItem{raw: l})
+			continue
+		case t == "----":
+			return nil, fmt.Errorf("%s:%d: output block without a command", path, i+1)
 		}
-		if text == "" {
+		it := scriptItem{line: i + 1, cmd: l}
+		if i+1 < len(lines) && strings.TrimSpace(lines[i+1]) == "----" {
+			for i += 2; i < len(lines); i++ {
+				t := strings.TrimSpace(lines[i])
+				if t == "" {
+					break // the blank line ending the block belongs to it
+				}
+				if strings.HasPrefix(t, "#") {
+					i--
+					break
+				}
+				it.want = append(it.want, strings.TrimRight(lines[i], " \t"))
+			}
+		}
+		items = append(items, it)
+	}
+	return items, nil
+}
+
+// formatScript writes items back, each command followed by its actual
+// output.
+func formatScript(items []scriptItem) string {
+	var b strings.Builder
+	for i, it := range items {
+		if it.cmd == "" {
+			b.WriteString(it.raw + "\n")
 			continue
 		}
+		b.WriteString(it.cmd + "\n")
+		if len(it.got) == 0 {
+			continue
+		}
+		b.WriteString("----\n")
+		for _, l := range it.got {
+			b.WriteString(l + "\n")
+		}
+		// A blank line ends the block, unless the file ends or a blank
+		// line follows anyway.
+		if i+1 < len(items) && !(items[i+1].cmd == "" && strings.TrimSpace(items[i+1].raw) == "") {
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// scenario is one run of a script.
+type scenario struct {
+	h *harness
+	// maxMsgBytes, when set, is the Config.MaxMsgBytes of nodes created or
+	// restarted from then on ("set max-msg-bytes N").
+	maxMsgBytes uint64
+}
+
+// runScenario runs the script at path and returns it rewritten with the
+// output each command produced. It returns an error at the first command
+// that fails: an error (or none) other than the one the script asks for,
+// a failed expectation, a panic, a safety violation seen by the harness, or,
+// unless rewriting, output that differs from the script's.
+func runScenario(path string, rewriting bool) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	items, err := parseScript(path, string(data))
+	if err != nil {
+		return "", err
+	}
+	s := &scenario{}
+	s.h = newHarness(1, func(c *Config) {
+		if s.maxMsgBytes > 0 {
+			c.MaxMsgBytes = s.maxMsgBytes
+		}
+	})
+	h := s.h
+	for i := range items {
+		it := &items[i]
+		if it.cmd == "" {
+			continue
+		}
+		text := strings.TrimSpace(it.cmd)
+		if j := strings.Index(text, "#"); j >= 0 {
+			text = strings.TrimSpace(text[:j])
+		}
 		wantErr := ""
-		if i := strings.Index(text, "->"); i >= 0 {
-			wantErr = strings.TrimSpace(text[i+2:])
-			text = strings.TrimSpace(text[:i])
+		if j := strings.Index(text, "->"); j >= 0 {
+			wantErr = strings.TrimSpace(text[j+2:])
+			text = strings.TrimSpace(text[:j])
 		}
-		err := runCommand(h, strings.Fields(text))
+		h.trace = &strings.Builder{}
+		err, panicked := s.run(strings.Fields(text))
+		if !panicked {
+			h.observeAll()
+		}
+		if out := strings.TrimSuffix(h.trace.String(), "\n"); out != "" {
+			it.got = compressRuns(strings.Split(out, "\n"))
+		}
+		h.trace = nil
+		where := fmt.Sprintf("%s:%d: %s", path, it.line, text)
 		switch {
+		case panicked:
+			return "", fmt.Errorf("%s: %v\n%s", where, err, h)
 		case wantErr == "" && err != nil:
-			t.Fatalf("%s:%d: %s: %v\n%s", path, line, text, err, h)
+			return "", fmt.Errorf("%s: %v\n%s", where, err, h)
 		case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
-			t.Fatalf("%s:%d: %s: got error %v, want one containing %q\n%s", path, line, text, err, wantErr, h)
-		}
-		if len(h.errs) > 0 {
-			t.Fatalf("%s:%d: %s: safety violated: %v\n%s", path, line, text, h.errs, h)
+			return "", fmt.Errorf("%s: got error %v, want one containing %q\n%s", where, err, wantErr, h)
+		case len(h.errs) > 0:
+			return "", fmt.Errorf("%s: safety violated: %v\n%s", where, h.errs, h)
+		case !rewriting && !slicesEqual(it.want, it.got):
+			return "", fmt.Errorf("%s: output differs (-want +got):\n%s", where, lineDiff(it.want, it.got))
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+	return formatScript(items), nil
+}
+
+// run runs one command, turning a panic (a raft assertion, or the harness
+// refusing a message) into an error.
+func (s *scenario) run(args []string) (err error, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			err, panicked = fmt.Errorf("panic: %v", r), true
+		}
+	}()
+	return s.runCommand(args), false
+}
+
+// maxRunLines bounds the group of lines compressRuns looks for repeats of.
+const maxRunLines = 16
+
+// compressRuns replaces a group of lines repeated back to back (steady
+// heartbeats: ticks repeat a round of messages) by one copy of the group
+// and a line "... the N lines above, R times in all". At each line it takes
+// the group, of at most maxRunLines lines, whose repeats cover the most
+// lines (the shortest on ties).
+func compressRuns(lines []string) []string {
+	var out []string
+	for i := 0; i < len(lines); {
+		bestK, bestR := 0, 1
+		for k := 1; k <= maxRunLines && i+2*k <= len(lines); k++ {
+			r := 1
+			for i+(r+1)*k <= len(lines) && slicesEqual(lines[i:i+k], lines[i+r*k:i+(r+1)*k]) {
+				r++
+			}
+			if r > 1 && k*r > bestK*bestR {
+				bestK, bestR = k, r
+			}
+		}
+		if bestK == 0 {
+			out = append(out, lines[i])
+			i++
+			continue
+		}
+		out = append(out, lines[i:i+bestK]...)
+		if bestK == 1 {
+			out = append(out, fmt.Sprintf("... the line above, %d times in all", bestR))
+		} else {
+			out = append(out, fmt.Sprintf("... the %d lines above, %d times in all", bestK, bestR))
+		}
+		i += bestK * bestR
 	}
+	return out
+}
+
+func slicesEqual(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// lineDiff is a line diff of want and got (longest common subsequence):
+// "-" lines only in want, "+" lines only in got, "  " lines in both.
+func lineDiff(want, got []string) string {
+	n, m := len(want), len(got)
+	lcs := make([][]int, n+1)
+	for i := range lcs {
+		lcs[i] = make([]int, m+1)
+	}
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			if want[i] == got[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var b strings.Builder
+	i, j := 0, 0
+	for i < n || j < m {
+		switch {
+		case i < n && j < m && want[i] == got[j]:
+			b.WriteString("  " + want[i] + "\n")
+			i++
+			j++
+		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
+			b.WriteString("+ " + got[j] + "\n")
+			j++
+		default:
+			b.WriteString("- " + want[i] + "\n")
+			i++
+		}
+	}
+	return b.String()
 }
 
 func atoi(s string) uint64 {
@@ -82,14 +355,41 @@ func nodeArg(h *harness, s string) (*hnode, error) {
 }
 
 // nodeVerbs take a node id as their first argument.
-var nodeVerbs = map[string]bool{"campaign": true, "tick": true, "propose": true, "isolate": true,
-	"crash": true, "restart": true, "hold": true, "release": true, "conf": true, "transfer": true,
-	"read": true, "snapshot": true, "expect": true}
+var nodeVerbs = map[string]bool{"campaign": true, "timeout": true, "tick": true, "propose": true,
+	"isolate": true, "crash": true, "restart": true, "hold": true, "release": true, "conf": true,
+	"transfer": true, "read": true, "snapshot": true, "expect": true}
 
 var roles = map[string]Role{"voter": Voter, "standby": Standby, "spare": Spare}
 
-func runCommand(h *harness, args []string) error {
+// runCommand runs one command. The verbs:
+//
+//	bootstrap ID...          create voters knowing each other (term 1, one entry)
+//	join ID                  create a node with empty storage
+//	set max-msg-bytes N      Config.MaxMsgBytes of nodes created or restarted later
+//	campaign ID              tick ID until it starts a (pre-)election, then stabilize
+//	timeout ID               tick ID until it starts a (pre-)election (nothing delivered)
+//	tick ID [N]              tick ID N times (default 1), processing it after each
+//	tick-all N               N rounds of: tick every live node, stabilize
+//	stabilize                process and deliver until nothing moves
+//	deliver [FROM TO [TYPE]] deliver the queued messages (only those on link
+//	                         FROM->TO, of TYPE; * for any node), then process
+//	                         every node once: their answers stay queued
+//	drop [FROM TO [TYPE]]    drop queued messages (all, or those matching)
+//	isolate ID / cut FROM TO / heal   cut links (checked on delivery) / restore all
+//	crash ID / restart ID    lose volatile state (and messages to it) / restart from storage
+//	hold ID / release ID     keep ID's entry writes pending / write them
+//	propose ID DATA, conf ID add|assign|remove ..., transfer ID [TO], read ID CTX
+//	snapshot ID              snapshot ID's state machine at its applied index
+//	expect ...               see (*harness).expect
+func (s *scenario) runCommand(args []string) error {
+	h := s.h
+	if len(args) == 0 {
+		return fmt.Errorf("empty command")
+	}
 	verb, args := args[0], args[1:]
+	if nodeVerbs[verb] && len(args) == 0 {
+		return fmt.Errorf("%s needs a node id", verb)
+	}
 	var n *hnode
 	if nodeVerbs[verb] && !(verb == "expect" && args[0] == "leader") {
 		var err error
@@ -106,8 +406,20 @@ func runCommand(h *harness, args []string) error {
 		h.bootstrap(ids...)
 	case "join":
 		h.addNode(NodeID(atoi(args[0])), NewMemoryStorage())
+	case "set":
+		if len(args) != 2 || args[0] != "max-msg-bytes" {
+			return fmt.Errorf("usage: set max-msg-bytes N")
+		}
+		s.maxMsgBytes = atoi(args[1])
 	case "campaign":
 		h.campaign(n.id)
+	case "timeout":
+		for i := 0; i < 100 && n.raft.state == StateFollower; i++ {
+			h.tick(n.id, 1)
+		}
+		if n.raft.state == StateFollower {
+			return fmt.Errorf("node %d did not start an election in 100 ticks", n.id)
+		}
 	case "tick":
 		count := 1
 		if len(args) > 1 {
@@ -128,8 +440,18 @@ func runCommand(h *harness, args []string) error {
 		h.cut[[2]NodeID{NodeID(atoi(args[0])), NodeID(atoi(args[1]))}] = true
 	case "heal":
 		h.heal()
+	case "deliver":
+		match, err := messageFilter(args)
+		if err != nil {
+			return err
+		}
+		h.deliver(match)
 	case "drop":
-		h.queue = nil
+		match, err := messageFilter(args)
+		if err != nil {
+			return err
+		}
+		h.dropQueued(match)
 	case "crash":
 		h.crash(n.id)
 	case "restart":
@@ -163,6 +485,34 @@ func runCommand(h *harness, args []string) error {
 	return nil
 }
 
+// messageFilter matches messages by [FROM TO [TYPE]] (* for any node).
+func messageFilter(args []string) (func(Message) bool, error) {
+	if len(args) != 0 && len(args) != 2 && len(args) != 3 {
+		return nil, fmt.Errorf("want [FROM TO [TYPE]], got %q", args)
+	}
+	node := func(i int) NodeID {
+		if i >= len(args) || args[i] == "*" {
+			return None
+		}
+		return NodeID(atoi(args[i]))
+	}
+	from, to := node(0), node(1)
+	var typ MessageType
+	if len(args) == 3 {
+		for t := MsgApp; t <= MsgTimeoutNow; t++ {
+			if t.String() == args[2] {
+				typ = t
+			}
+		}
+		if typ == 0 {
+			return nil, fmt.Errorf("unknown message type %q", args[2])
+		}
+	}
+	return func(m Message) bool {
+		return (from == None || m.From == from) && (to == None || m.To == to) && (typ == 0 || m.Type == typ)
+	}, nil
+}
+
 func (h *harness) confChange(n *hnode, args []string) error {
 	cc := ConfigChange{ID: NodeID(atoi(args[1]))}
 	switch args[0] {
@@ -193,6 +543,9 @@ func (h *harness) snapshot(n *hnode) error {
 	return n.storage.CreateSnapshot(meta, []byte(fmt.Sprintf("state-at-%d", idx)))
 }
 
+// expect checks "expect leader ID" (the live leader of the highest term) or
+// "expect ID WHAT VALUE...", WHAT one of state term lead vote commit applied
+// last first config data read notices snapshot progress.
 func (h *harness) expect(n *hnode, args []string) error {
 	if args[0] == "leader" {
 		if got := h.leader(); got != NodeID(atoi(args[1])) {
@@ -244,6 +597,18 @@ func (h *harness) expect(n *hnode, args []string) error {
 		got = strings.Join(ns, " ")
 	case "snapshot":
 		got = fmt.Sprint(n.storage.Snapshot().Index)
+	case "progress":
+		// The leader's match index of each replica: "2:5 3:4".
+		var ids []NodeID
+		for id := range st.Progress {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		var ps []string
+		for _, id := range ids {
+			ps = append(ps, fmt.Sprintf("%d:%d", id, st.Progress[id]))
+		}
+		got = strings.Join(ps, " ")
 	default:
 		return fmt.Errorf("unknown expectation %q", what)
 	}
