@@ -707,10 +707,13 @@ type BasicStatus struct {
 	Commit    uint64
 	Applied   uint64
 	LastIndex uint64
+	// Persisted is the last index known durable (LastIndex when nothing
+	// waits to be persisted).
+	Persisted uint64
 }
 
 // Basic returns the node's term, state, leader and positions.
 func (r *Raft) Basic() BasicStatus {
 	return BasicStatus{Term: r.term, State: r.state, Lead: r.lead, Commit: r.log.committed,
-		Applied: r.log.applied, LastIndex: r.log.lastIndex()}
+		Applied: r.log.applied, LastIndex: r.log.lastIndex(), Persisted: r.log.persisted()}
 }

@@ -1,11 +1,13 @@
 package sim
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/anishathalye/porcupine"
 
@@ -25,7 +27,7 @@ func (s *Sim) checkEntry(id raft.NodeID, e raft.Entry) {
 	key := [2]uint64{e.Index, e.Term}
 	h := entryHash(e)
 	if prev, ok := s.entries[key]; ok && prev != h {
-		s.violate("log matching: node %d persisted a different entry at %d/%d", id, e.Index, e.Term)
+		s.violate("log-matching", "node %d persisted a different entry at %d/%d", id, e.Index, e.Term)
 		return
 	}
 	s.entries[key] = h
@@ -36,12 +38,19 @@ func (s *Sim) checkEntry(id raft.NodeID, e raft.Entry) {
 func (s *Sim) checkApply(id raft.NodeID, e raft.Entry) {
 	a := appliedEntry{term: e.Term, hash: entryHash(e)}
 	if prev, ok := s.applied[e.Index]; ok && prev != a {
-		s.violate("state machine safety: node %d applied %d/%d, another node applied %d/%d there",
+		s.violate("state-machine-safety", "node %d applied %d/%d, another node applied %d/%d there",
 			id, e.Index, e.Term, e.Index, prev.term)
 		return
 	}
 	s.applied[e.Index] = a
 	s.tracef("apply %d %d/%d", id, e.Index, e.Term)
+	if !s.opts.SQLite && e.Type == raft.EntryNormal {
+		if _, val, ok := strings.Cut(string(e.Data), "="); ok {
+			if _, known := s.valueIndex[val]; !known {
+				s.valueIndex[val] = e.Index
+			}
+		}
+	}
 }
 
 // checkStep runs after every event: one leader per term, commit never going
@@ -56,22 +65,87 @@ func (s *Sim) checkStep() {
 		b := n.loop.Raft().Basic()
 		prev, known := s.commits[id]
 		if known && b.Commit < prev {
-			s.violate("node %d commit index went back from %d to %d", id, prev, b.Commit)
+			s.violate("commit-monotonic", "node %d commit index went back from %d to %d", id, prev, b.Commit)
 		}
 		if b.State == raft.StateLeader {
 			if l, ok := s.leaders[b.Term]; ok && l != id {
-				s.violate("two leaders in term %d: %d and %d", b.Term, l, id)
+				s.violate("election-safety", "two leaders in term %d: %d and %d", b.Term, l, id)
 			}
 			s.leaders[b.Term] = id
 			if known {
+				if s.leaderTerm[id] == b.Term {
+					s.checkCommitOwnTerm(n, prev, b)
+				}
 				s.recordCommits(n, prev, b)
 			}
+			s.leaderTerm[id] = b.Term
 			s.checkLeaderComplete(n, b.Term)
 		}
+		if b.State != raft.StateLeader {
+			delete(s.leaderTerm, id)
+		}
+		s.checkConfigInForce(n, b)
 		s.commits[id] = b.Commit
 		if b.Applied > b.Commit {
-			s.violate("node %d applied %d beyond commit %d", id, b.Applied, b.Commit)
+			s.violate("applied-le-commit", "node %d applied %d beyond commit %d", id, b.Applied, b.Commit)
 		}
+	}
+}
+
+// checkDurableBeforeSend: a vote grant leaves only once the vote is
+// durable, and an acknowledgement of entries only once they are (what a
+// crash right after sending would otherwise let the node forget).
+func (s *Sim) checkDurableBeforeSend(n *node, m raft.Message) {
+	d := n.disk
+	switch {
+	case m.Type == raft.MsgVoteResp && !m.Reject:
+		if d.hard.Term != m.Term || d.hard.Vote != m.To {
+			s.violate("durability", "node %d granted its vote in term %d to %d, but its durable term/vote is %d/%d",
+				n.id, m.Term, m.To, d.hard.Term, d.hard.Vote)
+		}
+	case m.Type == raft.MsgAppResp && !m.Reject && m.Index > d.last:
+		s.violate("durability", "node %d acknowledged entries up to %d to %d, but its durable log ends at %d",
+			n.id, m.Index, m.To, d.last)
+	}
+}
+
+// checkConfigInForce: once a node's log is all durable, the configuration
+// it acts on is the last configuration entry of that log (or of its
+// snapshot): not one whose entry was truncated, nor an older one.
+func (s *Sim) checkConfigInForce(n *node, b raft.BasicStatus) {
+	if b.Persisted != b.LastIndex || n.disk.last != b.LastIndex {
+		return // entries wait to be written, or a snapshot to be installed
+	}
+	want, ok := n.disk.lastConfig()
+	if !ok {
+		return
+	}
+	r := n.loop.Raft()
+	if got := r.ConfigIndex(); got != want.index {
+		s.violate("config-in-force", "node %d acts on the configuration of index %d, its log's last configuration entry is at %d",
+			n.id, got, want.index)
+		return
+	}
+	if n.checkedConfig == want.index {
+		return
+	}
+	n.checkedConfig = want.index
+	if got := string(raft.EncodeMembership(r.Status().Config)); got != want.data {
+		s.violate("config-in-force", "node %d's configuration in force differs from its log's entry %d", n.id, want.index)
+	}
+}
+
+// checkCommitOwnTerm: a leader advances its commit index only to an entry
+// of its own term (earlier terms' entries commit with it, never by being
+// counted on their own: Raft §5.4.2).
+func (s *Sim) checkCommitOwnTerm(n *node, prev uint64, b raft.BasicStatus) {
+	if b.Commit <= prev {
+		return
+	}
+	t, err := n.loop.Raft().Term(b.Commit)
+	if err == nil && t != b.Term {
+		s.violate("commit-own-term", "leader %d (term %d) moved its commit index from %d to %d, an entry of term %d",
+			n.id, b.Term, prev, b.Commit, t)
 	}
 }
 
@@ -106,11 +180,16 @@ func (s *Sim) checkLeaderComplete(n *node, term uint64) {
 			continue
 		}
 		t, err := r.Term(idx)
+		if errors.Is(err, raft.ErrCompacted) {
+			continue // in the leader's snapshot
+		}
 		if err != nil {
-			continue // compacted into the leader's snapshot, or beyond
+			s.violate("leader-completeness", "leader %d (term %d) lacks %d/%d, committed in term %d (its log ends at %d): %v",
+				n.id, term, idx, c.entryTerm, c.commitTerm, r.Basic().LastIndex, err)
+			break
 		}
 		if t != c.entryTerm {
-			s.violate("leader completeness: leader %d (term %d) has %d/%d, but %d/%d was committed in term %d",
+			s.violate("leader-completeness", "leader %d (term %d) has %d/%d, but %d/%d was committed in term %d",
 				n.id, term, idx, t, idx, c.entryTerm, c.commitTerm)
 			break
 		}
@@ -145,16 +224,21 @@ func (s *Sim) heal() {
 		committed = s.anyApplied("liveness=probe")
 	}
 	if !committed {
-		s.violate("liveness: no write committed within %v after faults stopped", s.opts.HealPhase)
+		victim := ""
+		if v := s.healVictim; v != nil {
+			victim = fmt.Sprintf(" (node %d %s)", v.id, s.opts.HealMode)
+		}
+		s.violate("liveness", "no write committed within %v after faults stopped%s", s.opts.HealPhase, victim)
 		return
 	}
+	s.restoreHealVictim()
 	for s.now < deadline {
 		s.runUntil(s.now + s.electionTimeout())
 		if s.converged() == "" {
 			return
 		}
 	}
-	s.violate("convergence: %s after %v", s.converged(), s.opts.HealPhase)
+	s.violate("convergence", "%s after %v", s.converged(), s.opts.HealPhase)
 }
 
 func (s *Sim) anyApplied(cmd string) bool {
@@ -231,7 +315,7 @@ func (s *Sim) check() {
 	}
 	s.linearizable, s.linInfo = porcupine.CheckOperationsVerbose(kvModel, ops, s.opts.CheckTimeout)
 	if s.linearizable == porcupine.Illegal {
-		s.violate("linearizability: the history of %d operations is not linearizable", len(ops))
+		s.violate("linearizability", "the history of %d operations is not linearizable", len(ops))
 	}
 }
 

@@ -361,3 +361,21 @@ func (f *diskFile) Size() (int64, error) {
 }
 
 func (f *diskFile) Close() error { return nil }
+
+// Unsynced names a file whose current content or directory entry a crash
+// now could lose ("" when everything present is durable). Unsynced removals
+// and truncations are not counted: a file or tail coming back after a crash
+// loses nothing written.
+func (d *Disk) Unsynced() string {
+	var worst string
+	for name, ino := range d.dir {
+		lost := d.durable[name] != ino || len(ino.data) > len(ino.synced) ||
+			(ino.dirtyFrom < len(ino.data) && string(ino.data[ino.dirtyFrom:]) != string(ino.synced[ino.dirtyFrom:len(ino.data)]))
+		if lost {
+			if worst == "" || name < worst {
+				worst = name // the smallest name, for a deterministic report
+			}
+		}
+	}
+	return worst
+}

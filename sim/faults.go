@@ -30,6 +30,8 @@ var faultKinds = []struct {
 	{"eio-read", 1, (*Sim).faultReadEIO},
 	{"corrupt-read", 1, (*Sim).faultCorruptRead},
 	{"enospc", 1, (*Sim).faultNoSpace},
+	{"stale-leader", 2, (*Sim).faultStaleLeader},
+	{"slow-leader-disk", 1, (*Sim).faultSlowLeaderDisk},
 }
 
 // electionTimeout is the nominal election timeout of the simulated nodes.
@@ -200,6 +202,69 @@ func (s *Sim) faultNoSpace() {
 	s.after(s.randDuration(100*time.Millisecond, 800*time.Millisecond), &event{kind: evFault, fn: func() {
 		fs.Capacity = 0
 	}})
+}
+
+// faultStaleLeader cuts the leader (with one follower, in clusters of five
+// or more) off from the rest and stalls its ticks, so it keeps believing it
+// leads (its check-quorum never runs) while it still takes messages and
+// clients' requests: reads it serves then must still be linearizable.
+func (s *Sim) faultStaleLeader() {
+	l := s.leader()
+	if l == nil {
+		return
+	}
+	group := map[raft.NodeID]bool{l.id: true}
+	ids := s.sortedIDs()
+	if len(ids) >= 5 {
+		others := []raft.NodeID{}
+		for _, id := range ids {
+			if id != l.id && s.nodes[id].up && !s.nodes[id].removed {
+				others = append(others, id)
+			}
+		}
+		if len(others) > 0 {
+			group[others[s.rng.IntN(len(others))]] = true
+		}
+	}
+	var cuts [][2]raft.NodeID
+	for a := range group {
+		for _, b := range ids {
+			if !group[b] {
+				for _, c := range [][2]raft.NodeID{{a, b}, {b, a}} {
+					if !s.net.cut[c] {
+						s.net.cut[c] = true
+						cuts = append(cuts, c)
+					}
+				}
+			}
+		}
+	}
+	l.stalled = true
+	inc := l.inc
+	s.count("stale-leader")
+	s.tracef("stale leader %d (group %v)", l.id, group)
+	s.after(s.randDuration(2*s.electionTimeout(), 5*s.electionTimeout()), &event{kind: evFault, fn: func() {
+		if l.inc == inc {
+			l.stalled = false
+		}
+		for _, c := range cuts {
+			delete(s.net.cut, c)
+		}
+		s.tracef("stale leader %d released", l.id)
+	}})
+}
+
+// faultSlowLeaderDisk makes the leader's appends slow for a while, so its
+// followers persist first and its commit index runs ahead of what it has
+// written and applied.
+func (s *Sim) faultSlowLeaderDisk() {
+	l := s.leader()
+	if l == nil {
+		return
+	}
+	l.slowUntil = s.now + s.randDuration(300*time.Millisecond, 1500*time.Millisecond)
+	l.slowBy = s.randDuration(20*time.Millisecond, 80*time.Millisecond)
+	s.count("slow-leader-disk")
 }
 
 func (s *Sim) cutBoth(a, b raft.NodeID) {
@@ -458,14 +523,26 @@ func (s *Sim) faultMembership() {
 	}
 }
 
-// retire stops a removed node for good if the removal took effect.
+// retire stops a removed node for good once its removal committed: the
+// leader's configuration in force leaves it out and is committed. A removal
+// merely appended may still be overwritten (the node stays a member), so
+// an uncommitted one is looked at again later.
 func (s *Sim) retire(n *node) {
-	l := s.leader()
-	if l == nil || n.removed {
+	if n.removed {
 		return
 	}
-	if _, member := l.loop.Raft().Status().Config.Get(n.id); member {
-		return // the removal did not commit (leadership changed)
+	l := s.leader()
+	if l == nil {
+		s.after(s.electionTimeout()*2, &event{kind: evFault, fn: func() { s.retire(n) }})
+		return
+	}
+	st := l.loop.Raft().Status()
+	if _, member := st.Config.Get(n.id); member {
+		return // the removal was overwritten (leadership changed)
+	}
+	if st.ConfigIndex > st.Commit {
+		s.after(s.electionTimeout()*2, &event{kind: evFault, fn: func() { s.retire(n) }})
+		return
 	}
 	if n.up {
 		s.crash(n)

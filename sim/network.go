@@ -9,12 +9,15 @@ import (
 // network holds the directed links that are cut.
 type network struct {
 	cut map[[2]raft.NodeID]bool
+	// isolated is a node cut off from every other by the heal phase
+	// (apart from cut, which pending fault events may still change).
+	isolated raft.NodeID
 }
 
 // send puts a message on the network with the fault phase's drop,
 // duplication, delay and reordering.
 func (s *Sim) send(m raft.Message) {
-	if s.net.cut[[2]raft.NodeID{m.From, m.To}] {
+	if s.net.cut[[2]raft.NodeID{m.From, m.To}] || (s.net.isolated != raft.None && (m.From == s.net.isolated || m.To == s.net.isolated)) {
 		s.count("partitioned-message")
 		return
 	}

@@ -39,6 +39,14 @@ type node struct {
 	// loop's reads see the appended entries before WriteDone.
 	appended    *loop.WriteJob
 	appendedErr error
+	// stalled: no ticks (a stale leader's check-quorum never runs), but
+	// messages and requests are taken.
+	stalled bool
+	// slowUntil and slowBy make appends slower until a time.
+	slowUntil, slowBy time.Duration
+	// checkedConfig is the configuration index whose content the oracle
+	// last compared.
+	checkedConfig uint64
 }
 
 type bitFlip struct {
@@ -78,10 +86,10 @@ func (s *Sim) startNode(n *node) {
 	if f := n.flipped; f != nil {
 		n.flipped = nil
 		if err == nil {
-			s.violate("node %d started on a log with a flipped bit in %s at %d: corruption accepted", n.id, f.file, f.off)
+			s.violate("corruption-detected", "node %d started on a log with a flipped bit in %s at %d: corruption accepted", n.id, f.file, f.off)
 			w.Close()
 		} else if !wal.IsCorruption(err) {
-			s.violate("node %d: flipped bit in %s reported as %v, not corruption", n.id, f.file, err)
+			s.violate("corruption-detected", "node %d: flipped bit in %s reported as %v, not corruption", n.id, f.file, err)
 		}
 		s.count("bitflip-detected")
 		// The operator restores the damaged file (here: flips it back).
@@ -89,32 +97,47 @@ func (s *Sim) startNode(n *node) {
 		w, rep, err = wal.Open(n.fs, walOptions())
 	}
 	if err != nil {
-		s.violate("node %d cannot open its log: %v", n.id, err)
+		s.violate("recovery", "node %d cannot open its log: %v", n.id, err)
 		n.up = false
 		return
 	}
 	if rep.TruncatedFile != "" {
 		s.count("torn-tail-recovered")
 	}
-	var hard raft.HardState
-	if n.disk != nil {
-		hard = n.disk.hard
+	if n.disk == nil {
+		n.disk = &storage{id: n.id, sim: s, fs: n.fs}
+		if n.id <= raft.NodeID(s.opts.Nodes) { // a joiner starts empty
+			b := s.bootstrap
+			n.disk.configs = []configEntry{{index: b.Index, data: string(b.Data)}}
+		}
 	}
-	n.disk = &storage{WAL: w, id: n.id, sim: s, hard: hard}
+	n.disk.WAL = w
+	n.disk.opened()
 	var sm loop.StateMachine = applyHook{s: s, n: n}
 	var batcher loop.Batcher
-	maxMsg := uint64(4096)
+	maxMsg, inflight := uint64(4096), 8
+	if s.opts.MaxMsgBytes > 0 {
+		maxMsg = s.opts.MaxMsgBytes
+	}
+	if s.opts.MaxInflight > 0 {
+		inflight = s.opts.MaxInflight
+	}
 	if s.opts.SQLite {
 		if err := s.openSQL(n); err != nil {
-			s.violate("node %d: opening SQLite: %v", n.id, err)
+			s.violate("recovery", "node %d: opening SQLite: %v", n.id, err)
 			n.up = false
 			return
 		}
-		sm, batcher, maxMsg = sqlHook{s: s, n: n}, n.db, 1<<20
+		sm, batcher = sqlHook{s: s, n: n}, n.db
+		// Frames entries are pages: at least 64 KiB, so a transaction
+		// of a few pages still fits one message.
+		if maxMsg = 1 << 20; s.opts.MaxMsgBytes > 0 {
+			maxMsg = 64<<10 + s.opts.MaxMsgBytes*64
+		}
 	}
 	cfg := loop.Config{
 		Raft: raft.Config{ID: n.id, ElectionTicks: 10, HeartbeatTicks: 2, MaxSnapshotChunkBytes: 256,
-			MaxMsgBytes: maxMsg, MaxInflightMsgs: 8},
+			MaxMsgBytes: maxMsg, MaxInflightMsgs: inflight},
 		Storage: n.disk, FSM: sm, Batcher: batcher,
 		Rand:                rand.New(rand.NewPCG(s.opts.Seed, uint64(n.id)<<32|uint64(n.inc))),
 		SnapshotThreshold:   s.opts.SnapshotThreshold,
@@ -122,12 +145,14 @@ func (s *Sim) startNode(n *node) {
 	}
 	l, err := loop.New(cfg)
 	if err != nil {
-		s.violate("node %d failed to start: %v", n.id, err)
+		s.violate("recovery", "node %d failed to start: %v", n.id, err)
 		n.up = false
 		return
 	}
-	n.loop, n.up, n.paused, n.deferred = l, true, false, nil
+	n.loop, n.up, n.paused, n.deferred, n.stalled = l, true, false, nil, false
 	delete(s.commits, n.id)
+	delete(s.leaderTerm, n.id)
+	n.checkedConfig = 0
 	s.tracef("start %d inc=%d", n.id, n.inc)
 	s.after(s.randDuration(0, n.tickEvery), &event{kind: evTick, node: n.id, inc: n.inc})
 }
@@ -156,6 +181,7 @@ func (s *Sim) resume(n *node) {
 // onto the disk (after its latency), replies to the clients.
 func (s *Sim) take(n *node, out loop.Output) {
 	for _, m := range out.Messages {
+		s.checkDurableBeforeSend(n, m)
 		s.send(m)
 	}
 	if out.Write != nil {
@@ -163,6 +189,9 @@ func (s *Sim) take(n *node, out loop.Output) {
 		if s.faultsOn && s.chance(0.02) {
 			d += 50 * time.Millisecond // a slow disk
 			s.count("slow-disk")
+		}
+		if s.now < n.slowUntil {
+			d += n.slowBy
 		}
 		// The append itself happens part way (the disk goroutine runs
 		// beside the loop), its completion reaches the loop at d.
@@ -186,7 +215,7 @@ func (s *Sim) deliver(m raft.Message) {
 	s.tracef("deliver %s", msgSummary(m))
 	out, err := n.loop.Step(m)
 	if err != nil {
-		s.violate("node %d rejected a message from a peer: %v", n.id, err)
+		s.violate("peer-validation", "node %d rejected a message from a peer: %v", n.id, err)
 	}
 	s.take(n, out)
 }

@@ -46,6 +46,18 @@ type Options struct {
 	Clients, Keys int
 	// SnapshotThreshold is how many applied entries trigger a snapshot.
 	SnapshotThreshold uint64
+	// MaxMsgBytes and MaxInflight are raft's per-message size and
+	// in-flight append limits (0: 4 KiB and 8; SQLite mode: 1 MiB). Small
+	// values send one entry per message, so entries of an older term get
+	// acknowledged on their own.
+	MaxMsgBytes uint64
+	MaxInflight int
+	// HealMode is what the heal phase leaves broken while it requires a
+	// leader to commit: HealAll (nothing), HealOneDown (a voter stays
+	// crashed) or HealOneIsolated (a voter stays cut off; its term must
+	// not grow, which is pre-vote's promise). The voter is brought back for
+	// the convergence check.
+	HealMode HealMode
 	// Mutant is the catalogued bug active during the run (to show the
 	// oracles catch it; see internal/mutant). Runs in one process may share
 	// a mutant but not run different ones at once.
@@ -68,20 +80,46 @@ type Options struct {
 	OutDir string
 }
 
-// DefaultOptions returns the CI-sized options for a seed.
+// HealMode is what the heal phase leaves broken (see Options.HealMode).
+type HealMode uint8
+
+const (
+	HealAll HealMode = iota
+	HealOneDown
+	HealOneIsolated
+)
+
+func (m HealMode) String() string {
+	return [...]string{"all", "one-down", "one-isolated"}[m]
+}
+
+// DefaultOptions returns the CI-sized options for a seed. The seed also
+// picks the cluster's shape: 3, 4 or 5 voters, raft's message size and
+// in-flight limits (down to about one entry per message), the snapshot
+// threshold, and what the heal phase leaves broken. Callers may override
+// any of them; the replay command names the non-default ones.
 func DefaultOptions(seed uint64) Options {
-	return Options{Seed: seed, Nodes: 3, Joiners: 2, FaultPhase: 6 * time.Second, HealPhase: 10 * time.Second,
+	o := Options{Seed: seed, Nodes: 3, Joiners: 2, FaultPhase: 6 * time.Second, HealPhase: 10 * time.Second,
 		Tick: 10 * time.Millisecond, LatencyMin: time.Millisecond, LatencyMax: 8 * time.Millisecond,
 		DropRate: 0.05, DupRate: 0.02, ReorderRate: 0.03,
 		DiskLatencyMin: 200 * time.Microsecond, DiskLatencyMax: 3 * time.Millisecond,
 		FaultInterval: 250 * time.Millisecond, Clients: 5, Keys: 3, SnapshotThreshold: 40,
 		CheckTimeout: 10 * time.Second}
+	shape := rand.New(rand.NewPCG(seed, 0x5ba9e))
+	o.Nodes = []int{3, 3, 4, 5, 5}[shape.IntN(5)]
+	o.MaxMsgBytes = []uint64{128, 512, 0}[shape.IntN(3)]
+	o.MaxInflight = []int{1, 2, 8}[shape.IntN(3)]
+	o.SnapshotThreshold = []uint64{12, 40, 100}[shape.IntN(3)]
+	o.HealMode = HealMode(shape.IntN(3))
+	return o
 }
 
 // Result is the outcome of one run.
 type Result struct {
 	Seed       uint64
 	Violations []string
+	// Oracles names the oracle that reported each violation.
+	Oracles []string
 	// Faults counts each fault kind actually injected.
 	Faults    map[string]int
 	Simulated time.Duration
@@ -149,16 +187,27 @@ type Sim struct {
 	faults map[string]int
 	trace  hash.Hash64
 
-	faultsOn   bool
-	clientsOn  bool
-	schemaDone bool // SQLite mode: the tables exist
-	clients    []*client
-	reqOwner   map[uint64]*client
-	nextReq    uint64
+	bootstrap raft.Entry // the initial voters' first entry
+	// healVictim is the voter the heal phase leaves down or cut off until
+	// the liveness probe committed; isolatedTerm is its term once cut off.
+	healVictim   *node
+	isolatedTerm uint64
+	cfgIndexSeen uint64
+	faultsOn     bool
+	clientsOn    bool
+	schemaDone   bool // SQLite mode: the tables exist
+	clients      []*client
+	reqOwner     map[uint64]*client
+	nextReq      uint64
 	// nextSession numbers the bank clients' transaction sessions.
 	nextSession uint64
 	history     []op
-	violations  []string
+	// The stale-read oracle's memory: writes acknowledged per key, and the
+	// index of the entry that wrote each value (values are unique).
+	acked      map[string][]ackedWrite
+	valueIndex map[string]uint64
+	violations []string
+	oracles    []string // the oracle of each violation
 
 	// Oracles' memory.
 	leaders      map[uint64]raft.NodeID  // term -> leader
@@ -166,6 +215,7 @@ type Sim struct {
 	entries      map[[2]uint64]uint64    // (index, term) -> data hash, over every durable append
 	leaderCheck  map[[2]uint64]uint64    // (node, term) -> index verified up to
 	commits      map[raft.NodeID]uint64  // commit index per node incarnation
+	leaderTerm   map[raft.NodeID]uint64  // the term a node led in at the last check
 	commitInfo   map[uint64]commitInfo
 	maxCommitted uint64
 
@@ -184,8 +234,8 @@ func New(opts Options) *Sim {
 		nodes: map[raft.NodeID]*node{}, faults: map[string]int{}, trace: fnv.New64a(),
 		reqOwner: map[uint64]*client{}, leaders: map[uint64]raft.NodeID{},
 		applied: map[uint64]appliedEntry{}, entries: map[[2]uint64]uint64{},
-		leaderCheck: map[[2]uint64]uint64{}, commits: map[raft.NodeID]uint64{},
-		commitInfo: map[uint64]commitInfo{}}
+		leaderCheck: map[[2]uint64]uint64{}, commits: map[raft.NodeID]uint64{}, leaderTerm: map[raft.NodeID]uint64{},
+		commitInfo: map[uint64]commitInfo{}, acked: map[string][]ackedWrite{}, valueIndex: map[string]uint64{}}
 	s.net = network{cut: map[[2]raft.NodeID]bool{}}
 	return s
 }
@@ -210,9 +260,12 @@ func (s *Sim) randDuration(lo, hi time.Duration) time.Duration {
 
 func (s *Sim) chance(p float64) bool { return p > 0 && s.rng.Float64() < p }
 
-func (s *Sim) violate(format string, args ...any) {
-	msg := fmt.Sprintf("t=%v: ", s.now) + fmt.Sprintf(format, args...)
+// violate records a violation found by the named oracle (see doc.go for
+// what each checks).
+func (s *Sim) violate(oracle, format string, args ...any) {
+	msg := fmt.Sprintf("t=%v: [%s] ", s.now, oracle) + fmt.Sprintf(format, args...)
 	s.violations = append(s.violations, msg)
+	s.oracles = append(s.oracles, oracle)
 	s.tracef("VIOLATION %s", msg)
 }
 
@@ -235,14 +288,14 @@ func (s *Sim) tracef(format string, args ...any) {
 func Run(opts Options) (res Result) {
 	release, err := mutant.Activate(opts.Mutant)
 	if err != nil {
-		return Result{Seed: opts.Seed, Violations: []string{err.Error()}}
+		return Result{Seed: opts.Seed, Violations: []string{err.Error()}, Oracles: []string{"setup"}}
 	}
 	defer release()
 	s := New(opts)
 	defer s.release()
 	defer func() {
 		if r := recover(); r != nil {
-			s.violate("panic: %v", r)
+			s.violate("panic", "panic: %v", r)
 			res = s.result()
 		}
 	}()
@@ -270,7 +323,7 @@ func (s *Sim) result() Result {
 		s.faults["disk-corrupt-read"] += n.fs.CorruptReads
 		s.faults["disk-enospc"] += n.fs.NoSpace
 	}
-	res := Result{Seed: s.opts.Seed, Violations: s.violations, Faults: s.faults, Simulated: s.now,
+	res := Result{Seed: s.opts.Seed, Violations: s.violations, Oracles: s.oracles, Faults: s.faults, Simulated: s.now,
 		TraceHash: s.trace.Sum64(), Ops: ops, Unknown: unknown}
 	switch s.linearizable {
 	case porcupine.Ok:
@@ -281,6 +334,7 @@ func (s *Sim) result() Result {
 			res.Visualization = path
 		} else {
 			res.Violations = append(res.Violations, "writing visualization: "+err.Error())
+			res.Oracles = append(res.Oracles, "linearizability")
 		}
 	default:
 		res.Linearizable = "unknown"
@@ -295,11 +349,12 @@ func (s *Sim) start() {
 	for i := 1; i <= s.opts.Nodes; i++ {
 		m.Servers = append(m.Servers, raft.Server{ID: raft.NodeID(i), Role: raft.Voter, Address: fmt.Sprintf("n%d", i)})
 	}
+	s.bootstrap = raft.BootstrapEntry(m)
 	for i := 1; i <= s.opts.Nodes; i++ {
 		n := s.addNode(raft.NodeID(i))
 		w, _, err := wal.Open(n.fs, walOptions())
 		assert.NoError(err, "opening a new log")
-		assert.NoError(w.Append([]raft.Entry{raft.BootstrapEntry(m)}), "bootstrap")
+		assert.NoError(w.Append([]raft.Entry{s.bootstrap}), "bootstrap")
 		assert.NoError(w.SetHardState(raft.HardState{Term: 1}), "bootstrap")
 		w.Close()
 		s.startNode(n)
@@ -344,7 +399,7 @@ func (s *Sim) handle(e *event) {
 			return
 		}
 		s.after(n.tickEvery, &event{kind: evTick, node: n.id, inc: n.inc})
-		if n.paused {
+		if n.paused || n.stalled {
 			return
 		}
 		s.take(n, n.loop.Tick())
@@ -399,15 +454,24 @@ func (s *Sim) leader() *node {
 }
 
 // endFaults stops injecting faults and client operations, and repairs the
-// cluster: heal the network, resume paused nodes, restart crashed ones.
+// cluster: heal the network, resume paused nodes, restart crashed ones;
+// except the voter the heal mode leaves down or cut off (s.healVictim).
 func (s *Sim) endFaults() {
 	s.faultsOn, s.clientsOn = false, false
 	s.net.cut = map[[2]raft.NodeID]bool{}
 	s.tracef("faults end")
+	victim := s.pickHealVictim()
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
 		n.fs.ClearFaults()
+		n.stalled, n.slowUntil = false, 0
 		if n.removed {
+			continue
+		}
+		if n == victim && s.opts.HealMode == HealOneDown {
+			if n.up {
+				s.crash(n)
+			}
 			continue
 		}
 		if !n.up {
@@ -418,6 +482,76 @@ func (s *Sim) endFaults() {
 			s.resume(n)
 		}
 	}
+	if victim != nil && s.opts.HealMode == HealOneIsolated {
+		s.net.isolated = victim.id
+		// Messages already on the wire may still raise its term; what
+		// it does on its own after they landed may not.
+		s.after(200*time.Millisecond, &event{kind: evFault, fn: func() {
+			if victim.up {
+				s.isolatedTerm = victim.loop.Raft().Basic().Term
+			}
+		}})
+	}
+	if victim != nil {
+		s.count("heal-" + s.opts.HealMode.String())
+		s.tracef("heal leaves %d %s", victim.id, s.opts.HealMode)
+	}
+	s.healVictim = victim
+}
+
+// pickHealVictim chooses the voter the heal phase leaves down or cut off:
+// one of the voters of the last known configuration, if the others are
+// enough for a quorum of it.
+func (s *Sim) pickHealVictim() *node {
+	if s.opts.HealMode == HealAll {
+		return nil
+	}
+	var cfg raft.Membership
+	for _, id := range s.sortedIDs() {
+		n := s.nodes[id]
+		if n.up && !n.removed && n.loop.Raft().ConfigIndex() > 0 {
+			if st := n.loop.Raft().Status(); st.ConfigIndex > 0 && (cfg.Servers == nil || st.ConfigIndex > s.cfgIndexSeen) {
+				cfg, s.cfgIndexSeen = st.Config, st.ConfigIndex
+			}
+		}
+	}
+	var voters []*node
+	for _, id := range cfg.Voters() {
+		if n := s.nodes[id]; n != nil && !n.removed {
+			voters = append(voters, n)
+		}
+	}
+	if len(voters) < 3 || len(voters)-1 < cfg.Quorum() {
+		return nil
+	}
+	return voters[s.rng.IntN(len(voters))]
+}
+
+// restoreHealVictim brings the heal phase's victim back, checking that a
+// voter cut off all along never raised its term (pre-vote: a node that
+// cannot win an election does not disrupt the cluster when it returns).
+func (s *Sim) restoreHealVictim() {
+	v := s.healVictim
+	if v == nil || v.removed {
+		return
+	}
+	s.healVictim = nil
+	switch s.opts.HealMode {
+	case HealOneDown:
+		if !v.up {
+			s.startNode(v)
+			s.count("restart")
+		}
+	case HealOneIsolated:
+		if v.up && s.isolatedTerm > 0 {
+			if t := v.loop.Raft().Basic().Term; t > s.isolatedTerm {
+				s.violate("prevote", "node %d, cut off from every other node, raised its term from %d to %d",
+					v.id, s.isolatedTerm, t)
+			}
+		}
+		s.net.isolated = raft.None
+	}
+	s.tracef("heal restores %d", v.id)
 }
 
 // release frees the nodes' SQLite instances.

@@ -172,7 +172,7 @@ func (s *Sim) bankTxReply(n *node, c *client, r loop.Reply) {
 	case txRead:
 		rows, ok := r.Result.([][]any)
 		if !ok || len(rows) != 2 {
-			s.violate("bank: a transaction read %v for accounts %d and %d", r.Result, t.a, t.b)
+			s.violate("bank", "a transaction read %v for accounts %d and %d", r.Result, t.a, t.b)
 			s.abandonTx(c)
 			return
 		}
@@ -285,7 +285,7 @@ func (s *Sim) bankReply(n *node, c *client, r loop.Reply) {
 			if count == int64(bankAccounts) {
 				s.count("bank-check")
 				if total != int64(bankAccounts*bankInitial) {
-					s.violate("bank: total is %v, not %d (read on node %d)", total, bankAccounts*bankInitial, n.id)
+					s.violate("bank", "total is %v, not %d (read on node %d)", total, bankAccounts*bankInitial, n.id)
 				}
 			}
 		}
