@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -228,6 +229,13 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 			if !last || !errors.Is(err, errTorn) {
 				return &CorruptionError{File: seg.name, Offset: off, First: next, Reason: err.Error()}
 			}
+			if mutant.On(mutant.WALRecoverKeepsTorn) {
+				// The deliberate bug: the torn batch stays in the file and
+				// the next batch is written after it.
+				rep.TruncatedFile, rep.TruncatedAt, rep.TruncatedBytes = seg.name, off, size-off
+				seg.size, seg.last = size, next-1
+				return w.checkFirstTerm(seg)
+			}
 			if err := seg.file.Truncate(off); err != nil {
 				return fmt.Errorf("wal: truncating torn tail of %s: %w", seg.name, err)
 			}
@@ -244,11 +252,8 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 		off += n
 	}
 	seg.size, seg.last = off, next-1
-	if seg.hdr.firstIndex <= seg.last {
-		if t := w.ents[seg.hdr.firstIndex-w.first].loc.term; t != seg.hdr.firstTerm {
-			return &CorruptionError{File: seg.name, First: seg.hdr.firstIndex,
-				Reason: fmt.Sprintf("first entry has term %d, header says %d", t, seg.hdr.firstTerm)}
-		}
+	if err := w.checkFirstTerm(seg); err != nil {
+		return err
 	}
 	if size > off && rep.TruncatedFile != seg.name {
 		if !last {
@@ -259,6 +264,18 @@ func (w *WAL) loadBatches(seg *segment, size int64, last bool, rep *Report) erro
 		// appends follow the last good batch.
 		if err := seg.file.Truncate(off); err != nil {
 			return fmt.Errorf("wal: truncating %s: %w", seg.name, err)
+		}
+	}
+	return nil
+}
+
+// checkFirstTerm checks a loaded segment's first entry has the term its
+// header names.
+func (w *WAL) checkFirstTerm(seg *segment) error {
+	if seg.hdr.firstIndex <= seg.last {
+		if t := w.ents[seg.hdr.firstIndex-w.first].loc.term; t != seg.hdr.firstTerm {
+			return &CorruptionError{File: seg.name, First: seg.hdr.firstIndex,
+				Reason: fmt.Sprintf("first entry has term %d, header says %d", t, seg.hdr.firstTerm)}
 		}
 	}
 	return nil

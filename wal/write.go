@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -34,9 +35,24 @@ func (w *WAL) writeFileAtomic(name, tmp string, parts ...[]byte) error {
 	return w.fs.SyncDir()
 }
 
+// writeFileUnsynced is writeFileAtomic without its file and directory
+// syncs: the deliberate bug mutant.WALHardStateNoSync (a crash may lose the
+// new content, the rename, or both).
+func (w *WAL) writeFileUnsynced(name, tmp string, parts ...[]byte) error {
+	if err := w.writeFile(tmp, false, parts...); err != nil {
+		return err
+	}
+	return w.fs.Rename(tmp, name)
+}
+
 // writeFileSynced creates (or truncates) name, writes parts one after the
 // other and syncs it.
 func (w *WAL) writeFileSynced(name string, parts ...[]byte) error {
+	return w.writeFile(name, true, parts...)
+}
+
+// writeFile is writeFileSynced, syncing only with sync.
+func (w *WAL) writeFile(name string, sync bool, parts ...[]byte) error {
 	f, err := w.fs.Create(name)
 	if err != nil {
 		return err
@@ -49,9 +65,11 @@ func (w *WAL) writeFileSynced(name string, parts ...[]byte) error {
 		}
 		off += int64(len(p))
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	return f.Close()
 }
@@ -63,7 +81,11 @@ func (w *WAL) SetHardState(hs raft.HardState) error {
 	if err := w.checkFailed(); err != nil {
 		return err
 	}
-	if err := w.writeFileAtomic(metaName, metaTempName, metaRecord{hard: hs}.encode()); err != nil {
+	write := w.writeFileAtomic
+	if mutant.On(mutant.WALHardStateNoSync) {
+		write = w.writeFileUnsynced
+	}
+	if err := write(metaName, metaTempName, metaRecord{hard: hs}.encode()); err != nil {
 		return w.fail(fmt.Errorf("writing term and vote: %w", err))
 	}
 	w.mu.Lock()
@@ -126,8 +148,10 @@ func (w *WAL) Append(ents []raft.Entry) error {
 		}
 		return w.failCut(cut, fmt.Errorf("writing %s: %w", seg.name, err))
 	}
-	if err := seg.file.Sync(); err != nil {
-		return w.failCut(cut, fmt.Errorf("syncing %s: %w", seg.name, err))
+	if !mutant.On(mutant.WALNoFsync) {
+		if err := seg.file.Sync(); err != nil {
+			return w.failCut(cut, fmt.Errorf("syncing %s: %w", seg.name, err))
+		}
 	}
 	w.publish(cut, seg, ents, batch)
 	return nil
