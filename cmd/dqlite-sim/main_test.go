@@ -2,16 +2,20 @@ package main
 
 import (
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/dqlite-go/dqlite/internal/buildtest"
 )
 
+// build builds the command; it also reads the command's sources
+// (buildtest.Build), so go test reruns the test after a change to any of
+// them instead of reporting it cached.
 func build(t *testing.T) string {
-	bin := filepath.Join(t.TempDir(), "dqlite-sim")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	bin, err := buildtest.Build(t.TempDir(), "dqlite-sim", ".")
+	if err != nil {
+		t.Fatalf("build: %v", err)
 	}
 	return bin
 }

@@ -20,33 +20,45 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/driver"
+	"github.com/dqlite-go/dqlite/internal/buildtest"
 	"github.com/dqlite-go/dqlite/internal/testcluster"
 	"github.com/dqlite-go/dqlite/wire"
 )
 
 var binDir string
 
-// TestMain builds dqlited and the dqlite shell once.
+// TestMain makes the directory the binaries are built into.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "dqlited-test-")
 	if err != nil {
 		panic(err)
 	}
 	binDir = dir
-	for _, pkg := range []string{".", "../dqlite"} {
-		name := "dqlited"
-		if pkg != "." {
-			name = "dqlite"
-		}
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
-			os.Exit(1)
-		}
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// buildBins builds dqlited and the dqlite shell into binDir once.
+var buildBins = sync.OnceValue(func() error {
+	for _, b := range []struct{ name, pkg string }{{"dqlited", "."}, {"dqlite", "../dqlite"}} {
+		if _, err := buildtest.Build(binDir, b.name, b.pkg); err != nil {
+			return err
+		}
+	}
+	return nil
+})
+
+// bin returns the path of the built dqlited or dqlite. The build happens
+// in the first test that needs it, not in TestMain: go test logs the
+// sources buildtest.Build reads only while tests run, and with them logged
+// it reruns these tests after a change to any of them.
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	if err := buildBins(); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(binDir, name)
 }
 
 // proc is a dqlited process.
@@ -67,7 +79,7 @@ func startProc(t *testing.T, addr, metrics, dir string, extra ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(filepath.Join(binDir, "dqlited"), args...)
+	p.cmd = exec.Command(bin(t, "dqlited"), args...)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
@@ -139,7 +151,7 @@ func startCluster(t *testing.T) []*proc {
 
 func shell(t *testing.T, addrs []string, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "dqlite"), append([]string{"-s", strings.Join(addrs, ","), "-timeout", "20s"}, append(args, "test")...)...)
+	cmd := exec.Command(bin(t, "dqlite"), append([]string{"-s", strings.Join(addrs, ","), "-timeout", "20s"}, append(args, "test")...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -202,7 +214,7 @@ func TestShellAgainstProcesses(t *testing.T) {
 		t.Fatalf("after the restore: %q", out)
 	}
 	// No leader reachable: a clear message naming what each node said.
-	cmd := exec.Command(filepath.Join(binDir, "dqlite"), "-s", "127.0.0.1:1", "-timeout", "2s", "-c", "SELECT 1", "test")
+	cmd := exec.Command(bin(t, "dqlite"), "-s", "127.0.0.1:1", "-timeout", "2s", "-c", "SELECT 1", "test")
 	msg, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(msg), "no leader reachable; 127.0.0.1:1:") {
 		t.Fatalf("unreachable cluster: %q %v", msg, err)

@@ -5,15 +5,13 @@ package testcluster
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/dqlite-go/dqlite/internal/buildtest"
 	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/raft"
 )
@@ -109,12 +107,9 @@ func (c *Cluster) Leader(t testing.TB, ctx context.Context) int {
 }
 
 // BuildDqlited builds the dqlited binary into dir and returns its path
-// (for tests and benchmarks that run real processes).
+// (for tests and benchmarks that run real processes). Called from a test,
+// it also reads dqlited's sources (buildtest.Build), so go test reruns the
+// test after a change to any of them instead of reporting it cached.
 func BuildDqlited(dir string) (string, error) {
-	bin := filepath.Join(dir, "dqlited")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/dqlite-go/dqlite/cmd/dqlited").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("building dqlited: %v\n%s", err, out)
-	}
-	return bin, nil
+	return buildtest.Build(dir, "dqlited", "github.com/dqlite-go/dqlite/cmd/dqlited")
 }
