@@ -242,8 +242,8 @@ func (h *harness) deliverOne(i int) {
 }
 
 // deliver delivers the queued messages for which match is true (the
-// others stay queued, in order), then processes every node once, queueing
-// what they send in answer.
+// others stay queued, in order), then processes every node until it has
+// nothing more to hand out, queueing what they send in answer.
 func (h *harness) deliver(match func(Message) bool) {
 	var now []Message
 	q := h.queue[:0]
@@ -260,7 +260,10 @@ func (h *harness) deliver(match func(Message) bool) {
 		h.deliverOne(len(h.queue) - 1)
 	}
 	for _, id := range h.ids {
-		h.process(h.nodes[id])
+		// A write reported persisted may produce more (an
+		// acknowledgement): process until the node has nothing left.
+		for i := 0; i < 100 && h.process(h.nodes[id]); i++ {
+		}
 	}
 }
 

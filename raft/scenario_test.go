@@ -373,7 +373,7 @@ var roles = map[string]Role{"voter": Voter, "standby": Standby, "spare": Spare}
 //	stabilize                process and deliver until nothing moves
 //	deliver [FROM TO [TYPE]] deliver the queued messages (only those on link
 //	                         FROM->TO, of TYPE; * for any node), then process
-//	                         every node once: their answers stay queued
+//	                         every node until idle: their answers stay queued
 //	drop [FROM TO [TYPE]]    drop queued messages (all, or those matching)
 //	isolate ID / cut FROM TO / heal   cut links (checked on delivery) / restore all
 //	crash ID / restart ID    lose volatile state (and messages to it) / restart from storage
