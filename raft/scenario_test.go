@@ -109,6 +109,8 @@ type scriptItem struct {
 	cmd  string // the command line as written
 	want []string
 	got  []string
+	// endBlank: the block read ended with a blank line (part of it).
+	endBlank bool
 }
 
 // parseScript splits a script into its items (see the format above).
@@ -133,7 +135,8 @@ func parseScript(path, data string) ([]scriptItem, error) {
 			for i += 2; i < len(lines); i++ {
 				t := strings.TrimSpace(lines[i])
 				if t == "" {
-					break // the blank line ending the block belongs to it
+					it.endBlank = true // the blank line ending the block belongs to it
+					break
 				}
 				if strings.HasPrefix(t, "#") {
 					i--
@@ -164,13 +167,41 @@ func formatScript(items []scriptItem) string {
 		for _, l := range it.got {
 			b.WriteString(l + "\n")
 		}
-		// A blank line ends the block, unless the file ends or a blank
-		// line follows anyway.
-		if i+1 < len(items) && !(items[i+1].cmd == "" && strings.TrimSpace(items[i+1].raw) == "") {
+		// A blank line ends the block: the one read with it, or a new one
+		// unless the file ends or a blank line follows anyway.
+		if it.endBlank || i+1 < len(items) && !(items[i+1].cmd == "" && strings.TrimSpace(items[i+1].raw) == "") {
 			b.WriteString("\n")
 		}
 	}
 	return b.String()
+}
+
+// TestScriptRewriteKeepsText checks that formatting a parsed script with
+// its expected output as the actual output gives back the script (up to the
+// blank line that ends each block), comments and commands unchanged, and
+// that a second rewrite changes nothing.
+func TestScriptRewriteKeepsText(t *testing.T) {
+	in := "# top\ncmd a\n----\nx\ny\n# right after a block\ncmd b\n\ncmd c # inline\n----\nz\n\n\n# end\ncmd d\n----\nw\n"
+	want := "# top\ncmd a\n----\nx\ny\n\n# right after a block\ncmd b\n\ncmd c # inline\n----\nz\n\n\n# end\ncmd d\n----\nw\n"
+	rewriteOnce := func(text string) string {
+		items, err := parseScript("test", text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range items {
+			items[i].got = items[i].want
+		}
+		return formatScript(items)
+	}
+	if got := rewriteOnce(in); got != want {
+		t.Fatalf("rewrite:\n%s\nwant:\n%s", got, want)
+	}
+	if got := rewriteOnce(want); got != want {
+		t.Fatalf("second rewrite:\n%s\nwant:\n%s", got, want)
+	}
+	if _, err := parseScript("test", "# c\n----\n"); err == nil {
+		t.Fatal("a block without a command was accepted")
+	}
 }
 
 // scenario is one run of a script.
