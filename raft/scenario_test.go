@@ -333,8 +333,12 @@ func slicesEqual(a, b []string) bool {
 	return true
 }
 
+// diffContext is how many unchanged lines lineDiff shows around a change.
+const diffContext = 3
+
 // lineDiff is a line diff of want and got (longest common subsequence):
-// "-" lines only in want, "+" lines only in got, "  " lines in both.
+// "- " lines only in want, "+ " lines only in got, "  " lines in both (at
+// most diffContext of them around each change; "  ..." for the others).
 func lineDiff(want, got []string) string {
 	n, m := len(want), len(got)
 	lcs := make([][]int, n+1)
@@ -350,20 +354,37 @@ func lineDiff(want, got []string) string {
 			}
 		}
 	}
-	var b strings.Builder
+	var lines []string
 	i, j := 0, 0
 	for i < n || j < m {
 		switch {
 		case i < n && j < m && want[i] == got[j]:
-			b.WriteString("  " + want[i] + "\n")
+			lines = append(lines, "  "+want[i])
 			i++
 			j++
 		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
-			b.WriteString("+ " + got[j] + "\n")
+			lines = append(lines, "+ "+got[j])
 			j++
 		default:
-			b.WriteString("- " + want[i] + "\n")
+			lines = append(lines, "- "+want[i])
 			i++
+		}
+	}
+	near := make([]bool, len(lines))
+	for k, l := range lines {
+		if !strings.HasPrefix(l, "  ") {
+			for d := max(0, k-diffContext); d <= min(len(lines)-1, k+diffContext); d++ {
+				near[d] = true
+			}
+		}
+	}
+	var b strings.Builder
+	for k, l := range lines {
+		switch {
+		case near[k]:
+			b.WriteString(l + "\n")
+		case k == 0 || near[k-1]:
+			b.WriteString("  ...\n")
 		}
 	}
 	return b.String()
