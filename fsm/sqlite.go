@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"strings"
 
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
@@ -608,6 +609,7 @@ func (d *DB) Restore(data []byte) error {
 		return fmt.Errorf("%w: snapshot image fails its checksum", ErrCorrupt)
 	}
 	d.Abort()
+	keepOld := mutant.On(mutant.FSMRestoreKeepsOld) && d.hasSchema()
 	d.closeCursors()
 	if err := d.rconn.Close(); err != nil {
 		return err
@@ -615,7 +617,7 @@ func (d *DB) Restore(data []byte) error {
 	if err := d.conn.Close(); err != nil {
 		return err
 	}
-	if len(img) > 0 {
+	if len(img) > 0 && !keepOld {
 		if err := d.vfs.Restore(d.name, img); err != nil {
 			return err
 		}
@@ -636,6 +638,18 @@ func (d *DB) Restore(data []byte) error {
 		return fmt.Errorf("%w: restored database fails quick_check: %v", ErrCorrupt, rows)
 	}
 	return nil
+}
+
+// hasSchema reports whether the database holds any table. It serves the
+// deliberate bug mutant.FSMRestoreKeepsOld: Restore taking a database that
+// has one for already restored, and keeping it.
+func (d *DB) hasSchema() bool {
+	rows, err := d.conn.Query("SELECT count(*) FROM sqlite_master")
+	if err != nil || len(rows) == 0 {
+		return false
+	}
+	n, _ := rows[0][0].(int64)
+	return n > 0
 }
 
 // BatchItem is one autocommit write for ExecuteBatch.
@@ -763,6 +777,9 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 		done := false
 		if b.Client != 0 {
 			res, done, err = d.dedupLookup(b.Client, b.Seq)
+			if done && mutant.On(mutant.FSMDedupIgnored) {
+				done = false // the deliberate bug: the retry runs again
+			}
 		}
 		if err == nil && !done {
 			res, err = d.run(b.SQL, b.Params, true)
