@@ -100,8 +100,11 @@ func (r *Raft) sendHeartbeat(to NodeID) {
 }
 
 func (r *Raft) heartbeat(to NodeID, readCtx uint64) Message {
-	return Message{Type: MsgHeartbeat, From: r.id, To: to, Term: r.term,
-		Commit: min(r.prs[to].match, r.log.committed), Context: readCtx}
+	commit := min(r.prs[to].match, r.log.committed)
+	if mutant.On(mutant.RaftCommitBeyondMatch) {
+		commit = r.log.committed
+	}
+	return Message{Type: MsgHeartbeat, From: r.id, To: to, Term: r.term, Commit: commit, Context: readCtx}
 }
 
 func (r *Raft) handleLeaderResponse(m Message) {

@@ -271,11 +271,7 @@ func (r *Raft) handleAppend(m Message) {
 	err := r.trackConfigs(appended)
 	assert.NoError(err, "config entries checked in Step")
 	r.matched = max(r.matched, lastNew)
-	if mutant.On(mutant.RaftCommitBeyondMatch) {
-		r.log.commitTo(min(m.Commit, r.log.lastIndex()))
-	} else {
-		r.log.commitTo(min(m.Commit, r.matched))
-	}
+	r.log.commitTo(min(m.Commit, r.matched))
 	if r.log.persisted() >= lastNew || mutant.On(mutant.RaftAckBeforePersist) {
 		r.acked = max(r.acked, lastNew)
 		r.send(Message{Type: MsgAppResp, To: m.From, Index: lastNew})

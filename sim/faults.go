@@ -241,9 +241,15 @@ func (s *Sim) faultStaleLeader() {
 	}
 	l.stalled = true
 	inc := l.inc
+	// Clients that knew it as the leader keep sending to it.
+	for _, c := range s.clients {
+		if !c.bank && s.rng.IntN(2) == 0 {
+			c.target = l.id
+		}
+	}
 	s.count("stale-leader")
 	s.tracef("stale leader %d (group %v)", l.id, group)
-	s.after(s.randDuration(2*s.electionTimeout(), 5*s.electionTimeout()), &event{kind: evFault, fn: func() {
+	s.after(s.randDuration(2*s.electionTimeout(), 8*s.electionTimeout()), &event{kind: evFault, fn: func() {
 		if l.inc == inc {
 			l.stalled = false
 		}

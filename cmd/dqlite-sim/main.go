@@ -25,7 +25,7 @@ func main() {
 	seeds := flag.Int("seeds", 100, "number of seeds to run")
 	first := flag.Uint64("first", 1, "first seed")
 	seed := flag.Uint64("seed", 0, "replay this one seed (overrides -seeds)")
-	nodes := flag.Int("nodes", 3, "initial voters")
+	nodes := flag.Int("nodes", 0, "initial voters (default: the seed picks 3, 4 or 5)")
 	faultPhase := flag.Duration("duration", 6*time.Second, "simulated time with faults injected")
 	healPhase := flag.Duration("heal", 10*time.Second, "simulated time allowed for recovery after faults")
 	drop := flag.Float64("drop", 0.05, "message drop rate during faults")
@@ -53,7 +53,10 @@ func main() {
 
 	opts := func(s uint64) sim.Options {
 		o := sim.DefaultOptions(s)
-		o.Nodes, o.FaultPhase, o.HealPhase = *nodes, *faultPhase, *healPhase
+		if *nodes > 0 {
+			o.Nodes = *nodes
+		}
+		o.FaultPhase, o.HealPhase = *faultPhase, *healPhase
 		o.DropRate, o.DupRate, o.ReorderRate, o.FaultInterval = *drop, *dup, *reorder, *faultInterval
 		o.OutDir, o.Mutant, o.SQLite = *out, bugs, *sqlite
 		if *verbose && *seed != 0 {
@@ -93,7 +96,7 @@ func main() {
 func replayFlags(nodes int, fp, hp time.Duration, drop, dup, reorder float64, fi time.Duration) string {
 	var b strings.Builder
 	d := sim.DefaultOptions(0)
-	if nodes != d.Nodes {
+	if nodes > 0 {
 		fmt.Fprintf(&b, " -nodes %d", nodes)
 	}
 	if fp != d.FaultPhase {

@@ -36,7 +36,7 @@ const (
 	RaftVoteIgnoresLog        // votes granted without the up-to-date check
 	RaftAppendIgnoresPrev     // appends accepted without matching the previous entry
 	RaftAckBeforePersist      // follower acknowledges entries not yet durable
-	RaftCommitBeyondMatch     // follower commits past what matches the leader's log
+	RaftCommitBeyondMatch     // heartbeats carry the leader's commit uncapped: a follower commits past what matches
 	RaftReadBeforeTermCommit  // ReadIndex served before the leader committed in its term
 	RaftSnapshotKeepsConflict // installing a snapshot keeps a conflicting log suffix
 
@@ -86,7 +86,7 @@ var Catalogue = []Info{
 	{RaftVoteIgnoresLog, "raft-vote-ignores-log", "raft", "a vote goes only to a candidate whose log is at least as up to date (§5.4.1)"},
 	{RaftAppendIgnoresPrev, "raft-append-ignores-prev", "raft", "a follower appends only after the previous entry matches (log matching)"},
 	{RaftAckBeforePersist, "raft-ack-before-persist", "raft", "a follower acknowledges only durable entries"},
-	{RaftCommitBeyondMatch, "raft-commit-beyond-match", "raft", "a follower's commit index never passes what it verified against the leader"},
+	{RaftCommitBeyondMatch, "raft-commit-beyond-match", "raft", "a follower's commit index never passes what it verified against the leader (heartbeats carry the commit capped at the follower's match)"},
 	{RaftReadBeforeTermCommit, "raft-read-before-term-commit", "raft", "a new leader serves reads only after committing an entry of its term"},
 	{RaftSnapshotKeepsConflict, "raft-snapshot-keeps-conflict", "raft", "installing a snapshot discards log entries that do not match it"},
 	{LoopReadBeforeApply, "loop-read-before-apply", "loop", "a linearizable read runs once the state machine applied its read index"},
