@@ -17,6 +17,8 @@ import (
 	// The SQLite library itself: its amalgamation is compiled into every
 	// binary that imports it, and our C code links against it.
 	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // Error is an error returned by SQLite, with its extended result code.
@@ -115,6 +117,17 @@ func (v *VFS) Poll(db string) (*Frames, error) {
 		h := raw[i*(24+ps):]
 		f.PageNumbers[i] = uint32(h[0])<<24 | uint32(h[1])<<16 | uint32(h[2])<<8 | uint32(h[3])
 		f.Pages[i] = append([]byte(nil), h[24:24+ps]...)
+	}
+	if n >= 2 && mutant.On(mutant.VFSCaptureDropsPage) {
+		// The deliberate bug: the first frame is left out of what is
+		// replicated (the local database keeps it: Apply uses the capture).
+		f.PageNumbers, f.Pages = f.PageNumbers[1:], f.Pages[1:]
+	}
+	if mutant.On(mutant.VFSCaptureNoSize) {
+		// The deliberate bug: the size is read from the first frame's
+		// header, not the commit frame's (0 unless the transaction wrote
+		// one page).
+		f.DBSize = uint32(raw[4])<<24 | uint32(raw[5])<<16 | uint32(raw[6])<<8 | uint32(raw[7])
 	}
 	return f, nil
 }
