@@ -91,10 +91,9 @@ func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
 // next. The last chunk installs the snapshot.
 func (r *Raft) handleSnapshot(m Message) {
 	meta := *m.Snapshot
-	keep := mutant.On(mutant.RaftSnapshotKeepsConflict) && r.log.lastIndex() >= meta.Index
-	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) || keep {
+	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) {
 		// We already hold everything the snapshot covers.
-		if r.log.matchTerm(meta.Index, meta.Term) || keep {
+		if r.log.matchTerm(meta.Index, meta.Term) {
 			r.matched = max(r.matched, meta.Index)
 			r.log.commitTo(meta.Index)
 		}
@@ -126,7 +125,9 @@ func (r *Raft) handleSnapshot(m Message) {
 	snap := &Snapshot{Meta: meta, Data: in.buf}
 	snap.Meta.Config = meta.Config.Clone()
 	r.log.restore(snap)
-	r.setSnapshotConfig(snap.Meta)
+	if !mutant.On(mutant.RaftSnapshotKeepsConfig) {
+		r.setSnapshotConfig(snap.Meta)
+	}
 	r.matched = meta.Index
 	r.pendingAck = true
 }

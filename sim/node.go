@@ -82,7 +82,7 @@ func (s *Sim) startNode(n *node) {
 	n.inc++
 	n.kv = newKV()
 	n.fs.ClearReadFault()
-	w, rep, err := wal.Open(n.fs, walOptions())
+	w, rep, err := wal.Open(n.fs, s.walOptions())
 	if f := n.flipped; f != nil {
 		n.flipped = nil
 		if err == nil {
@@ -94,7 +94,7 @@ func (s *Sim) startNode(n *node) {
 		s.count("bitflip-detected")
 		// The operator restores the damaged file (here: flips it back).
 		assert.NoError(n.fs.FlipBit(f.file, f.off, f.bit), "unflipping")
-		w, rep, err = wal.Open(n.fs, walOptions())
+		w, rep, err = wal.Open(n.fs, s.walOptions())
 	}
 	if err != nil {
 		s.violate("recovery", "node %d cannot open its log: %v", n.id, err)

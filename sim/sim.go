@@ -44,8 +44,10 @@ type Options struct {
 	FaultInterval time.Duration
 	// Clients issuing operations over Keys keys.
 	Clients, Keys int
-	// SnapshotThreshold is how many applied entries trigger a snapshot.
-	SnapshotThreshold uint64
+	// SnapshotThreshold is how many applied entries trigger a snapshot;
+	// TrailingEntries how many the log keeps behind one (fewer send more
+	// snapshots to followers, some with a conflicting log).
+	SnapshotThreshold, TrailingEntries uint64
 	// MaxMsgBytes and MaxInflight are raft's per-message size and
 	// in-flight append limits (0: 4 KiB and 8; SQLite mode: 1 MiB). Small
 	// values send one entry per message, so entries of an older term get
@@ -103,7 +105,7 @@ func DefaultOptions(seed uint64) Options {
 		Tick: 10 * time.Millisecond, LatencyMin: time.Millisecond, LatencyMax: 8 * time.Millisecond,
 		DropRate: 0.05, DupRate: 0.02, ReorderRate: 0.03,
 		DiskLatencyMin: 200 * time.Microsecond, DiskLatencyMax: 3 * time.Millisecond,
-		FaultInterval: 250 * time.Millisecond, Clients: 5, Keys: 3, SnapshotThreshold: 40,
+		FaultInterval: 250 * time.Millisecond, Clients: 5, Keys: 3, SnapshotThreshold: 40, TrailingEntries: 8,
 		CheckTimeout: 10 * time.Second}
 	shape := rand.New(rand.NewPCG(seed, 0x5ba9e))
 	o.Nodes = []int{3, 3, 4, 5, 5}[shape.IntN(5)]
@@ -111,6 +113,7 @@ func DefaultOptions(seed uint64) Options {
 	o.MaxInflight = []int{1, 2, 8}[shape.IntN(3)]
 	o.SnapshotThreshold = []uint64{12, 40, 100}[shape.IntN(3)]
 	o.HealMode = HealMode(shape.IntN(3))
+	o.TrailingEntries = []uint64{0, 2, 8}[shape.IntN(3)]
 	return o
 }
 
@@ -352,7 +355,7 @@ func (s *Sim) start() {
 	s.bootstrap = raft.BootstrapEntry(m)
 	for i := 1; i <= s.opts.Nodes; i++ {
 		n := s.addNode(raft.NodeID(i))
-		w, _, err := wal.Open(n.fs, walOptions())
+		w, _, err := wal.Open(n.fs, s.walOptions())
 		assert.NoError(err, "opening a new log")
 		assert.NoError(w.Append([]raft.Entry{s.bootstrap}), "bootstrap")
 		assert.NoError(w.SetHardState(raft.HardState{Term: 1}), "bootstrap")

@@ -39,8 +39,8 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // walOptions keeps segments small so rollover, compaction and torn tails in
 // several files happen within short runs.
-func walOptions() wal.Options {
-	return wal.Options{SegmentSizeMax: 4096, CacheBytes: 16 << 10, TrailingEntries: 8, Logger: discard}
+func (s *Sim) walOptions() wal.Options {
+	return wal.Options{SegmentSizeMax: 4096, CacheBytes: 16 << 10, TrailingEntries: s.opts.TrailingEntries, Logger: discard}
 }
 
 // opened checks a log just opened after a restart against what was

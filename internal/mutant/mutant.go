@@ -38,7 +38,7 @@ const (
 	RaftAckBeforePersist      // follower acknowledges entries not yet durable
 	RaftCommitBeyondMatch     // heartbeats carry the leader's commit uncapped: a follower commits past what matches
 	RaftReadBeforeTermCommit  // ReadIndex served before the leader committed in its term
-	RaftSnapshotKeepsConflict // installing a snapshot keeps a conflicting log suffix
+	RaftSnapshotKeepsConfig   // installing a snapshot keeps the replaced log's configuration
 
 	// loop
 	LoopReadBeforeApply  // a linearizable read runs before the state machine applied its read index
@@ -88,7 +88,7 @@ var Catalogue = []Info{
 	{RaftAckBeforePersist, "raft-ack-before-persist", "raft", "a follower acknowledges only durable entries"},
 	{RaftCommitBeyondMatch, "raft-commit-beyond-match", "raft", "a follower's commit index never passes what it verified against the leader (heartbeats carry the commit capped at the follower's match)"},
 	{RaftReadBeforeTermCommit, "raft-read-before-term-commit", "raft", "a new leader serves reads only after committing an entry of its term"},
-	{RaftSnapshotKeepsConflict, "raft-snapshot-keeps-conflict", "raft", "installing a snapshot discards log entries that do not match it"},
+	{RaftSnapshotKeepsConfig, "raft-snapshot-keeps-config", "raft", "installing a snapshot makes its membership the configuration in force"},
 	{LoopReadBeforeApply, "loop-read-before-apply", "loop", "a linearizable read runs once the state machine applied its read index"},
 	{LoopReplyBeforeApply, "loop-reply-before-apply", "loop", "a write is acknowledged only after it committed and applied"},
 	{WALNoFsync, "wal-no-fsync", "wal", "appended entries are synced before they count as durable"},
