@@ -24,21 +24,21 @@ const (
 	None Bug = iota
 
 	// raft
-	RaftDoubleVote            // grant every vote, even after voting in the term
-	RaftCommitWithoutQuorum   // leader commits what it persisted alone
-	RaftFigure8               // leader commits an earlier term's entry by counting replicas
-	RaftVoteNotPersisted      // a vote-only hard-state change is never handed out to be persisted
-	RaftPreVoteRejectTerm     // the higher term carried by a pre-vote rejection is ignored
-	RaftConfigNoRollback      // truncating a config entry does not roll back the configuration in force
-	RaftReadIndexNoQuorum     // ReadIndex confirmed by a single acknowledgement
-	RaftQuorumEven            // quorum is one short for even voter counts
-	RaftNoPreVote             // elections start without a pre-vote
-	RaftVoteIgnoresLog        // votes granted without the up-to-date check
-	RaftAppendIgnoresPrev     // appends accepted without matching the previous entry
-	RaftAckBeforePersist      // follower acknowledges entries not yet durable
-	RaftCommitBeyondMatch     // heartbeats carry the leader's commit uncapped: a follower commits past what matches
-	RaftReadBeforeTermCommit  // ReadIndex served before the leader committed in its term
-	RaftSnapshotKeepsConfig   // installing a snapshot keeps the replaced log's configuration
+	RaftDoubleVote           // grant every vote, even after voting in the term
+	RaftCommitWithoutQuorum  // leader commits what it persisted alone
+	RaftFigure8              // leader commits an earlier term's entry by counting replicas
+	RaftVoteNotPersisted     // a vote-only hard-state change is never handed out to be persisted
+	RaftPreVoteRejectTerm    // the higher term carried by a pre-vote rejection is ignored
+	RaftConfigNoRollback     // truncating a config entry does not roll back the configuration in force
+	RaftReadIndexNoQuorum    // ReadIndex confirmed by a single acknowledgement
+	RaftQuorumEven           // quorum is one short for even voter counts
+	RaftNoPreVote            // elections start without a pre-vote
+	RaftVoteIgnoresLog       // votes granted without the up-to-date check
+	RaftAppendIgnoresPrev    // appends accepted without matching the previous entry
+	RaftAckBeforePersist     // follower acknowledges entries not yet durable
+	RaftCommitBeyondMatch    // heartbeats carry the leader's commit uncapped: a follower commits past what matches
+	RaftReadBeforeTermCommit // ReadIndex served before the leader committed in its term
+	RaftSnapshotKeepsConfig  // installing a snapshot keeps the replaced log's configuration
 
 	// loop
 	LoopReadBeforeApply  // a linearizable read runs before the state machine applied its read index
