@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -139,6 +140,9 @@ func DecodePeerMessage(p []byte) (raft.Message, error) {
 	m.Reject, m.Transfer, m.Done = flags&flagReject != 0, flags&flagTransfer != 0, flags&flagDone != 0
 	m.From, m.To = raft.NodeID(d.u64()), raft.NodeID(d.u64())
 	m.Term, m.LogTerm, m.Index, m.Commit = d.u64(), d.u64(), d.u64(), d.u64()
+	if mutant.On(mutant.WirePeerDropsCommit) {
+		m.Commit = 0 // the deliberate bug: the field is read but not kept
+	}
 	m.RejectHint, m.Context, m.Offset = d.u64(), d.u64(), d.u64()
 	n := d.u32()
 	if n > maxPeerEntries || int(n)*peerEntryHeaderBytes > len(d.b)-d.off {
