@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wire"
 )
 
 // network holds the directed links that are cut.
@@ -15,8 +16,16 @@ type network struct {
 }
 
 // send puts a message on the network with the fault phase's drop,
-// duplication, delay and reordering.
+// duplication, delay and reordering. It travels as production's peer links
+// carry it: encoded and decoded by the wire package's peer codec.
 func (s *Sim) send(m raft.Message) {
+	frame := wire.AppendPeerMessage(nil, &m)
+	decoded, err := wire.DecodePeerMessage(frame[8:])
+	if err != nil {
+		s.violate("peer-codec", "message %s does not decode: %v", m.String(), err)
+		return
+	}
+	m = decoded
 	if s.net.cut[[2]raft.NodeID{m.From, m.To}] || (s.net.isolated != raft.None && (m.From == s.net.isolated || m.To == s.net.isolated)) {
 		s.count("partitioned-message")
 		return
