@@ -337,6 +337,20 @@ func (r *Raft) resetTimers() {
 // isVoter reports whether this node is a voter in its current config.
 func (r *Raft) isVoter() bool { return r.config().RoleOf(r.id) == Voter }
 
+// canCampaign reports whether this node may stand for election: a voter of
+// the configuration in force, or of the one before it while the one in
+// force (which removed or demoted it) is not committed. Until then the
+// others may need its log: if it holds the only copy of that change beside
+// a crashed leader, the voters without it can win only with its vote, which
+// it must refuse them (Raft dissertation §4.2.2, Figure 4.6).
+func (r *Raft) canCampaign() bool {
+	if r.isVoter() {
+		return true
+	}
+	n := len(r.configs)
+	return n >= 2 && r.configs[n-1].index > r.log.committed && r.configs[n-2].config.RoleOf(r.id) == Voter
+}
+
 func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 	assert.That(term >= r.term, "term going back from %d to %d", r.term, term)
 	if term > r.term {
@@ -443,7 +457,7 @@ func (r *Raft) Tick() {
 		r.tickLeader()
 	default:
 		r.electionElapsed++
-		if r.isVoter() && r.electionElapsed >= r.electionTimeout {
+		if r.canCampaign() && r.electionElapsed >= r.electionTimeout {
 			if mutant.On(mutant.RaftNoPreVote) {
 				r.campaign(campaignElection)
 			} else {

@@ -131,7 +131,7 @@ func (r *Raft) noteLeadHint(m Message) {
 
 // campaign starts a pre-election, election, or transfer election.
 func (r *Raft) campaign(kind campaignKind) {
-	if !r.isVoter() || r.log.readErr != nil {
+	if !r.canCampaign() || r.log.readErr != nil {
 		// A node that cannot read its log must not lead.
 		return
 	}

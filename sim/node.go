@@ -106,10 +106,6 @@ func (s *Sim) startNode(n *node) {
 	}
 	if n.disk == nil {
 		n.disk = &storage{id: n.id, sim: s, fs: n.fs}
-		if n.id <= raft.NodeID(s.opts.Nodes) { // a joiner starts empty
-			b := s.bootstrap
-			n.disk.configs = []configEntry{{index: b.Index, data: string(b.Data)}}
-		}
 	}
 	n.disk.WAL = w
 	n.disk.opened()

@@ -65,10 +65,15 @@ func RunSeeds(first uint64, count, workers int, opts func(seed uint64) Options, 
 	return sum
 }
 
-// Line is the one summary line: seeds=N violations=V simulated=D real=D.
+// Line is the one summary line: seeds=N violations=V simulated=D real=D
+// seeds/s=R.
 func (s Summary) Line() string {
-	return fmt.Sprintf("seeds=%d violations=%d simulated=%v real=%v", s.Seeds, s.Violations,
-		s.Simulated.Round(time.Millisecond), s.Real.Round(time.Millisecond))
+	rate := 0.0
+	if s.Real > 0 {
+		rate = float64(s.Seeds) / s.Real.Seconds()
+	}
+	return fmt.Sprintf("seeds=%d violations=%d simulated=%v real=%v seeds/s=%.1f", s.Seeds, s.Violations,
+		s.Simulated.Round(time.Millisecond), s.Real.Round(time.Millisecond), rate)
 }
 
 // FaultLine lists the count of every fault kind injected, sorted by name.

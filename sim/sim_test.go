@@ -74,27 +74,35 @@ func TestDeterminism(t *testing.T) {
 	}
 }
 
-// TestOraclesCatchBugs breaks raft on purpose (a node that grants two
-// votes in one term; a leader that commits without a quorum) and requires
-// the simulator to report a violation within 100 seeds.
-func TestOraclesCatchBugs(t *testing.T) {
-	bugs := map[string]mutant.Bug{
-		"double-vote":           mutant.RaftDoubleVote,
-		"commit-without-quorum": mutant.RaftCommitWithoutQuorum,
+// TestMutants runs the simulator against every bug of the catalogue
+// (internal/mutant), one at a time, and fails if one survives its seed
+// budget (300 seeds, or DQLITE_SIM_MUTANT_SEEDS) or if the unmodified code
+// fails any seed a bug ran on. The log holds the table: per bug, the first
+// failing seed and the oracle that fired.
+func TestMutants(t *testing.T) {
+	budget := 300
+	if v := os.Getenv("DQLITE_SIM_MUTANT_SEEDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("DQLITE_SIM_MUTANT_SEEDS=%q: %v", v, err)
+		}
+		budget = n
 	}
-	for name, bug := range bugs {
-		t.Run(name, func(t *testing.T) {
-			for seed := uint64(1); seed <= 100; seed++ {
-				o := DefaultOptions(seed)
-				o.Mutant = bug
-				o.OutDir = t.TempDir()
-				if r := Run(o); len(r.Violations) > 0 {
-					t.Logf("seed %d caught it: %s", seed, r.Violations[0])
-					return
-				}
-			}
-			t.Fatal("no violation reported in 100 seeds")
-		})
+	dir := t.TempDir()
+	rep := RunMutants(mutant.Catalogue, budget, 2, func(seed uint64) Options {
+		o := DefaultOptions(seed)
+		o.OutDir = dir
+		return o
+	})
+	t.Log("\n" + rep.Table())
+	for _, m := range rep.Survivors() {
+		t.Errorf("%s (%s: %s) survived %d seeds", m.Name, m.Pkg, m.Rule, m.Seeds)
+	}
+	for _, b := range []Summary{rep.Baseline, rep.BaselineSQLite} {
+		reportFailures(t, b, "")
+	}
+	if len(rep.Results) != len(mutant.Catalogue) {
+		t.Errorf("%d results for %d catalogued bugs", len(rep.Results), len(mutant.Catalogue))
 	}
 }
 

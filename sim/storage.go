@@ -44,12 +44,27 @@ func (s *Sim) walOptions() wal.Options {
 }
 
 // opened checks a log just opened after a restart against what was
-// durable before: recovery may cut only what no write reported done.
+// durable before (recovery may cut only what no write reported done), and
+// reads the configuration entries it holds. The node's read faults were
+// cancelled before the open, so these reads inject nothing.
 func (d *storage) opened() {
 	if last := d.WAL.LastIndex(); last < d.last {
 		d.sim.violate("durability", "node %d: its log recovered to index %d, but %d was durable", d.id, last, d.last)
 	}
 	d.last = d.WAL.LastIndex()
+	d.configs = nil
+	if snap := d.WAL.Snapshot(); snap.Index > 0 {
+		d.configs = append(d.configs, configEntry{index: snap.ConfigIndex, data: string(raft.EncodeMembership(snap.Config))})
+	}
+	for lo := d.WAL.FirstIndex(); lo <= d.last; {
+		ents, err := d.WAL.Entries(lo, d.last+1, 1<<20)
+		if err != nil || len(ents) == 0 {
+			d.configs = nil // unreadable: the node fails on its own; not judged
+			return
+		}
+		d.noteConfigs(ents)
+		lo = ents[len(ents)-1].Index + 1
+	}
 }
 
 func (d *storage) noteConfigs(ents []raft.Entry) {
@@ -89,6 +104,14 @@ func (d *storage) Append(ents []raft.Entry) error {
 		d.sim.checkEntry(d.id, e)
 	}
 	if err := d.WAL.Append(ents); err != nil {
+		// A failed append may have cut the suffix it was replacing
+		// (the log makes the cut durable first).
+		if len(ents) > 0 && ents[0].Index <= d.last {
+			d.last = ents[0].Index - 1
+			for len(d.configs) > 0 && d.configs[len(d.configs)-1].index >= ents[0].Index {
+				d.configs = d.configs[:len(d.configs)-1]
+			}
+		}
 		return err
 	}
 	d.checkSynced("Append")
