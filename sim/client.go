@@ -25,6 +25,7 @@ type client struct {
 	pending *pendingOp
 	bank    bool // the SQLite bank workload's client
 	tx      *bankTx
+	counter *counterState // the SQLite counter workload's client
 }
 
 type pendingOp struct {
@@ -94,6 +95,10 @@ func (s *Sim) reply(n *node, r loop.Reply) {
 	s.tracef("client %d req %d <- node %d: result=%v err=%v", c.id, r.ID, n.id, r.Result, r.Err)
 	if c.bank {
 		s.bankReply(n, c, r)
+		return
+	}
+	if c.counter != nil {
+		s.counterReply(n, c, r)
 		return
 	}
 	switch {

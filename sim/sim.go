@@ -306,6 +306,9 @@ func Run(opts Options) (res Result) {
 	s.runUntil(opts.FaultPhase)
 	s.endFaults()
 	s.heal()
+	if opts.SQLite {
+		s.checkCounter()
+	}
 	s.check()
 	return s.result()
 }
@@ -369,6 +372,9 @@ func (s *Sim) start() {
 		c := &client{id: s.opts.Clients, bank: true}
 		s.clients = append(s.clients, c)
 		s.after(0, &event{kind: evClient, fn: func() { s.bankStep(c) }})
+		k := &client{id: s.opts.Clients + 1, counter: &counterState{}}
+		s.clients = append(s.clients, k)
+		s.after(0, &event{kind: evClient, fn: func() { s.counterStep(k) }})
 	}
 	for i := 0; i < s.opts.Clients; i++ {
 		c := &client{id: i}

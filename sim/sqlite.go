@@ -28,7 +28,9 @@ const (
 
 const schemaSQL = `CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS bank (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL);
-INSERT OR IGNORE INTO bank (id, bal) VALUES (0, 100), (1, 100), (2, 100), (3, 100), (4, 100);`
+INSERT OR IGNORE INTO bank (id, bal) VALUES (0, 100), (1, 100), (2, 100), (3, 100), (4, 100);
+CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO counter (id, n) VALUES (0, 0);`
 
 var simVFSSeq atomic.Uint64
 
@@ -312,7 +314,7 @@ func (s *Sim) bankDone(c *client, p *pendingOp) {
 // sqlState hashes a node's tables, for convergence.
 func sqlState(n *node) (uint64, error) {
 	h := fnv.New64a()
-	for _, q := range []string{"SELECT k, v FROM kv ORDER BY k", "SELECT id, bal FROM bank ORDER BY id"} {
+	for _, q := range []string{"SELECT k, v FROM kv ORDER BY k", "SELECT id, bal FROM bank ORDER BY id", "SELECT id, n FROM counter"} {
 		rows, err := n.db.Conn().Query(q)
 		if err != nil {
 			return 0, err
