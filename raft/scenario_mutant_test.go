@@ -115,6 +115,11 @@ var scenarioCatches = map[string]struct{ byExpect, byOutput []mutant.Bug }{
 	"readindex.txt": {
 		byOutput: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftNoPreVote, mutant.RaftAckBeforePersist},
 	},
+	"removed-voter-campaigns.txt": {
+		byExpect: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftQuorumEven, mutant.RaftNoPreVote,
+			mutant.RaftVoteIgnoresLog},
+		byOutput: []mutant.Bug{mutant.RaftAckBeforePersist},
+	},
 	"single.txt": {
 		byOutput: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftQuorumEven},
 	},
