@@ -32,10 +32,13 @@ type Disk struct {
 	durable map[string]*inode // directory as of the last SyncDir
 	gen     int               // bumped at each crash: older handles are dead
 
-	ops     int   // mutating operations so far
-	crashAt int   // crash at this operation (0: never)
-	failAt  int   // fail this operation with failErr (0: never)
-	failErr error // EIO by default
+	ops     int // mutating operations so far
+	crashAt int // crash at this operation (0: never)
+	// crashAtSegSync crashes at the next sync of a log segment: after its
+	// write, before it is durable (a torn batch).
+	crashAtSegSync bool
+	failAt         int   // fail this operation with failErr (0: never)
+	failErr        error // EIO by default
 	// EIORate fails each mutating operation with this probability.
 	EIORate float64
 	// Capacity bounds the total bytes of all files (0: unlimited).
@@ -69,6 +72,10 @@ func NewDisk(seed uint64) *Disk {
 // every later one fail with ErrCrashed.
 func (d *Disk) CrashAt(n int) { d.crashAt = d.ops + n }
 
+// CrashAtSegmentSync makes the next sync of a log segment crash the disk
+// (the write before it happened: a crash in the middle of an append).
+func (d *Disk) CrashAtSegmentSync() { d.crashAtSegSync = true }
+
 // FailAt makes operation n (from now) fail with err (EIO if nil).
 func (d *Disk) FailAt(n int, err error) {
 	if err == nil {
@@ -80,7 +87,7 @@ func (d *Disk) FailAt(n int, err error) {
 // ClearFaults cancels pending crash and failure points and lifts the
 // capacity limit.
 func (d *Disk) ClearFaults() {
-	d.crashAt, d.failAt, d.Capacity, d.EIORate = 0, 0, 0, 0
+	d.crashAt, d.failAt, d.Capacity, d.EIORate, d.crashAtSegSync = 0, 0, 0, 0, false
 	d.readFailAt, d.corruptReadAt = 0, 0
 }
 
@@ -104,6 +111,7 @@ func (d *Disk) Crash() {
 	d.Crashes++
 	d.gen++
 	d.crashAt = 0
+	d.crashAtSegSync = false
 	d.failAt = 0
 	for name, ino := range d.dir {
 		if d.durable[name] != ino {
@@ -128,16 +136,26 @@ func (d *Disk) Crash() {
 	}
 }
 
-// revert keeps the synced content plus, for an append, a random prefix of
-// the unsynced tail.
+// revert keeps the synced content plus a random prefix of what was
+// written since, from the lowest offset written (the unsynced writes reach
+// the platter in order, the last one torn): an append keeps part of its
+// tail, an overwrite of preallocated space part of its new bytes. An
+// unsynced truncation is undone.
 func (d *Disk) revert(ino *inode) {
 	keep := append([]byte(nil), ino.synced...)
-	if len(ino.data) > len(ino.synced) && string(ino.data[:len(ino.synced)]) == string(ino.synced) {
-		tail := ino.data[len(ino.synced):]
-		if n := d.rng.IntN(len(tail) + 1); n > 0 && n < len(tail) {
+	from := min(ino.dirtyFrom, len(ino.synced), len(ino.data))
+	if tail := ino.data[from:]; len(tail) > 0 && string(tail) != string(ino.synced[from:min(len(ino.synced), len(ino.data))]) {
+		n := d.rng.IntN(len(tail) + 1)
+		if n > 0 && n < len(tail) {
 			d.TornWrites++
-			keep = append(keep, tail[:n]...)
 		}
+		if n == len(tail) {
+			n = 0 // all of it reached the disk only if synced: lose it whole or tear it
+		}
+		if end := from + n; end > len(keep) {
+			keep = append(keep, make([]byte, end-len(keep))...)
+		}
+		copy(keep[from:], tail[:n])
 	}
 	ino.data, ino.synced = keep, append([]byte(nil), keep...)
 	ino.dirtyFrom = len(keep)
@@ -326,6 +344,13 @@ func (f *diskFile) WriteAt(p []byte, off int64) (int, error) {
 func (f *diskFile) Sync() error {
 	if err := f.live(); err != nil {
 		return err
+	}
+	if f.d.crashAtSegSync && strings.HasPrefix(f.name, "seg-") && f.d.durable[f.name] == f.ino &&
+		f.ino.dirtyFrom < len(f.ino.data) {
+		// (Not a new segment's first sync, nor the one closing a
+		// segment after cutting its preallocated tail.)
+		f.d.crashAtSegSync = false
+		f.d.crashAt = f.d.ops + 1 // this operation
 	}
 	if err := f.d.op(); err != nil {
 		return err

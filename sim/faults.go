@@ -147,6 +147,11 @@ func (s *Sim) faultCrashMidWrite() {
 	if n == nil {
 		return
 	}
+	if s.rng.IntN(2) == 0 {
+		n.fs.CrashAtSegmentSync()
+		s.tracef("node %d will crash at its next segment sync", n.id)
+		return
+	}
 	n.fs.CrashAt(1 + s.rng.IntN(4))
 	s.tracef("node %d will crash at a disk operation", n.id)
 }
