@@ -126,7 +126,8 @@ func checkSnapshotMeta(m Message) error {
 // a node that is not a voter follows whoever leads, as a joining node must
 // (it cannot vote, so following a stranger cannot elect or commit
 // anything); a voter follows such a leader only once a member named it as
-// the leader (leadHint, from a vote rejection); vote requests are dropped.
+// the leader (leadHint, from a vote rejection); vote requests are answered
+// (see below); a transfer's timeout-now is dropped.
 // Responses are another matter: this node sends only to servers it knows,
 // so a response from a stranger is invalid.
 func (r *Raft) checkSender(m Message) (bool, error) {
@@ -136,7 +137,16 @@ func (r *Raft) checkSender(m Message) (bool, error) {
 	switch m.Type {
 	case MsgApp, MsgHeartbeat, MsgSnap:
 		return !r.isVoter() || (m.From == r.leadHint && m.Term >= r.term), nil
-	case MsgVote, MsgPreVote, MsgTimeoutNow:
+	case MsgVote, MsgPreVote:
+		// Answered under the usual rules (the lease, one vote per
+		// term, the up-to-date check): a voter added by a change this
+		// node has not received may hold the longest log, and then no
+		// leader can be elected without this node's vote (the Raft
+		// dissertation, §4.2: servers answer requests without
+		// consulting their configuration). A vote counts only among the
+		// voters of the candidate's configuration.
+		return true, nil
+	case MsgTimeoutNow:
 		return false, nil
 	}
 	if m.Term < r.term {
