@@ -344,8 +344,8 @@ func (r *Raft) isVoter() bool { return r.config().RoleOf(r.id) == Voter }
 // a crashed leader, the voters without it can win only with its vote, which
 // it must refuse them (Raft dissertation §4.2.2, Figure 4.6).
 func (r *Raft) canCampaign() bool {
-	if r.isVoter() {
-		return true
+	if r.isVoter() || mutant.On(mutant.RaftRemovedNoCampaign) {
+		return r.isVoter()
 	}
 	n := len(r.configs)
 	return n >= 2 && r.configs[n-1].index > r.log.committed && r.configs[n-2].config.RoleOf(r.id) == Voter

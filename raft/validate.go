@@ -3,6 +3,8 @@ package raft
 import (
 	"errors"
 	"fmt"
+
+	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
 // ErrInvalidMessage is wrapped by the error Step returns for a peer message
@@ -145,7 +147,7 @@ func (r *Raft) checkSender(m Message) (bool, error) {
 		// dissertation, §4.2: servers answer requests without
 		// consulting their configuration). A vote counts only among the
 		// voters of the candidate's configuration.
-		return true, nil
+		return !mutant.On(mutant.RaftStrangerVotesDropped), nil
 	case MsgTimeoutNow:
 		return false, nil
 	}

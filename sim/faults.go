@@ -265,17 +265,38 @@ func (s *Sim) faultStaleLeader() {
 	}})
 }
 
-// faultSlowLeaderDisk makes the leader's appends slow for a while, so its
-// followers persist first and its commit index runs ahead of what it has
-// written and applied.
+// faultSlowLeaderDisk makes the appends of the leader (or, half the time,
+// of any node, which may lead next) slow for a while, so the others persist
+// first and its commit index runs ahead of what it has written and applied.
 func (s *Sim) faultSlowLeaderDisk() {
-	l := s.leader()
-	if l == nil {
+	n, kind := s.leader(), "slow-leader-disk"
+	if n == nil || s.rng.IntN(2) == 0 {
+		n, kind = s.pickLive(), "slow-node-disk"
+	}
+	if n == nil {
 		return
 	}
-	l.slowUntil = s.now + s.randDuration(300*time.Millisecond, 1500*time.Millisecond)
-	l.slowBy = s.randDuration(20*time.Millisecond, 80*time.Millisecond)
-	s.count("slow-leader-disk")
+	n.slowUntil = s.now + s.randDuration(300*time.Millisecond, 1500*time.Millisecond)
+	n.slowBy = s.randDuration(20*time.Millisecond, 80*time.Millisecond)
+	s.count(kind)
+	if kind != "slow-node-disk" {
+		return
+	}
+	// Slower than an election: if it wins one meanwhile (the leader
+	// crashes soon after, half the time), its commit index runs ahead of
+	// what it has written, so its reads must wait for its disk.
+	n.slowBy = s.randDuration(300*time.Millisecond, 700*time.Millisecond)
+	if s.rng.IntN(2) == 0 {
+		s.after(s.randDuration(100*time.Millisecond, 300*time.Millisecond), &event{kind: evFault, fn: func() {
+			if l := s.leader(); l != nil && l != n && s.faultsOn {
+				if down, total := s.downCount(); (down+1)*2 < total {
+					s.crash(l)
+					s.count("slow-disk-failover")
+					s.restartLater(l, s.randDuration(200*time.Millisecond, 1000*time.Millisecond))
+				}
+			}
+		}})
+	}
 }
 
 func (s *Sim) cutBoth(a, b raft.NodeID) {
@@ -507,7 +528,7 @@ func (s *Sim) faultMembership() {
 	}
 	// As a node's ADD/ASSIGN/REMOVE request does: tracked until its entry
 	// applies (the answer goes to no client here).
-	id := s.adminRequest()
+	id, inc := s.adminRequest(), l.inc
 	out := l.loop.RequestMembership(id, cc)
 	err := refusal(out, id)
 	s.take(l, out)
@@ -516,6 +537,21 @@ func (s *Sim) faultMembership() {
 	}
 	s.count(kind)
 	s.tracef("membership %s %d on leader %d", cc.Type, cc.ID, l.id)
+	if cc.Type != raft.ConfigAdd && s.rng.IntN(3) == 0 {
+		// The leader fails while the change is in flight: it may have
+		// reached only some voters, whose logs then differ in the
+		// configuration they act on.
+		s.after(s.randDuration(2*time.Millisecond, 20*time.Millisecond), &event{kind: evFault, fn: func() {
+			if !s.faultsOn || !l.up || l.inc != inc || l.removed {
+				return
+			}
+			if down, total := s.downCount(); (down+1)*2 < total {
+				s.crash(l)
+				s.count("membership-crash-leader")
+				s.restartLater(l, s.randDuration(300*time.Millisecond, 1500*time.Millisecond))
+			}
+		}})
+	}
 	switch cc.Type {
 	case raft.ConfigAdd:
 		// The new node starts empty and waits to be contacted.

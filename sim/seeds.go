@@ -82,6 +82,11 @@ func (s Summary) FaultLine() string {
 	for k := range s.Faults {
 		keys = append(keys, k)
 	}
+	for _, k := range RequiredFaults { // listed at 0 too, so a gap shows
+		if _, ok := s.Faults[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
 	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString("faults:")
@@ -98,12 +103,23 @@ var RequiredFaults = []string{"drop", "duplicate", "reorder", "partition-isolate
 	"partition-oneway", "partition-flap", "links-one-by-one", "crash", "restart", "pause", "clock-jump",
 	"slow-disk", "add", "promote", "demote", "remove", "remove-leader", "rejoin-new-id", "transfer",
 	"crash-mid-write", "disk-torn-write", "disk-lost-unsynced-file", "eio", "disk-eio", "enospc", "disk-enospc",
-	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered", "disk-read-eio", "disk-corrupt-read"}
+	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered", "disk-read-eio", "disk-corrupt-read",
+	"stale-leader", "slow-leader-disk", "slow-node-disk", "slow-disk-failover", "heal-one-down", "heal-one-isolated",
+	"membership-crash-leader"}
 
-// Missing returns the required fault kinds never injected.
-func (s Summary) Missing() []string {
+// RequiredSQLiteFaults are required on top of RequiredFaults in SQLite
+// mode: the bank and counter workloads' checks and retries.
+var RequiredSQLiteFaults = []string{"bank-check", "bank-tx-commit", "dedup-check", "dedup-retry", "dedup-resend"}
+
+// Missing returns the required fault kinds never injected (with the SQLite
+// ones when sqlite).
+func (s Summary) Missing(sqlite bool) []string {
 	var out []string
-	for _, k := range RequiredFaults {
+	kinds := RequiredFaults
+	if sqlite {
+		kinds = append(append([]string(nil), kinds...), RequiredSQLiteFaults...)
+	}
+	for _, k := range kinds {
 		if s.Faults[k] == 0 {
 			out = append(out, k)
 		}

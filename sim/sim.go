@@ -533,6 +533,15 @@ func (s *Sim) pickHealVictim() *node {
 	if len(voters) < 3 || len(voters)-1 < cfg.Quorum() {
 		return nil
 	}
+	if s.opts.HealMode == HealOneDown && s.rng.IntN(2) == 0 {
+		// Leave down a voter that is down already: the leader a fault
+		// just crashed may hold entries only some others have.
+		for _, v := range voters {
+			if !v.up {
+				return v
+			}
+		}
+	}
 	return voters[s.rng.IntN(len(voters))]
 }
 

@@ -3,6 +3,13 @@
 //
 //	go run ./cmd/dqlite-sim -seeds 100
 //	go run ./cmd/dqlite-sim -seed 42 -v
+//	go run ./cmd/dqlite-sim -mutants -seeds 1000
+//
+// With -mutants it runs the catalogue of deliberate bugs (internal/mutant)
+// one at a time, each on seeds 1.. until a seed reports a violation or the
+// -seeds budget is spent, prints per bug the first failing seed and the
+// oracle that fired, then runs the unmodified code on the same seeds. The
+// exit status is 1 when a bug survived or the unmodified code failed.
 //
 // It prints one line per failing seed with the command that replays it, and
 // ends with `seeds=N violations=V simulated=D real=D` and the count of each
@@ -37,6 +44,7 @@ func main() {
 	workers := flag.Int("workers", runtime.NumCPU(), "seeds run in parallel")
 	sqlite := flag.Bool("sqlite", false, "run the replicated SQLite state machine (key-value over SQL plus a bank workload)")
 	bug := flag.String("testing-bug", "", "activate one catalogued bug (internal/mutant) to see the checker fail, e.g. raft-figure8")
+	mutants := flag.Bool("mutants", false, "run every catalogued bug in turn with a budget of -seeds seeds each")
 	flag.Parse()
 	bugs := mutant.None
 	if *bug != "" {
@@ -63,6 +71,19 @@ func main() {
 			o.Trace = os.Stdout
 		}
 		return o
+	}
+	if *mutants {
+		rep := sim.RunMutants(mutant.Catalogue, *seeds, *workers, opts)
+		fmt.Print(rep.Table())
+		for _, b := range []sim.Summary{rep.Baseline, rep.BaselineSQLite} {
+			for _, r := range b.Failed {
+				fmt.Printf("FAIL unmodified seed=%d: %s\n", r.Seed, strings.Join(r.Violations, "; "))
+			}
+		}
+		if len(rep.Survivors()) > 0 || rep.Baseline.Violations > 0 || rep.BaselineSQLite.Violations > 0 {
+			os.Exit(1)
+		}
+		return
 	}
 	start, count := *first, *seeds
 	if *seed != 0 {

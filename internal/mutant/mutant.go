@@ -39,6 +39,8 @@ const (
 	RaftCommitBeyondMatch    // heartbeats carry the leader's commit uncapped: a follower commits past what matches
 	RaftReadBeforeTermCommit // ReadIndex served before the leader committed in its term
 	RaftSnapshotKeepsConfig  // installing a snapshot keeps the replaced log's configuration
+	RaftRemovedNoCampaign    // a voter removed by an uncommitted change stops campaigning
+	RaftStrangerVotesDropped // vote requests from a server never seen in a membership are dropped
 
 	// loop
 	LoopReadBeforeApply  // a linearizable read runs before the state machine applied its read index
@@ -89,6 +91,8 @@ var Catalogue = []Info{
 	{RaftCommitBeyondMatch, "raft-commit-beyond-match", "raft", "a follower's commit index never passes what it verified against the leader (heartbeats carry the commit capped at the follower's match)"},
 	{RaftReadBeforeTermCommit, "raft-read-before-term-commit", "raft", "a new leader serves reads only after committing an entry of its term"},
 	{RaftSnapshotKeepsConfig, "raft-snapshot-keeps-config", "raft", "installing a snapshot makes its membership the configuration in force"},
+	{RaftRemovedNoCampaign, "raft-removed-no-campaign", "raft", "a voter removed or demoted by an uncommitted change still campaigns (dissertation §4.2.2)"},
+	{RaftStrangerVotesDropped, "raft-stranger-votes-dropped", "raft", "vote requests are answered without consulting the configuration (dissertation §4.2)"},
 	{LoopReadBeforeApply, "loop-read-before-apply", "loop", "a linearizable read runs once the state machine applied its read index"},
 	{LoopReplyBeforeApply, "loop-reply-before-apply", "loop", "a write is acknowledged only after it committed and applied"},
 	{WALNoFsync, "wal-no-fsync", "wal", "appended entries are synced before they count as durable"},
