@@ -36,6 +36,8 @@ var scenarioGuards = []struct {
 	{"vote-uptodate.txt", mutant.RaftVoteIgnoresLog},
 	{"prevote-livelock.txt", mutant.RaftPreVoteRejectTerm},
 	{"config-rollback.txt", mutant.RaftConfigNoRollback},
+	{"removed-voter-campaigns.txt", mutant.RaftRemovedNoCampaign},
+	{"stranger-vote.txt", mutant.RaftStrangerVotesDropped},
 }
 
 // TestScenariosCatchMutants shows each rule's scenario guards its rule: it
@@ -117,7 +119,7 @@ var scenarioCatches = map[string]struct{ byExpect, byOutput []mutant.Bug }{
 	},
 	"removed-voter-campaigns.txt": {
 		byExpect: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftQuorumEven, mutant.RaftNoPreVote,
-			mutant.RaftVoteIgnoresLog},
+			mutant.RaftVoteIgnoresLog, mutant.RaftRemovedNoCampaign},
 		byOutput: []mutant.Bug{mutant.RaftAckBeforePersist},
 	},
 	"single.txt": {
@@ -125,6 +127,11 @@ var scenarioCatches = map[string]struct{ byExpect, byOutput []mutant.Bug }{
 	},
 	"snapshot.txt": {
 		byOutput: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftNoPreVote, mutant.RaftAckBeforePersist},
+	},
+	"stranger-vote.txt": {
+		byExpect: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftQuorumEven, mutant.RaftNoPreVote,
+			mutant.RaftVoteIgnoresLog, mutant.RaftCommitBeyondMatch, mutant.RaftStrangerVotesDropped},
+		byOutput: []mutant.Bug{mutant.RaftAckBeforePersist},
 	},
 	"transfer.txt": {
 		byOutput: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftNoPreVote, mutant.RaftAckBeforePersist},
