@@ -531,17 +531,36 @@ func (s *Sim) faultMembership() {
 	id, inc := s.adminRequest(), l.inc
 	out := l.loop.RequestMembership(id, cc)
 	err := refusal(out, id)
+	// A quarter of the changes to another server reach only that server:
+	// the leader is cut off from the rest, then fails.
+	var cuts [][2]raft.NodeID
+	if err == nil && cc.Type != raft.ConfigAdd && cc.ID != l.id && s.rng.IntN(4) == 0 {
+		for _, other := range s.sortedIDs() {
+			for _, c := range [][2]raft.NodeID{{l.id, other}, {other, l.id}} {
+				if other != l.id && other != cc.ID && !s.net.cut[c] {
+					s.net.cut[c] = true
+					cuts = append(cuts, c)
+				}
+			}
+		}
+		s.count("membership-partial")
+	}
 	s.take(l, out)
 	if err != nil {
 		return
 	}
 	s.count(kind)
 	s.tracef("membership %s %d on leader %d", cc.Type, cc.ID, l.id)
-	if cc.Type != raft.ConfigAdd && s.rng.IntN(3) == 0 {
+	if cc.Type != raft.ConfigAdd && (cuts != nil || s.rng.IntN(3) == 0) {
 		// The leader fails while the change is in flight: it may have
 		// reached only some voters, whose logs then differ in the
 		// configuration they act on.
 		s.after(s.randDuration(2*time.Millisecond, 20*time.Millisecond), &event{kind: evFault, fn: func() {
+			defer func() {
+				for _, c := range cuts {
+					delete(s.net.cut, c)
+				}
+			}()
 			if !s.faultsOn || !l.up || l.inc != inc || l.removed {
 				return
 			}

@@ -470,6 +470,10 @@ func (s *Sim) endFaults() {
 	s.net.cut = map[[2]raft.NodeID]bool{}
 	s.tracef("faults end")
 	victim := s.pickHealVictim()
+	partial := victim != nil && s.opts.HealMode == HealOneDown && s.rng.IntN(2) == 0
+	if partial {
+		victim = nil // the leader of partialChange is the one left down
+	}
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
 		n.fs.ClearFaults()
@@ -501,11 +505,69 @@ func (s *Sim) endFaults() {
 			}
 		}})
 	}
+	if partial {
+		victim = s.partialChange()
+	}
 	if victim != nil {
 		s.count("heal-" + s.opts.HealMode.String())
 		s.tracef("heal leaves %d %s", victim.id, s.opts.HealMode)
 	}
 	s.healVictim = victim
+}
+
+// partialChange starts the heal phase with a leader lost in the middle of
+// a reconfiguration: once a leader is elected, it removes or demotes
+// another voter while cut off from all but that voter, then crashes and
+// stays down (the heal phase's victim). The others' logs then differ in
+// the configuration they act on, and a leader must still be elected.
+func (s *Sim) partialChange() *node {
+	deadline := s.now + 5*s.electionTimeout()
+	for s.now < deadline {
+		s.runUntil(s.now + s.electionTimeout()/2)
+		l := s.leader()
+		if l == nil {
+			continue
+		}
+		st := l.loop.Raft().Status()
+		voters := st.Config.Voters()
+		if len(voters) <= minVoters || st.ConfigIndex > st.Commit {
+			return nil
+		}
+		var target raft.NodeID
+		for _, id := range voters {
+			if id != l.id && (target == raft.None || s.rng.IntN(2) == 0) {
+				target = id
+			}
+		}
+		cc := raft.ConfigChange{Type: raft.ConfigRemove, ID: target}
+		if s.rng.IntN(2) == 0 {
+			cc = raft.ConfigChange{Type: raft.ConfigAssign, ID: target, Role: raft.Standby}
+		}
+		for _, id := range s.sortedIDs() {
+			if id != l.id && id != target {
+				s.cutBoth(l.id, id)
+			}
+		}
+		id := s.adminRequest()
+		out := l.loop.RequestMembership(id, cc)
+		if refusal(out, id) != nil {
+			s.net.cut = map[[2]raft.NodeID]bool{}
+			return nil
+		}
+		s.take(l, out)
+		s.tracef("heal: leader %d %s %d reaching only %d, then crashes", l.id, cc.Type, target, target)
+		s.runUntil(s.now + s.opts.LatencyMax + s.opts.DiskLatencyMax)
+		s.crash(l)
+		s.net.cut = map[[2]raft.NodeID]bool{}
+		s.count("heal-partial-change")
+		if cc.Type == raft.ConfigRemove {
+			if n := s.nodes[target]; n != nil {
+				s.after(s.electionTimeout()*5, &event{kind: evFault, fn: func() { s.retire(n) }})
+			}
+		}
+		return l
+	}
+	return nil
 }
 
 // pickHealVictim chooses the voter the heal phase leaves down or cut off:
