@@ -130,7 +130,7 @@ var scenarioCatches = map[string]struct{ byExpect, byOutput []mutant.Bug }{
 	},
 	"stranger-vote.txt": {
 		byExpect: []mutant.Bug{mutant.RaftCommitWithoutQuorum, mutant.RaftQuorumEven, mutant.RaftNoPreVote,
-			mutant.RaftVoteIgnoresLog, mutant.RaftCommitBeyondMatch, mutant.RaftStrangerVotesDropped},
+			mutant.RaftVoteIgnoresLog, mutant.RaftStrangerVotesDropped},
 		byOutput: []mutant.Bug{mutant.RaftAckBeforePersist},
 	},
 	"transfer.txt": {

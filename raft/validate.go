@@ -138,7 +138,8 @@ func (r *Raft) checkSender(m Message) (bool, error) {
 	}
 	switch m.Type {
 	case MsgApp, MsgHeartbeat, MsgSnap:
-		return !r.isVoter() || (m.From == r.leadHint && m.Term >= r.term), nil
+		// (Or the candidate this node voted for in this term: it won.)
+		return !r.isVoter() || (m.From == r.leadHint && m.Term >= r.term) || (m.From == r.vote && m.Term == r.term), nil
 	case MsgVote, MsgPreVote:
 		// Answered under the usual rules (the lease, one vote per
 		// term, the up-to-date check): a voter added by a change this

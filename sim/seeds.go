@@ -105,7 +105,7 @@ var RequiredFaults = []string{"drop", "duplicate", "reorder", "partition-isolate
 	"crash-mid-write", "disk-torn-write", "disk-lost-unsynced-file", "eio", "disk-eio", "enospc", "disk-enospc",
 	"bitflip", "bitflip-detected", "storage-failure-restart", "torn-tail-recovered", "disk-read-eio", "disk-corrupt-read",
 	"stale-leader", "slow-leader-disk", "slow-node-disk", "slow-disk-failover", "heal-one-down", "heal-one-isolated",
-	"membership-crash-leader", "membership-partial", "heal-partial-change"}
+	"membership-crash-leader", "membership-partial", "heal-partial-change", "heal-partial-join"}
 
 // RequiredSQLiteFaults are required on top of RequiredFaults in SQLite
 // mode: the bank and counter workloads' checks and retries.

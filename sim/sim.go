@@ -6,6 +6,7 @@ import (
 	"hash"
 	"hash/fnv"
 	"io"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"time"
@@ -506,7 +507,11 @@ func (s *Sim) endFaults() {
 		}})
 	}
 	if partial {
-		victim = s.partialChange()
+		if s.rng.IntN(2) == 0 {
+			victim = s.partialChange()
+		} else {
+			victim = s.partialJoin()
+		}
 	}
 	if victim != nil {
 		s.count("heal-" + s.opts.HealMode.String())
@@ -568,6 +573,81 @@ func (s *Sim) partialChange() *node {
 		return l
 	}
 	return nil
+}
+
+// partialJoin starts the heal phase with a leader lost after a node
+// joined behind a partition: with one voter cut off, the leader adds a new
+// node and promotes it to voter, then its next entry reaches only the
+// newcomer, and it crashes and stays down (the victim). The cut-off voter
+// never saw the newcomer in any membership, yet the newcomer holds the
+// longest log and cannot win without that voter's vote.
+func (s *Sim) partialJoin() *node {
+	abort := func() *node { s.net.cut = map[[2]raft.NodeID]bool{}; return nil }
+	s.runUntil(s.now + 2*s.electionTimeout())
+	l := s.leader()
+	if l == nil || int(s.nextID) > s.opts.Nodes+s.opts.Joiners*4 {
+		return nil
+	}
+	st := l.loop.Raft().Status()
+	voters := st.Config.Voters()
+	if len(voters) < 3 || st.ConfigIndex > st.Commit {
+		return nil
+	}
+	var away raft.NodeID // the voter that never hears of the newcomer
+	for _, id := range voters {
+		if id != l.id && (away == raft.None || s.rng.IntN(2) == 0) {
+			away = id
+		}
+	}
+	for _, id := range s.sortedIDs() {
+		if id != away {
+			s.cutBoth(away, id)
+		}
+	}
+	newID := s.nextID
+	s.nextID++
+	n := s.addNode(newID)
+	s.startNode(n)
+	for _, cc := range []raft.ConfigChange{{Type: raft.ConfigAdd, ID: newID},
+		{Type: raft.ConfigAssign, ID: newID, Role: raft.Voter}} {
+		id := s.adminRequest()
+		out := l.loop.RequestMembership(id, cc)
+		if refusal(out, id) != nil {
+			return abort()
+		}
+		s.take(l, out)
+		for i := 0; i < 20; i++ {
+			s.runUntil(s.now + s.electionTimeout())
+			if cst := l.loop.Raft().Status(); !l.up || cst.State != raft.StateLeader || cst.ConfigIndex <= cst.Commit {
+				break
+			}
+		}
+		if cst := l.loop.Raft().Status(); !l.up || cst.State != raft.StateLeader || cst.ConfigIndex > cst.Commit {
+			return abort()
+		}
+	}
+	if l.loop.Raft().Status().Config.RoleOf(newID) != raft.Voter {
+		return abort()
+	}
+	// The leader's next entry reaches only the newcomer.
+	for _, id := range s.sortedIDs() {
+		if id != l.id && id != newID {
+			s.cutBoth(l.id, id)
+		}
+	}
+	probe := uint64(math.MaxUint64 / 2)
+	s.reqOwner[probe] = nil
+	if s.opts.SQLite {
+		s.sqlWrite(l, probe, "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", "join", "probe")
+	} else {
+		s.take(l, l.loop.Propose(probe, []byte("join=probe")))
+	}
+	s.runUntil(s.now + s.opts.LatencyMax + s.opts.DiskLatencyMax)
+	s.crash(l)
+	s.net.cut = map[[2]raft.NodeID]bool{}
+	s.count("heal-partial-join")
+	s.tracef("heal: leader %d added %d with %d cut off, then crashed", l.id, newID, away)
+	return l
 }
 
 // pickHealVictim chooses the voter the heal phase leaves down or cut off:
