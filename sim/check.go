@@ -38,8 +38,8 @@ func (s *Sim) checkEntry(id raft.NodeID, e raft.Entry) {
 func (s *Sim) checkApply(id raft.NodeID, e raft.Entry) {
 	a := appliedEntry{term: e.Term, hash: entryHash(e)}
 	if prev, ok := s.applied[e.Index]; ok && prev != a {
-		s.violate("state-machine-safety", "node %d applied %d/%d, another node applied %d/%d there",
-			id, e.Index, e.Term, e.Index, prev.term)
+		s.violate("state-machine-safety", "node %d applied %d/%d (data hash %x), another node applied %d/%d (data hash %x) there",
+			id, e.Index, e.Term, a.hash, e.Index, prev.term, prev.hash)
 		return
 	}
 	s.applied[e.Index] = a

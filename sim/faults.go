@@ -522,6 +522,9 @@ func (s *Sim) faultMembership() {
 		return
 	}
 	i := s.rng.IntN(len(choices))
+	if kinds[0] == "add" && s.rng.IntN(3) == 0 {
+		i = 0 // adds would be rare among a large cluster's many choices
+	}
 	cc, kind := choices[i], kinds[i]
 	if cc.Type == raft.ConfigRemove && cc.ID == l.id {
 		kind = "remove-leader"
@@ -577,8 +580,13 @@ func (s *Sim) faultMembership() {
 		n := s.addNode(cc.ID)
 		s.nextID++
 		s.startNode(n)
-		if cc.ID > raft.NodeID(s.opts.Nodes+s.opts.Joiners) {
-			s.count("rejoin-new-id")
+		for _, id := range s.sortedIDs() {
+			if s.nodes[id].removed {
+				// A member was removed and wiped: the new id takes
+				// its place.
+				s.count("rejoin-new-id")
+				break
+			}
 		}
 	case raft.ConfigRemove:
 		// A removed node is wiped after a while: it never comes back

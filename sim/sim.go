@@ -616,18 +616,19 @@ func (s *Sim) partialJoin() *node {
 			return abort()
 		}
 		s.take(l, out)
-		for i := 0; i < 20; i++ {
-			s.runUntil(s.now + s.electionTimeout())
-			if cst := l.loop.Raft().Status(); !l.up || cst.State != raft.StateLeader || cst.ConfigIndex <= cst.Commit {
-				break
-			}
+		done := func() bool { // the change is in force and committed
+			cst := l.loop.Raft().Status()
+			sv, ok := cst.Config.Get(newID)
+			return ok && (cc.Type == raft.ConfigAdd || sv.Role == raft.Voter) && cst.ConfigIndex <= cst.Commit
 		}
-		if cst := l.loop.Raft().Status(); !l.up || cst.State != raft.StateLeader || cst.ConfigIndex > cst.Commit {
+		// A promotion first lets the newcomer catch up (a snapshot in
+		// small chunks, in SQLite mode).
+		for i := 0; i < 50 && l.up && l.loop.Raft().Basic().State == raft.StateLeader && !done(); i++ {
+			s.runUntil(s.now + s.electionTimeout())
+		}
+		if !l.up || l.loop.Raft().Basic().State != raft.StateLeader || !done() {
 			return abort()
 		}
-	}
-	if l.loop.Raft().Status().Config.RoleOf(newID) != raft.Voter {
-		return abort()
 	}
 	// The leader's next entry reaches only the newcomer.
 	for _, id := range s.sortedIDs() {
