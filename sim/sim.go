@@ -196,7 +196,6 @@ type Sim struct {
 	// the liveness probe committed; isolatedTerm is its term once cut off.
 	healVictim   *node
 	isolatedTerm uint64
-	cfgIndexSeen uint64
 	faultsOn     bool
 	clientsOn    bool
 	schemaDone   bool // SQLite mode: the tables exist
@@ -658,12 +657,13 @@ func (s *Sim) pickHealVictim() *node {
 	if s.opts.HealMode == HealAll {
 		return nil
 	}
-	var cfg raft.Membership
+	var cfg raft.Membership // the newest configuration a running node acts on
+	var cfgIndex uint64
 	for _, id := range s.sortedIDs() {
 		n := s.nodes[id]
 		if n.up && !n.removed && n.loop.Raft().ConfigIndex() > 0 {
-			if st := n.loop.Raft().Status(); st.ConfigIndex > 0 && (cfg.Servers == nil || st.ConfigIndex > s.cfgIndexSeen) {
-				cfg, s.cfgIndexSeen = st.Config, st.ConfigIndex
+			if st := n.loop.Raft().Status(); cfg.Servers == nil || st.ConfigIndex > cfgIndex {
+				cfg, cfgIndex = st.Config, st.ConfigIndex
 			}
 		}
 	}
