@@ -32,6 +32,7 @@ type pendingOp struct {
 	req   uint64
 	input kvInput
 	call  time.Duration
+	node  raft.NodeID // where it was sent
 }
 
 // clientTimeout is how long a client waits for a reply before it gives up
@@ -57,7 +58,7 @@ func (s *Sim) clientStep(c *client) {
 		in.put, in.value = true, fmt.Sprintf("c%d-%d", c.id, c.n)
 	}
 	s.nextReq++
-	p := &pendingOp{req: s.nextReq, input: in, call: s.now}
+	p := &pendingOp{req: s.nextReq, input: in, call: s.now, node: n.id}
 	c.pending = p
 	s.reqOwner[p.req] = c
 	s.after(clientTimeout, &event{kind: evClient, fn: func() { s.clientTimeout(c, p) }})
@@ -75,6 +76,32 @@ func (s *Sim) clientStep(c *client) {
 	default:
 		kv := n.kv
 		s.take(n, n.loop.Read(p.req, func() (any, error) { return kv.m[key], nil }))
+	}
+}
+
+// connectionsReset answers the clients waiting on a node that just
+// crashed at once, as a reset connection does: a write's outcome is
+// unknown, and the client moves on to another node instead of waiting out
+// its timeout (so clients reach a new leader within its first moments).
+func (s *Sim) connectionsReset(n *node) {
+	for _, c := range s.clients {
+		p := c.pending
+		if p == nil || p.node != n.id {
+			continue
+		}
+		switch {
+		case c.bank:
+			if c.tx != nil {
+				s.abandonTx(c)
+			}
+			s.bankDone(c, p)
+		case c.counter != nil:
+			s.counterUnknown(c)
+			s.counterDone(c, p)
+		default:
+			s.clientTimeout(c, p)
+		}
+		c.target = raft.None
 	}
 }
 

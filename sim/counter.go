@@ -57,7 +57,7 @@ func (s *Sim) counterStep(c *client) {
 	}
 	k.tries++
 	s.nextReq++
-	p := &pendingOp{req: s.nextReq, call: s.now}
+	p := &pendingOp{req: s.nextReq, call: s.now, node: n.id}
 	c.pending = p
 	s.reqOwner[p.req] = c
 	s.after(clientTimeout, &event{kind: evClient, fn: func() {

@@ -282,21 +282,34 @@ func (s *Sim) faultSlowLeaderDisk() {
 	if kind != "slow-node-disk" {
 		return
 	}
-	// Slower than an election: if it wins one meanwhile (the leader
-	// crashes soon after, half the time), its commit index runs ahead of
-	// what it has written, so its reads must wait for its disk.
+	// Slower than an election: if it wins one meanwhile, its commit index
+	// runs ahead of what it has written, so its reads must wait for its
+	// disk. Half the time the leader crashes at the first moment the slow
+	// node holds its whole log (so it may win) but has not written
+	// entries the leader already applied (and acknowledged).
 	n.slowBy = s.randDuration(300*time.Millisecond, 700*time.Millisecond)
-	if s.rng.IntN(2) == 0 {
-		s.after(s.randDuration(100*time.Millisecond, 300*time.Millisecond), &event{kind: evFault, fn: func() {
-			if l := s.leader(); l != nil && l != n && s.faultsOn {
-				if down, total := s.downCount(); (down+1)*2 < total {
-					s.crash(l)
-					s.count("slow-disk-failover")
-					s.restartLater(l, s.randDuration(200*time.Millisecond, 1000*time.Millisecond))
-				}
-			}
-		}})
+	if l := s.leader(); l != nil && l != n && s.rng.IntN(2) == 0 {
+		s.watchFailover(l, n, l.inc, n.inc)
 	}
+}
+
+// watchFailover crashes leader l once the slow node n holds all of l's log
+// but has written less than l applied, checking every millisecond while n
+// is slow.
+func (s *Sim) watchFailover(l, n *node, linc, ninc int) {
+	if !s.faultsOn || !l.up || !n.up || l.inc != linc || n.inc != ninc || s.now >= n.slowUntil {
+		return
+	}
+	lb, nb := l.loop.Raft().Basic(), n.loop.Raft().Basic()
+	if lb.State == raft.StateLeader && nb.LastIndex >= lb.LastIndex && nb.Persisted < lb.Applied {
+		if down, total := s.downCount(); (down+1)*2 < total {
+			s.crash(l)
+			s.count("slow-disk-failover")
+			s.restartLater(l, s.randDuration(200*time.Millisecond, 1000*time.Millisecond))
+		}
+		return
+	}
+	s.after(time.Millisecond, &event{kind: evFault, fn: func() { s.watchFailover(l, n, linc, ninc) }})
 }
 
 func (s *Sim) cutBoth(a, b raft.NodeID) {

@@ -161,6 +161,7 @@ func (s *Sim) crash(n *node) {
 	s.closeSQL(n)
 	n.fs.Crash()
 	s.tracef("crash %d", n.id)
+	s.connectionsReset(n)
 }
 
 func (s *Sim) resume(n *node) {

@@ -76,11 +76,11 @@ func TestDeterminism(t *testing.T) {
 
 // TestMutants runs the simulator against every bug of the catalogue
 // (internal/mutant), one at a time, and fails if one survives its seed
-// budget (300 seeds, or DQLITE_SIM_MUTANT_SEEDS) or if the unmodified code
+// budget (1000 seeds, or DQLITE_SIM_MUTANT_SEEDS) or if the unmodified code
 // fails any seed a bug ran on. The log holds the table: per bug, the first
 // failing seed and the oracle that fired.
 func TestMutants(t *testing.T) {
-	budget := 300
+	budget := 1000
 	if v := os.Getenv("DQLITE_SIM_MUTANT_SEEDS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {

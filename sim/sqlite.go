@@ -226,7 +226,7 @@ func (s *Sim) bankStep(c *client) {
 		c.target = n.id
 	}
 	s.nextReq++
-	p := &pendingOp{req: s.nextReq, call: s.now}
+	p := &pendingOp{req: s.nextReq, call: s.now, node: n.id}
 	c.pending = p
 	s.reqOwner[p.req] = c
 	s.after(clientTimeout, &event{kind: evClient, fn: func() {
