@@ -7,16 +7,6 @@ import (
 	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
-// activate turns a catalogued bug on for the rest of the test.
-func activate(t *testing.T, b mutant.Bug) {
-	t.Helper()
-	release, err := mutant.Activate(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
-}
-
 // rowsAfterRestore takes a snapshot holding 3 rows, writes a 4th and a
 // table, restores the snapshot and returns the row count and the number of
 // tables then.
@@ -43,7 +33,7 @@ func TestRestoreReplacesDatabase(t *testing.T) {
 		t.Fatalf("after restore: %d rows, %d tables; want the snapshot's 3 rows and 1 table", rows, tables)
 	}
 	t.Run("mutant", func(t *testing.T) {
-		activate(t, mutant.FSMRestoreKeepsOld)
+		mutant.Use(t, mutant.FSMRestoreKeepsOld)
 		if rows, tables := rowsAfterRestore(t); rows == 3 && tables == 1 {
 			t.Fatalf("%s: the restore replaced the database", mutant.FSMRestoreKeepsOld)
 		}

@@ -7,16 +7,6 @@ import (
 	"github.com/dqlite-go/dqlite/raft"
 )
 
-// activate turns a catalogued bug on for the rest of the test.
-func activate(t *testing.T, b mutant.Bug) {
-	t.Helper()
-	release, err := mutant.Activate(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
-}
-
 // readAfterCommitBeforeApply commits a write on a quorum of followers while
 // the leader's own append of it is still in flight (so the leader cannot
 // apply it yet), then starts a read of it. It returns the read's reply as
@@ -58,7 +48,7 @@ func TestReadWaitsForApply(t *testing.T) {
 		t.Fatalf("read after apply: %+v", after)
 	}
 	t.Run("mutant", func(t *testing.T) {
-		activate(t, mutant.LoopReadBeforeApply)
+		mutant.Use(t, mutant.LoopReadBeforeApply)
 		before, _ := readAfterCommitBeforeApply(t)
 		if before == nil || before.Result == "1" {
 			t.Fatalf("%s: the read waited for the apply (%+v)", mutant.LoopReadBeforeApply, before)
@@ -160,7 +150,7 @@ func TestWriteAnsweredOnceApplied(t *testing.T) {
 	}
 	check(t, true)
 	t.Run("mutant", func(t *testing.T) {
-		activate(t, mutant.LoopReplyBeforeApply)
+		mutant.Use(t, mutant.LoopReplyBeforeApply)
 		check(t, false)
 	})
 }

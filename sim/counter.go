@@ -107,14 +107,7 @@ func (s *Sim) counterReply(n *node, c *client, r loop.Reply) {
 	s.counterDone(c, p)
 }
 
-func (s *Sim) counterDone(c *client, p *pendingOp) {
-	if c.pending != p {
-		return
-	}
-	delete(s.reqOwner, p.req)
-	c.pending = nil
-	s.after(s.randDuration(time.Millisecond, 20*time.Millisecond), &event{kind: evClient, fn: func() { s.counterStep(c) }})
-}
+func (s *Sim) counterDone(c *client, p *pendingOp) { s.opDone(c, p, s.counterStep) }
 
 // checkCounter: every sequence number applied at most once, and every
 // acknowledged one applied.

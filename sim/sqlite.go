@@ -301,14 +301,17 @@ func (s *Sim) bankReply(n *node, c *client, r loop.Reply) {
 	s.bankDone(c, p)
 }
 
-func (s *Sim) bankDone(c *client, p *pendingOp) {
+func (s *Sim) bankDone(c *client, p *pendingOp) { s.opDone(c, p, s.bankStep) }
+
+// opDone ends a client's request p (if it is still the one pending) and
+// schedules the client's next step.
+func (s *Sim) opDone(c *client, p *pendingOp, next func(*client)) {
 	if c.pending != p {
 		return
 	}
-
 	delete(s.reqOwner, p.req)
 	c.pending = nil
-	s.after(s.randDuration(time.Millisecond, 20*time.Millisecond), &event{kind: evClient, fn: func() { s.bankStep(c) }})
+	s.after(s.randDuration(time.Millisecond, 20*time.Millisecond), &event{kind: evClient, fn: func() { next(c) }})
 }
 
 // sqlState hashes a node's tables, for convergence.

@@ -7,16 +7,6 @@ import (
 	"github.com/dqlite-go/dqlite/internal/mutant"
 )
 
-// activate turns a catalogued bug on for the rest of the test.
-func activate(t *testing.T, b mutant.Bug) {
-	t.Helper()
-	release, err := mutant.Activate(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
-}
-
 // captureOfGrowingTx replicates a table's creation and a transaction that
 // writes several pages and grows the database, and returns the latter's
 // capture, the leader's page count after it, and whether the follower
@@ -47,7 +37,7 @@ func TestCaptureHoldsTheWholeTransaction(t *testing.T) {
 		t.Fatalf("capture of %d pages, size %d (leader %d pages), follower same: %v", len(f.Pages), f.DBSize, pages, same)
 	}
 	t.Run("drops-page", func(t *testing.T) {
-		activate(t, mutant.VFSCaptureDropsPage)
+		mutant.Use(t, mutant.VFSCaptureDropsPage)
 		g, _, same := captureOfGrowingTx(t)
 		if len(g.Pages) != len(f.Pages)-1 || same {
 			t.Fatalf("%s: capture of %d pages (%d without the bug), follower same: %v",
@@ -55,7 +45,7 @@ func TestCaptureHoldsTheWholeTransaction(t *testing.T) {
 		}
 	})
 	t.Run("no-size", func(t *testing.T) {
-		activate(t, mutant.VFSCaptureNoSize)
+		mutant.Use(t, mutant.VFSCaptureNoSize)
 		g, pages, same := captureOfGrowingTx(t)
 		if int64(g.DBSize) == pages || same {
 			t.Fatalf("%s: capture size %d (leader %d pages), follower same: %v", mutant.VFSCaptureNoSize, g.DBSize, pages, same)

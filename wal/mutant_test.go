@@ -10,16 +10,6 @@ import (
 	"github.com/dqlite-go/dqlite/wal"
 )
 
-// activate turns a catalogued bug on for the rest of the test.
-func activate(t *testing.T, b mutant.Bug) {
-	t.Helper()
-	release, err := mutant.Activate(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(release)
-}
-
 // corruptReadBack reads back, after a reopen (nothing cached), entries
 // whose data comes back from the disk with a flipped bit.
 func corruptReadBack(t *testing.T) error {
@@ -48,7 +38,7 @@ func TestCorruptReadIsCorruption(t *testing.T) {
 		t.Fatalf("corrupt read: %v, want a corruption error", err)
 	}
 	t.Run("mutant", func(t *testing.T) {
-		activate(t, mutant.WALNoReadCRC)
+		mutant.Use(t, mutant.WALNoReadCRC)
 		if err := corruptReadBack(t); err != nil {
 			t.Fatalf("%s: corrupt read still refused: %v", mutant.WALNoReadCRC, err)
 		}
@@ -92,7 +82,7 @@ func TestTornTailCutBeforeAppends(t *testing.T) {
 	}
 	must(t, w.Close())
 	t.Run("mutant", func(t *testing.T) {
-		activate(t, mutant.WALRecoverKeepsTorn)
+		mutant.Use(t, mutant.WALRecoverKeepsTorn)
 		w, err := appendAfterTornTail(t)
 		if err == nil {
 			w.Close()

@@ -177,3 +177,20 @@ func Activate(b Bug) (release func(), err error) {
 		})
 	}, nil
 }
+
+// T is the part of testing.TB that Use needs.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
+// Use activates bug b for the rest of test t (released by t's cleanup).
+func Use(t T, b Bug) {
+	t.Helper()
+	release, err := Activate(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+}
