@@ -69,6 +69,15 @@ func TestConformance(t *testing.T) {
 		t.Fatalf("EXEC_SQL: %+v %v", res, err)
 	}
 
+	// EXEC_SQL of a blank string runs nothing and answers RESULT (0, 0),
+	// as the C server does.
+	for _, blank := range []string{"", "  \n\t"} {
+		if res, err := conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: db, SQL: blank}); err != nil ||
+			res.LastInsertID != 0 || res.RowsAffected != 0 {
+			t.Fatalf("EXEC_SQL %q: %+v %v", blank, res, err)
+		}
+	}
+
 	// PREPARE (schema 0), EXEC with schema 0 and schema 1 parameters.
 	st, err := conn.Call(ctx, &wire.Request{Type: wire.ReqPrepare, DB: db, SQL: "INSERT INTO t (name, at, data) VALUES (?, ?, ?)"}, wire.RespStmt)
 	if err != nil || st.ParamCount != 3 {

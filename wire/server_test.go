@@ -171,7 +171,6 @@ func TestMalformedMessages(t *testing.T) {
 		{"unknown role", msg(ReqAssign, 0, cat(u64(2), u64(7))), CodeError},
 		{"no database open", msg(ReqExecSQL, 0, cat(u64(0), []byte("X\x00\x00\x00\x00\x00\x00\x00"))), CodeNotFound},
 		{"no such statement", cat(open, msg(ReqExec, 0, cat(u64(5)))), CodeNotFound},
-		{"empty statement", cat(open, msg(ReqExecSQL, 0, cat(u64(0), []byte("  \x00\x00\x00\x00\x00\x00")))), CodeError},
 		{"second OPEN", cat(open, open), CodeBusy},
 		{"CONNECT late", cat(open, msg(ReqConnect, 0, cat(u64(2), []byte("x\x00\x00\x00\x00\x00\x00\x00")))), CodeParse},
 		{"truncated header", []byte{1, 0, 0}, 0},

@@ -88,7 +88,9 @@ func (ss *session) handleExec(ctx context.Context, req *Request) bool {
 		sql = st.sql
 	}
 	if strings.TrimSpace(sql) == "" {
-		return ss.fail(&Error{CodeError, "empty statement"})
+		// Nothing to run: as the C server does, a RESULT with nothing
+		// inserted or changed.
+		return ss.reply(&Response{Type: RespResult})
 	}
 	last, rows, err := ss.s.Backend.Exec(ctx, &Write{Session: ss.id, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
 	if err != nil {
