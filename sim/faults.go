@@ -231,19 +231,15 @@ func (s *Sim) faultStaleLeader() {
 			group[others[s.rng.IntN(len(others))]] = true
 		}
 	}
-	var cuts [][2]raft.NodeID
-	for a := range group {
-		for _, b := range ids {
-			if !group[b] {
-				for _, c := range [][2]raft.NodeID{{a, b}, {b, a}} {
-					if !s.net.cut[c] {
-						s.net.cut[c] = true
-						cuts = append(cuts, c)
-					}
-				}
-			}
+	var inside, outside []raft.NodeID
+	for _, id := range ids {
+		if group[id] {
+			inside = append(inside, id)
+		} else {
+			outside = append(outside, id)
 		}
 	}
+	cuts := s.cutBetween(inside, outside)
 	l.stalled = true
 	inc := l.inc
 	// Clients that knew it as the leader keep sending to it.
@@ -258,9 +254,7 @@ func (s *Sim) faultStaleLeader() {
 		if l.inc == inc {
 			l.stalled = false
 		}
-		for _, c := range cuts {
-			delete(s.net.cut, c)
-		}
+		s.restoreCuts(cuts)
 		s.tracef("stale leader %d released", l.id)
 	}})
 }
@@ -310,6 +304,30 @@ func (s *Sim) watchFailover(l, n *node, linc, ninc int) {
 		return
 	}
 	s.after(time.Millisecond, &event{kind: evFault, fn: func() { s.watchFailover(l, n, linc, ninc) }})
+}
+
+// cutBetween cuts, both ways, every link between a node of as and a node of
+// bs that is not cut yet, and returns those cuts (for restoreCuts).
+func (s *Sim) cutBetween(as, bs []raft.NodeID) [][2]raft.NodeID {
+	var cuts [][2]raft.NodeID
+	for _, a := range as {
+		for _, b := range bs {
+			for _, c := range [][2]raft.NodeID{{a, b}, {b, a}} {
+				if !s.net.cut[c] {
+					s.net.cut[c] = true
+					cuts = append(cuts, c)
+				}
+			}
+		}
+	}
+	return cuts
+}
+
+// restoreCuts removes the cuts cutBetween made.
+func (s *Sim) restoreCuts(cuts [][2]raft.NodeID) {
+	for _, c := range cuts {
+		delete(s.net.cut, c)
+	}
 }
 
 func (s *Sim) cutBoth(a, b raft.NodeID) {
@@ -551,14 +569,13 @@ func (s *Sim) faultMembership() {
 	// the leader is cut off from the rest, then fails.
 	var cuts [][2]raft.NodeID
 	if err == nil && cc.Type != raft.ConfigAdd && cc.ID != l.id && s.rng.IntN(4) == 0 {
-		for _, other := range s.sortedIDs() {
-			for _, c := range [][2]raft.NodeID{{l.id, other}, {other, l.id}} {
-				if other != l.id && other != cc.ID && !s.net.cut[c] {
-					s.net.cut[c] = true
-					cuts = append(cuts, c)
-				}
+		var others []raft.NodeID
+		for _, id := range s.sortedIDs() {
+			if id != l.id && id != cc.ID {
+				others = append(others, id)
 			}
 		}
+		cuts = s.cutBetween([]raft.NodeID{l.id}, others)
 		s.count("membership-partial")
 	}
 	s.take(l, out)
@@ -573,9 +590,7 @@ func (s *Sim) faultMembership() {
 		// configuration they act on.
 		s.after(s.randDuration(2*time.Millisecond, 20*time.Millisecond), &event{kind: evFault, fn: func() {
 			defer func() {
-				for _, c := range cuts {
-					delete(s.net.cut, c)
-				}
+				s.restoreCuts(cuts)
 			}()
 			if !s.faultsOn || !l.up || l.inc != inc || l.removed {
 				return
