@@ -187,14 +187,14 @@ func (b backend) Dump(ctx context.Context, name string) ([]byte, error) {
 	// On the leader, a linearizable read point first, so the dump has every
 	// committed write; elsewhere, the node's own applied state.
 	if !b.n.IsLeader() {
-		return b.n.Dump()
+		return b.n.Dump(name)
 	}
 	if _, err := b.n.request(ctx, func(id uint64) loop.Output {
 		return b.n.loop.Read(id, func() (any, error) { return nil, nil })
 	}); err != nil {
 		return nil, err
 	}
-	return b.n.Dump()
+	return b.n.Dump(name)
 }
 
 func (b backend) Add(ctx context.Context, id uint64, address string) error {
@@ -233,6 +233,9 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		return wire.CodeTxAborted, strings.TrimPrefix(err.Error(), "loop: ")
 	case errors.As(err, &se):
 		return uint64(se.Code), se.Msg
+	case errors.Is(err, loop.ErrCanceled):
+		// Never ran: the client interrupted it (or went away).
+		return wire.CodeInterrupt, "interrupted: " + strings.TrimPrefix(err.Error(), "loop: ")
 	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, raft.ErrTransferInProgress):
 		// Refused before proposing: safe to send again to the (next) leader.
 		return wire.CodeNotLeader, "not leader"

@@ -493,6 +493,13 @@ func (n *Node) IsLeaderLocked() bool {
 	return b.State == raft.StateLeader && t == b.Term && n.loop.Applied() >= b.Commit
 }
 
+// AppliedLocked is Applied for use inside WaitFor conditions.
+func (n *Node) AppliedLocked() uint64 { return n.loop.Applied() }
+
+// QueuedWritesLocked is the number of writes waiting for the writer slot,
+// for use inside WaitFor conditions.
+func (n *Node) QueuedWritesLocked() int { return n.loop.QueuedWrites() }
+
 // LeaderLocked is the leader this node knows, for use inside WaitFor
 // conditions.
 func (n *Node) LeaderLocked() raft.NodeID { return n.loop.Raft().Basic().Lead }
@@ -631,16 +638,34 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 		return r, r.Err
 	case <-ctx.Done():
 		// A request that has not run yet never will (a queued BEGIN must
-		// not open a transaction after its client gave up); a read that
-		// already ran has its cursor closed (it would hold the WAL).
-		n.post(func() {
+		// not open a transaction after its client gave up): then it fails
+		// with loop.ErrCanceled, a known outcome. A read that already ran
+		// has its cursor closed (it would hold the WAL); a write already
+		// executed goes on, its outcome unknown to this caller.
+		never := make(chan bool, 1)
+		if !n.post(func() {
 			n.handle(n.loop.Cancel(id))
 			select {
 			case r := <-ch:
+				if errors.Is(r.Err, loop.ErrCanceled) {
+					never <- true
+					return
+				}
 				n.release(r.Result)
 			default:
 			}
-		})
+			never <- false
+		}) {
+			return loop.Reply{}, ErrClosed
+		}
+		select {
+		case canceled := <-never:
+			if canceled {
+				return loop.Reply{}, fmt.Errorf("%w: %w", loop.ErrCanceled, ctx.Err())
+			}
+		case <-n.stop:
+			return loop.Reply{}, ErrClosed
+		}
 		return loop.Reply{}, fmt.Errorf("node: request abandoned, outcome unknown: %w", ctx.Err())
 	case <-n.stop:
 		return loop.Reply{}, ErrClosed
@@ -905,7 +930,7 @@ func (n *Node) Cluster() []raft.Server {
 
 // Dump returns an image of the database (a file the sqlite3 tool opens),
 // as of this node's applied state.
-func (n *Node) Dump() ([]byte, error) {
+func (n *Node) Dump(name string) ([]byte, error) {
 	var img []byte
 	var err error
 	if !n.do(func() {

@@ -248,7 +248,7 @@ func TestMembershipAndTransfer(t *testing.T) {
 	if err != nil || rows[0][0] != int64(6) {
 		t.Fatalf("query on the new leader: %v %v", rows, err)
 	}
-	img, err := n4.Dump()
+	img, err := n4.Dump("db")
 	if err != nil {
 		t.Fatal(err)
 	}

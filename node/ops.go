@@ -71,6 +71,7 @@ type Metrics struct {
 	SnapshotBytes         uint64 // total size of the snapshots taken
 	SnapshotsInstalled    uint64
 	EventQueue, PeerQueue int   // events waiting for the loop; messages waiting for peers
+	QueuedWrites          int   // writes waiting for the writer slot
 	LogCacheBytes         int64 // entry data cached
 	LogMemoryBytes        int64 // index and cached data: within Config.LogMemoryBytes
 	StorageFailed         bool
@@ -92,6 +93,7 @@ func (n *Node) Metrics() Metrics {
 		for _, p := range n.peers {
 			m.PeerQueue += len(p.queue)
 		}
+		m.QueuedWrites = n.loop.QueuedWrites()
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()
 		if err := n.loop.Err(); err != nil {

@@ -154,6 +154,12 @@ func (c *Conn) Call(ctx context.Context, r *Request, want uint8) (*Response, err
 	return c.receiveAs(ctx, want, r.ID)
 }
 
+// ReceiveAs reads the response to a request sent earlier with Send, which
+// must be of type want (a FAILURE is returned as *Error).
+func (c *Conn) ReceiveAs(ctx context.Context, want uint8) (*Response, error) {
+	return c.receiveAs(ctx, want, 0)
+}
+
 func (c *Conn) receiveAs(ctx context.Context, want uint8, format uint64) (*Response, error) {
 	h, body, err := c.Receive(ctx)
 	if err != nil {

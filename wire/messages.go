@@ -60,8 +60,11 @@ const (
 
 // Error codes clients act on (see WIRE.md).
 const (
-	CodeError          = 1
-	CodeBusy           = 5
+	CodeError = 1
+	CodeBusy  = 5
+	// CodeInterrupt (SQLITE_INTERRUPT): the request never ran, its client
+	// interrupted it or closed the connection while it waited.
+	CodeInterrupt      = 9
 	CodeLeaderExec     = 10
 	CodeNotFound       = 12
 	CodeDescribeFormat = 15

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
@@ -42,6 +43,16 @@ type session struct {
 	in      chan message
 	stop    chan struct{}
 	pending requestQueue
+	// gone ends when the reader saw the connection end (the client closed
+	// it or it broke): a request still waiting for the node is dropped
+	// then, not run for nobody (see handle).
+	gone     context.Context
+	goneOnce context.CancelFunc
+	// cur cancels the request being served, for an INTERRUPT read while it
+	// waits (see interruptible); set and cleared by the session goroutine,
+	// called by the reader.
+	curMu sync.Mutex
+	cur   context.CancelFunc
 }
 
 // message is one frame from the reader, or the read error that ended it
@@ -195,8 +206,12 @@ func (ss *session) handle(m message) bool {
 	if needsLeader(req.Type) && !ss.s.Backend.IsLeader() {
 		return ss.fail(errNotLeader)
 	}
-	ctx, cancel := context.WithTimeout(ss.s.ctx, RequestTimeout)
+	ctx, cancel := context.WithTimeout(ss.gone, RequestTimeout)
 	defer cancel()
+	if interruptible(req.Type) {
+		ss.setCurrent(cancel)
+		defer ss.setCurrent(nil)
+	}
 	switch req.Type {
 	case ReqLeader:
 		return ss.handleLeader()
@@ -238,17 +253,54 @@ func (ss *session) handle(m message) bool {
 	return ss.fail(&Error{CodeParse, fmt.Sprintf("unrecognized request type %d", req.Type)})
 }
 
+// interruptible lists the requests an INTERRUPT read while they wait for
+// the node cancels: a write still queued for the writer slot, or a query
+// waiting for its read point, never runs (one already running finishes, and
+// its reply goes out as usual). The INTERRUPT itself is answered in turn.
+func interruptible(t uint8) bool {
+	switch t {
+	case ReqExec, ReqExecSQL, ReqQuery, ReqQuerySQL:
+		return true
+	}
+	return false
+}
+
+func (ss *session) setCurrent(cancel context.CancelFunc) {
+	ss.curMu.Lock()
+	ss.cur = cancel
+	ss.curMu.Unlock()
+}
+
+// interrupt cancels the request being served, if any. Called by the reader.
+func (ss *session) interrupt() {
+	ss.curMu.Lock()
+	if ss.cur != nil {
+		ss.cur()
+	}
+	ss.curMu.Unlock()
+}
+
 // serve runs the session on conn, whose first request, first, was read
 // from br already: a reader goroutine feeds in while loop serves; when loop
 // ends the session's transaction is rolled back, the connection closed and
 // the reader waited for.
 func (ss *session) serve(br *bufio.Reader, first message) {
 	done := make(chan struct{})
+	ss.gone, ss.goneOnce = context.WithCancel(ss.s.ctx)
+	defer ss.goneOnce()
 	go func() { // reader: owned by this session, ends when conn closes
 		defer close(done)
 		ss.in <- first
 		for {
 			h, body, err := ReadMessage(br, MaxRequestBytes)
+			switch {
+			case err != nil:
+				// The client is gone: what it still waits for is dropped
+				// (the session answers the error in turn).
+				ss.goneOnce()
+			case h.Type == ReqInterrupt:
+				ss.interrupt()
+			}
 			select {
 			case ss.in <- message{h, body, err}:
 			case <-ss.stop:

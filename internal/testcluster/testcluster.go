@@ -5,11 +5,17 @@ package testcluster
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	_ "github.com/mattn/go-sqlite3" // reads the nodes' dumps
 
 	"github.com/dqlite-go/dqlite/internal/buildtest"
 	"github.com/dqlite-go/dqlite/node"
@@ -112,4 +118,71 @@ func (c *Cluster) Leader(t testing.TB, ctx context.Context) int {
 // test after a change to any of them instead of reporting it cached.
 func BuildDqlited(dir string) (string, error) {
 	return buildtest.Build(dir, "dqlited", "github.com/dqlite-go/dqlite/cmd/dqlited")
+}
+
+// Contents waits until every running node has applied everything the
+// leader (Nodes[leader]) has, then returns, per node (nil for a stopped
+// one), the rows query gives on a copy of the node's database name (its
+// dump, opened with plain SQLite).
+func (c *Cluster) Contents(t testing.TB, ctx context.Context, leader int, name, query string) [][][]any {
+	t.Helper()
+	target := c.Nodes[leader].Applied()
+	out := make([][][]any, len(c.Nodes))
+	for i, n := range c.Nodes {
+		if n == nil {
+			continue
+		}
+		if err := n.WaitFor(ctx, func() bool { return n.AppliedLocked() >= target }); err != nil {
+			t.Fatalf("node %d catching up to %d: %v", i+1, target, err)
+		}
+		img, err := n.Dump(name)
+		if err != nil {
+			t.Fatalf("node %d: dump of %s: %v", i+1, name, err)
+		}
+		rows, err := QueryImage(t, img, query)
+		if err != nil {
+			t.Fatalf("node %d: %s: %v", i+1, query, err)
+		}
+		out[i] = rows
+	}
+	return out
+}
+
+// QueryImage runs query on a database image with plain SQLite.
+func QueryImage(t testing.TB, img []byte, query string) ([][]any, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "image.db")
+	if err := os.WriteFile(path, img, 0o600); err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.Query(query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]any
+	for rows.Next() {
+		row := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range row {
+			ptrs[i] = &row[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		out = append(out, row)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading rows: %w", err)
+	}
+	return out, nil
 }
