@@ -243,6 +243,11 @@ type Loop struct {
 	writingAbort              func()
 	// The membership change and the transfer being waited on (0: none).
 	confReq, transferReq uint64
+	// The transfer's target, the term it started in, and the ticks since
+	// this node stopped leading (see transferDone).
+	transferTo    raft.NodeID
+	transferTerm  uint64
+	transferTicks int
 	// The session whose transaction spanning requests holds the writer
 	// slot (0: none), the term it began in, its idle ticks and how to roll
 	// it back; txAborted holds, per session, why the loop rolled back its
@@ -335,6 +340,10 @@ func (l *Loop) Tick() Output {
 			}
 			l.finish(id, Reply{ID: id, Err: err})
 		}
+	}
+	if l.transferReq != 0 && l.raft.Basic().State != raft.StateLeader {
+		l.transferTicks++
+		l.transferDone()
 	}
 	if l.tx != 0 {
 		l.txIdle++
@@ -832,10 +841,7 @@ func (l *Loop) handleUpdate(u raft.Update) {
 	for _, n := range u.Notices {
 		l.handleNotice(n)
 	}
-	if id := l.transferReq; id != 0 && l.raft.Basic().State != raft.StateLeader {
-		l.transferReq = 0
-		l.finish(id, Reply{ID: id})
-	}
+	l.transferDone()
 	l.serveReads()
 	l.failLostWrites()
 	l.maybeSnapshot()
@@ -1029,11 +1035,72 @@ func (l *Loop) RequestMembership(id uint64, cc raft.ConfigChange) Output {
 }
 
 // RequestTransfer hands leadership to the voter to (None: the most
-// up-to-date one); the reply comes when this node no longer leads, or with
-// the error when the transfer timed out.
+// up-to-date one); the reply comes once this node knows the target leads
+// (so a client asking any of the two who leads is told the target), or
+// with an error: the transfer timed out while this node still led (one
+// election timeout), no leader was known within transferWaitElections
+// election timeouts of this node stepping down, or another node won.
 func (l *Loop) RequestTransfer(id uint64, to raft.NodeID) Output {
-	return l.startTracked(id, func() error { return l.raft.TransferLeadership(to) },
-		&request{id: id, transfer: true}, &l.transferReq)
+	reply := func(err error) Output {
+		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
+		return l.flush()
+	}
+	if l.transferReq != 0 && l.pending[l.transferReq] != nil {
+		return reply(errors.New("loop: a leadership transfer is already under way"))
+	}
+	if err := l.admit(id); err != nil {
+		return reply(err)
+	}
+	b := l.raft.Basic()
+	if err := l.raft.TransferLeadership(to); err != nil {
+		return reply(err)
+	}
+	target := l.raft.LeadTransferee()
+	if target == raft.None {
+		return reply(nil) // to is this node, which leads already
+	}
+	l.track(&request{id: id, transfer: true})
+	l.transferReq, l.transferTo, l.transferTerm, l.transferTicks = id, target, b.Term, 0
+	return l.flush()
+}
+
+// transferWaitElections bounds, in election timeouts, how long a transfer
+// waits for a leader once this node stopped leading.
+const transferWaitElections = 2
+
+// transferDone answers the transfer being waited on once this node no
+// longer leads and knows the leader of a later term.
+func (l *Loop) transferDone() {
+	id := l.transferReq
+	if id == 0 {
+		return
+	}
+	if l.pending[id] == nil {
+		l.transferReq = 0 // timed out or canceled
+		return
+	}
+	b := l.raft.Basic()
+	var err error
+	switch {
+	case b.Term == l.transferTerm && b.State == raft.StateLeader:
+		return // the transfer is under way (raft bounds it)
+	case b.State == raft.StateLeader:
+		err = fmt.Errorf("loop: leadership transfer to %d failed: this node won the election of term %d", l.transferTo, b.Term)
+	case b.Lead == raft.None || b.Lead == l.cfg.Raft.ID || b.Term == l.transferTerm:
+		election := l.cfg.Raft.ElectionTicks
+		if election == 0 {
+			election = raft.DefaultElectionTicks
+		}
+		if l.transferTicks > transferWaitElections*election {
+			err = fmt.Errorf("loop: leadership transfer to %d: no leader known %d election timeouts after this node stepped down", l.transferTo, transferWaitElections)
+			break
+		}
+		return
+	case b.Lead != l.transferTo:
+		err = fmt.Errorf("loop: leadership transfer to %d failed: %d leads term %d", l.transferTo, b.Lead, b.Term)
+	}
+	l.transferReq = 0
+	l.finish(id, Reply{ID: id, Err: err})
 }
 
 // startTracked admits a request, starts it, and on success records it in

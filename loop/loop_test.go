@@ -540,3 +540,76 @@ func TestRemoveSelfAnswered(t *testing.T) {
 		t.Fatalf("removal of the leader itself: replied %v, %+v", ok, r)
 	}
 }
+
+// TestTransferAnsweredOnceTargetLeads: a transfer's reply comes once the
+// old leader knows the target leads a later term (not when it merely
+// stepped down), and one to a voter that cannot win fails within the
+// transfer's bound.
+func TestTransferAnsweredOnceTargetLeads(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	to := raft.NodeID(1 + lead%3)
+	term := c.loops[lead].Raft().Basic().Term
+	l := c.loops[lead]
+	c.take(lead, l.RequestTransfer(88, to))
+	// Deliver one message (or write, or tick) at a time, checking after
+	// each that no reply came while the old leader did not yet know the
+	// target leads a later term.
+	for i := 0; i < 10000; i++ {
+		if _, ok := c.replies[88]; ok {
+			break
+		}
+		switch {
+		case len(c.msgs) > 0:
+			m := c.msgs[0]
+			c.msgs = c.msgs[1:]
+			if !c.down[m.To] && !c.down[m.From] {
+				out, err := c.loops[m.To].Step(m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.take(m.To, out)
+			}
+		case len(c.writes) > 0:
+			for _, id := range c.ids() {
+				if job := c.writes[id]; job != nil {
+					delete(c.writes, id)
+					c.take(id, c.loops[id].WriteDone(job, c.stores[id].Append(job.Entries)))
+				}
+			}
+		default:
+			for _, id := range c.ids() {
+				c.take(id, c.loops[id].Tick())
+			}
+		}
+		if _, ok := c.replies[88]; ok {
+			if b := l.Raft().Basic(); b.Lead != to || b.Term <= term {
+				t.Fatalf("transfer answered while the old leader knows leader %d in term %d (started in %d)", b.Lead, b.Term, term)
+			}
+		}
+	}
+	if r, ok := c.replies[88]; !ok || r.Err != nil {
+		t.Fatalf("transfer to %d: replied %v, %+v", to, ok, r)
+	}
+	if got := c.leader(); got != to {
+		t.Fatalf("leader %d after the transfer to %d", got, to)
+	}
+
+	// A transfer to a voter that is down fails (raft's own timeout).
+	lead = to
+	down := raft.NodeID(1 + lead%3)
+	c.crash(down)
+	c.take(lead, c.loops[lead].RequestTransfer(89, down))
+	for i := 0; i < 100 && c.replies[89].ID == 0; i++ {
+		c.tick(1)
+	}
+	if r := c.replies[89]; r.ID == 0 || r.Err == nil {
+		t.Fatalf("transfer to a down voter: %+v", r)
+	}
+	// A second transfer while one is waited on is refused at once.
+	c.take(lead, c.loops[lead].RequestTransfer(90, raft.NodeID(1+(lead+1)%3)))
+	c.take(lead, c.loops[lead].RequestTransfer(91, raft.None))
+	if r := c.replies[91]; r.ID == 0 || r.Err == nil {
+		t.Fatalf("second transfer under way: %+v", r)
+	}
+}

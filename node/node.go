@@ -916,7 +916,9 @@ func (n *Node) Remove(ctx context.Context, id raft.NodeID) error {
 }
 
 // Transfer hands leadership to the voter to (0: the most up-to-date one)
-// and returns once this node no longer leads.
+// and returns once this node knows the target leads, or with an error when
+// it did not win within about two election timeouts (see
+// loop.RequestTransfer).
 func (n *Node) Transfer(ctx context.Context, to raft.NodeID) error {
 	_, err := n.request(ctx, func(rid uint64) loop.Output { return n.loop.RequestTransfer(rid, to) })
 	return err

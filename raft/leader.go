@@ -332,6 +332,10 @@ func (r *Raft) TransferLeadership(to NodeID) error {
 	return nil
 }
 
+// LeadTransferee is the voter a leadership transfer in progress hands
+// leadership to (None: no transfer in progress).
+func (r *Raft) LeadTransferee() NodeID { return r.leadTransferee }
+
 // mostUpToDateVoter returns the voter other than us with the highest match
 // index (lowest id on ties), or None.
 func (r *Raft) mostUpToDateVoter() NodeID {
