@@ -24,16 +24,27 @@ type backend struct{ n *Node }
 
 var _ wire.Backend = backend{}
 
+// Leader names this node only once it serves (see waitServing): a client
+// told so sends its requests here next.
 func (b backend) Leader() (uint64, string) {
 	n := b.n
 	var lead raft.NodeID
 	var voter bool
-	if !n.do(func() {
-		lead = n.loop.Raft().Basic().Lead
-		m := n.loop.Raft().Status().Config
-		s, ok := m.Get(n.cfg.ID)
-		voter = ok && s.Role == raft.Voter
-	}) || !voter || lead == raft.None {
+	know := func() bool {
+		return n.do(func() {
+			lead = n.loop.Raft().Basic().Lead
+			m := n.loop.Raft().Status().Config
+			s, ok := m.Get(n.cfg.ID)
+			voter = ok && s.Role == raft.Voter
+		})
+	}
+	if !know() {
+		return 0, ""
+	}
+	if lead == n.cfg.ID && !n.waitServing() && !know() {
+		return 0, ""
+	}
+	if !voter || lead == raft.None {
 		return 0, ""
 	}
 	if lead == n.cfg.ID {
@@ -47,9 +58,11 @@ func (b backend) Leader() (uint64, string) {
 	return 0, ""
 }
 
-// IsLeader is the cached view of the last event: a request it lets through
-// to a node that just lost leadership fails in the loop with not-leader.
-func (b backend) IsLeader() bool { return b.n.leading.Load() }
+// IsLeader is the cached view of the last event (a request it lets through
+// to a node that just lost leadership fails in the loop with not-leader),
+// except on a new leader not serving yet: then it waits for its barrier
+// (see waitServing).
+func (b backend) IsLeader() bool { return b.n.waitServing() }
 
 func (b backend) Exec(ctx context.Context, w *wire.Write) (int64, int64, error) {
 	params := make([]fsm.Value, len(w.Params))

@@ -166,8 +166,11 @@ type Node struct {
 	seenConfigTerm               uint64
 	seenMembers                  string
 	// leading caches IsLeaderLocked after every event, for the wire
-	// server's per-request check without a trip through the loop.
+	// server's per-request check without a trip through the loop;
+	// raftLeading whether Raft leads (maybe not ready yet: see
+	// waitServing).
 	leading     atomic.Bool
+	raftLeading atomic.Bool
 	nextReq     atomic.Uint64
 	nextSession atomic.Uint64
 	// busySince is when the loop started its current event (unix nanos, 0
@@ -377,6 +380,7 @@ func (n *Node) handle(out loop.Output) {
 		}
 	}
 	n.leading.Store(n.IsLeaderLocked())
+	n.raftLeading.Store(n.loop.Raft().Basic().State == raft.StateLeader)
 	if b := n.loop.Raft().Basic(); b.State != raft.StateLeader {
 		if n.keepAlive.Load() != nil {
 			n.keepAlive.Store(nil)
@@ -482,6 +486,29 @@ func (n *Node) WaitLeader(ctx context.Context) (raft.NodeID, error) {
 func (n *Node) IsLeader() bool {
 	var ok bool
 	n.do(func() { ok = n.IsLeaderLocked() })
+	return ok
+}
+
+// waitServing reports whether this node leads and serves. A node that
+// Raft just made leader serves only once its first entry committed and
+// everything before it applied (its barrier): requests arriving in between
+// wait for it, for at most one election timeout, instead of being refused
+// (a client that just followed a transfer or a failover here would retry
+// at once and give up).
+func (n *Node) waitServing() bool {
+	if n.leading.Load() {
+		return true
+	}
+	if !n.raftLeading.Load() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Tick*time.Duration(n.cfg.ElectionTicks))
+	defer cancel()
+	ok := false
+	n.WaitFor(ctx, func() bool {
+		ok = n.IsLeaderLocked()
+		return ok || n.loop.Raft().Basic().State != raft.StateLeader
+	})
 	return ok
 }
 

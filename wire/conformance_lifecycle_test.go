@@ -96,3 +96,166 @@ func TestConformanceQueuedWriteDropped(t *testing.T) {
 		}
 	}
 }
+
+// goClient behaves as an application on the Go client of the dqlite
+// project does (its connector and driver under database/sql): a write gets
+// three attempts with no delay between them (database/sql's retries on
+// driver.ErrBadConn, which that driver returns for "not leader" answers
+// and broken connections); an attempt without a connection first finds
+// the leader (asking each known node LEADER, following the answer, and
+// backing off until one names itself) and OPENs the database. Any other
+// failure is the application's error.
+type goClient struct {
+	t        *testing.T
+	addrs    []string
+	conn     *wire.Conn
+	db       uint32
+	attempts int // failed attempts that a later one made good
+}
+
+// badConn reports errors that driver turns into driver.ErrBadConn.
+func badConn(err error) bool {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy
+	}
+	return true // the connection broke
+}
+
+func (g *goClient) drop() {
+	if g.conn != nil {
+		g.conn.Close()
+		g.conn = nil
+	}
+}
+
+// findLeader is the connector: bounded by ctx, backing off between rounds.
+func (g *goClient) findLeader(ctx context.Context) (*wire.Conn, error) {
+	backoff := time.Millisecond
+	for {
+		for _, a := range g.addrs {
+			if c := g.probe(ctx, a, true); c != nil {
+				return c, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff): // the connector's backoff, not a wait for a condition
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
+}
+
+// probe dials a, asks LEADER and returns the connection if a names itself;
+// if it names another node, follows once.
+func (g *goClient) probe(ctx context.Context, a string, follow bool) *wire.Conn {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := wire.Dial(pctx, a, nil)
+	if err != nil {
+		return nil
+	}
+	_, lead, err := c.Leader(pctx)
+	switch {
+	case err == nil && lead == a:
+		return c
+	case err == nil && lead != "" && follow:
+		c.Close()
+		return g.probe(ctx, lead, false)
+	}
+	c.Close()
+	return nil
+}
+
+func (g *goClient) attempt(ctx context.Context, sql string, params []wire.Value) error {
+	if g.conn == nil {
+		c, err := g.findLeader(ctx)
+		if err != nil {
+			return fmt.Errorf("finding the leader: %w", err)
+		}
+		db, err := c.Open(ctx, "app")
+		if err != nil {
+			c.Close()
+			return err
+		}
+		g.conn, g.db = c, db
+	}
+	_, err := g.conn.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: g.db, SQL: sql, Params: params})
+	if err != nil && badConn(err) {
+		g.drop()
+	}
+	return err
+}
+
+// exec is one write as the application sees it.
+func (g *goClient) exec(ctx context.Context, sql string, params ...wire.Value) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		if err = g.attempt(ctx, sql, params); err == nil {
+			g.attempts += try
+			return nil
+		}
+		if !badConn(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("driver: bad connection after 3 attempts: %w", err)
+}
+
+// TestConformanceLeaderChanges: 200 writes in a loop around 20 leadership
+// transfers and 5 leader kills, through a client that retries as the Go
+// dqlite client does, all succeed: a new leader names itself only once it
+// serves, TRANSFER answers once the target leads, and requests reaching a
+// new leader wait behind its barrier (issue 16, item 3).
+func TestConformanceLeaderChanges(t *testing.T) {
+	c := testcluster.Start(t, 3, func(cfg *node.Config) { cfg.Tick = 20 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	li := c.Leader(t, ctx)
+	g := &goClient{t: t, addrs: c.Addrs}
+	defer g.drop()
+	if err := g.exec(ctx, "CREATE TABLE w (i INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	transfers, kills, restart := 0, 0, -1
+	for i := 0; i < 200; i++ {
+		switch {
+		case i%40 == 20:
+			li = c.Leader(t, ctx)
+			c.Stop(li)
+			kills++
+			restart = li
+		case i%10 == 5:
+			li = c.Leader(t, ctx)
+			to := (li + 1) % 3
+			if c.Nodes[to] == nil {
+				to = (li + 2) % 3
+			}
+			admin, err := wire.Dial(ctx, c.Addrs[li], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = admin.Empty(ctx, &wire.Request{Type: wire.ReqTransfer, ID: uint64(to + 1)})
+			admin.Close()
+			if err != nil {
+				t.Fatalf("transfer %d: TRANSFER from %d to %d: %v", transfers, li+1, to+1, err)
+			}
+			transfers++
+		}
+		if err := g.exec(ctx, "INSERT INTO w (i) VALUES (?)", wire.Value{Type: wire.Integer, V: int64(i)}); err != nil {
+			t.Fatalf("write %d (after %d transfers, %d kills): %v", i, transfers, kills, err)
+		}
+		if restart >= 0 {
+			c.Restart(t, restart)
+			restart = -1
+		}
+	}
+	t.Logf("200 writes, %d transfers, %d leader kills: %d failed attempts retried", transfers, kills, g.attempts)
+	li = c.Leader(t, ctx)
+	for n, rows := range c.Contents(t, ctx, li, "app", "SELECT count(*), count(DISTINCT i), min(i), max(i) FROM w") {
+		if fmt.Sprint(rows) != "[[200 200 0 199]]" {
+			t.Fatalf("node %d holds %v, want 200 distinct writes", n+1, rows)
+		}
+	}
+}

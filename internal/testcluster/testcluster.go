@@ -24,8 +24,9 @@ import (
 
 // Cluster is a running cluster.
 type Cluster struct {
-	Nodes []*node.Node
-	Addrs []string
+	Nodes   []*node.Node
+	Addrs   []string
+	Configs []node.Config
 }
 
 // FreeAddrs returns n loopback addresses free at the time of the call.
@@ -55,6 +56,9 @@ func Start(t testing.TB, size int, tweak func(*node.Config)) *Cluster {
 		servers = append(servers, raft.Server{ID: raft.NodeID(i + 1), Address: a, Role: raft.Voter})
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if os.Getenv("DQLITE_TEST_LOG") != "" {
+		quiet = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
 	c := &Cluster{Addrs: addrs}
 	for i := range addrs {
 		cfg := node.Config{ID: raft.NodeID(i + 1), Address: addrs[i], Dir: t.TempDir(), Bootstrap: servers,
@@ -67,9 +71,30 @@ func Start(t testing.TB, size int, tweak func(*node.Config)) *Cluster {
 			t.Fatal(err)
 		}
 		c.Nodes = append(c.Nodes, n)
+		c.Configs = append(c.Configs, cfg)
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// Stop stops node i (Nodes[i] becomes nil): its sockets close as when its
+// process dies.
+func (c *Cluster) Stop(i int) {
+	if c.Nodes[i] != nil {
+		c.Nodes[i].Close()
+		c.Nodes[i] = nil
+	}
+}
+
+// Restart starts node i again on its address and data directory.
+func (c *Cluster) Restart(t testing.TB, i int) {
+	t.Helper()
+	c.Stop(i)
+	n, err := node.New(c.Configs[i])
+	if err != nil {
+		t.Fatalf("restarting node %d: %v", i+1, err)
+	}
+	c.Nodes[i] = n
 }
 
 // Close stops every node.
@@ -106,7 +131,11 @@ func (c *Cluster) Leader(t testing.TB, ctx context.Context) int {
 			}
 			continue
 		}
-		if err := l.WaitFor(ctx, l.IsLeaderLocked); err == nil {
+		// Until it serves, or it learns it no longer leads.
+		if err := l.WaitFor(ctx, func() bool { return l.IsLeaderLocked() || l.LeaderLocked() != id }); err != nil {
+			t.Fatalf("no leader: node %d named leader: %v", id, err)
+		}
+		if l.IsLeader() {
 			return int(id - 1)
 		}
 	}
