@@ -264,6 +264,7 @@ func New(cfg Config) (*Node, error) {
 	go n.diskWriter()
 	go n.accept()
 	go n.keepAliveWhileBusy()
+	n.post(n.linkMembers)
 	if cfg.Roles.Voters > 0 {
 		n.wg.Add(1)
 		go n.manageRoles()

@@ -31,6 +31,11 @@ type peer struct {
 	id    raft.NodeID
 	addr  string
 	queue chan raft.Message
+	// kick ends the sender's redial backoff: the peer just linked to us,
+	// so it is up again (a restarted node would otherwise wait up to
+	// redialBackoffMax for our link, and lose the election a transfer to
+	// it starts).
+	kick chan struct{}
 	// queuedBytes is the payload of the queued messages (see
 	// peerQueueBytesMax); the loop adds, the sender subtracts.
 	queuedBytes atomic.Int64
@@ -75,21 +80,9 @@ func (p *peer) discard() int {
 // peerQueueBytesMax bytes) drops the message: Raft retransmits what
 // matters.
 func (n *Node) send(m raft.Message) {
-	p := n.peers[m.To]
+	p := n.peer(m.To)
 	if p == nil {
-		m2, _ := n.members.Load().(raft.Membership)
-		addr := n.addrHints[m.To]
-		if s, ok := m2.Get(m.To); ok && s.Address != "" {
-			addr = s.Address
-		}
-		if addr == "" {
-			n.log.Debug("no address for peer", "peer", m.To)
-			return
-		}
-		p = &peer{id: m.To, addr: addr, queue: make(chan raft.Message, peerQueueMax)}
-		n.peers[m.To] = p
-		n.wg.Add(1)
-		go n.runPeer(p)
+		return
 	}
 	size := messageBytes(&m)
 	if len(p.queue) > 0 && p.queuedBytes.Load()+size > peerQueueBytesMax {
@@ -101,6 +94,40 @@ func (n *Node) send(m raft.Message) {
 		p.queuedBytes.Add(size)
 	default:
 		n.log.Debug("peer queue full, message dropped", "peer", m.To)
+	}
+}
+
+// peer returns the sender of id, starting it on first use (nil when id's
+// address is unknown). Called from the loop goroutine.
+func (n *Node) peer(id raft.NodeID) *peer {
+	if p := n.peers[id]; p != nil {
+		return p
+	}
+	m, _ := n.members.Load().(raft.Membership)
+	addr := n.addrHints[id]
+	if s, ok := m.Get(id); ok && s.Address != "" {
+		addr = s.Address
+	}
+	if addr == "" {
+		n.log.Debug("no address for peer", "peer", id)
+		return nil
+	}
+	p := &peer{id: id, addr: addr, queue: make(chan raft.Message, peerQueueMax), kick: make(chan struct{}, 1)}
+	n.peers[id] = p
+	n.wg.Add(1)
+	go n.runPeer(p)
+	return p
+}
+
+// linkMembers starts the links to every other member at start-up: the
+// peers see this node is up (see peer.kick) before it has anything to
+// send. Called from the loop goroutine.
+func (n *Node) linkMembers() {
+	m, _ := n.members.Load().(raft.Membership)
+	for _, s := range m.Servers {
+		if s.ID != n.cfg.ID {
+			n.peer(s.ID)
+		}
 	}
 }
 
@@ -133,10 +160,15 @@ func (n *Node) runPeer(p *peer) {
 		}
 		dropped := p.discard()
 		n.log.Debug("peer link down", "peer", p.id, "err", err, "stale_messages_dropped", dropped)
+		t := time.NewTimer(backoff)
 		select {
 		case <-n.stop:
+			t.Stop()
 			return
-		case <-time.After(backoff):
+		case <-t.C:
+		case <-p.kick:
+			t.Stop()
+			backoff = redialBackoffMin / 2
 		}
 		backoff = min(2*backoff, redialBackoffMax)
 	}
@@ -339,9 +371,15 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 		n.log.Warn("peer link refused", "claimed", from, "remote", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	if address != "" && !n.post(func() {
-		if _, known := n.addrHints[from]; !known {
+	if !n.post(func() {
+		if _, known := n.addrHints[from]; !known && address != "" {
 			n.addrHints[from] = address
+		}
+		if p := n.peers[from]; p != nil {
+			select { // the peer is up: our link to it need not wait
+			case p.kick <- struct{}{}:
+			default:
+			}
 		}
 	}) {
 		return
