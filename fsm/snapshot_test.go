@@ -45,7 +45,7 @@ func TestSnapshotWhileQueryOpen(t *testing.T) {
 	l := newLeaderDB(t)
 	l.batch(&fsm.BatchItem{SQL: "CREATE TABLE t(x)"})
 	l.batch(&fsm.BatchItem{SQL: "INSERT INTO t VALUES (1), (2), (3)"})
-	cur, err := l.db.OpenCursor("SELECT x FROM t")
+	cur, err := l.db.OpenCursor("", "SELECT x FROM t")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"strings"
 
 	"github.com/dqlite-go/dqlite/internal/mutant"
@@ -29,7 +28,27 @@ const (
 type Result struct {
 	LastInsertID int64
 	RowsAffected int64
+	// Rows are the rows of a write sent as a query (BatchItem.Rows).
+	Rows *Rows
 }
+
+// Rows are the rows a write returned (INSERT ... RETURNING): column names
+// and declared types, and values as vfs.Stmt.Column gives them.
+type Rows struct {
+	Columns, DeclTypes []string
+	Values             [][]any
+}
+
+// MaxWriteRowsBytes bounds the rows one write returns (they are held in
+// memory until the write commits); past it the write fails and changes
+// nothing.
+const MaxWriteRowsBytes = 16 << 20
+
+// ErrWriteRowsTooLarge: the rows a write returns exceed MaxWriteRowsBytes.
+var ErrWriteRowsTooLarge = fmt.Errorf("fsm: the rows a write returns exceed %d bytes (the write was rolled back)", MaxWriteRowsBytes)
+
+// ErrRowsStatementMode: statement mode cannot return a write's rows.
+var ErrRowsStatementMode = errors.New("fsm: statement mode cannot return the rows of a write (RETURNING): use frames mode, or Exec")
 
 // ErrSnapshotBusy is returned by Snapshot while a write is pending; the
 // caller tries again later.
@@ -42,66 +61,83 @@ func (snapshotBusy) Error() string { return "fsm: a write is pending, snapshot l
 // SnapshotLater tells the loop to try again later (see loop.StateMachine).
 func (snapshotBusy) SnapshotLater() bool { return true }
 
-// DB is one node's replicated SQLite database. It implements the loop's
-// StateMachine. Not safe for concurrent use (the node's loop owns it).
+// DB is one node's replicated SQLite databases. It implements the loop's
+// StateMachine and Batcher. Not safe for concurrent use (the node's loop
+// owns it). The databases it holds are in databases.go.
 type DB struct {
 	vfs      *vfs.VFS
-	name     string
-	pageSize int
+	def      string // the default database: the one of methods and items that name none
+	pageSize int    // of the databases this node creates
 	mode     Mode
-	conn     *vfs.Conn
-	// rconn serves queries that step across several loop events, isolated
-	// from the writes conn makes meanwhile; cursors are its open statements.
-	rconn   *vfs.Conn
-	cursors map[*vfs.Stmt]struct{}
-	// txOpen: a client's transaction spanning requests is open on conn
-	// (see ExecuteTx); txCursors are its queries, reading on conn.
-	txOpen    bool
+	dbs      map[string]*database
+	// cursors are the open queries on the databases' read connections,
+	// which step across several loop events, isolated from the writes
+	// made meanwhile.
+	cursors map[*vfs.Stmt]*database
+	// txDB holds a client's transaction spanning requests, open on its
+	// write connection (see ExecuteTx); txCursors are its queries.
+	txDB      *database
 	txCursors map[*vfs.Stmt]struct{}
 	// The transaction this node captured and proposed, waiting for its
 	// entry to be applied.
 	pending                 bool
+	pendingDB               *database
 	pendingIndex, pendingTm uint64
 	pendingResult           Result
 	dedupWrites             uint64
 }
 
-// Open opens (creating) database name on v.
-func Open(v *vfs.VFS, name string, pageSize int, mode Mode) (*DB, error) {
+// Open opens the set of databases on v, with def as its default database
+// (opened, created if need be); databases it creates have pageSize.
+func Open(v *vfs.VFS, def string, pageSize int, mode Mode) (*DB, error) {
 	if !validPageSize(uint32(pageSize)) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
 	}
-	c, err := v.Open(name, pageSize)
-	if err != nil {
+	d := &DB{vfs: v, def: def, pageSize: pageSize, mode: mode, dbs: map[string]*database{},
+		cursors: map[*vfs.Stmt]*database{}, txCursors: map[*vfs.Stmt]struct{}{}}
+	if _, err := d.database(def, true); err != nil {
 		return nil, err
 	}
-	r, err := v.Open(name, pageSize)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return &DB{vfs: v, name: name, pageSize: pageSize, mode: mode, conn: c, rconn: r,
-		cursors: map[*vfs.Stmt]struct{}{}, txCursors: map[*vfs.Stmt]struct{}{}}, nil
+	return d, nil
 }
 
-// OpenCursor prepares a read-only query on the read connection. The caller
-// steps it (possibly across many loop events: it reads one consistent
-// snapshot) and closes it with CloseCursor.
-func (d *DB) OpenCursor(sql string, args ...any) (*vfs.Stmt, error) {
-	return d.openCursor(d.rconn, d.cursors, sql, args)
+// OpenCursor prepares a read-only query on database db's read connection
+// (creating the database, empty, if it does not exist). The caller steps
+// it (possibly across many loop events: it reads one consistent snapshot)
+// and closes it with CloseCursor.
+func (d *DB) OpenCursor(db, sql string, args ...any) (*vfs.Stmt, error) {
+	x, err := d.database(db, true)
+	if err != nil {
+		return nil, err
+	}
+	s, err := openCursor(x.rconn, sql, args)
+	if err != nil {
+		return nil, err
+	}
+	d.cursors[s] = x
+	x.cursors++
+	return s, nil
 }
 
 // OpenTxCursor prepares a read-only query inside the open transaction (on
 // the write connection: it sees the transaction's own writes). It is closed
 // with CloseCursor, or when the transaction ends.
 func (d *DB) OpenTxCursor(sql string, args ...any) (*vfs.Stmt, error) {
-	if !d.txOpen {
+	if d.txDB == nil {
 		return nil, ErrNoOpenTx
 	}
-	return d.openCursor(d.conn, d.txCursors, sql, args)
+	s, err := openCursor(d.txDB.conn, sql, args)
+	if err != nil {
+		return nil, err
+	}
+	d.txCursors[s] = struct{}{}
+	return s, nil
 }
 
-func (d *DB) openCursor(c *vfs.Conn, set map[*vfs.Stmt]struct{}, sql string, args []any) (*vfs.Stmt, error) {
+// ErrWrites is returned for a query that writes: it must run as a write.
+var ErrWrites = errors.New("fsm: a query must not write (use Exec)")
+
+func openCursor(c *vfs.Conn, sql string, args []any) (*vfs.Stmt, error) {
 	s, tail, err := c.Prepare(sql)
 	if err != nil {
 		return nil, err
@@ -111,7 +147,7 @@ func (d *DB) openCursor(c *vfs.Conn, set map[*vfs.Stmt]struct{}, sql string, arg
 	}
 	if !s.Readonly() {
 		s.Finalize()
-		return nil, fmt.Errorf("fsm: a query must not write (use Exec)")
+		return nil, ErrWrites
 	}
 	if strings.TrimSpace(tail) != "" {
 		s.Finalize()
@@ -127,7 +163,6 @@ func (d *DB) openCursor(c *vfs.Conn, set map[*vfs.Stmt]struct{}, sql string, arg
 			return nil, err
 		}
 	}
-	set[s] = struct{}{}
 	return s, nil
 }
 
@@ -138,13 +173,20 @@ var (
 	ErrBindParameters = errors.New("fsm: bind parameters")
 )
 
-// PrepareCheck compiles the first statement of sql and returns its bind
-// parameter count and the byte offset of the unparsed tail; inTx compiles it
-// inside the open transaction (seeing its schema changes).
-func (d *DB) PrepareCheck(sql string, inTx bool) (params, tail int, err error) {
-	c := d.rconn
-	if inTx && d.txOpen {
-		c = d.conn // the transaction's own schema changes are visible
+// PrepareCheck compiles the first statement of sql on database db and
+// returns its bind parameter count and the byte offset of the unparsed
+// tail; inTx compiles it inside the open transaction (seeing its schema
+// changes).
+func (d *DB) PrepareCheck(db, sql string, inTx bool) (params, tail int, err error) {
+	var c *vfs.Conn
+	if inTx && d.txDB != nil {
+		c = d.txDB.conn // the transaction's own schema changes are visible
+	} else {
+		x, err := d.database(db, true)
+		if err != nil {
+			return 0, 0, err
+		}
+		c = x.rconn
 	}
 	s, rest, err := c.Prepare(sql)
 	if err != nil {
@@ -162,72 +204,102 @@ func (d *DB) OpenCursors() int { return len(d.cursors) + len(d.txCursors) }
 
 // CloseCursor finalizes a cursor.
 func (d *DB) CloseCursor(s *vfs.Stmt) {
-	delete(d.cursors, s)
+	if x := d.cursors[s]; x != nil {
+		x.cursors--
+		delete(d.cursors, s)
+	}
 	delete(d.txCursors, s)
 	s.Finalize()
 }
 
-// closeCursors finalizes every open cursor (their next step fails).
+// closeCursors finalizes every open read cursor (their next step fails).
 func (d *DB) closeCursors() {
-	for s := range d.cursors {
+	for s, x := range d.cursors {
+		x.cursors--
 		s.Finalize()
 	}
 	clear(d.cursors)
 }
 
-// Close closes the node's connection.
+// Close closes every database's connections.
 func (d *DB) Close() error {
 	d.closeCursors()
 	d.closeTxCursors()
-	d.rconn.Close()
-	return d.conn.Close()
+	var first error
+	for _, x := range d.dbs {
+		if err := x.close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	clear(d.dbs)
+	return first
 }
 
-// Conn is the node's connection, for reads.
-func (d *DB) Conn() *vfs.Conn { return d.conn }
+// Conn is the default database's write connection (for tests and checks).
+func (d *DB) Conn() *vfs.Conn { return d.dbs[d.def].conn }
 
 // Mode is the replication mode.
 func (d *DB) Mode() Mode { return d.mode }
 
-// Execute runs a write on the leader and returns the command to propose.
-// In frames mode the statement runs now and its frames are captured
-// (invisible until Applied); in statement mode nothing runs until apply.
-// A nil command with a nil error means the statement wrote nothing.
+// Execute runs a write on the default database, on the leader, and
+// returns the command to propose. In frames mode the statement runs now and
+// its frames are captured (invisible until Applied); in statement mode
+// nothing runs until apply. A nil command with a nil error means the
+// statement wrote nothing.
 func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Result, error) {
 	if d.pending {
 		return nil, Result{}, fmt.Errorf("fsm: a write is already pending")
 	}
-	if d.txOpen {
+	if d.txDB != nil {
 		return nil, Result{}, errTxHoldsConn
 	}
+	x := d.dbs[d.def]
 	if d.mode == ModeStatements {
-		cmd, err := EncodeStatements(&Statements{Client: client, Seq: seq, Database: d.name,
+		cmd, err := EncodeStatements(&Statements{Client: client, Seq: seq, Database: x.name,
 			Statements: []Statement{{SQL: sql, Params: params}}})
 		return cmd, Result{}, err
 	}
-	res, err := d.run(sql, params, false)
+	res, err := x.run(sql, params, false)
 	if err != nil {
-		if d.vfs.Pending(d.name) {
-			_ = d.vfs.Abort(d.name)
-		}
+		d.dropCapture(x)
 		return nil, Result{}, err
 	}
-	if !d.vfs.Pending(d.name) {
-		return nil, res, nil
-	}
-	f, err := d.vfs.Poll(d.name)
+	cmd, err := d.capture(x, client, seq)
 	if err != nil {
-		_ = d.vfs.Abort(d.name)
 		return nil, Result{}, err
 	}
-	cmd, err := EncodeFrames(&Frames{Client: client, Seq: seq, Database: d.name, PageSize: uint32(f.PageSize),
-		DBSize: f.DBSize, PageNumbers: f.PageNumbers, Pages: f.Pages})
-	if err != nil {
-		_ = d.vfs.Abort(d.name)
-		return nil, Result{}, err
+	if cmd != nil {
+		d.pendingResult = res
 	}
-	d.pending, d.pendingResult = true, res
 	return cmd, res, nil
+}
+
+// capture encodes the frames the VFS captured for x's last transaction as
+// the command to propose, and records them as pending (nil: it wrote
+// nothing). On error the capture is dropped.
+func (d *DB) capture(x *database, client, seq uint64) ([]byte, error) {
+	if !d.vfs.Pending(x.name) {
+		return nil, nil
+	}
+	f, err := d.vfs.Poll(x.name)
+	var cmd []byte
+	if err == nil {
+		cmd, err = EncodeFrames(&Frames{Client: client, Seq: seq, Database: x.name, PageSize: uint32(f.PageSize),
+			DBSize: f.DBSize, PageNumbers: f.PageNumbers, Pages: f.Pages})
+	}
+	if err != nil {
+		_ = d.vfs.Abort(x.name)
+		return nil, err
+	}
+	d.pending, d.pendingDB = true, x
+	return cmd, nil
+}
+
+// dropCapture drops frames the VFS captured for x that no entry carries.
+func (d *DB) dropCapture(x *database) {
+	if !(d.pending && d.pendingDB == x) && d.vfs.Pending(x.name) {
+		_ = d.vfs.Abort(x.name)
+	}
 }
 
 // Errors of transactions spanning requests.
@@ -245,49 +317,60 @@ var (
 	// connection).
 	ErrStatementAfterTxEnd = errors.New("fsm: a statement after the COMMIT or ROLLBACK that ended the transaction, " +
 		"in the same request, is refused; nothing of the request was committed and the transaction was rolled back")
+	// ErrTxOtherDatabase: a request for another database than the one the
+	// open transaction spanning requests belongs to.
+	ErrTxOtherDatabase = errors.New("fsm: a transaction spanning requests is open on another database")
 )
 
-// ExecuteTx runs a request of a transaction that spans requests: every
-// statement of sql runs as written on the write connection (BEGIN, COMMIT,
-// ROLLBACK and savepoints included), as SQLite would run it for one
-// connection. open reports whether a transaction is open afterwards (the
-// caller keeps the writer slot for it); when the request ended a
-// transaction that wrote, cmd is the command to propose, captured as in
-// Execute. A ROLLBACK with no transaction open succeeds (the transaction
-// was already rolled back, e.g. by a leadership change).
-func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open bool, err error) {
+// ExecuteTx runs a request of a transaction that spans requests on
+// database db: every statement of sql runs as written on its write
+// connection (BEGIN, COMMIT, ROLLBACK and savepoints included), as SQLite
+// would run it for one connection. open reports whether a transaction is
+// open afterwards (the caller keeps the writer slot for it); when the
+// request ended a transaction that wrote, cmd is the command to propose,
+// captured as in Execute. A ROLLBACK with no transaction open succeeds (the
+// transaction was already rolled back, e.g. by a leadership change). With
+// rows, sql is one statement whose rows the result carries (see
+// BatchItem.Rows).
+func (d *DB) ExecuteTx(db, sql string, params []Value, rows bool) (cmd []byte, res Result, open bool, err error) {
 	if d.pending {
-		return nil, Result{}, d.txOpen, fmt.Errorf("fsm: a write is already pending")
+		return nil, Result{}, d.txDB != nil, fmt.Errorf("fsm: a write is already pending")
 	}
 	if d.mode == ModeStatements {
 		return nil, Result{}, false, ErrTxStatementMode
 	}
-	if !d.txOpen && isLoneRollback(sql) {
+	if d.txDB == nil && isLoneRollback(sql) {
 		return nil, Result{}, false, nil
 	}
-	res, err = d.runStmts(sql, params, false, true)
-	d.txOpen = !d.conn.Autocommit()
-	if d.txOpen {
+	x := d.txDB
+	if x == nil {
+		if x, err = d.database(db, true); err != nil {
+			return nil, Result{}, false, err
+		}
+	} else if db != "" && db != x.name {
+		return nil, Result{}, true, ErrTxOtherDatabase
+	}
+	if rows {
+		res, err = x.runRows(sql, params)
+	} else {
+		res, err = x.runStmts(sql, params, false, true)
+	}
+	if !x.conn.Autocommit() {
+		d.txDB = x
 		return nil, res, true, err
 	}
+	d.txDB = nil
 	d.closeTxCursors()
 	if err != nil {
-		d.dropCaptured()
+		d.dropCapture(x)
 		return nil, Result{}, false, err
 	}
-	if !d.vfs.Pending(d.name) {
-		return nil, res, false, nil
-	}
-	f, err := d.vfs.Poll(d.name)
-	if err == nil {
-		cmd, err = EncodeFrames(&Frames{Database: d.name, PageSize: uint32(f.PageSize),
-			DBSize: f.DBSize, PageNumbers: f.PageNumbers, Pages: f.Pages})
-	}
-	if err != nil {
-		_ = d.vfs.Abort(d.name)
+	if cmd, err = d.capture(x, 0, 0); err != nil {
 		return nil, Result{}, false, err
 	}
-	d.pending, d.pendingResult = true, res
+	if cmd != nil {
+		d.pendingResult = res
+	}
 	return cmd, res, false, nil
 }
 
@@ -296,19 +379,20 @@ func (d *DB) ExecuteTx(sql string, params []Value) (cmd []byte, res Result, open
 func isLoneRollback(sql string) bool { return sqltext.LoneTxControl(sql) == "ROLLBACK" }
 
 // TxOpen reports whether a transaction spanning requests is open.
-func (d *DB) TxOpen() bool { return d.txOpen }
+func (d *DB) TxOpen() bool { return d.txDB != nil }
 
 // RollbackTx ends the open transaction spanning requests, leaving no trace.
 func (d *DB) RollbackTx() {
-	if !d.txOpen {
+	x := d.txDB
+	if x == nil {
 		return
 	}
 	d.closeTxCursors()
-	if !d.conn.Autocommit() {
-		_ = d.conn.Exec("ROLLBACK")
+	if !x.conn.Autocommit() {
+		_ = x.conn.Exec("ROLLBACK")
 	}
-	d.dropCaptured()
-	d.txOpen = false
+	d.dropCapture(x)
+	d.txDB = nil
 }
 
 func (d *DB) closeTxCursors() {
@@ -318,13 +402,6 @@ func (d *DB) closeTxCursors() {
 	clear(d.txCursors)
 }
 
-// dropCaptured drops frames the VFS captured that no entry carries.
-func (d *DB) dropCaptured() {
-	if !d.pending && d.vfs.Pending(d.name) {
-		_ = d.vfs.Abort(d.name)
-	}
-}
-
 // Proposed records the log position of the pending write's entry.
 func (d *DB) Proposed(index, term uint64) { d.pendingIndex, d.pendingTm = index, term }
 
@@ -332,8 +409,8 @@ func (d *DB) Proposed(index, term uint64) { d.pendingIndex, d.pendingTm = index,
 // and rolls back an open transaction spanning requests.
 func (d *DB) Abort() {
 	if d.pending {
-		_ = d.vfs.Abort(d.name)
-		d.pending = false
+		_ = d.vfs.Abort(d.pendingDB.name)
+		d.pending, d.pendingDB = false, nil
 	}
 	d.RollbackTx()
 }
@@ -347,14 +424,15 @@ func (d *DB) Pending() bool { return d.pending }
 // COMMIT/END statements in its text are accepted and skipped, but they
 // must pair up within the text (a transaction cannot span requests), and
 // ROLLBACK is refused (fail the request instead).
-func (d *DB) run(sql string, params []Value, atomic bool) (Result, error) {
-	return d.runStmts(sql, params, atomic, false)
+func (x *database) run(sql string, params []Value, atomic bool) (Result, error) {
+	return x.runStmts(sql, params, atomic, false)
 }
 
 // runStmts is run; with endsTx, a statement after one that ended the
 // transaction (COMMIT, ROLLBACK) is refused: it would run on the shared
 // connection outside any transaction.
-func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, error) {
+func (x *database) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, error) {
+	c := x.conn
 	rest := sql
 	next := 0
 	inTxn := false
@@ -362,17 +440,17 @@ func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, 
 	// The connection is shared by every client: the result must be this
 	// request's own (last insert id 0 unless it inserted; rows affected by
 	// its last statement, 0 when that statement changed nothing).
-	d.conn.SetLastInsertRowID(0)
+	c.SetLastInsertRowID(0)
 	var changes int64
 	for {
-		s, tail, err := d.conn.Prepare(rest)
+		s, tail, err := c.Prepare(rest)
 		if err != nil {
 			return Result{}, err
 		}
 		if s == nil {
 			break
 		}
-		if endsTx && ran > 0 && d.conn.Autocommit() {
+		if endsTx && ran > 0 && c.Autocommit() {
 			s.Finalize()
 			return Result{}, ErrStatementAfterTxEnd
 		}
@@ -411,7 +489,7 @@ func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, 
 			}
 			next++
 		}
-		total := d.conn.TotalChanges()
+		total := c.TotalChanges()
 		for {
 			more, err := s.Step()
 			if err != nil {
@@ -423,8 +501,8 @@ func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, 
 			}
 		}
 		changes = 0
-		if d.conn.TotalChanges() != total {
-			changes = d.conn.Changes()
+		if c.TotalChanges() != total {
+			changes = c.Changes()
 		}
 		s.Finalize()
 		rest = tail
@@ -432,7 +510,139 @@ func (d *DB) runStmts(sql string, params []Value, atomic, endsTx bool) (Result, 
 	if inTxn {
 		return Result{}, ErrOpenTransaction
 	}
-	return Result{LastInsertID: d.conn.LastInsertRowID(), RowsAffected: changes}, nil
+	return Result{LastInsertID: c.LastInsertRowID(), RowsAffected: changes}, nil
+}
+
+// runRows runs sql, one statement that may write, on the write
+// connection and returns its rows with the result (see BatchItem.Rows).
+func (x *database) runRows(sql string, params []Value) (Result, error) {
+	c := x.conn
+	s, tail, err := c.Prepare(sql)
+	if err != nil {
+		return Result{}, err
+	}
+	if s == nil {
+		return Result{}, ErrEmptyStatement
+	}
+	defer s.Finalize()
+	if strings.TrimSpace(tail) != "" {
+		return Result{}, fmt.Errorf("%w: %q", ErrNonemptyTail, tail)
+	}
+	if len(params) > s.ParamCount() {
+		return Result{}, fmt.Errorf("%w: %d given, the statement has %d", ErrBindParameters, len(params), s.ParamCount())
+	}
+	for i, p := range params {
+		if err := s.Bind(i+1, p.goValue()); err != nil {
+			return Result{}, err
+		}
+	}
+	r := &Rows{Columns: make([]string, s.ColumnCount()), DeclTypes: make([]string, s.ColumnCount())}
+	for i := range r.Columns {
+		r.Columns[i], r.DeclTypes[i] = s.ColumnName(i), s.ColumnDeclType(i)
+	}
+	c.SetLastInsertRowID(0)
+	total := c.TotalChanges()
+	size := 0
+	for {
+		more, err := s.Step()
+		if err != nil {
+			return Result{}, err
+		}
+		if !more {
+			break
+		}
+		row := make([]any, len(r.Columns))
+		for i := range row {
+			row[i] = s.Column(i)
+			size += valueBytes(row[i])
+		}
+		if size > MaxWriteRowsBytes {
+			return Result{}, ErrWriteRowsTooLarge
+		}
+		r.Values = append(r.Values, row)
+	}
+	res := Result{LastInsertID: c.LastInsertRowID(), Rows: r}
+	if c.TotalChanges() != total {
+		res.RowsAffected = c.Changes()
+	}
+	return res, nil
+}
+
+// checkNoRows refuses, in statement mode, a write sent as a query that
+// returns rows: they would come from every replica's apply, not to the
+// client. One that returns none (CREATE TABLE through QUERY) replicates as
+// any write.
+func (x *database) checkNoRows(sql string) error {
+	s, _, err := x.rconn.Prepare(sql)
+	if err != nil {
+		return err
+	}
+	if s == nil {
+		return ErrEmptyStatement
+	}
+	defer s.Finalize()
+	if s.ColumnCount() > 0 {
+		return ErrRowsStatementMode
+	}
+	return nil
+}
+
+func valueBytes(v any) int {
+	switch x := v.(type) {
+	case string:
+		return len(x) + 16
+	case []byte:
+		return len(x) + 16
+	}
+	return 16
+}
+
+// encodeRowValues and decodeRowValues are the format of the rows recorded
+// for deduplication: a uvarint row count, then each row's values in
+// command value encoding (see appendValue).
+func encodeRowValues(rows [][]any) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(rows)))
+	for _, row := range rows {
+		for _, v := range row {
+			b, _ = appendValue(b, valueOf(v))
+		}
+	}
+	return b
+}
+
+func decodeRowValues(b []byte, columns int) ([][]any, error) {
+	d := &decoder{b: b}
+	n := d.uv()
+	if d.err == nil && n > uint64(len(b)) {
+		d.fail("%d rows in %d bytes", n, len(b))
+	}
+	var rows [][]any
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		row := make([]any, columns)
+		for j := range row {
+			row[j] = d.value().goValue()
+		}
+		rows = append(rows, row)
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return rows, nil
+}
+
+// valueOf is the command value of a column value.
+func valueOf(v any) Value {
+	switch x := v.(type) {
+	case int64:
+		return Value{Type: TypeInteger, Int: x}
+	case float64:
+		return Value{Type: TypeFloat, Float: x}
+	case string:
+		return Value{Type: TypeText, Text: x}
+	case []byte:
+		return Value{Type: TypeBlob, Blob: x}
+	}
+	return Value{Type: TypeNull}
 }
 
 // Errors of transaction statements in a request.
@@ -475,21 +685,24 @@ func (v Value) goValue() any {
 }
 
 // Apply applies a committed entry. On the node that captured it, the
-// pending transaction becomes visible; elsewhere the frames are appended.
+// pending transaction becomes visible; elsewhere the frames are appended
+// (to the database the entry names, created if this node has none of that
+// name yet).
 func (d *DB) Apply(e raft.Entry) (any, error) {
 	kind, err := KindOf(e.Data)
 	if err != nil {
 		return nil, fmt.Errorf("fsm: entry %d: %w", e.Index, err)
 	}
 	var res any
+	var x *database
 	switch kind {
 	case KindFrames:
-		res, err = d.applyFrames(e)
+		res, x, err = d.applyFrames(e)
 	default:
-		res, err = d.applyStatements(e)
+		res, x, err = d.applyStatements(e)
 	}
-	if err == nil {
-		d.maybeCheckpoint()
+	if err == nil && x != nil {
+		d.maybeCheckpoint(x)
 	}
 	return res, err
 }
@@ -500,37 +713,42 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 // page written), and readers search a short WAL.
 const checkpointFrames = 1000
 
-// maybeCheckpoint checkpoints (TRUNCATE: the WAL restarts empty) when the
-// WAL is long and nothing holds it: no captured write, no open cursor (whose
-// read snapshot would stop the checkpoint part way). A failure is left for
-// the next try; Snapshot reports checkpoint errors.
-func (d *DB) maybeCheckpoint() {
-	if d.pending || d.txOpen || len(d.cursors) > 0 || d.vfs.WALSize(d.name) < int64(checkpointFrames)*int64(d.pageSize+24) {
+// maybeCheckpoint checkpoints x (TRUNCATE: the WAL restarts empty) when its
+// WAL is long and nothing holds it: no captured write, no open cursor
+// (whose read snapshot would stop the checkpoint part way). A failure is
+// left for the next try; Snapshot reports checkpoint errors.
+func (d *DB) maybeCheckpoint(x *database) {
+	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(checkpointFrames)*int64(x.pageSize+24) {
 		return
 	}
-	_ = d.conn.Checkpoint()
+	_ = x.conn.Checkpoint()
 }
 
-func (d *DB) applyFrames(e raft.Entry) (any, error) {
+func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
 	if d.pending && e.Index == d.pendingIndex && e.Term == d.pendingTm {
-		d.pending = false
-		if err := d.vfs.Apply(d.name); err != nil {
-			return nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+		x := d.pendingDB
+		d.pending, d.pendingDB = false, nil
+		if err := d.vfs.Apply(x.name); err != nil {
+			return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
 		}
-		return d.pendingResult, nil
+		return d.pendingResult, x, nil
 	}
 	// Someone else's transaction: ours (if any) can no longer commit on top
 	// of the state it read.
 	d.Abort()
 	f, err := DecodeFrames(e.Data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := d.vfs.ApplyFrames(f.Database, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
+	x, err := d.applied(f.Database, int(f.PageSize))
+	if err != nil {
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if err := d.vfs.ApplyFrames(x.name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
 		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
-		return nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
 	}
-	return nil, nil
+	return nil, x, nil
 }
 
 // statementError is a statement's own error when applied in statement
@@ -544,107 +762,43 @@ func (e statementError) Error() string     { return e.err.Error() }
 func (e statementError) Unwrap() error     { return e.err }
 func (statementError) Deterministic() bool { return true }
 
-func (d *DB) applyStatements(e raft.Entry) (any, error) {
+func (d *DB) applyStatements(e raft.Entry) (any, *database, error) {
 	d.Abort()
 	s, err := DecodeStatements(e.Data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := d.conn.Exec("BEGIN"); err != nil {
-		return nil, err
+	x, err := d.applied(s.Database, d.pageSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if err := x.conn.Exec("BEGIN"); err != nil {
+		return nil, nil, err
 	}
 	var res Result
 	for _, st := range s.Statements {
-		if res, err = d.run(st.SQL, st.Params, true); err != nil {
-			_ = d.conn.Exec("ROLLBACK")
+		if res, err = x.run(st.SQL, st.Params, true); err != nil {
+			_ = x.conn.Exec("ROLLBACK")
 			// The statement's own error is the deterministic result.
-			return nil, statementError{err}
+			return nil, x, statementError{err}
 		}
 	}
-	if err := d.conn.Exec("COMMIT"); err != nil {
-		return nil, err
+	if err := x.conn.Exec("COMMIT"); err != nil {
+		return nil, nil, err
 	}
-	if d.vfs.Pending(d.name) {
-		if err := d.vfs.Apply(d.name); err != nil {
-			return nil, err
+	if d.vfs.Pending(x.name) {
+		if err := d.vfs.Apply(x.name); err != nil {
+			return nil, nil, err
 		}
 	}
-	return res, nil
+	return res, x, nil
 }
 
-// snapshotMagic starts a snapshot: magic | page size u32 | crc32c u32 | image.
-const snapshotMagic = "DQSQLv01"
-
-// WALSize is the size of the database's WAL in bytes.
-func (d *DB) WALSize() int64 { return d.vfs.WALSize(d.name) }
-
-// Snapshot returns the database image as of the last applied entry. It
-// also checkpoints, to keep the WAL short, unless a query's cursor is open:
-// its read snapshot would stop the checkpoint part way (the image does not
-// depend on the checkpoint either way).
-func (d *DB) Snapshot() ([]byte, error) {
-	if d.pending || d.txOpen {
-		return nil, ErrSnapshotBusy
-	}
-	if len(d.cursors) == 0 {
-		if err := d.conn.Checkpoint(); err != nil {
-			return nil, fmt.Errorf("fsm: checkpoint for snapshot: %w", err)
-		}
-	}
-	img := d.vfs.Image(d.name)
-	b := make([]byte, 0, 16+len(img))
-	b = append(b, snapshotMagic...)
-	b = binary.LittleEndian.AppendUint32(b, uint32(d.pageSize))
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(img, castagnoli))
-	return append(b, img...), nil
-}
-
-// Restore replaces the database with a snapshot's image and checks it.
-func (d *DB) Restore(data []byte) error {
-	if len(data) < 16 || string(data[:8]) != snapshotMagic {
-		return fmt.Errorf("%w: not a database snapshot", ErrCorrupt)
-	}
-	img := data[16:]
-	if crc32.Checksum(img, castagnoli) != binary.LittleEndian.Uint32(data[12:]) {
-		return fmt.Errorf("%w: snapshot image fails its checksum", ErrCorrupt)
-	}
-	d.Abort()
-	keepOld := mutant.On(mutant.FSMRestoreKeepsOld) && d.hasSchema()
-	d.closeCursors()
-	if err := d.rconn.Close(); err != nil {
-		return err
-	}
-	if err := d.conn.Close(); err != nil {
-		return err
-	}
-	if len(img) > 0 && !keepOld {
-		if err := d.vfs.Restore(d.name, img); err != nil {
-			return err
-		}
-	}
-	c, err := d.vfs.Open(d.name, d.pageSize)
-	if err != nil {
-		return err
-	}
-	d.conn = c
-	if d.rconn, err = d.vfs.Open(d.name, d.pageSize); err != nil {
-		return err
-	}
-	rows, err := c.Query("PRAGMA quick_check")
-	if err != nil {
-		return fmt.Errorf("fsm: checking restored database: %w", err)
-	}
-	if len(rows) == 0 || rows[0][0] != "ok" {
-		return fmt.Errorf("%w: restored database fails quick_check: %v", ErrCorrupt, rows)
-	}
-	return nil
-}
-
-// hasSchema reports whether the database holds any table. It serves the
-// deliberate bug mutant.FSMRestoreKeepsOld: Restore taking a database that
-// has one for already restored, and keeping it.
-func (d *DB) hasSchema() bool {
-	rows, err := d.conn.Query("SELECT count(*) FROM sqlite_master")
+// hasSchema reports whether x holds any table. It serves the deliberate
+// bug mutant.FSMRestoreKeepsOld: Restore taking a database that has one
+// for already restored, and keeping it.
+func (x *database) hasSchema() bool {
+	rows, err := x.conn.Query("SELECT count(*) FROM sqlite_master")
 	if err != nil || len(rows) == 0 {
 		return false
 	}
@@ -654,19 +808,29 @@ func (d *DB) hasSchema() bool {
 
 // BatchItem is one autocommit write for ExecuteBatch.
 type BatchItem struct {
-	SQL    string
-	Params []Value
+	// Database is the database written ("": the default one).
+	Database string
+	SQL      string
+	Params   []Value
 	// Client and Seq, when Client is not 0, make the write idempotent: the
 	// database records the last sequence number applied per client (in
 	// the dqlite_dedup table, in the same transaction), and a write whose
 	// sequence number is already recorded returns the recorded result
 	// without running again.
 	Client, Seq uint64
+	// Rows: SQL is one statement sent as a query (INSERT ... RETURNING, a
+	// CREATE TABLE through QUERY) whose rows the result carries, at most
+	// MaxWriteRowsBytes of them; with Client set they are recorded too, so
+	// a retry returns them.
+	Rows bool
 }
 
-// Deduplication table and its limits.
+// Deduplication tables and their limits.
 const (
 	dedupTable = "dqlite_dedup"
+	// dedupRowsTable holds the rows a deduplicated query that writes
+	// returned, per client (its last such write only).
+	dedupRowsTable = "dqlite_dedup_rows"
 	// DedupRetentionSeconds is how long a client's last sequence number is
 	// kept after its last write.
 	DedupRetentionSeconds = 24 * 3600
@@ -678,96 +842,174 @@ const (
 // recorded one (a client bug: sequence numbers must increase).
 var ErrStaleSequence = fmt.Errorf("fsm: sequence number older than the client's last write")
 
-func (d *DB) dedupPrepare() error {
-	err := d.conn.Exec("CREATE TABLE IF NOT EXISTS " + dedupTable +
+func (d *DB) dedupPrepare(x *database, rows bool) error {
+	err := x.conn.Exec("CREATE TABLE IF NOT EXISTS " + dedupTable +
 		"(client INTEGER PRIMARY KEY, seq INTEGER NOT NULL, last_insert_id INTEGER NOT NULL," +
 		" rows_affected INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID")
+	if err == nil && rows {
+		err = x.conn.Exec("CREATE TABLE IF NOT EXISTS " + dedupRowsTable +
+			"(client INTEGER PRIMARY KEY, seq INTEGER NOT NULL, rows BLOB NOT NULL, at INTEGER NOT NULL)")
+	}
 	if err != nil {
 		return err
 	}
 	d.dedupWrites++
-	if d.dedupWrites%dedupPruneEvery == 0 {
-		return d.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupTable, DedupRetentionSeconds))
+	if d.dedupWrites%dedupPruneEvery != 0 {
+		return nil
+	}
+	if err := x.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupTable, DedupRetentionSeconds)); err != nil {
+		return err
+	}
+	if rows {
+		return x.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupRowsTable, DedupRetentionSeconds))
 	}
 	return nil
 }
 
-// dedupLookup returns the recorded result of (client, seq), if any.
-func (d *DB) dedupLookup(client, seq uint64) (Result, bool, error) {
-	rows, err := d.conn.Query("SELECT seq, last_insert_id, rows_affected FROM "+dedupTable+" WHERE client = ?", int64(client))
-	if err != nil || len(rows) == 0 {
+// dedupLookup returns the recorded result of (client, seq), if any; with
+// rows, the rows it returned too (columns from compiling sql again).
+func (x *database) dedupLookup(client, seq uint64, rows bool, sql string) (Result, bool, error) {
+	found, err := x.conn.Query("SELECT seq, last_insert_id, rows_affected FROM "+dedupTable+" WHERE client = ?", int64(client))
+	if err != nil || len(found) == 0 {
 		return Result{}, false, err
 	}
-	last, _ := rows[0][0].(int64)
+	last, _ := found[0][0].(int64)
 	switch {
 	case uint64(last) == seq:
-		id, _ := rows[0][1].(int64)
-		n, _ := rows[0][2].(int64)
-		return Result{LastInsertID: id, RowsAffected: n}, true, nil
+		id, _ := found[0][1].(int64)
+		n, _ := found[0][2].(int64)
+		res := Result{LastInsertID: id, RowsAffected: n}
+		if rows {
+			r, err := x.dedupRows(client, seq, sql)
+			if err != nil {
+				return Result{}, false, err
+			}
+			res.Rows = r
+		}
+		return res, true, nil
 	case uint64(last) > seq:
 		return Result{}, false, ErrStaleSequence
 	}
 	return Result{}, false, nil
 }
 
-func (d *DB) dedupRecord(client, seq uint64, r Result) error {
-	_, err := d.conn.Query("INSERT OR REPLACE INTO "+dedupTable+" VALUES (?, ?, ?, ?, unixepoch())",
+func (x *database) dedupRecord(client, seq uint64, r Result) error {
+	_, err := x.conn.Query("INSERT OR REPLACE INTO "+dedupTable+" VALUES (?, ?, ?, ?, unixepoch())",
 		int64(client), int64(seq), r.LastInsertID, r.RowsAffected)
+	if err == nil && r.Rows != nil {
+		_, err = x.conn.Query("INSERT OR REPLACE INTO "+dedupRowsTable+" VALUES (?, ?, ?, unixepoch())",
+			int64(client), int64(seq), encodeRowValues(r.Rows.Values))
+	}
 	return err
 }
 
-// ExecuteBatch runs several autocommit writes on the leader as one
-// transaction with a savepoint each (a failing write is rolled back alone
-// and gets its error), and returns the command to propose for all of them.
-// In statement mode the statements are proposed together. Items are
-// *BatchItem.
+// dedupRows returns the rows recorded for (client, seq).
+func (x *database) dedupRows(client, seq uint64, sql string) (*Rows, error) {
+	s, _, err := x.conn.Prepare(sql)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, ErrEmptyStatement
+	}
+	r := &Rows{Columns: make([]string, s.ColumnCount()), DeclTypes: make([]string, s.ColumnCount())}
+	for i := range r.Columns {
+		r.Columns[i], r.DeclTypes[i] = s.ColumnName(i), s.ColumnDeclType(i)
+	}
+	s.Finalize()
+	found, err := x.conn.Query("SELECT rows FROM "+dedupRowsTable+" WHERE client = ? AND seq = ?", int64(client), int64(seq))
+	if err != nil {
+		return nil, err
+	}
+	if len(found) == 0 {
+		return r, nil // the write returned no rows the first time either
+	}
+	b, _ := found[0][0].([]byte)
+	if r.Values, err = decodeRowValues(b, len(r.Columns)); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ExecuteBatch runs several autocommit writes of one database on the
+// leader as one transaction with a savepoint each (a failing write is
+// rolled back alone and gets its error), and returns the command to
+// propose for all of them. In statement mode the statements are proposed
+// together. Items are *BatchItem, all of the same database (the loop
+// batches writes of one group: see loop.WriteRequest.Group); an item of
+// another one fails.
 func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 	results := make([]any, len(items))
 	errs := make([]error, len(items))
-	if d.pending || d.txOpen {
+	fail := func(err error) ([]byte, []any, []error) {
 		for i := range errs {
-			errs[i] = fmt.Errorf("fsm: a write is already pending")
-			if d.txOpen {
-				errs[i] = errTxHoldsConn
+			if errs[i] == nil {
+				errs[i] = err
 			}
 		}
 		return nil, results, errs
 	}
+	if d.pending {
+		return fail(fmt.Errorf("fsm: a write is already pending"))
+	}
+	if d.txDB != nil {
+		return fail(errTxHoldsConn)
+	}
+	name := items[0].(*BatchItem).Database
+	x, err := d.database(name, true)
+	if err != nil {
+		return fail(err)
+	}
+	for i, it := range items {
+		if b := it.(*BatchItem); b.Database != name {
+			errs[i] = fmt.Errorf("fsm: a batch of writes to %q holds one to %q", name, b.Database)
+		}
+	}
 	if d.mode == ModeStatements {
-		st := &Statements{Database: d.name}
-		for _, it := range items {
+		st := &Statements{Database: x.name}
+		for i, it := range items {
 			b := it.(*BatchItem)
+			if errs[i] != nil {
+				continue
+			}
+			if b.Rows {
+				if err := x.checkNoRows(b.SQL); err != nil {
+					errs[i] = err
+					continue
+				}
+			}
 			st.Statements = append(st.Statements, Statement{SQL: b.SQL, Params: b.Params})
+		}
+		if len(st.Statements) == 0 {
+			return nil, results, errs
 		}
 		cmd, err := EncodeStatements(st)
 		if err != nil {
-			for i := range errs {
-				errs[i] = err
-			}
+			return fail(err)
 		}
 		return cmd, results, errs
 	}
-	if err := d.conn.Exec("BEGIN"); err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-		return nil, results, errs
+	if err := x.conn.Exec("BEGIN"); err != nil {
+		return fail(err)
 	}
-	dedupReady := false
+	dedupReady, rowsReady := false, false
+	// One item needs no savepoint: on error the whole transaction rolls
+	// back (two statements fewer on the sequential write path).
+	single := len(items) == 1
 	for i, it := range items {
 		b := it.(*BatchItem)
-		if b.Client != 0 && !dedupReady {
-			if err := d.dedupPrepare(); err != nil {
+		if errs[i] != nil {
+			continue
+		}
+		if b.Client != 0 && (!dedupReady || b.Rows && !rowsReady) {
+			if err := d.dedupPrepare(x, b.Rows); err != nil {
 				errs[i] = err
 				continue
 			}
-			dedupReady = true
+			dedupReady, rowsReady = true, rowsReady || b.Rows
 		}
-		// One item needs no savepoint: on error the whole transaction
-		// rolls back (two statements fewer on the sequential write path).
-		single := len(items) == 1
 		if !single {
-			if err := d.conn.Exec("SAVEPOINT w"); err != nil {
+			if err := x.conn.Exec("SAVEPOINT w"); err != nil {
 				errs[i] = err
 				continue
 			}
@@ -776,24 +1018,26 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 		var err error
 		done := false
 		if b.Client != 0 {
-			res, done, err = d.dedupLookup(b.Client, b.Seq)
+			res, done, err = x.dedupLookup(b.Client, b.Seq, b.Rows, b.SQL)
 			if done && mutant.On(mutant.FSMDedupIgnored) {
 				done = false // the deliberate bug: the retry runs again
 			}
 		}
 		if err == nil && !done {
-			res, err = d.run(b.SQL, b.Params, true)
+			if b.Rows {
+				res, err = x.runRows(b.SQL, b.Params)
+			} else {
+				res, err = x.run(b.SQL, b.Params, true)
+			}
 			if err == nil && b.Client != 0 {
-				err = d.dedupRecord(b.Client, b.Seq, res)
+				err = x.dedupRecord(b.Client, b.Seq, res)
 			}
 		}
 		if single {
 			if err != nil {
 				errs[i] = err
-				_ = d.conn.Exec("ROLLBACK")
-				if d.vfs.Pending(d.name) {
-					_ = d.vfs.Abort(d.name)
-				}
+				_ = x.conn.Exec("ROLLBACK")
+				d.dropCapture(x)
 				return nil, results, errs
 			}
 			results[i] = res
@@ -801,42 +1045,20 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 		}
 		if err != nil {
 			errs[i] = err
-			_ = d.conn.Exec("ROLLBACK TO w")
+			_ = x.conn.Exec("ROLLBACK TO w")
 		} else {
 			results[i] = res
 		}
-		_ = d.conn.Exec("RELEASE w")
+		_ = x.conn.Exec("RELEASE w")
 	}
-	if err := d.conn.Exec("COMMIT"); err != nil {
-		_ = d.conn.Exec("ROLLBACK")
-		if d.vfs.Pending(d.name) {
-			_ = d.vfs.Abort(d.name)
-		}
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = err
-			}
-		}
-		return nil, results, errs
+	if err := x.conn.Exec("COMMIT"); err != nil {
+		_ = x.conn.Exec("ROLLBACK")
+		d.dropCapture(x)
+		return fail(err)
 	}
-	if !d.vfs.Pending(d.name) {
-		return nil, results, errs
-	}
-	f, err := d.vfs.Poll(d.name)
-	var cmd []byte
-	if err == nil {
-		cmd, err = EncodeFrames(&Frames{Database: d.name, PageSize: uint32(f.PageSize), DBSize: f.DBSize,
-			PageNumbers: f.PageNumbers, Pages: f.Pages})
-	}
+	cmd, err := d.capture(x, 0, 0)
 	if err != nil {
-		_ = d.vfs.Abort(d.name)
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = err
-			}
-		}
-		return nil, results, errs
+		return fail(err)
 	}
-	d.pending = true
 	return cmd, results, errs
 }

@@ -17,7 +17,7 @@ func (c *cluster) execTx(n *node, session uint64, sql string) uint64 {
 	id := c.nextID
 	db := n.db
 	c.take(n, n.l.SubmitWrite(loop.WriteRequest{ID: id, Tx: session,
-		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx(sql, nil) },
+		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx("", sql, nil, false) },
 		Proposed:  db.Proposed,
 		Abort:     db.Abort,
 		EndsTx:    sqltext.LoneTxControl(sql) == "COMMIT" || sqltext.LoneTxControl(sql) == "ROLLBACK",

@@ -187,9 +187,11 @@ type WriteRequest struct {
 	// Abort drops what Execute captured (leadership lost, proposal refused).
 	Abort func()
 	// Batch, when set and the loop has a Batcher, replaces the three
-	// functions above: consecutive batchable writes run together as one
-	// transaction and one entry (group commit).
+	// functions above: consecutive batchable writes of the same Group (a
+	// database) run together as one transaction and one entry (group
+	// commit).
 	Batch any
+	Group string
 	// Tx, when not 0, names the client session the write comes from, for
 	// transactions spanning requests. While the session's transaction is
 	// open it holds the writer slot, and the session's writes run at once
@@ -560,6 +562,9 @@ func (l *Loop) pumpWrites() {
 					l.startWrite(req)
 				}
 				break
+			}
+			if len(batch) > 0 && req.write.Group != batch[0].write.Group {
+				break // another database: the next batch
 			}
 			batch = append(batch, req)
 			l.writeQueue = l.writeQueue[1:]

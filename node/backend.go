@@ -69,8 +69,19 @@ func (b backend) Exec(ctx context.Context, w *wire.Write) (int64, int64, error) 
 	for i, p := range w.Params {
 		params[i] = fsmValue(p)
 	}
-	res, err := b.n.execIn(ctx, w.Session, &fsm.BatchItem{SQL: w.SQL, Params: params, Client: w.Client, Seq: w.Seq})
+	res, err := b.n.execIn(ctx, w.Session, &fsm.BatchItem{Database: w.Database, SQL: w.SQL, Params: params,
+		Client: w.Client, Seq: w.Seq})
 	return res.LastInsertID, res.RowsAffected, err
+}
+
+// Open creates database name on the leader if it does not exist yet (its
+// first write replicates it).
+func (b backend) Open(ctx context.Context, name string) error {
+	var err error
+	if !b.n.do(func() { err = b.n.db.Create(name) }) {
+		return ErrClosed
+	}
+	return err
 }
 
 func fsmValue(v wire.Value) fsm.Value {
@@ -87,24 +98,28 @@ func fsmValue(v wire.Value) fsm.Value {
 	return fsm.Value{Type: fsm.TypeNull}
 }
 
-func (b backend) Prepare(ctx context.Context, session uint64, sql string) (int, int, error) {
+func (b backend) Prepare(ctx context.Context, session uint64, db, sql string) (int, int, error) {
 	var params, tail int
 	var err error
-	if !b.n.do(func() { params, tail, err = b.n.db.PrepareCheck(sql, b.n.loop.TxOpen(session)) }) {
+	if !b.n.do(func() { params, tail, err = b.n.db.PrepareCheck(db, sql, b.n.loop.TxOpen(session)) }) {
 		return 0, 0, ErrClosed
 	}
 	return params, tail, err
 }
 
-func (b backend) Query(ctx context.Context, session uint64, sql string, params []wire.Value) (wire.Cursor, error) {
-	args := make([]any, len(params))
-	for i, p := range params {
+// Query starts a read; a statement that writes (INSERT ... RETURNING, or a
+// CREATE TABLE sent as a query) runs as a write instead, deduplicated as
+// w asks, and its rows are sent once it committed.
+func (b backend) Query(ctx context.Context, w *wire.Write) (wire.Cursor, error) {
+	args := make([]any, len(w.Params))
+	for i, p := range w.Params {
 		args[i] = p.V
 	}
 	n := b.n
+	session := w.Session
 	r, err := n.request(ctx, func(id uint64) loop.Output {
 		return n.loop.ReadIn(id, session, func() (any, error) {
-			st, err := n.openCursor(session, sql, args)
+			st, err := n.openCursor(session, w.Database, w.SQL, args)
 			if err != nil {
 				return nil, err
 			}
@@ -115,11 +130,56 @@ func (b backend) Query(ctx context.Context, session uint64, sql string, params [
 			return c, nil
 		})
 	})
+	if errors.Is(err, fsm.ErrWrites) {
+		return b.queryWrite(ctx, w)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return r.Result.(*cursor), nil
 }
+
+// queryWrite runs a query that writes.
+func (b backend) queryWrite(ctx context.Context, w *wire.Write) (wire.Cursor, error) {
+	params := make([]fsm.Value, len(w.Params))
+	for i, p := range w.Params {
+		params[i] = fsmValue(p)
+	}
+	res, err := b.n.execIn(ctx, w.Session, &fsm.BatchItem{Database: w.Database, SQL: w.SQL, Params: params,
+		Client: w.Client, Seq: w.Seq, Rows: true})
+	if err != nil {
+		return nil, err
+	}
+	c := &rowsCursor{}
+	if res.Rows != nil {
+		c.cols, c.decl, c.rows = res.Rows.Columns, res.Rows.DeclTypes, res.Rows.Values
+	}
+	return c, nil
+}
+
+// rowsCursor streams the rows a write returned (held since it ran).
+type rowsCursor struct {
+	cols, decl []string
+	rows       [][]any
+}
+
+func (c *rowsCursor) Columns() []string { return c.cols }
+
+func (c *rowsCursor) Next(add func([]wire.Value) bool) (bool, error) {
+	for len(c.rows) > 0 {
+		row := make([]wire.Value, len(c.cols))
+		for i := range row {
+			row[i] = wire.ColumnValue(c.decl[i], c.rows[0][i])
+		}
+		c.rows = c.rows[1:]
+		if !add(row) {
+			return len(c.rows) == 0, nil
+		}
+	}
+	return true, nil
+}
+
+func (c *rowsCursor) Close() { c.rows = nil }
 
 // cursor steps a query in short batches of loop time.
 type cursor struct {
@@ -257,6 +317,12 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()
 	case errors.Is(err, loop.ErrBusy), vfs.IsBusy(err):
 		return wire.CodeBusy, err.Error()
+	case errors.Is(err, fsm.ErrNoDatabase):
+		return wire.CodeNoDatabase, "database does not exist"
+	case errors.Is(err, fsm.ErrDatabaseName), errors.Is(err, fsm.ErrTooManyDatabases),
+		errors.Is(err, fsm.ErrWriteRowsTooLarge), errors.Is(err, fsm.ErrRowsStatementMode),
+		errors.Is(err, fsm.ErrTxOtherDatabase):
+		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
 	case errors.Is(err, fsm.ErrBindParameters), errors.Is(err, fsm.ErrNonemptyTail),
 		errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
 		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence),

@@ -303,7 +303,7 @@ func (n *Node) open() error {
 	}
 	n.vfs = v
 	n.vfs.SetTime(time.Now().UnixMilli())
-	db, err := fsm.Open(v, "db", n.cfg.PageSize, n.cfg.Mode)
+	db, err := fsm.Open(v, DefaultDatabase, n.cfg.PageSize, n.cfg.Mode)
 	if err != nil {
 		return err
 	}
@@ -700,20 +700,38 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 	}
 }
 
+// DefaultDatabase is the database of Node.Exec, Query and Begin (clients
+// of the wire protocol name theirs in OPEN).
+const DefaultDatabase = "db"
+
+// Database is one of the cluster's databases, for the embedding API.
+type Database struct {
+	n    *Node
+	name string
+}
+
+// Database returns the database name (created by its first write, or by a
+// wire client's OPEN; see fsm.CheckDatabaseName for the names allowed).
+func (n *Node) Database(name string) *Database { return &Database{n: n, name: name} }
+
+// Name is the database's name.
+func (db *Database) Name() string { return db.name }
+
+// Exec runs a write on the default database (see Database.Exec).
+func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, error) {
+	return n.Database(DefaultDatabase).Exec(ctx, sql, args...)
+}
+
 // Exec runs a write on this node, which must be the leader. sql may hold
 // several statements (parameters are consumed in order); the request is
 // atomic, and BEGIN ... COMMIT may wrap it, but a transaction cannot span
 // requests.
-func (n *Node) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, error) {
+func (db *Database) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, error) {
 	params, err := toValues(args)
 	if err != nil {
 		return fsm.Result{}, err
 	}
-	return n.exec(ctx, &fsm.BatchItem{SQL: sql, Params: params})
-}
-
-func (n *Node) exec(ctx context.Context, item *fsm.BatchItem) (fsm.Result, error) {
-	return n.execIn(ctx, 0, item)
+	return db.n.execIn(ctx, 0, &fsm.BatchItem{Database: db.name, SQL: sql, Params: params})
 }
 
 // execIn runs a write from a client session (0: none; see tx.go).
@@ -744,17 +762,37 @@ var maxQueryRows = 1 << 20
 // ErrTooManyRows is returned when a query's result exceeds maxQueryRows.
 var ErrTooManyRows = errors.New("node: query result too large")
 
-// Query runs a linearizable read on this node, which must be the leader. It
-// reads one consistent snapshot, stepped in short batches between the loop's
-// other events.
+// Query runs a read on the default database (see Database.Query).
 func (n *Node) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
-	return n.queryIn(ctx, 0, sql, args)
+	return n.Database(DefaultDatabase).Query(ctx, sql, args...)
 }
 
-func (n *Node) queryIn(ctx context.Context, session uint64, sql string, args []any) ([][]any, error) {
+// Query runs a linearizable read on this node, which must be the leader. It
+// reads one consistent snapshot, stepped in short batches between the loop's
+// other events. A statement that writes (INSERT ... RETURNING) runs as a
+// write, and its rows come once it committed.
+func (db *Database) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
+	return db.n.queryIn(ctx, 0, db.name, sql, args)
+}
+
+func (n *Node) queryIn(ctx context.Context, session uint64, db, sql string, args []any) ([][]any, error) {
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.ReadIn(id, session, func() (any, error) { return n.openCursor(session, sql, args) })
+		return n.loop.ReadIn(id, session, func() (any, error) { return n.openCursor(session, db, sql, args) })
 	})
+	if errors.Is(err, fsm.ErrWrites) {
+		params, verr := toValues(args)
+		if verr != nil {
+			return nil, verr
+		}
+		res, err := n.execIn(ctx, session, &fsm.BatchItem{Database: db, SQL: sql, Params: params, Rows: true})
+		if err != nil {
+			return nil, err
+		}
+		if res.Rows == nil {
+			return nil, nil
+		}
+		return res.Rows.Values, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -854,7 +892,17 @@ func (n *Node) ImageHash() (uint64, error) {
 			return
 		}
 		f := fnv.New64a()
-		f.Write(n.vfs.Image("db"))
+		for _, name := range n.db.Names() {
+			img, ierr := n.db.Image(name)
+			if ierr != nil {
+				err = ierr
+				return
+			}
+			if len(img) > 0 { // a database never written is no state
+				f.Write([]byte(name))
+				f.Write(img)
+			}
+		}
 		h = f.Sum64()
 	}) {
 		return 0, ErrClosed
@@ -958,21 +1006,23 @@ func (n *Node) Cluster() []raft.Server {
 	return m.Clone().Servers
 }
 
-// Dump returns an image of the database (a file the sqlite3 tool opens),
-// as of this node's applied state.
+// Dump returns an image of database name (a file the sqlite3 tool opens),
+// as of this node's applied state: empty when it has no pages yet,
+// fsm.ErrNoDatabase when this node has no database of that name.
 func (n *Node) Dump(name string) ([]byte, error) {
 	var img []byte
 	var err error
-	if !n.do(func() {
-		if n.db.Pending() {
-			err = errors.New("node: a write is pending, try again")
-			return
-		}
-		img = n.vfs.Image("db") // the committed state (see ImageHash)
-	}) {
+	if !n.do(func() { img, err = n.db.Image(name) }) {
 		return nil, ErrClosed
 	}
 	return img, err
+}
+
+// Databases are the names of the databases this node holds.
+func (n *Node) Databases() []string {
+	var names []string
+	n.do(func() { names = n.db.Names() })
+	return names
 }
 
 // Recover rewrites the membership of a stopped node's data directory, for a

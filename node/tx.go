@@ -30,7 +30,10 @@ const txSessionBase = 1 << 62
 
 // writeRequest builds the loop request for a write of session.
 func (n *Node) writeRequest(id, session uint64, item *fsm.BatchItem) loop.WriteRequest {
-	w := loop.WriteRequest{ID: id, Batch: item, Tx: session}
+	if item.Database == "" {
+		item.Database = DefaultDatabase
+	}
+	w := loop.WriteRequest{ID: id, Batch: item, Group: item.Database, Tx: session}
 	if session == 0 {
 		return w
 	}
@@ -44,7 +47,7 @@ func (n *Node) writeRequest(id, session uint64, item *fsm.BatchItem) loop.WriteR
 	w.EndsTx = ctl == "COMMIT" || ctl == "END" || ctl == "ROLLBACK"
 	w.Rollback = ctl == "ROLLBACK"
 	w.ExecuteTx = func() ([]byte, any, bool, error) {
-		cmd, res, open, err := n.db.ExecuteTx(item.SQL, item.Params)
+		cmd, res, open, err := n.db.ExecuteTx(item.Database, item.SQL, item.Params, item.Rows)
 		return cmd, res, open, err
 	}
 	w.Proposed, w.Abort = n.db.Proposed, n.db.Abort
@@ -53,14 +56,14 @@ func (n *Node) writeRequest(id, session uint64, item *fsm.BatchItem) loop.WriteR
 
 // openCursor opens a query's cursor for session, inside its transaction if
 // one is open. Called in the loop.
-func (n *Node) openCursor(session uint64, sql string, args []any) (*vfs.Stmt, error) {
+func (n *Node) openCursor(session uint64, db, sql string, args []any) (*vfs.Stmt, error) {
 	if n.loop.TxOpen(session) {
 		return n.db.OpenTxCursor(sql, args...)
 	}
 	if err := n.loop.TxErr(session); err != nil {
 		return nil, err
 	}
-	return n.db.OpenCursor(sql, args...)
+	return n.db.OpenCursor(db, sql, args...)
 }
 
 // txStepErr is the error of a query's step: when the session's
@@ -88,6 +91,7 @@ var ErrTxDone = errors.New("node: transaction already committed or rolled back")
 // concurrent use.
 type Tx struct {
 	n       *Node
+	db      string
 	session uint64
 	done    bool
 }
@@ -96,9 +100,13 @@ type Tx struct {
 // cluster's writer slot): its writes are invisible to everyone else until
 // Commit replicates them as one entry. Every Begin must end with Commit or
 // Rollback; an idle transaction is rolled back after Config.TxIdleTimeout.
-func (n *Node) Begin(ctx context.Context) (*Tx, error) {
-	tx := &Tx{n: n, session: txSessionBase + n.nextSession.Add(1)}
-	if _, err := n.execIn(ctx, tx.session, &fsm.BatchItem{SQL: "BEGIN"}); err != nil {
+func (n *Node) Begin(ctx context.Context) (*Tx, error) { return n.Database(DefaultDatabase).Begin(ctx) }
+
+// Begin opens a transaction on the database (see Node.Begin).
+func (db *Database) Begin(ctx context.Context) (*Tx, error) {
+	n := db.n
+	tx := &Tx{n: n, db: db.name, session: txSessionBase + n.nextSession.Add(1)}
+	if _, err := n.execIn(ctx, tx.session, &fsm.BatchItem{Database: tx.db, SQL: "BEGIN"}); err != nil {
 		n.endSession(tx.session)
 		return nil, err
 	}
@@ -114,7 +122,7 @@ func (tx *Tx) Exec(ctx context.Context, sql string, args ...any) (fsm.Result, er
 	if err != nil {
 		return fsm.Result{}, err
 	}
-	return tx.n.execIn(ctx, tx.session, &fsm.BatchItem{SQL: sql, Params: params})
+	return tx.n.execIn(ctx, tx.session, &fsm.BatchItem{Database: tx.db, SQL: sql, Params: params})
 }
 
 // Query runs a read inside the transaction (it sees the transaction's
@@ -123,7 +131,7 @@ func (tx *Tx) Query(ctx context.Context, sql string, args ...any) ([][]any, erro
 	if tx.done {
 		return nil, ErrTxDone
 	}
-	return tx.n.queryIn(ctx, tx.session, sql, args)
+	return tx.n.queryIn(ctx, tx.session, tx.db, sql, args)
 }
 
 // Commit replicates the transaction and returns once it is committed and
@@ -138,7 +146,7 @@ func (tx *Tx) end(ctx context.Context, sql string) error {
 		return ErrTxDone
 	}
 	tx.done = true
-	_, err := tx.n.execIn(ctx, tx.session, &fsm.BatchItem{SQL: sql})
+	_, err := tx.n.execIn(ctx, tx.session, &fsm.BatchItem{Database: tx.db, SQL: sql})
 	tx.n.endSession(tx.session)
 	if err != nil {
 		return fmt.Errorf("node: %s: %w", sql, err)

@@ -350,7 +350,7 @@ func TestTxCursorAbortedReportsWhy(t *testing.T) {
 	if _, err := l.execIn(ctx, session, &fsm.BatchItem{SQL: "BEGIN"}); err != nil {
 		t.Fatal(err)
 	}
-	cur, err := backend{l}.Query(ctx, session, "SELECT x FROM t", nil)
+	cur, err := backend{l}.Query(ctx, &wire.Write{Session: session, SQL: "SELECT x FROM t"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,7 +390,7 @@ func TestAbandonedReadsCloseTheirCursors(t *testing.T) {
 	stop()
 	for i := 0; i < 50; i++ {
 		l.Query(gone, "SELECT x FROM t")
-		backend{l}.Query(gone, 0, "SELECT x FROM t", nil)
+		backend{l}.Query(gone, &wire.Write{SQL: "SELECT x FROM t"})
 	}
 	// A request after them: the loop has handled every cancellation.
 	if _, err := l.Query(ctx, "SELECT x FROM t"); err != nil {

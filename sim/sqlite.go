@@ -130,7 +130,7 @@ func (s *Sim) txRequest(n *node, req, session uint64, sql string, params ...fsm.
 	ctl := sqltext.LoneTxControl(sql)
 	n.vfs.SetTime(simClock + s.now.Milliseconds())
 	s.take(n, n.loop.SubmitWrite(loop.WriteRequest{ID: req, Tx: session,
-		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx(sql, params) },
+		ExecuteTx: func() ([]byte, any, bool, error) { return db.ExecuteTx("", sql, params, false) },
 		Proposed:  db.Proposed, Abort: db.Abort,
 		EndsTx: ctl == "COMMIT" || ctl == "ROLLBACK", Rollback: ctl == "ROLLBACK"}))
 }

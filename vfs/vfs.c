@@ -978,6 +978,18 @@ int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long
 	return SQLITE_OK;
 }
 
+/* dq_clear empties a database: no main file content, no WAL. No connection
+ * may be inside a transaction. */
+int dq_clear(dq_vfs *v, const char *name) {
+	dq_db *d = db_find(v, name, 0);
+	if (!d) return SQLITE_OK;
+	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
+	d->main.size = 0;
+	d->wal.size = 0;
+	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);
+	return SQLITE_OK;
+}
+
 int dq_bind_text(sqlite3_stmt *s, int i, const char *p, int n) {
 	return sqlite3_bind_text(s, i, p, n, SQLITE_TRANSIENT);
 }

@@ -219,5 +219,15 @@ func (v *VFS) Restore(db string, image []byte) error {
 	return nil
 }
 
+// Clear empties db (its file and WAL), as a database never written. No
+// connection may be open on it.
+func (v *VFS) Clear(db string) error {
+	rc := withName(db, func(c *C.char) C.int { return C.dq_clear(v.c, c) })
+	if rc != 0 {
+		return &Error{Code: int(rc), Msg: "clearing database"}
+	}
+	return nil
+}
+
 // LibVersion is the version of the linked SQLite.
 func LibVersion() string { return C.GoString(C.sqlite3_libversion()) }

@@ -127,7 +127,7 @@ func EncodeRequest(r *Request) ([]byte, error) {
 		e.U64(r.Flags)
 		e.Text(r.VFS)
 	case ReqPrepare, ReqExecSQL, ReqQuerySQL:
-		if r.Schema == SchemaDedup && r.Type == ReqExecSQL {
+		if r.Schema == SchemaDedup && r.Type != ReqPrepare {
 			e.U64(r.Client)
 			e.U64(r.Seq)
 		}
@@ -139,7 +139,7 @@ func EncodeRequest(r *Request) ([]byte, error) {
 			}
 		}
 	case ReqExec, ReqQuery, ReqFinalize:
-		if r.Schema == SchemaDedup && r.Type == ReqExec {
+		if r.Schema == SchemaDedup && r.Type != ReqFinalize {
 			e.U64(r.Client)
 			e.U64(r.Seq)
 		}
@@ -193,7 +193,7 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 		r.VFS = d.Text("vfs")
 	case ReqPrepare, ReqExecSQL, ReqQuerySQL:
 		max := uint8(1)
-		if h.Type == ReqExecSQL {
+		if h.Type != ReqPrepare {
 			max = SchemaDedup
 		}
 		if !schemaOK(max) {
@@ -208,11 +208,8 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 			r.Params = DecodeParams(d, paramsSchema(h.Schema))
 		}
 	case ReqExec, ReqQuery, ReqFinalize:
-		max := uint8(1)
-		switch h.Type {
-		case ReqExec:
-			max = SchemaDedup
-		case ReqFinalize:
+		max := uint8(SchemaDedup)
+		if h.Type == ReqFinalize {
 			max = 0
 		}
 		if !schemaOK(max) {

@@ -23,12 +23,18 @@ type Backend interface {
 	// lone BEGIN opens a transaction spanning the session's requests
 	// (w.Session): it holds the writer slot until COMMIT or ROLLBACK.
 	Exec(ctx context.Context, w *Write) (lastInsertID, rowsAffected int64, err error)
-	// Prepare checks the first statement of sql and returns SQLite's bind
-	// parameter count and the byte offset of the unparsed tail.
-	Prepare(ctx context.Context, session uint64, sql string) (params, tail int, err error)
+	// Open opens database name for a connection's OPEN, creating it if
+	// need be.
+	Open(ctx context.Context, name string) error
+	// Prepare checks the first statement of sql on database db and
+	// returns SQLite's bind parameter count and the byte offset of the
+	// unparsed tail.
+	Prepare(ctx context.Context, session uint64, db, sql string) (params, tail int, err error)
 	// Query starts a linearizable read of one statement (inside the
-	// session's transaction, if one is open).
-	Query(ctx context.Context, session uint64, sql string, params []Value) (Cursor, error)
+	// session's transaction, if one is open); a statement that writes runs
+	// as a write (deduplicated by q.Client and q.Seq) and its rows come
+	// once it committed.
+	Query(ctx context.Context, q *Write) (Cursor, error)
 	// EndSession rolls back the session's open transaction, if any: its
 	// connection closed.
 	EndSession(session uint64)
@@ -54,6 +60,7 @@ type Write struct {
 	// Session identifies the client connection (never 0), for
 	// transactions spanning requests.
 	Session     uint64
+	Database    string // the connection's OPEN
 	Client, Seq uint64 // deduplication (0: none)
 	SQL         string
 	Params      []Value

@@ -39,10 +39,11 @@ func (f *fakeBackend) Exec(ctx context.Context, w *Write) (int64, int64, error) 
 }
 func (f *fakeBackend) EndSession(uint64) {}
 
-func (f *fakeBackend) Prepare(ctx context.Context, session uint64, sql string) (int, int, error) {
+func (f *fakeBackend) Open(ctx context.Context, name string) error { return nil }
+func (f *fakeBackend) Prepare(ctx context.Context, session uint64, db, sql string) (int, int, error) {
 	return 1, len(sql), nil
 }
-func (f *fakeBackend) Query(ctx context.Context, session uint64, sql string, params []Value) (Cursor, error) {
+func (f *fakeBackend) Query(ctx context.Context, q *Write) (Cursor, error) {
 	return &fakeCursor{f: f}, nil
 }
 func (f *fakeBackend) Cluster() []ServerInfo { return []ServerInfo{{1, "leader:1", 0}} }

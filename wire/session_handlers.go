@@ -37,6 +37,11 @@ func (ss *session) handleOpen(req *Request) bool {
 	if req.Name == "" {
 		return ss.fail(&Error{CodeError, "empty database name"})
 	}
+	ctx, cancel := context.WithTimeout(ss.gone, RequestTimeout)
+	defer cancel()
+	if err := ss.s.Backend.Open(ctx, req.Name); err != nil {
+		return ss.fail(err)
+	}
 	ss.open, ss.dbName = true, req.Name
 	return ss.reply(&Response{Type: RespDB, DB: 0})
 }
@@ -48,7 +53,7 @@ func (ss *session) handlePrepare(ctx context.Context, req *Request) bool {
 	if len(ss.stmts) >= MaxStatements {
 		return ss.fail(&Error{CodeError, fmt.Sprintf("too many prepared statements (limit %d): finalize some", MaxStatements)})
 	}
-	n, tail, err := ss.s.Backend.Prepare(ctx, ss.id, req.SQL)
+	n, tail, err := ss.s.Backend.Prepare(ctx, ss.id, ss.dbName, req.SQL)
 	if err != nil {
 		return ss.fail(err)
 	}
@@ -92,7 +97,8 @@ func (ss *session) handleExec(ctx context.Context, req *Request) bool {
 		// inserted or changed.
 		return ss.reply(&Response{Type: RespResult})
 	}
-	last, rows, err := ss.s.Backend.Exec(ctx, &Write{Session: ss.id, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
+	last, rows, err := ss.s.Backend.Exec(ctx, &Write{Session: ss.id, Database: ss.dbName, Client: req.Client, Seq: req.Seq,
+		SQL: sql, Params: req.Params})
 	if err != nil {
 		return ss.fail(err)
 	}
@@ -119,7 +125,7 @@ func (ss *session) handleQuery(ctx context.Context, req *Request) bool {
 	if strings.TrimSpace(sql) == "" {
 		return ss.fail(&Error{CodeError, "empty statement"})
 	}
-	return ss.query(ctx, sql, req.Params)
+	return ss.query(ctx, &Write{Session: ss.id, Database: ss.dbName, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
 }
 
 // handleInterrupt answers an INTERRUPT read while no query streams: nothing

@@ -6,10 +6,10 @@ import "context"
 // messages it reads, without waiting, what the client sent meanwhile
 // (pollStreaming): an INTERRUPT stops the query at once; other requests
 // wait in pending and are served after the query, in order.
-func (ss *session) query(ctx context.Context, sql string, params []Value) bool {
+func (ss *session) query(ctx context.Context, q *Write) bool {
 	// ctx bounds the start of the query; streaming is bounded by the
 	// client reading it (WriteTimeout per message).
-	cur, err := ss.s.Backend.Query(ctx, ss.id, sql, params)
+	cur, err := ss.s.Backend.Query(ctx, q)
 	if err != nil {
 		return ss.fail(err)
 	}
