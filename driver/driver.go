@@ -16,7 +16,9 @@
 // retried with the same client session id and sequence number: the
 // cluster records the last sequence number applied per session in the
 // replicated database, so the retry is applied at most once and returns
-// the first result. When the retry window (Connector.RetryTimeout) ends
+// the first result (a statement that writes sent through Query, such as
+// INSERT ... RETURNING, too: the retry returns the first attempt's rows).
+// When the retry window (Connector.RetryTimeout) ends
 // first, the error wraps ErrUnknownOutcome: the write may or may not have
 // happened, and nothing retries it again.
 //
@@ -391,6 +393,14 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 		}
 		cn.open = &rows{rr: rr}
 		return cn.open, nil
+	}
+	// A statement sent as a query may write (INSERT ... RETURNING): it is
+	// deduplicated as an Exec is, so a retry after an unknown outcome
+	// returns the first attempt's rows instead of writing again. The
+	// server ignores the sequence number of a read.
+	if !cn.c.NotIdempotent {
+		cn.seq++
+		req.Schema, req.Client, req.Seq = wire.SchemaDedup, cn.client, cn.seq
 	}
 	var rr *wire.RowsReader
 	err = cn.resend(ctx, func(context.Context) error {

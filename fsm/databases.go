@@ -45,6 +45,10 @@ type database struct {
 	pageSize    int
 	conn, rconn *vfs.Conn
 	cursors     int // open queries on rconn
+	// written: an applied entry (or a snapshot) wrote it, so it is
+	// replicated state. A database only opened or read here is not (its
+	// file holds SQLite's header alone): snapshots and Names leave it out.
+	written bool
 }
 
 func (x *database) close() error {
@@ -128,11 +132,14 @@ func (d *DB) Create(name string) error {
 	return err
 }
 
-// Names are the databases this node holds, sorted.
+// Names are the databases this node holds that entries wrote (replicated
+// state), sorted.
 func (d *DB) Names() []string {
 	names := make([]string, 0, len(d.dbs))
-	for n := range d.dbs {
-		names = append(names, n)
+	for n, x := range d.dbs {
+		if x.written {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	return names
@@ -203,9 +210,6 @@ func (d *DB) Snapshot() ([]byte, error) {
 			}
 		}
 		img := d.vfs.Image(name)
-		if len(img) == 0 {
-			continue // never written: nothing to carry
-		}
 		imgs = append(imgs, snapshotImage{name: name, pageSize: x.pageSize, image: img})
 		size += 2 + len(name) + 4 + 8 + 4 + len(img)
 	}
@@ -330,6 +334,7 @@ func (d *DB) Restore(data []byte) error {
 		if err != nil {
 			return err
 		}
+		x.written = true
 		rows, err := x.conn.Query("PRAGMA quick_check")
 		if err != nil {
 			return fmt.Errorf("fsm: checking restored database %q: %w", im.name, err)

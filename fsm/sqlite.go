@@ -701,6 +701,9 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 	default:
 		res, x, err = d.applyStatements(e)
 	}
+	if x != nil {
+		x.written = true
+	}
 	if err == nil && x != nil {
 		d.maybeCheckpoint(x)
 	}
