@@ -259,3 +259,53 @@ func TestConformanceLeaderChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestConformanceRestartThenTransfer: a voter down for a while (its peers'
+// redials backed off) is restarted, and TRANSFER to it is sent at once: it
+// leads within one election timeout, ten times in a row (issue 16, item 4).
+func TestConformanceRestartThenTransfer(t *testing.T) {
+	const tick, electionTicks = 20 * time.Millisecond, 10
+	election := tick * electionTicks
+	c := testcluster.Start(t, 3, func(cfg *node.Config) { cfg.Tick, cfg.ElectionTicks = tick, electionTicks })
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	li := c.Leader(t, ctx)
+	a, adb := openOn(t, ctx, c.Addrs[li], "app")
+	execSQL(t, ctx, a, adb, "CREATE TABLE r (i INTEGER)")
+	a.Close()
+	var took []time.Duration
+	for round := 0; round < 10; round++ {
+		li = c.Leader(t, ctx)
+		target := (li + 1 + round%2) % 3
+		c.Stop(target)
+		// Writes while it is down, and long enough down that the others'
+		// redials to it back off to about a second (the scenario, not a
+		// wait for a state).
+		w, wdb := openOn(t, ctx, c.Addrs[li], "app")
+		for i := 0; i < 5; i++ {
+			execSQL(t, ctx, w, wdb, fmt.Sprintf("INSERT INTO r VALUES (%d)", round*10+i))
+		}
+		w.Close()
+		<-time.After(1300 * time.Millisecond)
+		c.Restart(t, target)
+		admin, err := wire.Dial(ctx, c.Addrs[li], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		err = admin.Empty(ctx, &wire.Request{Type: wire.ReqTransfer, ID: uint64(target + 1)})
+		admin.Close()
+		n := c.Nodes[target]
+		if err == nil {
+			wctx, wcancel := context.WithTimeout(ctx, election)
+			err = n.WaitFor(wctx, n.IsLeaderLocked)
+			wcancel()
+		}
+		d := time.Since(start)
+		if err != nil || d > election {
+			t.Fatalf("round %d: node %d restarted, then TRANSFER to it: %v after %v (election timeout %v)", round, target+1, err, d, election)
+		}
+		took = append(took, d.Round(time.Millisecond))
+	}
+	t.Logf("restart then transfer, 10 rounds: led after %v (election timeout %v)", took, election)
+}
