@@ -153,11 +153,9 @@ func openCursor(c *vfs.Conn, sql string, args []any) (*vfs.Stmt, error) {
 		s.Finalize()
 		return nil, fmt.Errorf("%w: %q", ErrNonemptyTail, tail)
 	}
-	if len(args) > s.ParamCount() {
-		s.Finalize()
-		return nil, fmt.Errorf("%w: %d given, the statement has %d", ErrBindParameters, len(args), s.ParamCount())
-	}
-	for i, a := range args {
+	// Parameters past the statement's own are ignored, as the C server
+	// does (it binds as many as both have).
+	for i, a := range args[:min(len(args), s.ParamCount())] {
 		if err := s.Bind(i+1, a); err != nil {
 			s.Finalize()
 			return nil, err
@@ -170,7 +168,6 @@ func openCursor(c *vfs.Conn, sql string, args []any) (*vfs.Stmt, error) {
 var (
 	ErrEmptyStatement = errors.New("fsm: empty statement")
 	ErrNonemptyTail   = errors.New("fsm: nonempty statement tail")
-	ErrBindParameters = errors.New("fsm: bind parameters")
 )
 
 // PrepareCheck compiles the first statement of sql on database db and
@@ -528,10 +525,7 @@ func (x *database) runRows(sql string, params []Value) (Result, error) {
 	if strings.TrimSpace(tail) != "" {
 		return Result{}, fmt.Errorf("%w: %q", ErrNonemptyTail, tail)
 	}
-	if len(params) > s.ParamCount() {
-		return Result{}, fmt.Errorf("%w: %d given, the statement has %d", ErrBindParameters, len(params), s.ParamCount())
-	}
-	for i, p := range params {
+	for i, p := range params[:min(len(params), s.ParamCount())] { // extra ones ignored, as in openCursor
 		if err := s.Bind(i+1, p.goValue()); err != nil {
 			return Result{}, err
 		}

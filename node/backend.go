@@ -323,7 +323,7 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		errors.Is(err, fsm.ErrWriteRowsTooLarge), errors.Is(err, fsm.ErrRowsStatementMode),
 		errors.Is(err, fsm.ErrTxOtherDatabase):
 		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
-	case errors.Is(err, fsm.ErrBindParameters), errors.Is(err, fsm.ErrNonemptyTail),
+	case errors.Is(err, fsm.ErrNonemptyTail),
 		errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
 		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence),
 		errors.Is(err, fsm.ErrTxStatementMode), errors.Is(err, fsm.ErrNoOpenTx):

@@ -32,7 +32,7 @@ func (ss *session) handleHeartbeat() bool {
 
 func (ss *session) handleOpen(req *Request) bool {
 	if ss.open {
-		return ss.fail(&Error{CodeBusy, "a database is already open on this connection"})
+		return ss.fail(&Error{CodeBusy, "a database for this connection is already open"}) // the C server's text
 	}
 	if req.Name == "" {
 		return ss.fail(&Error{CodeError, "empty database name"})
@@ -72,7 +72,7 @@ func (ss *session) handleFinalize(req *Request) bool {
 		return ss.fail(err)
 	}
 	if _, ok := ss.stmts[req.Stmt]; !ok {
-		return ss.fail(errNoStmt(req.Stmt))
+		return ss.fail(errNoStmt)
 	}
 	delete(ss.stmts, req.Stmt)
 	return ss.reply(&Response{Type: RespEmpty})
@@ -88,7 +88,7 @@ func (ss *session) handleExec(ctx context.Context, req *Request) bool {
 	if req.Type == ReqExec {
 		st, ok := ss.stmts[req.Stmt]
 		if !ok {
-			return ss.fail(errNoStmt(req.Stmt))
+			return ss.fail(errNoStmt)
 		}
 		sql = st.sql
 	}
@@ -105,8 +105,9 @@ func (ss *session) handleExec(ctx context.Context, req *Request) bool {
 	return ss.reply(&Response{Type: RespResult, LastInsertID: uint64(last), RowsAffected: uint64(rows)})
 }
 
-// handleQuery serves QUERY (a prepared statement; extra parameters are an
-// error) and QUERY_SQL by streaming the rows (see query).
+// handleQuery serves QUERY (a prepared statement) and QUERY_SQL by
+// streaming the rows (see query). Parameters past the statement's own are
+// ignored, as for EXEC and as the C server does.
 func (ss *session) handleQuery(ctx context.Context, req *Request) bool {
 	if err := ss.checkDB(req.DB); err != nil {
 		return ss.fail(err)
@@ -115,10 +116,7 @@ func (ss *session) handleQuery(ctx context.Context, req *Request) bool {
 	if req.Type == ReqQuery {
 		st, ok := ss.stmts[req.Stmt]
 		if !ok {
-			return ss.fail(errNoStmt(req.Stmt))
-		}
-		if len(req.Params) > st.params {
-			return ss.fail(&Error{CodeError, fmt.Sprintf("bind parameters: %d given, the statement has %d", len(req.Params), st.params)})
+			return ss.fail(errNoStmt)
 		}
 		sql = st.sql
 	}
@@ -173,11 +171,9 @@ func (ss *session) handleDescribe(req *Request) bool {
 
 func (ss *session) checkDB(id uint32) error {
 	if !ss.open || id != 0 {
-		return &Error{CodeNotFound, fmt.Sprintf("no database with id %d open on this connection", id)}
+		return &Error{CodeNotFound, "no database opened"} // the C server's text
 	}
 	return nil
 }
 
-func errNoStmt(id uint32) error {
-	return &Error{CodeNotFound, fmt.Sprintf("no statement with id %d", id)}
-}
+var errNoStmt = &Error{CodeNotFound, "no statement with the given id"} // the C server's text
