@@ -163,6 +163,18 @@ func (d *DB) Image(name string) ([]byte, error) {
 	return d.vfs.Image(name), nil
 }
 
+// WALSizes is the size in bytes of each written database's WAL (see
+// Names).
+func (d *DB) WALSizes() map[string]int64 {
+	out := map[string]int64{}
+	for name, x := range d.dbs {
+		if x.written {
+			out[name] = d.vfs.WALSize(name)
+		}
+	}
+	return out
+}
+
 // WALSize is the size of the databases' WALs in bytes.
 func (d *DB) WALSize() int64 {
 	var n int64

@@ -70,11 +70,14 @@ type Metrics struct {
 	Snapshots             uint64
 	SnapshotBytes         uint64 // total size of the snapshots taken
 	SnapshotsInstalled    uint64
-	EventQueue, PeerQueue int   // events waiting for the loop; messages waiting for peers
-	QueuedWrites          int   // writes waiting for the writer slot
-	LogCacheBytes         int64 // entry data cached
-	LogMemoryBytes        int64 // index and cached data: within Config.LogMemoryBytes
-	StorageFailed         bool
+	EventQueue, PeerQueue int // events waiting for the loop; messages waiting for peers
+	QueuedWrites          int // writes waiting for the writer slot
+	// DatabaseWALBytes is the WAL size of each database entries wrote
+	// (the keys are the node's databases).
+	DatabaseWALBytes map[string]int64
+	LogCacheBytes    int64 // entry data cached
+	LogMemoryBytes   int64 // index and cached data: within Config.LogMemoryBytes
+	StorageFailed    bool
 	// ApplyFailed: a committed entry failed to apply here; the node
 	// stopped applying (and writing) rather than diverge from the others.
 	ApplyFailed bool
@@ -94,6 +97,7 @@ func (n *Node) Metrics() Metrics {
 			m.PeerQueue += len(p.queue)
 		}
 		m.QueuedWrites = n.loop.QueuedWrites()
+		m.DatabaseWALBytes = n.db.WALSizes()
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()
 		if err := n.loop.Err(); err != nil {

@@ -223,6 +223,7 @@ func (sh *shell) interactive(f *os.File, errOut io.Writer) int {
 func (sh *shell) close() {
 	if sh.conn != nil {
 		sh.conn.Close()
+		sh.conn = nil
 	}
 }
 
@@ -350,12 +351,18 @@ func firstWord(sql string) string {
 	return strings.TrimSuffix(f[0], ";")
 }
 
-// isQuery guesses whether a statement returns rows (a writing WITH falls
-// back to EXEC_SQL).
+// isQuery guesses whether a statement returns rows (sent as a query, a
+// statement that writes runs as a write: INSERT ... RETURNING shows its
+// rows).
 func isQuery(sql string) bool {
 	switch firstWord(sql) {
 	case "SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES":
 		return true
+	}
+	for _, w := range strings.Fields(strings.ToUpper(sql)) {
+		if strings.Trim(w, ",;()") == "RETURNING" {
+			return true
+		}
 	}
 	return false
 }
@@ -435,6 +442,8 @@ const help = `.cluster          members: id, address, role
 .transfer ID      hand leadership to node ID (0: the best one)
 .remove ID        remove node ID from the cluster
 .dump FILE        write the database to FILE (opens with sqlite3)
+.databases        the database this shell has open
+.open NAME        switch to database NAME (created by its first write)
 .help             this text`
 
 func (sh *shell) dot(ctx context.Context, f []string) error {
@@ -447,6 +456,24 @@ func (sh *shell) dot(ctx context.Context, f []string) error {
 	switch f[0] {
 	case ".help":
 		fmt.Fprintln(sh.out, help)
+		return nil
+	case ".databases":
+		fmt.Fprintf(sh.out, "main: %s\n", sh.db)
+		return nil
+	case ".open":
+		if len(f) != 2 {
+			return errors.New(".open takes a database name")
+		}
+		if sh.inTx {
+			return errors.New("a transaction is open: COMMIT or ROLLBACK it first")
+		}
+		old := sh.db
+		sh.close()
+		sh.db = f[1]
+		if err := sh.connect(ctx); err != nil {
+			sh.db = old
+			return err
+		}
 		return nil
 	case ".cluster":
 		return sh.retry(ctx, func() error {

@@ -64,3 +64,41 @@ func TestShellTransactionNeverRetriedElsewhere(t *testing.T) {
 		t.Fatalf("after commit: %q %v", out.String(), err)
 	}
 }
+
+// TestShellDatabases: .open switches databases (each has its own tables),
+// .databases names the open one, and INSERT ... RETURNING shows its rows.
+func TestShellDatabases(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c.Leader(t, ctx)
+	var out bytes.Buffer
+	sh := &shell{servers: c.Addrs, db: "a.db", format: "table", timeout: 10 * time.Second, out: &out}
+	defer sh.close()
+	for _, q := range []string{"CREATE TABLE ta (id INTEGER PRIMARY KEY, v TEXT)", ".open b.db", "CREATE TABLE tb (y)"} {
+		if err := sh.do(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	out.Reset()
+	if err := sh.do(".databases"); err != nil || strings.TrimSpace(out.String()) != "main: b.db" {
+		t.Fatalf(".databases: %q %v", out.String(), err)
+	}
+	if err := sh.do("SELECT * FROM ta"); err == nil || !strings.Contains(err.Error(), "no such table") {
+		t.Fatalf("a.db's table seen from b.db: %v", err)
+	}
+	if err := sh.do(".open a.db"); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := sh.do("INSERT INTO ta (v) VALUES ('x') RETURNING id, v"); err != nil || !strings.Contains(out.String(), "x") {
+		t.Fatalf("INSERT ... RETURNING: %q %v", out.String(), err)
+	}
+	if err := sh.do(".open bad/name"); err == nil {
+		t.Fatal(".open of an invalid name succeeded")
+	}
+	out.Reset()
+	if err := sh.do(".databases"); err != nil || strings.TrimSpace(out.String()) != "main: a.db" {
+		t.Fatalf(".databases after a refused .open: %q %v", out.String(), err)
+	}
+}

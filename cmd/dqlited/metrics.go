@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"sort"
+	"strings"
 
 	"github.com/dqlite-go/dqlite/node"
 )
@@ -39,6 +41,9 @@ func metricsHandler(n *node.Node) http.Handler {
 	})
 	return mux
 }
+
+// labelValue escapes a label value as the text format wants.
+var labelValue = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 func writeMetrics(w io.Writer, m node.Metrics) {
 	metric := func(name, typ, help string, v any) {
@@ -76,6 +81,17 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("snapshots_installed_total", "counter", "Snapshots installed from the leader.", m.SnapshotsInstalled)
 	metric("event_queue_depth", "gauge", "Events waiting for the node's loop.", m.EventQueue)
 	metric("peer_queue_depth", "gauge", "Messages waiting to be sent to peers.", m.PeerQueue)
+	metric("queued_writes", "gauge", "Writes waiting for the writer slot.", m.QueuedWrites)
+	metric("databases", "gauge", "Databases this node holds (written by an entry).", len(m.DatabaseWALBytes))
+	fmt.Fprintf(w, "# HELP dqlite_database_wal_bytes Size of a database's WAL (checkpoints keep it short).\n# TYPE dqlite_database_wal_bytes gauge\n")
+	names := make([]string, 0, len(m.DatabaseWALBytes))
+	for name := range m.DatabaseWALBytes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "dqlite_database_wal_bytes{database=\"%s\"} %d\n", labelValue.Replace(name), m.DatabaseWALBytes[name])
+	}
 	metric("storage_failed", "gauge", "1 when the log storage failed and the node stopped writing.", b(m.StorageFailed))
 	metric("apply_failed", "gauge", "1 when a committed entry failed to apply and the node stopped applying and writing.", b(m.ApplyFailed))
 }
