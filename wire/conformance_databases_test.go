@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,8 +215,23 @@ func TestConformanceWritesAsQueries(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "INSERT INTO t (v) VALUES (?) RETURNING id", "three").Scan(&id); err != nil || id != 3 {
 		t.Fatalf("driver QueryRow INSERT ... RETURNING: %d %v", id, err)
 	}
+
+	// The reply to the next deduplicated query is lost with its
+	// connection, after the write committed: the driver sends it again
+	// with the same sequence number and gets the first attempt's id.
+	var lost atomic.Int32
+	wire.LoseReply(func(r *wire.Request) bool {
+		return r.Type == wire.ReqQuerySQL && r.Schema == wire.SchemaDedup && lost.Add(1) == 1
+	})
+	defer wire.LoseReply(nil)
+	if err := db.QueryRowContext(ctx, "INSERT INTO t (v) VALUES (?) RETURNING id", "four").Scan(&id); err != nil || id != 4 {
+		t.Fatalf("driver QueryRow INSERT ... RETURNING whose first reply was lost: %d %v", id, err)
+	}
+	if n := lost.Load(); n < 2 {
+		t.Fatalf("the driver sent the write %d times, want a retry", n)
+	}
 	for i, rows := range c.Contents(t, ctx, li, "app", "SELECT id, v FROM t ORDER BY id") {
-		if fmt.Sprint(rows) != "[[1 uno] [2 two] [3 three]]" {
+		if fmt.Sprint(rows) != "[[1 uno] [2 two] [3 three] [4 four]]" {
 			t.Fatalf("node %d holds %v", i+1, rows)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
@@ -53,7 +54,16 @@ type session struct {
 	// called by the reader.
 	curMu sync.Mutex
 	cur   context.CancelFunc
+	// lose: the reply being sent is lost with the connection (tests only:
+	// see loseReply).
+	lose bool
 }
+
+// loseReply, set only by tests (export_test.go), picks requests whose
+// reply is lost: the server handles the request, then closes the
+// connection instead of answering, as when a connection breaks between
+// the two (an unknown outcome for the client).
+var loseReply atomic.Pointer[func(*Request) bool]
 
 // message is one frame from the reader, or the read error that ended it
 // (the last message).
@@ -153,6 +163,11 @@ func (ss *session) reply(r *Response) bool {
 }
 
 func (ss *session) send(msg []byte) bool {
+	if ss.lose {
+		ss.lose = false
+		ss.conn.Close()
+		return false
+	}
 	ss.conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
 	if _, err := ss.w.Write(msg); err != nil {
 		return false
@@ -202,6 +217,9 @@ func (ss *session) handle(m message) bool {
 	req, err := DecodeRequest(m.h, m.body)
 	if err != nil {
 		return ss.fail(err)
+	}
+	if f := loseReply.Load(); f != nil {
+		ss.lose = (*f)(req)
 	}
 	if needsLeader(req.Type) && !ss.s.Backend.IsLeader() {
 		return ss.fail(errNotLeader)
