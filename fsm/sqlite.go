@@ -235,6 +235,15 @@ func (d *DB) Close() error {
 // Conn is the default database's write connection (for tests and checks).
 func (d *DB) Conn() *vfs.Conn { return d.dbs[d.def].conn }
 
+// ConnOf is database name's write connection (for tests and checks), nil
+// when this node has no database of that name.
+func (d *DB) ConnOf(name string) *vfs.Conn {
+	if x := d.dbs[name]; x != nil {
+		return x.conn
+	}
+	return nil
+}
+
 // Mode is the replication mode.
 func (d *DB) Mode() Mode { return d.mode }
 

@@ -14,8 +14,8 @@
 // Messages go through the production peer codec (wire package). Nodes tick
 // at skewed rates; their state machine is a small key-value store, or with
 // SQLite the real fsm.DB on the real VFS (frames replication; a bank
-// workload in transactions spanning requests; a counter workload retried
-// through the state machine's deduplication).
+// workload in transactions spanning requests; a counter workload, in a
+// database of its own, retried through the state machine's deduplication).
 //
 // The seed also picks the cluster's shape (DefaultOptions): 3, 4 or 5
 // voters, raft's message size and in-flight limits (down to about one entry
