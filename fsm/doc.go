@@ -1,7 +1,9 @@
 // Package fsm is the replicated state machine of dqlite-go: the formats of
 // the commands carried in Raft entries (a write transaction's WAL frames; SQL
 // statements for the rqlite-style comparison mode), and applying committed
-// entries to SQLite through package vfs.
+// entries to SQLite through package vfs. A DB is a node's set of databases
+// (databases.go): each entry names the database it writes, and snapshots
+// carry every database an entry wrote.
 //
 // Concurrency: none. The node's loop calls it from its one goroutine.
 //
