@@ -257,10 +257,8 @@ func (d *DB) decodeSnapshot(data []byte) ([]snapshotImage, error) {
 	}
 	count := binary.LittleEndian.Uint32(data[8:])
 	rest := data[12:]
-	if count > MaxDatabases {
-		// More than this node may hold: entries past the limit cannot be
-		// created by a leader that enforces it.
-		return nil, fmt.Errorf("%w: snapshot of %d databases (at most %d)", ErrCorrupt, count, MaxDatabases)
+	if uint64(count)*18 > uint64(len(rest)) { // each takes at least 18 bytes
+		return nil, fmt.Errorf("%w: snapshot of %d databases in %d bytes", ErrCorrupt, count, len(rest))
 	}
 	var imgs []snapshotImage
 	seen := map[string]bool{}
