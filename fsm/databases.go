@@ -79,13 +79,19 @@ func CheckDatabaseName(name string) error {
 	return nil
 }
 
+// resolve is the database a request names ("": the default one).
+func (d *DB) resolve(name string) string {
+	if name == "" {
+		return d.def
+	}
+	return name
+}
+
 // database returns the database named name ("": the default one), opening
 // (and so creating) it when create is set and this node has none of that
 // name; nil without create.
 func (d *DB) database(name string, create bool) (*database, error) {
-	if name == "" {
-		name = d.def
-	}
+	name = d.resolve(name)
 	if x := d.dbs[name]; x != nil || !create {
 		return x, nil
 	}
@@ -101,9 +107,7 @@ func (d *DB) database(name string, create bool) (*database, error) {
 // applied returns the database an applied entry names, creating it
 // whatever the limits: the leader checked them before proposing.
 func (d *DB) applied(name string, pageSize int) (*database, error) {
-	if name == "" {
-		name = d.def
-	}
+	name = d.resolve(name)
 	if x := d.dbs[name]; x != nil {
 		return x, nil
 	}

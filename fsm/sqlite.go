@@ -353,7 +353,7 @@ func (d *DB) ExecuteTx(db, sql string, params []Value, rows bool) (cmd []byte, r
 		if x, err = d.database(db, true); err != nil {
 			return nil, Result{}, false, err
 		}
-	} else if db != "" && db != x.name {
+	} else if d.resolve(db) != x.name {
 		return nil, Result{}, true, ErrTxOtherDatabase
 	}
 	if rows {
@@ -961,14 +961,13 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 	if d.txDB != nil {
 		return fail(errTxHoldsConn)
 	}
-	name := items[0].(*BatchItem).Database
-	x, err := d.database(name, true)
+	x, err := d.database(items[0].(*BatchItem).Database, true)
 	if err != nil {
 		return fail(err)
 	}
 	for i, it := range items {
-		if b := it.(*BatchItem); b.Database != name {
-			errs[i] = fmt.Errorf("fsm: a batch of writes to %q holds one to %q", name, b.Database)
+		if b := it.(*BatchItem); d.resolve(b.Database) != x.name {
+			errs[i] = fmt.Errorf("fsm: a batch of writes to %q holds one to %q", x.name, b.Database)
 		}
 	}
 	if d.mode == ModeStatements {
