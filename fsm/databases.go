@@ -60,12 +60,16 @@ func (x *database) close() error {
 }
 
 // CheckDatabaseName reports whether name can name a database: 1 to
-// MaxDatabaseNameBytes bytes of UTF-8, without NUL or '/', and not ending
-// the way SQLite names a database's companion files.
+// MaxDatabaseNameBytes bytes of UTF-8, without NUL or '/', not starting
+// with ':' or "file:" (SQLite would open ":memory:" in memory, past our
+// VFS, and may read "file:" as a URI), and not ending the way SQLite names
+// a database's companion files.
 func CheckDatabaseName(name string) error {
 	switch {
 	case name == "":
 		return fmt.Errorf("%w: empty", ErrDatabaseName)
+	case strings.HasPrefix(name, ":"), len(name) >= 5 && strings.EqualFold(name[:5], "file:"):
+		return fmt.Errorf("%w: %q (SQLite reads a leading ':' or \"file:\" specially)", ErrDatabaseName, name)
 	case len(name) > MaxDatabaseNameBytes:
 		return fmt.Errorf("%w: %d bytes (at most %d)", ErrDatabaseName, len(name), MaxDatabaseNameBytes)
 	case !utf8.ValidString(name), strings.ContainsAny(name, "\x00/"):
@@ -98,10 +102,37 @@ func (d *DB) database(name string, create bool) (*database, error) {
 	if err := CheckDatabaseName(name); err != nil {
 		return nil, err
 	}
-	if len(d.dbs) >= MaxDatabases {
+	if len(d.dbs) >= MaxDatabases && !d.evictUnwritten() {
 		return nil, ErrTooManyDatabases
 	}
 	return d.openDatabase(name, d.pageSize)
+}
+
+// evictUnwritten closes one database that no entry wrote and nothing uses
+// (opened or read here only: no state), to make room; false if there is
+// none. It is opened again, empty, if asked for.
+func (d *DB) evictUnwritten() bool {
+	for _, name := range d.sortedNames() {
+		x := d.dbs[name]
+		if x.written || name == d.def || x.cursors > 0 || d.txDB == x || d.pendingDB == x {
+			continue
+		}
+		if err := x.close(); err != nil {
+			return false
+		}
+		delete(d.dbs, name)
+		return d.vfs.Clear(name) == nil
+	}
+	return false
+}
+
+func (d *DB) sortedNames() []string {
+	names := make([]string, 0, len(d.dbs))
+	for n := range d.dbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // applied returns the database an applied entry names, creating it
@@ -139,13 +170,12 @@ func (d *DB) Create(name string) error {
 // Names are the databases this node holds that entries wrote (replicated
 // state), sorted.
 func (d *DB) Names() []string {
-	names := make([]string, 0, len(d.dbs))
-	for n, x := range d.dbs {
-		if x.written {
+	var names []string
+	for _, n := range d.sortedNames() {
+		if d.dbs[n].written {
 			names = append(names, n)
 		}
 	}
-	sort.Strings(names)
 	return names
 }
 

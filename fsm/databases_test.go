@@ -215,7 +215,7 @@ func TestSnapshotCarriesDatabases(t *testing.T) {
 // TestDatabaseLimits: names are checked, a node creates at most
 // MaxDatabases, and an entry naming one more still applies.
 func TestDatabaseLimits(t *testing.T) {
-	for _, name := range []string{"", "a/b", "x\x00", "main.db-wal", "j-journal", "s-shm", strings.Repeat("n", fsm.MaxDatabaseNameBytes+1), "\xff"} {
+	for _, name := range []string{"", ":memory:", ":x", "file:a.db", "FILE::memory:?cache=shared", "a/b", "x\x00", "main.db-wal", "j-journal", "s-shm", strings.Repeat("n", fsm.MaxDatabaseNameBytes+1), "\xff"} {
 		if err := fsm.CheckDatabaseName(name); !errors.Is(err, fsm.ErrDatabaseName) {
 			t.Fatalf("name %q: %v", name, err)
 		}
@@ -225,12 +225,23 @@ func TestDatabaseLimits(t *testing.T) {
 			t.Fatalf("name %q: %v", name, err)
 		}
 	}
-	s := newSolo(t, fsm.ModeFrames)
-	held := 1 // the default database
-	for ; held < fsm.MaxDatabases; held++ {
-		if err := s.db.Create(fmt.Sprintf("d%d", held)); err != nil {
-			t.Fatalf("database %d: %v", held+1, err)
+	// Databases only opened (no state) make room for a new one.
+	u := newSolo(t, fsm.ModeFrames)
+	for i := 1; i < fsm.MaxDatabases; i++ {
+		if err := u.db.Create(fmt.Sprintf("junk%d", i)); err != nil {
+			t.Fatalf("database %d: %v", i+1, err)
 		}
+	}
+	u.exec("real", "CREATE TABLE t (x)")
+	if got := u.db.Names(); !reflect.DeepEqual(got, []string{"real"}) {
+		t.Fatalf("names %v", got)
+	}
+
+	// Written ones do not.
+	s := newSolo(t, fsm.ModeFrames)
+	s.exec("", "CREATE TABLE t (x)")
+	for i := 1; i < fsm.MaxDatabases; i++ {
+		s.exec(fmt.Sprintf("d%d", i), "CREATE TABLE t (x)")
 	}
 	if err := s.db.Create("one-more"); !errors.Is(err, fsm.ErrTooManyDatabases) {
 		t.Fatalf("database %d: %v", fsm.MaxDatabases+1, err)
@@ -245,8 +256,8 @@ func TestDatabaseLimits(t *testing.T) {
 		t.Fatal(errs[0])
 	}
 	s.apply(cmd, false)
-	if got := s.db.Names(); !reflect.DeepEqual(got, []string{"one-more"}) {
-		t.Fatalf("written databases after applying an entry naming a new one: %v", got)
+	if got := len(s.db.Names()); got != fsm.MaxDatabases+1 {
+		t.Fatalf("%d written databases after applying an entry naming a new one", got)
 	}
 }
 
@@ -296,6 +307,54 @@ func TestWriteRows(t *testing.T) {
 	}
 	if got := mustQueryDB(t, s.db, "a", "SELECT count(*) FROM t"); got != "[[2]]" {
 		t.Fatalf("the refused write left %s rows", got)
+	}
+
+	// The recorded rows are the first attempt's, whatever the table
+	// became since.
+	retry := func() *fsm.BatchItem {
+		return &fsm.BatchItem{Database: "a", SQL: "INSERT INTO t (x) VALUES ('r') RETURNING *", Client: 43, Seq: 1, Rows: true}
+	}
+	first, errs := s.batch(retry())
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	s.exec("a", "ALTER TABLE t ADD COLUMN z")
+	again, errs := s.batch(retry())
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	f, g := first[0].(fsm.Result).Rows, again[0].(fsm.Result).Rows
+	if fmt.Sprint(f.Columns, f.Values) != fmt.Sprint(g.Columns, g.Values) || len(g.Columns) != 2 {
+		t.Fatalf("retry after a schema change returned %v %v, first %v %v", g.Columns, g.Values, f.Columns, f.Values)
+	}
+
+	// Transaction statements are not reads (SQLite calls them read-only):
+	// on the read connection a BEGIN would freeze later reads.
+	for _, q := range []string{"BEGIN", " commit", "SAVEPOINT x", "RELEASE x", "END"} {
+		if _, err := s.db.OpenCursor("a", q); !errors.Is(err, fsm.ErrWrites) {
+			t.Fatalf("cursor for %q: %v", q, err)
+		}
+	}
+
+	// Inside a transaction spanning requests, a refused RETURNING leaves
+	// nothing behind.
+	before := mustQueryDB(t, s.db, "a", "SELECT count(*) FROM t")
+	if _, _, open, err := s.db.ExecuteTx("a", "BEGIN", nil, false); err != nil || !open {
+		t.Fatalf("BEGIN: %v %v", open, err)
+	}
+	if _, _, open, err := s.db.ExecuteTx("a", "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 40) "+
+		"INSERT INTO t (x) SELECT randomblob(1 << 20) FROM n RETURNING x", nil, true); !errors.Is(err, fsm.ErrWriteRowsTooLarge) || !open {
+		t.Fatalf("40 MiB of rows inside a transaction: %v (open %v)", err, open)
+	}
+	cmd, _, open, err := s.db.ExecuteTx("a", "COMMIT", nil, false)
+	if err != nil || open {
+		t.Fatalf("COMMIT: %v %v", open, err)
+	}
+	if cmd != nil {
+		s.apply(cmd, true)
+	}
+	if after := mustQueryDB(t, s.db, "a", "SELECT count(*) FROM t"); after != before {
+		t.Fatalf("%s rows before, %s after the refused write's transaction committed", before, after)
 	}
 
 	st := newSolo(t, fsm.ModeStatements)

@@ -145,7 +145,9 @@ func openCursor(c *vfs.Conn, sql string, args []any) (*vfs.Stmt, error) {
 	if s == nil {
 		return nil, ErrEmptyStatement
 	}
-	if !s.Readonly() {
+	// SQLite calls transaction statements read-only; on the read
+	// connection a BEGIN would freeze every later read at its snapshot.
+	if !s.Readonly() || txStatement(sql) {
 		s.Finalize()
 		return nil, ErrWrites
 	}
@@ -543,6 +545,20 @@ func (x *database) runRows(sql string, params []Value) (Result, error) {
 	for i := range r.Columns {
 		r.Columns[i], r.DeclTypes[i] = s.ColumnName(i), s.ColumnDeclType(i)
 	}
+	// SQLite makes a RETURNING statement's changes at its first step: one
+	// refused afterwards (too many rows) is undone by a savepoint inside a
+	// transaction spanning requests (a batch's own savepoint or rollback
+	// undoes it otherwise).
+	undo := !c.Autocommit() && !txStatement(sql)
+	if undo {
+		if err := c.Exec("SAVEPOINT dqlite_rows"); err != nil {
+			return Result{}, err
+		}
+		defer func() {
+			s.Reset() // no statement of this savepoint in progress
+			_ = c.Exec("RELEASE dqlite_rows")
+		}()
+	}
 	c.SetLastInsertRowID(0)
 	total := c.TotalChanges()
 	size := 0
@@ -560,6 +576,10 @@ func (x *database) runRows(sql string, params []Value) (Result, error) {
 			size += valueBytes(row[i])
 		}
 		if size > MaxWriteRowsBytes {
+			if undo {
+				s.Reset()
+				_ = c.Exec("ROLLBACK TO dqlite_rows")
+			}
 			return Result{}, ErrWriteRowsTooLarge
 		}
 		r.Values = append(r.Values, row)
@@ -600,12 +620,18 @@ func valueBytes(v any) int {
 	return 16
 }
 
-// encodeRowValues and decodeRowValues are the format of the rows recorded
-// for deduplication: a uvarint row count, then each row's values in
-// command value encoding (see appendValue).
-func encodeRowValues(rows [][]any) []byte {
-	b := binary.AppendUvarint(nil, uint64(len(rows)))
-	for _, row := range rows {
+// encodeRows and decodeRows are the format of the rows recorded for
+// deduplication: a uvarint column count, each column's name and declared
+// type (uvarint length and bytes), a uvarint row count, then each row's
+// values in command value encoding (see appendValue).
+func encodeRows(r *Rows) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(r.Columns)))
+	for i := range r.Columns {
+		b = appendString(b, r.Columns[i])
+		b = appendString(b, r.DeclTypes[i])
+	}
+	b = binary.AppendUvarint(b, uint64(len(r.Values)))
+	for _, row := range r.Values {
 		for _, v := range row {
 			b, _ = appendValue(b, valueOf(v))
 		}
@@ -613,24 +639,35 @@ func encodeRowValues(rows [][]any) []byte {
 	return b
 }
 
-func decodeRowValues(b []byte, columns int) ([][]any, error) {
+func decodeRows(b []byte) (*Rows, error) {
 	d := &decoder{b: b}
+	cols := d.uv()
+	if d.err == nil && cols > uint64(len(b)) {
+		d.fail("%d columns in %d bytes", cols, len(b))
+	}
+	r := &Rows{}
+	for i := uint64(0); i < cols && d.err == nil; i++ {
+		r.Columns = append(r.Columns, d.str(MaxCommandBytes))
+		r.DeclTypes = append(r.DeclTypes, d.str(MaxCommandBytes))
+	}
 	n := d.uv()
 	if d.err == nil && n > uint64(len(b)) {
 		d.fail("%d rows in %d bytes", n, len(b))
 	}
-	var rows [][]any
 	for i := uint64(0); i < n && d.err == nil; i++ {
-		row := make([]any, columns)
+		row := make([]any, cols)
 		for j := range row {
 			row[j] = d.value().goValue()
 		}
-		rows = append(rows, row)
+		r.Values = append(r.Values, row)
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d bytes after the recorded rows", len(d.b))
 	}
 	if d.err != nil {
 		return nil, d.err
 	}
-	return rows, nil
+	return r, nil
 }
 
 // valueOf is the command value of a column value.
@@ -655,6 +692,21 @@ var (
 	ErrNoTransaction = fmt.Errorf("fsm: COMMIT without BEGIN in the same request " +
 		"(a transaction spanning requests starts with a request holding BEGIN alone)")
 )
+
+// txStatement reports whether sql starts with a transaction statement
+// (BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE).
+func txStatement(sql string) bool {
+	if txnControl(sql) != "" {
+		return true
+	}
+	t := strings.TrimLeft(sql, " \t\r\n;")
+	for _, kw := range []string{"SAVEPOINT", "RELEASE"} {
+		if len(t) >= len(kw) && strings.EqualFold(t[:len(kw)], kw) && (len(t) == len(kw) || !isIdent(t[len(kw)])) {
+			return true
+		}
+	}
+	return false
+}
 
 // txnControl returns BEGIN, COMMIT, END or ROLLBACK when sql starts with
 // that keyword (after whitespace), else "".
@@ -866,15 +918,18 @@ func (d *DB) dedupPrepare(x *database, rows bool) error {
 	if err := x.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupTable, DedupRetentionSeconds)); err != nil {
 		return err
 	}
-	if rows {
-		return x.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupRowsTable, DedupRetentionSeconds))
+	// The rows table, if a write sent as a query made it: pruned on every
+	// deduplicated write's turn, whatever its kind.
+	found, err := x.conn.Query("SELECT 1 FROM sqlite_master WHERE name = ?", dedupRowsTable)
+	if err != nil || len(found) == 0 {
+		return err
 	}
-	return nil
+	return x.conn.Exec(fmt.Sprintf("DELETE FROM %s WHERE at < unixepoch() - %d", dedupRowsTable, DedupRetentionSeconds))
 }
 
 // dedupLookup returns the recorded result of (client, seq), if any; with
-// rows, the rows it returned too (columns from compiling sql again).
-func (x *database) dedupLookup(client, seq uint64, rows bool, sql string) (Result, bool, error) {
+// rows, the rows it returned too.
+func (x *database) dedupLookup(client, seq uint64, rows bool) (Result, bool, error) {
 	found, err := x.conn.Query("SELECT seq, last_insert_id, rows_affected FROM "+dedupTable+" WHERE client = ?", int64(client))
 	if err != nil || len(found) == 0 {
 		return Result{}, false, err
@@ -886,7 +941,7 @@ func (x *database) dedupLookup(client, seq uint64, rows bool, sql string) (Resul
 		n, _ := found[0][2].(int64)
 		res := Result{LastInsertID: id, RowsAffected: n}
 		if rows {
-			r, err := x.dedupRows(client, seq, sql)
+			r, err := x.dedupRows(client, seq)
 			if err != nil {
 				return Result{}, false, err
 			}
@@ -904,37 +959,23 @@ func (x *database) dedupRecord(client, seq uint64, r Result) error {
 		int64(client), int64(seq), r.LastInsertID, r.RowsAffected)
 	if err == nil && r.Rows != nil {
 		_, err = x.conn.Query("INSERT OR REPLACE INTO "+dedupRowsTable+" VALUES (?, ?, ?, unixepoch())",
-			int64(client), int64(seq), encodeRowValues(r.Rows.Values))
+			int64(client), int64(seq), encodeRows(r.Rows))
 	}
 	return err
 }
 
-// dedupRows returns the rows recorded for (client, seq).
-func (x *database) dedupRows(client, seq uint64, sql string) (*Rows, error) {
-	s, _, err := x.conn.Prepare(sql)
-	if err != nil {
-		return nil, err
-	}
-	if s == nil {
-		return nil, ErrEmptyStatement
-	}
-	r := &Rows{Columns: make([]string, s.ColumnCount()), DeclTypes: make([]string, s.ColumnCount())}
-	for i := range r.Columns {
-		r.Columns[i], r.DeclTypes[i] = s.ColumnName(i), s.ColumnDeclType(i)
-	}
-	s.Finalize()
+// dedupRows returns the rows recorded for (client, seq): none when the
+// write was recorded without rows.
+func (x *database) dedupRows(client, seq uint64) (*Rows, error) {
 	found, err := x.conn.Query("SELECT rows FROM "+dedupRowsTable+" WHERE client = ? AND seq = ?", int64(client), int64(seq))
 	if err != nil {
 		return nil, err
 	}
 	if len(found) == 0 {
-		return r, nil // the write returned no rows the first time either
+		return &Rows{}, nil
 	}
 	b, _ := found[0][0].([]byte)
-	if r.Values, err = decodeRowValues(b, len(r.Columns)); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return decodeRows(b)
 }
 
 // ExecuteBatch runs several autocommit writes of one database on the
@@ -1023,7 +1064,7 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 		var err error
 		done := false
 		if b.Client != 0 {
-			res, done, err = x.dedupLookup(b.Client, b.Seq, b.Rows, b.SQL)
+			res, done, err = x.dedupLookup(b.Client, b.Seq, b.Rows)
 			if done && mutant.On(mutant.FSMDedupIgnored) {
 				done = false // the deliberate bug: the retry runs again
 			}
