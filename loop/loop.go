@@ -161,6 +161,7 @@ type request struct {
 	term    uint64
 	ticks   int
 	reading bool
+	session uint64 // reads: the client session (0: none)
 	// Executed writes (SubmitWrite): the result computed on the leader,
 	// and how to drop the captured transaction.
 	write  *WriteRequest
@@ -402,7 +403,7 @@ func (l *Loop) ReadIn(id, session uint64, fn func() (any, error)) Output {
 		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
 		return l.flush()
 	}
-	l.track(&request{id: id, read: fn})
+	l.track(&request{id: id, read: fn, session: session})
 	return l.flush()
 }
 
@@ -499,6 +500,31 @@ func (l *Loop) EndSession(session uint64) Output {
 	}
 	l.writeQueue = kept
 	return l.flush() // queued writers may go now
+}
+
+// Interrupt drops session's requests that have not run yet (a write queued
+// for the writer slot, a read waiting for its read point): they fail with
+// ErrCanceled and never run. One already running goes on (its client
+// interrupted it too late) and is answered as usual.
+func (l *Loop) Interrupt(session uint64) Output {
+	if session == 0 {
+		return l.flush()
+	}
+	kept := l.writeQueue[:0]
+	for _, req := range l.writeQueue {
+		if req.write.Tx == session && l.pending[req.id] != nil {
+			l.finish(req.id, Reply{ID: req.id, Err: ErrCanceled})
+			continue
+		}
+		kept = append(kept, req)
+	}
+	l.writeQueue = kept
+	for _, id := range l.order {
+		if req := l.pending[id]; req != nil && req.read != nil && req.session == session {
+			l.finish(id, Reply{ID: id, Err: ErrCanceled})
+		}
+	}
+	return l.flush()
 }
 
 // Cancel drops a request whose client stopped waiting, if it has not run

@@ -613,3 +613,40 @@ func TestTransferAnsweredOnceTargetLeads(t *testing.T) {
 		t.Fatalf("second transfer under way: %+v", r)
 	}
 }
+
+// TestInterruptDropsWaiting: Interrupt fails a session's queued write and
+// waiting read, which never run; its write already proposed, and other
+// sessions' requests, go on.
+func TestInterruptDropsWaiting(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	l := c.loops[lead]
+	ran := map[string]bool{}
+	write := func(id, session uint64, data string) WriteRequest {
+		return WriteRequest{ID: id, Tx: session,
+			Execute: func() ([]byte, any, error) { ran[data] = true; return []byte(data), data, nil },
+			Proposed: func(uint64, uint64) {}, Abort: func() {}}
+	}
+	// 1 is proposed (it holds the writer slot); 2 and 3 queue behind it.
+	c.take(lead, l.SubmitWrite(write(1, 5, "a=1")))
+	c.take(lead, l.SubmitWrite(write(2, 5, "b=2")))
+	c.take(lead, l.SubmitWrite(write(3, 6, "c=3")))
+	c.take(lead, l.ReadIn(4, 5, func() (any, error) { ran["read"] = true; return nil, nil }))
+	c.take(lead, l.Interrupt(5))
+	c.run()
+	c.tick(2)
+	if r := c.replies[1]; r.Err != nil || r.Result != "a=1" {
+		t.Fatalf("the write already running: %+v", r)
+	}
+	for _, id := range []uint64{2, 4} {
+		if r := c.replies[id]; !errors.Is(r.Err, ErrCanceled) {
+			t.Fatalf("request %d of the interrupted session: %+v", id, r)
+		}
+	}
+	if ran["b=2"] || ran["read"] {
+		t.Fatalf("an interrupted request ran: %v", ran)
+	}
+	if r := c.replies[3]; r.Err != nil || r.Result != "c=3" {
+		t.Fatalf("another session's write: %+v", r)
+	}
+}

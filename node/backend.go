@@ -227,6 +227,12 @@ func (c *cursor) Close() {
 
 func (b backend) EndSession(session uint64) { b.n.endSession(session) }
 
+// Interrupt drops the session's requests that have not run yet (see
+// loop.Interrupt).
+func (b backend) Interrupt(session uint64) {
+	b.n.post(func() { b.n.handle(b.n.loop.Interrupt(session)) })
+}
+
 func (b backend) Cluster() []wire.ServerInfo {
 	servers := b.n.Cluster()
 	out := make([]wire.ServerInfo, len(servers))
@@ -306,6 +312,9 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		return wire.CodeTxAborted, strings.TrimPrefix(err.Error(), "loop: ")
 	case errors.As(err, &se):
 		return uint64(se.Code), se.Msg
+	case errors.Is(err, loop.ErrCanceled) && errors.Is(err, context.DeadlineExceeded):
+		// Never ran: it waited for the node past the request timeout.
+		return wire.CodeBusy, "timed out waiting for the node (never executed): " + err.Error()
 	case errors.Is(err, loop.ErrCanceled):
 		// Never ran: the client interrupted it (or went away).
 		return wire.CodeInterrupt, "interrupted: " + strings.TrimPrefix(err.Error(), "loop: ")

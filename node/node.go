@@ -653,6 +653,11 @@ func (n *Node) failWaiters(err error) {
 
 // request runs submit in the loop goroutine and waits for the reply.
 func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) (loop.Reply, error) {
+	if err := ctx.Err(); err != nil {
+		// Its client is gone already (a request read from a connection
+		// that then closed): it never runs.
+		return loop.Reply{}, fmt.Errorf("%w: %w", loop.ErrCanceled, err)
+	}
 	id := n.nextReq.Add(1)
 	ch := make(chan loop.Reply, 1)
 	if !n.post(func() {

@@ -59,10 +59,13 @@ func TestConformanceQueuedWriteDropped(t *testing.T) {
 	execSQL(t, ctx, a, adb, "BEGIN")
 	execSQL(t, ctx, a, adb, "INSERT INTO q VALUES (0)")
 
-	// A write queued behind the transaction, then its connection closes.
+	// A write queued behind the transaction, two more pipelined behind
+	// it, then the connection closes: none of them runs.
 	b, bdb := openOn(t, ctx, c.Addrs[li], "app")
-	if err := b.Send(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: bdb, SQL: "INSERT INTO q VALUES (1)"}); err != nil {
-		t.Fatal(err)
+	for i := 0; i < 3; i++ {
+		if err := b.Send(ctx, &wire.Request{Type: wire.ReqExecSQL, DB: bdb, SQL: "INSERT INTO q VALUES (1)"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	queued(1)
 	b.Close()

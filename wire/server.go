@@ -38,6 +38,9 @@ type Backend interface {
 	// EndSession rolls back the session's open transaction, if any: its
 	// connection closed.
 	EndSession(session uint64)
+	// Interrupt drops the session's requests that have not run yet (an
+	// INTERRUPT arrived): they fail and never run.
+	Interrupt(session uint64)
 	Cluster() []ServerInfo
 	// Dump returns the database image.
 	Dump(ctx context.Context, name string) ([]byte, error)
@@ -211,8 +214,8 @@ func (s *Server) serve(conn net.Conn) {
 	id := s.sessions
 	s.mu.Unlock()
 	ss := &session{id: id, s: s, conn: conn, w: bufio.NewWriterSize(conn, 64<<10), log: log,
-		legacy: version == ProtocolLegacy, stmts: map[uint32]*stmt{}, in: make(chan message, 1),
-		stop: make(chan struct{})}
+		legacy: version == ProtocolLegacy, stmts: map[uint32]*stmt{}, queued: make(chan struct{}, 1),
+		room: make(chan struct{}, 1), stop: make(chan struct{})}
 	// The first request may be CONNECT: then the connection is a peer link
 	// and its reader is handed over with whatever it buffered.
 	h, body, err := ReadMessage(br, MaxRequestBytes)

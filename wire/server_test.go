@@ -38,6 +38,7 @@ func (f *fakeBackend) Exec(ctx context.Context, w *Write) (int64, int64, error) 
 	return 1, int64(len(w.Params)), nil
 }
 func (f *fakeBackend) EndSession(uint64) {}
+func (f *fakeBackend) Interrupt(uint64)  {}
 
 func (f *fakeBackend) Open(ctx context.Context, name string) error { return nil }
 func (f *fakeBackend) Prepare(ctx context.Context, session uint64, db, sql string) (int, int, error) {

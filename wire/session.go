@@ -16,18 +16,20 @@ import (
 )
 
 // A session serves one client connection. Two goroutines share it: the
-// reader (started by session.serve) only decodes frames from the socket and
-// sends them on in; everything else, the fields below included, belongs to
-// the connection's goroutine running loop.
+// reader (started by session.serve) decodes frames from the socket into
+// pending, a bounded FIFO (under qmu), ahead of the requests being served;
+// everything else, the fields below included, belongs to the connection's
+// goroutine running loop.
 //
 // Requests are answered one at a time, in the order received, each with
-// exactly one response (a query's response is its ROWS messages). While a
-// query streams, the session still reads between ROWS messages: an
-// INTERRUPT stops the query, and any other request waits in pending, a FIFO
-// served once the query ends. When pending is full the session stops
-// reading, so the reader blocks on in and the socket's buffers fill: the
-// client is slowed down (backpressure), never answered out of order, and no
-// request is dropped.
+// exactly one response (a query's response is its ROWS messages). Reading
+// ahead, the reader sees at once that the client closed the connection (a
+// request still waiting for the node is then dropped: see gone) or sent an
+// INTERRUPT (what the session waits for and has not run is dropped; a
+// streaming query stops, see pollStreaming). When pending is full the
+// reader stops reading and the socket's buffers fill: the client is slowed
+// down (backpressure), never answered out of order, and no request is
+// dropped.
 type session struct {
 	id     uint64
 	s      *Server
@@ -39,21 +41,19 @@ type session struct {
 	dbName string
 	stmts  map[uint32]*stmt
 	next   uint32
-	// in carries the reader's frames (buffer of one: the reader waits
-	// there, not in a growing queue); stop tells the reader to end.
-	in      chan message
-	stop    chan struct{}
+	// pending holds the frames the reader read and the session has not
+	// taken yet; queued and room signal (one token each) that it got a
+	// message or lost one. stop tells the reader to end.
+	qmu     sync.Mutex
 	pending requestQueue
+	queued  chan struct{}
+	room    chan struct{}
+	stop    chan struct{}
 	// gone ends when the reader saw the connection end (the client closed
 	// it or it broke): a request still waiting for the node is dropped
 	// then, not run for nobody (see handle).
 	gone     context.Context
 	goneOnce context.CancelFunc
-	// cur cancels the request being served, for an INTERRUPT read while it
-	// waits (see interruptible); set and cleared by the session goroutine,
-	// called by the reader.
-	curMu sync.Mutex
-	cur   context.CancelFunc
 	// lose: the reply being sent is lost with the connection (tests only:
 	// see loseReply).
 	lose bool
@@ -102,6 +102,26 @@ func (q *requestQueue) push(m message) {
 	q.bodyBytes += len(m.body)
 }
 
+// takeInterrupt removes the oldest INTERRUPT in the queue, if any.
+func (q *requestQueue) takeInterrupt() bool {
+	for i := 0; i < q.count; i++ {
+		at := (q.head + i) % MaxPipelinedRequests
+		m := q.ring[at]
+		if m.err != nil || m.h.Type != ReqInterrupt {
+			continue
+		}
+		// Close the gap: the later messages move up one place.
+		for j := i; j < q.count-1; j++ {
+			q.ring[(q.head+j)%MaxPipelinedRequests] = q.ring[(q.head+j+1)%MaxPipelinedRequests]
+		}
+		q.count--
+		q.bodyBytes -= len(m.body)
+		q.ring[(q.head+q.count)%MaxPipelinedRequests] = message{}
+		return true
+	}
+	return false
+}
+
 // pop removes the oldest message; false when the queue is empty.
 func (q *requestQueue) pop() (message, bool) {
 	if q.count == 0 {
@@ -124,17 +144,50 @@ func (ss *session) frameError(err error) {
 	}
 }
 
-// nextMessage is the oldest request not yet served: from pending first (it
-// was read earlier than anything still in in). False when the server closes.
-func (ss *session) nextMessage() (message, bool) {
-	if m, ok := ss.pending.pop(); ok {
-		return m, true
-	}
+// signal leaves a token on c (one is enough: the other side re-checks).
+func signal(c chan struct{}) {
 	select {
-	case m := <-ss.in:
-		return m, true
-	case <-ss.s.ctx.Done():
-		return message{}, false
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// nextMessage is the oldest request not yet served, waiting for the reader
+// if need be. False when the server closes.
+func (ss *session) nextMessage() (message, bool) {
+	for {
+		ss.qmu.Lock()
+		m, ok := ss.pending.pop()
+		ss.qmu.Unlock()
+		if ok {
+			signal(ss.room)
+			return m, true
+		}
+		select {
+		case <-ss.queued:
+		case <-ss.s.ctx.Done():
+			return message{}, false
+		}
+	}
+}
+
+// enqueue adds a frame the reader read, waiting while pending is full;
+// false once the session ended. Called by the reader.
+func (ss *session) enqueue(m message) bool {
+	for {
+		ss.qmu.Lock()
+		if !ss.pending.full() {
+			ss.pending.push(m)
+			ss.qmu.Unlock()
+			signal(ss.queued)
+			return true
+		}
+		ss.qmu.Unlock()
+		select {
+		case <-ss.room:
+		case <-ss.stop:
+			return false
+		}
 	}
 }
 
@@ -226,10 +279,6 @@ func (ss *session) handle(m message) bool {
 	}
 	ctx, cancel := context.WithTimeout(ss.gone, RequestTimeout)
 	defer cancel()
-	if interruptible(req.Type) {
-		ss.setCurrent(cancel)
-		defer ss.setCurrent(nil)
-	}
 	switch req.Type {
 	case ReqLeader:
 		return ss.handleLeader()
@@ -271,33 +320,6 @@ func (ss *session) handle(m message) bool {
 	return ss.fail(&Error{CodeParse, fmt.Sprintf("unrecognized request type %d", req.Type)})
 }
 
-// interruptible lists the requests an INTERRUPT read while they wait for
-// the node cancels: a write still queued for the writer slot, or a query
-// waiting for its read point, never runs (one already running finishes, and
-// its reply goes out as usual). The INTERRUPT itself is answered in turn.
-func interruptible(t uint8) bool {
-	switch t {
-	case ReqExec, ReqExecSQL, ReqQuery, ReqQuerySQL:
-		return true
-	}
-	return false
-}
-
-func (ss *session) setCurrent(cancel context.CancelFunc) {
-	ss.curMu.Lock()
-	ss.cur = cancel
-	ss.curMu.Unlock()
-}
-
-// interrupt cancels the request being served, if any. Called by the reader.
-func (ss *session) interrupt() {
-	ss.curMu.Lock()
-	if ss.cur != nil {
-		ss.cur()
-	}
-	ss.curMu.Unlock()
-}
-
 // serve runs the session on conn, whose first request, first, was read
 // from br already: a reader goroutine feeds in while loop serves; when loop
 // ends the session's transaction is rolled back, the connection closed and
@@ -308,7 +330,9 @@ func (ss *session) serve(br *bufio.Reader, first message) {
 	defer ss.goneOnce()
 	go func() { // reader: owned by this session, ends when conn closes
 		defer close(done)
-		ss.in <- first
+		if !ss.enqueue(first) {
+			return
+		}
 		for {
 			h, body, err := ReadMessage(br, MaxRequestBytes)
 			switch {
@@ -317,14 +341,12 @@ func (ss *session) serve(br *bufio.Reader, first message) {
 				// (the session answers the error in turn).
 				ss.goneOnce()
 			case h.Type == ReqInterrupt:
-				ss.interrupt()
+				// What the session waits for and has not run yet is
+				// dropped; the INTERRUPT is answered in turn (or taken by
+				// the query streaming).
+				ss.s.Backend.Interrupt(ss.id)
 			}
-			select {
-			case ss.in <- message{h, body, err}:
-			case <-ss.stop:
-				return
-			}
-			if err != nil {
+			if !ss.enqueue(message{h, body, err}) || err != nil {
 				return
 			}
 		}

@@ -60,26 +60,26 @@ const (
 	pollClosing                       // the server is closing
 )
 
-// pollStreaming moves the requests the reader has ready into pending,
-// without waiting, until an INTERRUPT (consumed here: it belongs to the
-// streaming query) or until pending is full. A full pending is not read
-// from: the reader then blocks, and so does the client once the socket's
-// buffers fill (backpressure). An INTERRUPT behind a full pending is
-// therefore only seen once the session reads again: after the query ended,
-// when it is answered as one with nothing running.
+// pollStreaming looks, without waiting, for an INTERRUPT the reader read
+// while the query streamed (taken out of pending: it belongs to the
+// streaming query, whatever requests the client sent before it); the other
+// requests stay in pending, served after the query in order. A full pending
+// is not read into: the reader then blocks, and so does the client once the
+// socket's buffers fill (backpressure). An INTERRUPT behind a full pending
+// is therefore only seen once the session took requests out of it: after
+// the query ended, when it is answered as one with nothing running.
 func (ss *session) pollStreaming() pollResult {
-	for !ss.pending.full() {
-		select {
-		case m := <-ss.in:
-			if m.err == nil && m.h.Type == ReqInterrupt {
-				return pollInterrupted
-			}
-			ss.pending.push(m) // a read error too: it ends the session in turn
-		case <-ss.s.ctx.Done():
-			return pollClosing
-		default:
-			return pollContinue
-		}
+	select {
+	case <-ss.s.ctx.Done():
+		return pollClosing
+	default:
+	}
+	ss.qmu.Lock()
+	found := ss.pending.takeInterrupt()
+	ss.qmu.Unlock()
+	if found {
+		signal(ss.room)
+		return pollInterrupted
 	}
 	return pollContinue
 }

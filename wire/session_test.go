@@ -135,35 +135,36 @@ func TestPipelinedPastLimit(t *testing.T) {
 	}
 }
 
-// TestPollStreamingLimits polls a session's input the way a streaming query
-// does, with more requests ready than pending takes: pending stops at
-// MaxPipelinedRequests, or at MaxPipelinedBytes of bodies, and leaves the
-// rest unread (the reader then blocks: backpressure); pending gives back
-// what it took in order; an INTERRUPT ends the poll and is not queued.
-func TestPollStreamingLimits(t *testing.T) {
+// TestPendingLimits fills a session's pending the way its reader does,
+// with more requests ready than pending takes: pending stops at
+// MaxPipelinedRequests, or at MaxPipelinedBytes of bodies (the reader then
+// waits: backpressure) and gives back what it took in order; a streaming
+// query's poll takes the first INTERRUPT out of it, whatever came before.
+func TestPendingLimits(t *testing.T) {
 	newSession := func() *session {
-		return &session{s: &Server{ctx: context.Background()}, in: make(chan message, 3*MaxPipelinedRequests)}
+		return &session{s: &Server{ctx: context.Background()}, queued: make(chan struct{}, 1),
+			room: make(chan struct{}, 1), stop: make(chan struct{})}
 	}
 	msg := func(typ uint8, tag uint32, bodyBytes int) message {
 		return message{h: Header{Words: tag, Type: typ}, body: make([]byte, bodyBytes)}
 	}
-	drain := func(t *testing.T, ss *session, want int) {
+	drain := func(t *testing.T, ss *session, want []uint32) {
 		t.Helper()
-		for i := 0; i < want; i++ {
-			m, ok := ss.pending.pop()
-			if !ok || m.h.Words != uint32(i) {
-				t.Fatalf("pending message %d: %+v (ok %v)", i, m.h, ok)
+		for i, w := range want {
+			m, ok := ss.nextMessage()
+			if !ok || m.h.Words != w {
+				t.Fatalf("pending message %d: %+v (ok %v), want tag %d", i, m.h, ok, w)
 			}
 		}
 		if _, ok := ss.pending.pop(); ok || ss.pending.bodyBytes != 0 {
-			t.Fatalf("pending not empty after %d messages (%d bytes)", want, ss.pending.bodyBytes)
+			t.Fatalf("pending not empty after %d messages (%d bytes)", len(want), ss.pending.bodyBytes)
 		}
 	}
 	cases := []struct {
 		name      string
-		ready     int // requests in the input
+		ready     int // requests the client sent
 		bodyBytes int
-		want      int // taken into pending
+		want      int // taken into pending before the reader must wait
 	}{
 		{"count limit", 2 * MaxPipelinedRequests, 8, MaxPipelinedRequests},
 		{"byte limit", MaxPipelinedRequests, MaxPipelinedBytes / 4, 4},
@@ -173,34 +174,43 @@ func TestPollStreamingLimits(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ss := newSession()
-			for i := 0; i < c.ready; i++ {
-				ss.in <- msg(ReqExecSQL, uint32(i), c.bodyBytes)
-			}
-			for poll := 0; poll < 3; poll++ { // a full pending stays full
-				if r := ss.pollStreaming(); r != pollContinue {
-					t.Fatalf("poll %d: %v", poll, r)
+			taken := 0
+			for i := 0; i < c.ready && !ss.pending.full(); i++ {
+				if !ss.enqueue(msg(ReqExecSQL, uint32(i), c.bodyBytes)) {
+					t.Fatal("enqueue refused")
 				}
-				if ss.pending.count != c.want || len(ss.in) != c.ready-c.want {
-					t.Fatalf("poll %d: %d pending and %d unread, want %d and %d",
-						poll, ss.pending.count, len(ss.in), c.want, c.ready-c.want)
+				taken++
+			}
+			if taken != c.want || ss.pending.count != c.want {
+				t.Fatalf("%d taken, %d pending, want %d", taken, ss.pending.count, c.want)
+			}
+			if r := ss.pollStreaming(); r != pollContinue {
+				t.Fatalf("poll: %v", r)
+			}
+			// A full pending makes the reader wait until the session takes
+			// one, or the session ends.
+			if taken < c.ready {
+				close(ss.stop)
+				if ss.enqueue(msg(ReqExecSQL, uint32(taken), c.bodyBytes)) {
+					t.Fatal("enqueue into a full pending did not wait")
 				}
 			}
-			drain(t, ss, c.want)
+			var want []uint32
+			for i := 0; i < c.want; i++ {
+				want = append(want, uint32(i))
+			}
+			drain(t, ss, want)
 		})
 	}
 	t.Run("interrupt", func(t *testing.T) {
 		ss := newSession()
-		ss.in <- msg(ReqExecSQL, 0, 8)
-		ss.in <- msg(ReqQuerySQL, 1, 8)
-		ss.in <- msg(ReqInterrupt, 2, 8)
-		ss.in <- msg(ReqExecSQL, 3, 8)
+		for i, typ := range []uint8{ReqExecSQL, ReqQuerySQL, ReqInterrupt, ReqExecSQL, ReqInterrupt} {
+			ss.enqueue(msg(typ, uint32(i), 8))
+		}
 		if r := ss.pollStreaming(); r != pollInterrupted {
 			t.Fatalf("poll: %v, want pollInterrupted", r)
 		}
-		if len(ss.in) != 1 {
-			t.Fatalf("%d unread after the INTERRUPT, want 1", len(ss.in))
-		}
-		drain(t, ss, 2)
+		drain(t, ss, []uint32{0, 1, 3, 4})
 	})
 }
 
