@@ -397,22 +397,52 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 	// A statement sent as a query may write (INSERT ... RETURNING): it is
 	// deduplicated as an Exec is, so a retry after an unknown outcome
 	// returns the first attempt's rows instead of writing again. The
-	// server ignores the sequence number of a read.
+	// server ignores the sequence number of a read. Without
+	// deduplication, one that may write is not sent again once its
+	// outcome is unknown.
+	mayWrite := !sqltext.ReadOnly(query)
 	if !cn.c.NotIdempotent {
 		cn.seq++
 		req.Schema, req.Client, req.Seq = wire.SchemaDedup, cn.client, cn.seq
 	}
-	var rr *wire.RowsReader
-	err = cn.resend(ctx, func(context.Context) error {
-		req.DB = cn.db
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	backoff := backoffMin
+	unknown := false // a previous attempt may have written
+	for {
 		var err error
-		rr, err = cn.w.Query(ctx, req) // the rows outlive the call: the caller's ctx
-		return err
-	})
-	if err != nil {
-		return nil, err
+		if cn.w == nil {
+			err = cn.tryConnect(rctx)
+		}
+		if err == nil {
+			req.DB = cn.db
+			var rr *wire.RowsReader
+			if rr, err = cn.w.Query(ctx, req); err == nil { // the rows outlive the call: the caller's ctx
+				return &rows{rr: rr}, nil
+			}
+			if retryable(err) {
+				if mayWrite && sentUnknown(err) {
+					if cn.c.NotIdempotent {
+						cn.drop()
+						return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+					}
+					unknown = true
+					cn.c.writeRetries.Add(1)
+				}
+				cn.drop()
+			}
+		}
+		if !retryable(err) && !isProbe(err) {
+			return nil, err
+		}
+		if serr := sleep(rctx, backoff); serr != nil {
+			if unknown {
+				return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+			}
+			return nil, err
+		}
+		backoff = min(2*backoff, backoffMax)
 	}
-	return &rows{rr: rr}, nil
 }
 
 // resend sends a request to the leader until it succeeds, fails for good

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/dqlite-go/dqlite/driver"
+	"github.com/dqlite-go/dqlite/driver"
 	"github.com/dqlite-go/dqlite/internal/testcluster"
 	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/wire"
@@ -230,8 +230,25 @@ func TestConformanceWritesAsQueries(t *testing.T) {
 	if n := lost.Load(); n < 2 {
 		t.Fatalf("the driver sent the write %d times, want a retry", n)
 	}
+	// Without deduplication (a client of the C server), a query that may
+	// write is not sent again once its reply is lost: the outcome is
+	// unknown. A read is sent again.
+	cn := driver.NewConnector(c.Addrs, "app")
+	cn.NotIdempotent = true
+	plain := sql.OpenDB(cn)
+	defer plain.Close()
+	lost.Store(0)
+	wire.LoseReply(func(r *wire.Request) bool { return r.Type == wire.ReqQuerySQL && lost.Add(1) == 1 })
+	if err := plain.QueryRowContext(ctx, "INSERT INTO t (v) VALUES ('five') RETURNING id").Scan(&id); !errors.Is(err, driver.ErrUnknownOutcome) {
+		t.Fatalf("a not deduplicated INSERT ... RETURNING whose reply was lost: %v, want ErrUnknownOutcome", err)
+	}
+	lost.Store(0)
+	var n int
+	if err := plain.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil || n != 5 || lost.Load() < 2 {
+		t.Fatalf("a read whose reply was lost: %d rows %v (sent %d times)", n, err, lost.Load())
+	}
 	for i, rows := range c.Contents(t, ctx, li, "app", "SELECT id, v FROM t ORDER BY id") {
-		if fmt.Sprint(rows) != "[[1 uno] [2 two] [3 three] [4 four]]" {
+		if fmt.Sprint(rows) != "[[1 uno] [2 two] [3 three] [4 four] [5 five]]" {
 			t.Fatalf("node %d holds %v", i+1, rows)
 		}
 	}

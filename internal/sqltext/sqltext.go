@@ -77,3 +77,50 @@ func stripComments(sql string) string {
 	}
 	return b.String()
 }
+
+// ReadOnly reports whether sql is surely a read: it starts (comments aside)
+// with SELECT, VALUES or EXPLAIN, or with WITH, and names none of INSERT,
+// UPDATE, DELETE, REPLACE or RETURNING outside quotes. It errs towards
+// false: a statement it cannot tell about may write.
+func ReadOnly(sql string) bool {
+	t := stripComments(sql)
+	// Words outside quotes only.
+	var b strings.Builder
+	var quote byte
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+			continue
+		case c == '\'' || c == '"' || c == '`' || c == '[':
+			quote = c
+			if c == '[' {
+				quote = ']'
+			}
+			b.WriteByte(' ')
+			continue
+		}
+		b.WriteByte(c)
+	}
+	f := strings.FieldsFunc(strings.ToUpper(b.String()), func(r rune) bool {
+		return !(r == '_' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r >= 0x80)
+	})
+	if len(f) == 0 {
+		return false
+	}
+	switch f[0] {
+	case "SELECT", "VALUES", "EXPLAIN", "WITH":
+	default:
+		return false
+	}
+	for _, w := range f {
+		switch w {
+		case "INSERT", "UPDATE", "DELETE", "REPLACE", "RETURNING":
+			return false
+		}
+	}
+	return true
+}

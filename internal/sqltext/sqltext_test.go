@@ -30,3 +30,25 @@ func BenchmarkLoneTxControlInsert(b *testing.B) {
 		}
 	}
 }
+
+func TestReadOnly(t *testing.T) {
+	for sql, want := range map[string]bool{
+		"SELECT 1":                                           true,
+		"  select * from t where x = 'insert'":               true,
+		"WITH a AS (SELECT 1) SELECT * FROM a":               true,
+		"/* x */ VALUES (1)":                                 true,
+		`SELECT "delete" FROM t`:                             true,
+		"WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a": false,
+		"INSERT INTO t VALUES (1) RETURNING id":              false,
+		"SELECT * FROM t; DELETE FROM t":                     false,
+		"CREATE TABLE t (x)":                                 false,
+		"PRAGMA user_version = 3":                            false,
+		"BEGIN":                                              false,
+		"":                                                   false,
+		"UPDATE t SET x = 1":                                 false,
+	} {
+		if got := ReadOnly(sql); got != want {
+			t.Errorf("ReadOnly(%q) = %v, want %v", sql, got, want)
+		}
+	}
+}
