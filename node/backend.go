@@ -41,8 +41,12 @@ func (b backend) Leader() (uint64, string) {
 	if !know() {
 		return 0, ""
 	}
-	if lead == n.cfg.ID && !n.waitServing() && !know() {
-		return 0, ""
+	if lead == n.cfg.ID && !n.waitServing() {
+		// Not serving within an election timeout (its first entry cannot
+		// commit): it names nobody rather than itself.
+		if !know() || lead == n.cfg.ID {
+			return 0, ""
+		}
 	}
 	if !voter || lead == raft.None {
 		return 0, ""
@@ -332,8 +336,9 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 		errors.Is(err, fsm.ErrWriteRowsTooLarge), errors.Is(err, fsm.ErrRowsStatementMode),
 		errors.Is(err, fsm.ErrTxOtherDatabase):
 		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
-	case errors.Is(err, fsm.ErrNonemptyTail),
-		errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
+	case errors.Is(err, fsm.ErrNonemptyTail):
+		return wire.CodeError, "nonempty statement tail" // the C server's text
+	case errors.Is(err, fsm.ErrEmptyStatement), errors.Is(err, fsm.ErrOpenTransaction),
 		errors.Is(err, fsm.ErrNoTransaction), errors.Is(err, fsm.ErrStaleSequence),
 		errors.Is(err, fsm.ErrTxStatementMode), errors.Is(err, fsm.ErrNoOpenTx):
 		return wire.CodeError, strings.TrimPrefix(err.Error(), "fsm: ")
