@@ -5,9 +5,12 @@
 //
 // Each node owns: the loop goroutine (the only one touching Raft, the log's
 // state and SQLite), a disk goroutine (appends and fsyncs, reported back as
-// events), a listener goroutine accepting peer connections with one reader
-// goroutine per connection, and one sender goroutine per peer. Close stops
-// them all and waits for them.
+// events), the busy-loop watchdog (heartbeats while one event runs long), a
+// listener goroutine accepting connections (the wire server runs two per
+// client connection, its session and its reader; an incoming peer link is
+// read by its connection's goroutine), one sender goroutine per peer (with
+// a watcher reading its link while it is up), and the role manager when
+// Config.Roles is on. Close stops them all and waits for them.
 package node
 
 import (
