@@ -2,8 +2,12 @@
 // the commands carried in Raft entries (a write transaction's WAL frames; SQL
 // statements for the rqlite-style comparison mode), and applying committed
 // entries to SQLite through package vfs. A DB is a node's set of databases
-// (databases.go): each entry names the database it writes, and snapshots
-// carry every database an entry wrote.
+// (databases.go, with snapshots and restore): each entry names the database
+// it writes, and snapshots carry every database an entry wrote. The leader
+// executes writes and transactions spanning requests (sqlite.go) and
+// batches of autocommit writes with their deduplication (batch.go); every
+// node applies committed entries (apply.go); a write sent as a query
+// returns its rows (rows.go).
 //
 // Concurrency: none. The node's loop calls it from its one goroutine.
 //

@@ -1,0 +1,133 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/vfs"
+)
+
+// Apply applies a committed entry. On the node that captured it, the
+// pending transaction becomes visible; elsewhere the frames are appended
+// (to the database the entry names, created if this node has none of that
+// name yet).
+func (d *DB) Apply(e raft.Entry) (any, error) {
+	kind, err := KindOf(e.Data)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: entry %d: %w", e.Index, err)
+	}
+	var res any
+	var x *database
+	switch kind {
+	case KindFrames:
+		res, x, err = d.applyFrames(e)
+	default:
+		res, x, err = d.applyStatements(e)
+	}
+	if x != nil {
+		x.written = true
+	}
+	if err == nil && x != nil {
+		d.maybeCheckpoint(x)
+	}
+	return res, err
+}
+
+// checkpointFrames is the WAL length (in frames) past which a node
+// checkpoints on its own, as SQLite's default auto-checkpoint does: the
+// WAL's memory stays small and is reused (growing it costs a page fault per
+// page written), and readers search a short WAL.
+const checkpointFrames = 1000
+
+// maybeCheckpoint checkpoints x (TRUNCATE: the WAL restarts empty) when its
+// WAL is long and nothing holds it: no captured write, no open cursor
+// (whose read snapshot would stop the checkpoint part way). A failure is
+// left for the next try; Snapshot reports checkpoint errors.
+func (d *DB) maybeCheckpoint(x *database) {
+	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(checkpointFrames)*int64(x.pageSize+24) {
+		return
+	}
+	_ = x.conn.Checkpoint()
+}
+
+func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
+	if d.pending && e.Index == d.pendingIndex && e.Term == d.pendingTm {
+		x := d.pendingDB
+		d.pending, d.pendingDB = false, nil
+		if err := d.vfs.Apply(x.name); err != nil {
+			return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+		}
+		return d.pendingResult, x, nil
+	}
+	// Someone else's transaction: ours (if any) can no longer commit on top
+	// of the state it read.
+	d.Abort()
+	f, err := DecodeFrames(e.Data)
+	if err != nil {
+		return nil, nil, err
+	}
+	x, err := d.applied(f.Database, int(f.PageSize))
+	if err != nil {
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if err := d.vfs.ApplyFrames(x.name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
+		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	return nil, x, nil
+}
+
+// statementError is a statement's own error when applied in statement
+// mode: every replica runs the same statement on the same state and gets
+// the same error, so it is the entry's result and apply goes on (it
+// satisfies loop.DeterministicError). Every other Apply error means this
+// replica failed to apply the entry.
+type statementError struct{ err error }
+
+func (e statementError) Error() string     { return e.err.Error() }
+func (e statementError) Unwrap() error     { return e.err }
+func (statementError) Deterministic() bool { return true }
+
+func (d *DB) applyStatements(e raft.Entry) (any, *database, error) {
+	d.Abort()
+	s, err := DecodeStatements(e.Data)
+	if err != nil {
+		return nil, nil, err
+	}
+	x, err := d.applied(s.Database, d.pageSize)
+	if err != nil {
+		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if err := x.conn.Exec("BEGIN"); err != nil {
+		return nil, nil, err
+	}
+	var res Result
+	for _, st := range s.Statements {
+		if res, err = x.run(st.SQL, st.Params, true); err != nil {
+			_ = x.conn.Exec("ROLLBACK")
+			// The statement's own error is the deterministic result.
+			return nil, x, statementError{err}
+		}
+	}
+	if err := x.conn.Exec("COMMIT"); err != nil {
+		return nil, nil, err
+	}
+	if d.vfs.Pending(x.name) {
+		if err := d.vfs.Apply(x.name); err != nil {
+			return nil, nil, err
+		}
+	}
+	return res, x, nil
+}
+
+// hasSchema reports whether x holds any table. It serves the deliberate
+// bug mutant.FSMRestoreKeepsOld: Restore taking a database that has one
+// for already restored, and keeping it.
+func (x *database) hasSchema() bool {
+	rows, err := x.conn.Query("SELECT count(*) FROM sqlite_master")
+	if err != nil || len(rows) == 0 {
+		return false
+	}
+	n, _ := rows[0][0].(int64)
+	return n > 0
+}
