@@ -624,7 +624,7 @@ func TestInterruptDropsWaiting(t *testing.T) {
 	ran := map[string]bool{}
 	write := func(id, session uint64, data string) WriteRequest {
 		return WriteRequest{ID: id, Tx: session,
-			Execute: func() ([]byte, any, error) { ran[data] = true; return []byte(data), data, nil },
+			Execute:  func() ([]byte, any, error) { ran[data] = true; return []byte(data), data, nil },
 			Proposed: func(uint64, uint64) {}, Abort: func() {}}
 	}
 	// 1 is proposed (it holds the writer slot); 2 and 3 queue behind it.
