@@ -324,22 +324,27 @@ func (c *cluster) rejoin(ctx context.Context, p *proc) error {
 	return c.start(p)
 }
 
-// imageHash is a hash of one node's database (DUMP, as of its applied
-// state).
+// setDatabase is the set workload's database (the others use "jepsen").
+const setDatabase = "jepsen-set"
+
+// imageHash is a hash of one node's databases (DUMP of each, as of its
+// applied state).
 func imageHash(ctx context.Context, addr string) (uint64, error) {
 	conn, err := wire.Dial(ctx, addr, nil)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close()
-	files, err := conn.Dump(ctx, "jepsen")
-	if err != nil {
-		return 0, err
-	}
-	if len(files) == 0 {
-		return 0, errors.New("empty dump")
-	}
 	h := fnv.New64a()
-	h.Write(files[0].Data)
+	for _, name := range []string{"jepsen", setDatabase} {
+		files, err := conn.Dump(ctx, name)
+		if err != nil {
+			return 0, fmt.Errorf("dump of %s: %w", name, err)
+		}
+		if len(files) == 0 {
+			return 0, errors.New("empty dump")
+		}
+		h.Write(files[0].Data)
+	}
 	return h.Sum64(), nil
 }
