@@ -93,11 +93,11 @@ func TestChaos(t *testing.T) {
 	checkClean(t, sum)
 }
 
-// TestChaosCatchesAckBeforeCommit runs the harness against a deliberately
-// broken build that acknowledges writes before they commit: the checkers
-// must find violations.
+// TestChaosCatchesAckBeforeCommit runs the harness against nodes running
+// the catalogue's loop-reply-before-apply bug (writes acknowledged as soon
+// as they are proposed): the checkers must find violations.
 func TestChaosCatchesAckBeforeCommit(t *testing.T) {
-	sum := run(t, Config{Nodes: 3, Duration: 20 * time.Second, Extra: []string{"-testing-ack-before-commit"}})
+	sum := run(t, Config{Nodes: 3, Duration: 20 * time.Second, Extra: []string{"-testing-bug", "loop-reply-before-apply"}})
 	if len(sum.Violations) == 0 {
 		t.Fatal("the harness did not catch writes acknowledged before they committed")
 	}

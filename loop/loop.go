@@ -82,11 +82,6 @@ type Config struct {
 	// many (default DefaultMaxBatch).
 	Batcher  Batcher
 	MaxBatch int
-	// TestingAckBeforeCommit is a deliberate bug for testing the testers:
-	// writes are acknowledged as soon as they are proposed, before they
-	// commit, so a leadership change loses acknowledged writes. Never set
-	// it outside tests.
-	TestingAckBeforeCommit bool
 }
 
 // Errors given to clients.

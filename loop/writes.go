@@ -331,13 +331,6 @@ func (l *Loop) startBatch(reqs []*request) {
 	}
 	l.cfg.Batcher.Proposed(index, term)
 	l.holdSlot(ok, okResults, index, term, l.cfg.Batcher.Abort)
-	if l.cfg.TestingAckBeforeCommit {
-		// Reply now; the request keeps its place (and the writer slot)
-		// until its entry applies or is lost, whose reply nobody awaits.
-		for i, r := range ok {
-			l.out.Replies = append(l.out.Replies, Reply{ID: r.id, Result: okResults[i]})
-		}
-	}
 }
 
 // holdSlot records proposed writes as holding the writer slot.

@@ -69,9 +69,6 @@ type Config struct {
 	// ListenAddress is where the node listens (default: Address, which is
 	// how clients and peers reach it, and may be a proxy or NAT in front).
 	ListenAddress string
-	// TestingAckBeforeCommit is a deliberate bug for testing the testers
-	// (see loop.Config). Never set it outside tests.
-	TestingAckBeforeCommit bool
 	// Roles, when Voters > 0, turns on role management (see Roles).
 	Roles Roles
 	// TLS, when set, secures the listening port (clients and peers) and the
@@ -314,11 +311,10 @@ func (n *Node) open() error {
 	lc := loop.Config{
 		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
 		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
-		RequestTimeoutTicks:    int(30 * time.Second / n.cfg.Tick),
-		TxIdleTicks:            max(1, int(n.cfg.TxIdleTimeout/n.cfg.Tick)),
-		SnapshotThreshold:      n.cfg.SnapshotThreshold,
-		Batcher:                db,
-		TestingAckBeforeCommit: n.cfg.TestingAckBeforeCommit,
+		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
+		TxIdleTicks:         max(1, int(n.cfg.TxIdleTimeout/n.cfg.Tick)),
+		SnapshotThreshold:   n.cfg.SnapshotThreshold,
+		Batcher:             db,
 	}
 	if loopConfigHook != nil {
 		loopConfigHook(&lc)

@@ -34,6 +34,7 @@ import (
 
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/internal/inspectcmd"
+	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/raft"
 )
@@ -64,7 +65,7 @@ type options struct {
 	tick            time.Duration
 	logMemory       int64
 	listen          string
-	ackBeforeCommit bool
+	testingBug      string
 }
 
 func parse(args []string, errOut io.Writer) (*options, error) {
@@ -91,7 +92,7 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.Uint64Var(&o.domain, "failure-domain", 0, "failure domain of this node (role management spreads voters)")
 	fs.DurationVar(&o.handover, "handover-timeout", 10*time.Second, "how long SIGTERM waits for the leadership hand-over")
 	fs.StringVar(&o.listen, "listen", "", "host:port to listen on when it differs from -address (behind a proxy or NAT)")
-	fs.BoolVar(&o.ackBeforeCommit, "testing-ack-before-commit", false, "TESTING ONLY: a deliberate bug, acknowledging writes before they commit")
+	fs.StringVar(&o.testingBug, "testing-bug", "", "TESTING ONLY: run with this deliberate bug of the catalogue (internal/mutant), for testing the testers")
 	fs.DurationVar(&o.tick, "tick", 100*time.Millisecond, "Raft tick (the election timeout is 10 ticks)")
 	fs.Int64Var(&o.logMemory, "log-memory", 64<<20, "bytes of memory the Raft log may hold (index and cached entries)")
 	// Environment variables first; flags override them.
@@ -198,9 +199,23 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		log.Error("cluster key", "err", err)
 		return 2
 	}
+	if o.testingBug != "" {
+		b, ok := mutant.Lookup(o.testingBug)
+		if !ok {
+			log.Error("unknown -testing-bug (see internal/mutant's catalogue)", "name", o.testingBug)
+			return 2
+		}
+		release, err := mutant.Activate(b)
+		if err != nil {
+			log.Error("-testing-bug", "err", err)
+			return 2
+		}
+		defer release()
+		log.Warn("running with a deliberate bug, for testing only", "bug", o.testingBug)
+	}
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
 		ClusterKey: key, PeerCAs: peerCAs, OpenPeerLinks: o.openPeerLinks,
-		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen, TestingAckBeforeCommit: o.ackBeforeCommit,
+		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen,
 		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
 	if o.statements {
 		cfg.Mode = fsm.ModeStatements
