@@ -332,45 +332,17 @@ func (cn *conn) ExecContext(ctx context.Context, query string, args []driver.Nam
 	if cn.c.NotIdempotent {
 		req.Schema, req.Client, req.Seq = 1, 0, 0
 	}
-	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
-	defer cancel()
-	backoff := backoffMin
-	unknown := false // a previous attempt may have been applied
-	for {
+	var res wire.Result
+	err = cn.send(ctx, true, func(rctx context.Context) error {
+		req.DB = cn.db
 		var err error
-		if cn.w == nil {
-			err = cn.tryConnect(rctx)
-		}
-		if err == nil {
-			req.DB = cn.db
-			var res wire.Result
-			res, err = cn.w.Exec(rctx, req)
-			if err == nil {
-				return result{int64(res.LastInsertID), int64(res.RowsAffected)}, nil
-			}
-			if retryable(err) {
-				if sentUnknown(err) {
-					if cn.c.NotIdempotent {
-						cn.drop()
-						return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
-					}
-					unknown = true
-					cn.c.writeRetries.Add(1)
-				}
-				cn.drop()
-			}
-		}
-		if !retryable(err) && !isProbe(err) {
-			return nil, err
-		}
-		if serr := sleep(rctx, backoff); serr != nil {
-			if unknown {
-				return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
-			}
-			return nil, err
-		}
-		backoff = min(2*backoff, backoffMax)
+		res, err = cn.w.Exec(rctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return result{int64(res.LastInsertID), int64(res.RowsAffected)}, nil
 }
 
 func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -405,6 +377,29 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 		cn.seq++
 		req.Schema, req.Client, req.Seq = wire.SchemaDedup, cn.client, cn.seq
 	}
+	var rr *wire.RowsReader
+	err = cn.send(ctx, mayWrite, func(context.Context) error {
+		req.DB = cn.db
+		var err error
+		rr, err = cn.w.Query(ctx, req) // the rows outlive the call: the caller's ctx
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rows{rr: rr}, nil
+}
+
+// send sends a request to the leader until it succeeds, fails for good or
+// the retry window ends, reconnecting as needed. A request that may write
+// (mayWrite) whose outcome is unknown is sent again only with
+// deduplication (the request keeps its session id and sequence number);
+// without (Connector.NotIdempotent) it fails at once with
+// ErrUnknownOutcome, and when the retry window ends after it the error
+// wraps ErrUnknownOutcome too. Otherwise call must be safe to send again:
+// a read, or a BEGIN (an attempt whose reply was lost ended with its
+// connection, and the server rolled it back).
+func (cn *conn) send(ctx context.Context, mayWrite bool, call func(ctx context.Context) error) error {
 	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
 	defer cancel()
 	backoff := backoffMin
@@ -415,16 +410,14 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 			err = cn.tryConnect(rctx)
 		}
 		if err == nil {
-			req.DB = cn.db
-			var rr *wire.RowsReader
-			if rr, err = cn.w.Query(ctx, req); err == nil { // the rows outlive the call: the caller's ctx
-				return &rows{rr: rr}, nil
+			if err = call(rctx); err == nil {
+				return nil
 			}
 			if retryable(err) {
 				if mayWrite && sentUnknown(err) {
 					if cn.c.NotIdempotent {
 						cn.drop()
-						return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+						return fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
 					}
 					unknown = true
 					cn.c.writeRetries.Add(1)
@@ -433,43 +426,12 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 			}
 		}
 		if !retryable(err) && !isProbe(err) {
-			return nil, err
-		}
-		if serr := sleep(rctx, backoff); serr != nil {
-			if unknown {
-				return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
-			}
-			return nil, err
-		}
-		backoff = min(2*backoff, backoffMax)
-	}
-}
-
-// resend sends a request to the leader until it succeeds, fails for good
-// or the retry window ends, reconnecting as needed. call must be safe to
-// send again: a read, or a BEGIN (an attempt whose reply was lost ended
-// with its connection, and the server rolled it back).
-func (cn *conn) resend(ctx context.Context, call func(ctx context.Context) error) error {
-	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
-	defer cancel()
-	backoff := backoffMin
-	for {
-		var err error
-		if cn.w == nil {
-			err = cn.tryConnect(rctx)
-		}
-		if err == nil {
-			if err = call(rctx); err == nil {
-				return nil
-			}
-			if retryable(err) {
-				cn.drop()
-			}
-		}
-		if !retryable(err) && !isProbe(err) {
 			return err
 		}
 		if serr := sleep(rctx, backoff); serr != nil {
+			if unknown {
+				return fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+			}
 			return err
 		}
 		backoff = min(2*backoff, backoffMax)
@@ -506,7 +468,7 @@ func (cn *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, 
 	if cn.inTx {
 		return nil, errors.New("dqlite: a transaction is already open on this connection")
 	}
-	err := cn.resend(ctx, func(ctx context.Context) error {
+	err := cn.send(ctx, false, func(ctx context.Context) error {
 		_, err := cn.w.Exec(ctx, &wire.Request{Type: wire.ReqExecSQL, Schema: 1, SQL: "BEGIN", DB: cn.db})
 		return err
 	})
