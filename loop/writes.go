@@ -139,16 +139,21 @@ func (l *Loop) EndSession(session uint64) Output {
 	delete(l.txAborted, session)
 	// Its requests still queued must not run (a BEGIN would open a
 	// transaction nobody ends).
+	l.dropQueued(func(req *request) bool { return req.write.Tx == session }, ErrSessionEnded)
+	return l.flush() // queued writers may go now
+}
+
+// dropQueued fails, with err, the queued writes drop picks: they never run.
+func (l *Loop) dropQueued(drop func(*request) bool, err error) {
 	kept := l.writeQueue[:0]
 	for _, req := range l.writeQueue {
-		if req.write.Tx == session && l.pending[req.id] != nil {
-			l.finish(req.id, Reply{ID: req.id, Err: ErrSessionEnded})
+		if drop(req) {
+			l.finish(req.id, Reply{ID: req.id, Err: err})
 			continue
 		}
 		kept = append(kept, req)
 	}
 	l.writeQueue = kept
-	return l.flush() // queued writers may go now
 }
 
 // Interrupt drops session's requests that have not run yet (a write queued
@@ -159,15 +164,7 @@ func (l *Loop) Interrupt(session uint64) Output {
 	if session == 0 {
 		return l.flush()
 	}
-	kept := l.writeQueue[:0]
-	for _, req := range l.writeQueue {
-		if req.write.Tx == session && l.pending[req.id] != nil {
-			l.finish(req.id, Reply{ID: req.id, Err: ErrCanceled})
-			continue
-		}
-		kept = append(kept, req)
-	}
-	l.writeQueue = kept
+	l.dropQueued(func(req *request) bool { return req.write.Tx == session }, ErrCanceled)
 	for _, id := range l.order {
 		if req := l.pending[id]; req != nil && req.read != nil && req.session == session {
 			l.finish(id, Reply{ID: id, Err: ErrCanceled})
@@ -184,14 +181,7 @@ func (l *Loop) Cancel(id uint64) Output {
 	switch {
 	case req == nil:
 	case req.write != nil && req.index == 0:
-		kept := l.writeQueue[:0]
-		for _, r := range l.writeQueue {
-			if r != req {
-				kept = append(kept, r)
-			}
-		}
-		l.writeQueue = kept
-		l.finish(id, Reply{ID: id, Err: ErrCanceled})
+		l.dropQueued(func(r *request) bool { return r == req }, ErrCanceled)
 	case req.read != nil:
 		l.finish(id, Reply{ID: id, Err: ErrCanceled})
 	}
