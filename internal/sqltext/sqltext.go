@@ -45,7 +45,11 @@ func LoneTxControl(sql string) string {
 }
 
 // stripComments removes -- and /* */ comments outside quotes.
-func stripComments(sql string) string {
+func stripComments(sql string) string { return scan(sql, false) }
+
+// scan removes comments outside quotes and, with blankQuoted, quoted text
+// ('...', "...", `...`, [...]) too, each replaced by a space.
+func scan(sql string, blankQuoted bool) string {
 	var b strings.Builder
 	var quote byte
 	for i := 0; i < len(sql); i++ {
@@ -55,8 +59,18 @@ func stripComments(sql string) string {
 			if c == quote {
 				quote = 0
 			}
-		case c == '\'' || c == '"' || c == '`':
+			if blankQuoted {
+				continue
+			}
+		case c == '\'' || c == '"' || c == '`' || blankQuoted && c == '[':
 			quote = c
+			if c == '[' {
+				quote = ']'
+			}
+			if blankQuoted {
+				b.WriteByte(' ')
+				continue
+			}
 		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
 			for i < len(sql) && sql[i] != '\n' {
 				i++
@@ -83,29 +97,8 @@ func stripComments(sql string) string {
 // UPDATE, DELETE, REPLACE or RETURNING outside quotes. It errs towards
 // false: a statement it cannot tell about may write.
 func ReadOnly(sql string) bool {
-	t := stripComments(sql)
-	// Words outside quotes only.
-	var b strings.Builder
-	var quote byte
-	for i := 0; i < len(t); i++ {
-		c := t[i]
-		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
-			continue
-		case c == '\'' || c == '"' || c == '`' || c == '[':
-			quote = c
-			if c == '[' {
-				quote = ']'
-			}
-			b.WriteByte(' ')
-			continue
-		}
-		b.WriteByte(c)
-	}
-	f := strings.FieldsFunc(strings.ToUpper(b.String()), func(r rune) bool {
+	t := scan(sql, true) // words outside quotes and comments only
+	f := strings.FieldsFunc(strings.ToUpper(t), func(r rune) bool {
 		return !(r == '_' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r >= 0x80)
 	})
 	if len(f) == 0 {
