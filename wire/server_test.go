@@ -20,12 +20,13 @@ import (
 // each Next yields the processor first, so other goroutines (the session's
 // reader) run while rows stream, as they would on a busy node.
 type fakeBackend struct {
-	rows      int64
-	yield     bool
-	stepped   atomic.Int64
-	closed    atomic.Int64
-	execs     atomic.Int64
-	notLeader bool
+	rows       int64
+	yield      bool
+	stepped    atomic.Int64
+	closed     atomic.Int64
+	execs      atomic.Int64
+	interrupts atomic.Int64
+	notLeader  bool
 }
 
 func (f *fakeBackend) Leader() (uint64, string) { return 1, "leader:1" }
@@ -38,7 +39,7 @@ func (f *fakeBackend) Exec(ctx context.Context, w *Write) (int64, int64, error) 
 	return 1, int64(len(w.Params)), nil
 }
 func (f *fakeBackend) EndSession(uint64) {}
-func (f *fakeBackend) Interrupt(uint64)  {}
+func (f *fakeBackend) Interrupt(uint64)  { f.interrupts.Add(1) }
 
 func (f *fakeBackend) Open(ctx context.Context, name string) error { return nil }
 func (f *fakeBackend) Prepare(ctx context.Context, session uint64, db, sql string) (int, int, error) {

@@ -57,6 +57,10 @@ type session struct {
 	// lose: the reply being sent is lost with the connection (tests only:
 	// see loseReply).
 	lose bool
+	// waiting: an EXEC or QUERY (either kind) is being served, so an
+	// INTERRUPT the reader reads may drop it; taken by the first INTERRUPT,
+	// so a flood of them costs the node one interrupt per request.
+	waiting atomic.Bool
 }
 
 // loseReply, set only by tests (export_test.go), picks requests whose
@@ -280,6 +284,11 @@ func (ss *session) handle(m message) bool {
 	ctx, cancel := context.WithTimeout(ss.gone, RequestTimeout)
 	defer cancel()
 	switch req.Type {
+	case ReqExec, ReqExecSQL, ReqQuery, ReqQuerySQL:
+		ss.waiting.Store(true)
+		defer ss.waiting.Store(false)
+	}
+	switch req.Type {
 	case ReqLeader:
 		return ss.handleLeader()
 	case ReqClient:
@@ -340,7 +349,7 @@ func (ss *session) serve(br *bufio.Reader, first message) {
 				// The client is gone: what it still waits for is dropped
 				// (the session answers the error in turn).
 				ss.goneOnce()
-			case h.Type == ReqInterrupt:
+			case h.Type == ReqInterrupt && ss.waiting.CompareAndSwap(true, false):
 				// What the session waits for and has not run yet is
 				// dropped; the INTERRUPT is answered in turn (or taken by
 				// the query streaming).

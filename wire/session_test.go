@@ -249,3 +249,19 @@ func TestInterruptWithPipelined(t *testing.T) {
 		t.Fatalf("%d EXEC_SQL ran, want 1", n)
 	}
 }
+
+// TestInterruptFloodIdle: INTERRUPTs while nothing is served are each
+// answered EMPTY and never reach the node (a flood of them costs it
+// nothing).
+func TestInterruptFloodIdle(t *testing.T) {
+	f := &fakeBackend{}
+	c, ctx := openedConn(t, f)
+	for i := 0; i < 100; i++ {
+		if err := c.Empty(ctx, &Request{Type: ReqInterrupt}); err != nil {
+			t.Fatalf("INTERRUPT %d: %v", i, err)
+		}
+	}
+	if n := f.interrupts.Load(); n != 0 {
+		t.Fatalf("%d INTERRUPTs reached the backend with nothing being served", n)
+	}
+}
