@@ -650,3 +650,43 @@ func TestInterruptDropsWaiting(t *testing.T) {
 		t.Fatalf("another session's write: %+v", r)
 	}
 }
+
+// TestTransferNoLeaderAfterStepDown: the old leader stepped down for the
+// transfer, then the target and the third voter went down: no leader is
+// known, and the transfer fails after transferWaitElections election
+// timeouts (before the request timeout).
+func TestTransferNoLeaderAfterStepDown(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	l := c.loops[lead]
+	to := raft.NodeID(1 + lead%3)
+	c.take(lead, l.RequestTransfer(93, to))
+	for i := 0; i < 10000 && l.Raft().Basic().State == raft.StateLeader; i++ {
+		if len(c.msgs) == 0 {
+			t.Fatal("the old leader never stepped down")
+		}
+		m := c.msgs[0]
+		c.msgs = c.msgs[1:]
+		out, err := c.loops[m.To].Step(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.take(m.To, out)
+	}
+	for _, id := range c.ids() {
+		if id != lead {
+			c.crash(id)
+		}
+	}
+	ticks := 0
+	for ; ticks < 40 && c.replies[93].ID == 0; ticks++ {
+		c.tick(1)
+	}
+	r := c.replies[93]
+	if r.ID == 0 || r.Err == nil || !strings.Contains(r.Err.Error(), "no leader known") {
+		t.Fatalf("transfer after %d ticks alone: %+v", ticks, r)
+	}
+	if ticks > transferWaitElections*10+2 {
+		t.Fatalf("answered after %d ticks, want about %d", ticks, transferWaitElections*10)
+	}
+}
