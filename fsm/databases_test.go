@@ -328,6 +328,13 @@ func TestWriteRows(t *testing.T) {
 		t.Fatalf("retry after a schema change returned %v %v, first %v %v", g.Columns, g.Values, f.Columns, f.Values)
 	}
 
+	// The rows table is writable by clients: a damaged record fails the
+	// retry, without asking for memory its bytes do not hold.
+	s.exec("a", "UPDATE dqlite_dedup_rows SET rows = x'01000000ffffffff0f' WHERE client = 43")
+	if _, errs := s.batch(retry()); !errors.Is(errs[0], fsm.ErrCorrupt) {
+		t.Fatalf("retry with a damaged record: %v", errs[0])
+	}
+
 	// Transaction statements are not reads (SQLite calls them read-only):
 	// on the read connection a BEGIN would freeze later reads.
 	for _, q := range []string{"BEGIN", " commit", "SAVEPOINT x", "RELEASE x", "END"} {

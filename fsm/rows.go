@@ -158,8 +158,10 @@ func decodeRows(b []byte) (*Rows, error) {
 		r.DeclTypes = append(r.DeclTypes, d.str(MaxCommandBytes))
 	}
 	n := d.uv()
-	if d.err == nil && n > uint64(len(b)) {
-		d.fail("%d rows in %d bytes", n, len(b))
+	// Every value takes a byte at least: the row count cannot ask for more
+	// memory than the record holds (the table is writable by clients).
+	if d.err == nil && (n > uint64(len(b)) || cols > 0 && n*cols > uint64(len(d.b))) {
+		d.fail("%d rows of %d columns in %d bytes", n, cols, len(d.b))
 	}
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		row := make([]any, cols)
