@@ -85,20 +85,28 @@ func (r *Raft) sendAppend(to NodeID, sendIfEmpty bool) {
 	}
 }
 
+// bcastHeartbeat sends a heartbeat round: its acknowledgements confirm the
+// reads started before it and extend the lease.
 func (r *Raft) bcastHeartbeat() {
+	r.bcastHeartbeatRound(r.hasClock())
+}
+
+// bcastHeartbeatRound sends heartbeats with a new round number (fresh) or
+// the last one. Without a clock only reads need new rounds (no lease).
+func (r *Raft) bcastHeartbeatRound(fresh bool) {
+	seq := r.readSeq
+	if fresh {
+		seq = r.newRound()
+	}
 	for _, id := range r.replicas {
-		r.sendHeartbeat(id)
+		r.send(r.heartbeat(id, seq))
 	}
 }
 
-// sendHeartbeat carries the commit index capped at what the follower is
-// known to hold: the follower may commit up to it without verifying its log
+// heartbeat carries the commit index capped at what the follower is known
+// to hold: the follower may commit up to it without verifying its log
 // itself (it acknowledged those entries in this term, and only this leader
 // writes to its log in this term).
-func (r *Raft) sendHeartbeat(to NodeID) {
-	r.send(r.heartbeat(to, r.readSeq))
-}
-
 func (r *Raft) heartbeat(to NodeID, readCtx uint64) Message {
 	commit := min(r.prs[to].match, r.log.committed)
 	if mutant.On(mutant.RaftCommitBeyondMatch) {
@@ -129,7 +137,11 @@ func (r *Raft) handleLeaderResponse(m Message) {
 			// the rejection puts us back to probing.
 			r.sendAppend(m.From, true)
 		}
+		if m.Context > pr.ackSeq {
+			pr.ackSeq = m.Context
+		}
 		r.handleReadAck(m.From, m.Context)
+		r.updateLease()
 	case MsgSnapResp:
 		r.handleSnapshotResponse(m, pr)
 	}
@@ -170,7 +182,7 @@ func (r *Raft) handleAppendResponse(m Message, pr *progress) {
 		r.sendAppend(m.From, false)
 	}
 	if m.From == r.leadTransferee && pr.match == r.log.lastIndex() {
-		r.send(Message{Type: MsgTimeoutNow, To: m.From})
+		r.sendTimeoutNow(m.From)
 	}
 	r.checkPromotionRound()
 }
@@ -217,8 +229,8 @@ func (r *Raft) onCommit() {
 	if len(r.readsWaiting) > 0 {
 		waiting := r.readsWaiting
 		r.readsWaiting = nil
-		for _, ctx := range waiting {
-			r.startRead(ctx)
+		for _, pr := range waiting {
+			r.startRead(pr.ctx, pr.from)
 		}
 	}
 	// A leader that is no longer a voter leaves once the change that
@@ -228,7 +240,7 @@ func (r *Raft) onCommit() {
 		if to := r.mostUpToDateVoter(); to != None {
 			r.sendAppend(to, true)
 			if r.prs[to].match == r.log.lastIndex() {
-				r.send(Message{Type: MsgTimeoutNow, To: to})
+				r.sendTimeoutNow(to)
 			}
 		}
 		r.becomeFollower(r.term, None)
@@ -250,24 +262,44 @@ func (r *Raft) ReadIndex(ctx uint64) error {
 	if !r.committedInTerm() && !mutant.On(mutant.RaftReadBeforeTermCommit) {
 		// Our commit index may lag the previous leader's until our first
 		// entry commits.
-		r.readsWaiting = append(r.readsWaiting, ctx)
+		r.readsWaiting = append(r.readsWaiting, pendingRead{ctx: ctx})
 		return nil
 	}
-	r.startRead(ctx)
+	if r.LeaseValid() {
+		r.readStates = append(r.readStates, ReadState{Index: r.log.committed, Context: ctx})
+		return nil
+	}
+	r.startRead(ctx, None)
 	return nil
 }
 
-func (r *Raft) startRead(ctx uint64) {
+// startRead confirms leadership for a read, local (from None) or a
+// follower's, with a heartbeat round.
+func (r *Raft) startRead(ctx uint64, from NodeID) {
 	if len(r.config().Voters()) == 1 && r.isVoter() {
-		r.readStates = append(r.readStates, ReadState{Index: r.log.committed, Context: ctx})
+		r.confirmRead(readRequest{ctx: ctx, from: from, index: r.log.committed})
 		return
 	}
-	r.readSeq++
-	r.reads = append(r.reads, readRequest{ctx: ctx, index: r.log.committed, seq: r.readSeq,
+	r.reads = append(r.reads, readRequest{ctx: ctx, from: from, index: r.log.committed, seq: r.readSeq + 1,
 		acks: map[NodeID]bool{r.id: true}})
-	for _, id := range r.replicas {
-		r.sendHeartbeat(id)
+	r.bcastHeartbeatRound(true)
+}
+
+// confirmRead answers a read whose read index is confirmed.
+func (r *Raft) confirmRead(rr readRequest) {
+	if rr.from == None {
+		r.readStates = append(r.readStates, ReadState{Index: rr.index, Context: rr.ctx})
+		return
 	}
+	r.send(Message{Type: MsgReadIndexResp, To: rr.from, Context: rr.ctx, Index: rr.index})
+}
+
+// sendTimeoutNow tells the transfer's target to campaign at once. Its
+// election ignores vote leases, so this leader's lease ends here for the
+// rest of its term.
+func (r *Raft) sendTimeoutNow(to NodeID) {
+	r.transferSent = true
+	r.send(Message{Type: MsgTimeoutNow, To: to})
 }
 
 // handleReadAck counts a heartbeat acknowledgement for every read request up
@@ -294,7 +326,7 @@ func (r *Raft) handleReadAck(from NodeID, seq uint64) {
 		}
 	}
 	for i := 0; i <= confirmed; i++ {
-		r.readStates = append(r.readStates, ReadState{Index: r.reads[i].index, Context: r.reads[i].ctx})
+		r.confirmRead(r.reads[i])
 	}
 	r.reads = r.reads[confirmed+1:]
 }
@@ -325,7 +357,7 @@ func (r *Raft) TransferLeadership(to NodeID) error {
 	r.electionElapsed = 0 // the transfer gets a full election timeout
 	pr := r.prs[to]
 	if pr.match == r.log.lastIndex() {
-		r.send(Message{Type: MsgTimeoutNow, To: to})
+		r.sendTimeoutNow(to)
 	} else {
 		r.sendAppend(to, true)
 	}

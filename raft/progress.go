@@ -46,6 +46,8 @@ type progress struct {
 	// wasActive is recentActive as of the last check-quorum round, so
 	// "heard from within about an election timeout" survives the clearing.
 	wasActive bool
+	// ackSeq is the latest heartbeat round the follower acknowledged.
+	ackSeq uint64
 
 	// Snapshot transfer (snapshotState).
 	snap        SnapshotMeta

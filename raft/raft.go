@@ -68,6 +68,21 @@ type Config struct {
 	// Applied is the index the state machine already reflects when the node
 	// restarts (at least the storage snapshot's index).
 	Applied uint64
+
+	// Clock, when set, is this node's monotonic clock in nanoseconds
+	// (see lease.go): it makes the vote lease a matter of time instead
+	// of ticks, and enables leader leases and bounded-staleness reads.
+	Clock func() int64
+	// TickNanos is the nominal length of a tick on Clock (required with
+	// Clock): the vote lease is ElectionTicks of them.
+	TickNanos int64
+	// MaxClockDrift bounds how far the rate of any node's Clock may be
+	// from true time (0.1: within 10%; default DefaultMaxClockDrift). The
+	// leader's lease is shortened to stay safe within it.
+	MaxClockDrift float64
+	// NoLease turns leader leases off: every linearizable read then takes
+	// a heartbeat round (no assumption about clocks is needed for it).
+	NoLease bool
 }
 
 func (c *Config) setDefaults() error {
@@ -91,6 +106,17 @@ func (c *Config) setDefaults() error {
 	setDefault(&c.MaxApplyBytes, DefaultMaxApplyBytes)
 	setDefault(&c.CatchUpRounds, DefaultCatchUpRounds)
 	setDefault(&c.MaxPendingReads, DefaultMaxPendingReads)
+	if c.Clock != nil {
+		if c.TickNanos <= 0 {
+			return errors.New("raft: config: TickNanos is required with a Clock")
+		}
+		if c.MaxClockDrift == 0 {
+			c.MaxClockDrift = DefaultMaxClockDrift
+		}
+		if c.MaxClockDrift < 0 || c.MaxClockDrift >= 0.5 {
+			return fmt.Errorf("raft: config: MaxClockDrift %v outside [0, 0.5)", c.MaxClockDrift)
+		}
+	}
 	if c.HeartbeatTicks >= c.ElectionTicks {
 		return fmt.Errorf("raft: config: heartbeat ticks %d must be below election ticks %d",
 			c.HeartbeatTicks, c.ElectionTicks)
@@ -114,6 +140,7 @@ type configAt struct {
 // acknowledgements.
 type readRequest struct {
 	ctx   uint64
+	from  NodeID // a follower's request (None: a local read)
 	index uint64
 	seq   uint64
 	acks  map[NodeID]bool
@@ -165,6 +192,19 @@ type Raft struct {
 	// pendingAck asks for an append response once entries are persisted.
 	pendingAck bool
 
+	// voteLeaseUntil: with a Clock, no vote is granted and no campaign
+	// started (but for a transfer) before this time.
+	voteLeaseUntil int64
+	// freshAt/freshIndex: the state at freshIndex includes every write
+	// committed before freshAt (this node's clock).
+	freshAt    int64
+	freshIndex uint64
+	// Reads forwarded to the leader: the batch in flight, those waiting
+	// for it, and the last batch number.
+	forward        *forwardBatch
+	forwardWaiting []uint64
+	forwardSeq     uint64
+
 	electionElapsed  int
 	heartbeatElapsed int
 	electionTimeout  int // randomized
@@ -179,8 +219,15 @@ type Raft struct {
 	transferElapsed int
 	promoting       *promotion
 	reads           []readRequest
-	readsWaiting    []uint64 // contexts waiting for the first commit in term
+	readsWaiting    []pendingRead // reads waiting for the first commit in term
 	readSeq         uint64
+	// Leases (lease.go): the rounds waiting for acknowledgements, the
+	// send time of the latest one a quorum acknowledged, when this node
+	// became leader, and whether it sent a transfer's timeout-now.
+	rounds       []leaseRound
+	leaseAt      int64
+	leaderSince  int64
+	transferSent bool
 	proposed        []proposedSize // uncommitted proposals, for the byte bound
 	uncommitted     uint64
 	needBcast       bool
@@ -237,6 +284,8 @@ func New(cfg Config) (*Raft, error) {
 	r.term, r.vote = hs.Term, hs.Vote
 	r.prevHard = hs
 	r.becomeFollower(r.term, None)
+	// This node may have acknowledged a leader just before it restarted.
+	r.heardFromLeader()
 	return r, nil
 }
 
@@ -363,6 +412,9 @@ func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 		r.incoming = nil
 		r.leadHint = None
 	}
+	if term > r.term || lead != r.lead || r.state != StateFollower {
+		r.failForwarded(ErrLeadershipLost)
+	}
 	r.abortLeadership()
 	r.state = StateFollower
 	r.lead = lead
@@ -375,12 +427,19 @@ func (r *Raft) abortLeadership() {
 	if r.state != StateLeader {
 		return
 	}
+	// A follower's read fails on its side (the leader changed, or its
+	// request times out).
 	for _, rr := range r.reads {
-		r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: rr.ctx, Err: ErrLeadershipLost})
+		if rr.from == None {
+			r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: rr.ctx, Err: ErrLeadershipLost})
+		}
 	}
-	for _, ctx := range r.readsWaiting {
-		r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: ctx, Err: ErrLeadershipLost})
+	for _, pr := range r.readsWaiting {
+		if pr.from == None {
+			r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: pr.ctx, Err: ErrLeadershipLost})
+		}
 	}
+	r.rounds, r.leaseAt, r.transferSent = nil, 0, false
 	if r.promoting != nil {
 		r.notices = append(r.notices, Notice{Kind: NoticeConfigFailed, Err: ErrLeadershipLost})
 	}
@@ -392,6 +451,7 @@ func (r *Raft) abortLeadership() {
 }
 
 func (r *Raft) becomePreCandidate() {
+	r.failForwarded(ErrLeadershipLost)
 	r.abortLeadership()
 	r.state = StatePreCandidate
 	r.lead = None
@@ -400,6 +460,7 @@ func (r *Raft) becomePreCandidate() {
 }
 
 func (r *Raft) becomeCandidate() {
+	r.failForwarded(ErrLeadershipLost)
 	r.abortLeadership()
 	r.term++
 	r.vote = r.id
@@ -418,6 +479,8 @@ func (r *Raft) becomeLeader() {
 	r.resetTimers()
 	r.prs = map[NodeID]*progress{}
 	r.snapRead = snapshotRead{}
+	r.rounds, r.leaseAt, r.transferSent = nil, 0, false
+	r.leaderSince = r.now()
 	r.updateReplicas()
 	r.appendEntries(Entry{Index: r.log.lastIndex() + 1, Term: r.term, Type: EntryNoop})
 	r.needBcast = true
@@ -457,6 +520,7 @@ func (r *Raft) Tick() {
 		r.tickLeader()
 	default:
 		r.electionElapsed++
+		r.tickForward()
 		if r.canCampaign() && r.electionElapsed >= r.electionTimeout {
 			if mutant.On(mutant.RaftNoPreVote) {
 				r.campaign(campaignElection)

@@ -62,6 +62,10 @@ func (r *Raft) step(m Message) error {
 		if r.state == StateLeader {
 			r.handleLeaderResponse(m)
 		}
+	case MsgReadIndex:
+		r.handleReadIndexRequest(m)
+	case MsgReadIndexResp:
+		r.handleReadIndexResponse(m)
 	}
 	return nil
 }
@@ -76,6 +80,9 @@ func (r *Raft) stepStale(m Message) {
 		r.send(Message{Type: MsgAppResp, To: m.From})
 	case MsgPreVote:
 		r.rejectVote(m)
+	case MsgReadIndex:
+		// Tell the asker the term: its leader is gone.
+		r.send(Message{Type: MsgReadIndexResp, To: m.From, Context: m.Context, Reject: true})
 	}
 }
 
@@ -89,8 +96,7 @@ func (r *Raft) stepTerm(m Message) bool {
 		// A live leader is known: refuse to be disrupted, unless the
 		// leader itself asked for this election. A pre-vote hears who
 		// leads, without any change here.
-		inLease := r.lead != None && r.electionElapsed < r.cfg.ElectionTicks
-		if inLease && !m.Transfer {
+		if r.inVoteLease() && !m.Transfer {
 			if m.Type == MsgPreVote {
 				r.rejectVote(m)
 			}
@@ -133,6 +139,10 @@ func (r *Raft) noteLeadHint(m Message) {
 func (r *Raft) campaign(kind campaignKind) {
 	if !r.canCampaign() || r.log.readErr != nil {
 		// A node that cannot read its log must not lead.
+		return
+	}
+	if kind != campaignTransfer && r.hasClock() && r.inVoteLease() {
+		// A leader may still count on us (lease.go): try again later.
 		return
 	}
 	var typ MessageType
@@ -241,6 +251,7 @@ func (r *Raft) handleFromLeader(m Message) {
 		r.becomeFollower(m.Term, m.From)
 	}
 	r.electionElapsed = 0
+	r.heardFromLeader()
 	switch m.Type {
 	case MsgApp:
 		r.handleAppend(m)

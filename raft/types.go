@@ -204,10 +204,13 @@ const (
 	MsgSnap
 	MsgSnapResp
 	MsgTimeoutNow
+	MsgReadIndex
+	MsgReadIndexResp
 )
 
 var msgNames = [...]string{"", "MsgApp", "MsgAppResp", "MsgVote", "MsgVoteResp", "MsgPreVote",
-	"MsgPreVoteResp", "MsgHeartbeat", "MsgHeartbeatResp", "MsgSnap", "MsgSnapResp", "MsgTimeoutNow"}
+	"MsgPreVoteResp", "MsgHeartbeat", "MsgHeartbeatResp", "MsgSnap", "MsgSnapResp", "MsgTimeoutNow",
+	"MsgReadIndex", "MsgReadIndexResp"}
 
 func (t MessageType) String() string {
 	if int(t) < len(msgNames) && t != 0 {
@@ -232,6 +235,9 @@ func (t MessageType) String() string {
 //	                  the last chunk
 //	MsgSnapResp:      Snapshot.Index and Offset = next byte the follower wants
 //	MsgTimeoutNow:    nothing
+//	MsgReadIndex:     Context = the asker's batch of reads (a follower or
+//	                  standby asks its leader for a read index)
+//	MsgReadIndexResp: Context echoed; Index = the read index, or Reject
 type Message struct {
 	Type       MessageType
 	From, To   NodeID
@@ -269,6 +275,10 @@ func (m Message) String() string {
 		s += fmt.Sprintf(" snap=%d/%d off=%d n=%d done=%v", m.Snapshot.Index, m.Snapshot.Term, m.Offset, len(m.Data), m.Done)
 	case MsgSnapResp:
 		s += fmt.Sprintf(" index=%d off=%d reject=%v", m.Index, m.Offset, m.Reject)
+	case MsgReadIndex:
+		s += fmt.Sprintf(" ctx=%d", m.Context)
+	case MsgReadIndexResp:
+		s += fmt.Sprintf(" ctx=%d index=%d reject=%v", m.Context, m.Index, m.Reject)
 	}
 	return s
 }

@@ -39,7 +39,7 @@ func invalid(m Message, format string, args ...any) error {
 // envelope, the bounds, and the consistency of the message with itself.
 func checkFields(m Message, self NodeID) error {
 	switch {
-	case m.Type == 0 || m.Type > MsgTimeoutNow:
+	case m.Type == 0 || m.Type > MsgReadIndexResp:
 		return invalid(m, "unknown type")
 	case m.From == None || m.From == self:
 		return invalid(m, "sender %d", m.From)
@@ -67,6 +67,10 @@ func checkFields(m Message, self NodeID) error {
 		}
 	case MsgSnap:
 		return checkSnapshotMeta(m)
+	case MsgReadIndexResp:
+		if m.Index > indexMax {
+			return invalid(m, "read index %d", m.Index)
+		}
 	case MsgSnapResp:
 		if m.Index > indexMax || m.Offset > offsetMax {
 			return invalid(m, "snapshot %d offset %d", m.Index, m.Offset)
@@ -149,7 +153,9 @@ func (r *Raft) checkSender(m Message) (bool, error) {
 		// consulting their configuration). A vote counts only among the
 		// voters of the candidate's configuration.
 		return !mutant.On(mutant.RaftStrangerVotesDropped), nil
-	case MsgTimeoutNow:
+	case MsgTimeoutNow, MsgReadIndex:
+		// A read index is for members only (a removed standby may ask
+		// until it learns it was removed).
 		return false, nil
 	}
 	if m.Term < r.term {

@@ -41,6 +41,8 @@ const (
 	RaftSnapshotKeepsConfig  // installing a snapshot keeps the replaced log's configuration
 	RaftRemovedNoCampaign    // a voter removed by an uncommitted change stops campaigning
 	RaftStrangerVotesDropped // vote requests from a server never seen in a membership are dropped
+	RaftLeaseTooLong         // the leader's read lease is twice the vote lease, ignoring drift
+	RaftLeaseFromTicks       // the vote lease is counted in ticks, not on the clock (a tick burst ends it)
 
 	// loop
 	LoopReadBeforeApply  // a linearizable read runs before the state machine applied its read index
@@ -93,6 +95,8 @@ var Catalogue = []Info{
 	{RaftSnapshotKeepsConfig, "raft-snapshot-keeps-config", "raft", "installing a snapshot makes its membership the configuration in force"},
 	{RaftRemovedNoCampaign, "raft-removed-no-campaign", "raft", "a voter removed or demoted by an uncommitted change still campaigns (dissertation §4.2.2)"},
 	{RaftStrangerVotesDropped, "raft-stranger-votes-dropped", "raft", "vote requests are answered without consulting the configuration (dissertation §4.2)"},
+	{RaftLeaseTooLong, "raft-lease-too-long", "raft", "the leader's read lease ends before any voter's vote lease can (V(1-d)/(1+d))"},
+	{RaftLeaseFromTicks, "raft-lease-from-ticks", "raft", "the vote lease is measured on the clock, so late or bursting ticks cannot end it early"},
 	{LoopReadBeforeApply, "loop-read-before-apply", "loop", "a linearizable read runs once the state machine applied its read index"},
 	{LoopReplyBeforeApply, "loop-reply-before-apply", "loop", "a write is acknowledged only after it committed and applied"},
 	{WALNoFsync, "wal-no-fsync", "wal", "appended entries are synced before they count as durable"},
