@@ -228,9 +228,9 @@ type Raft struct {
 	leaseAt      int64
 	leaderSince  int64
 	transferSent bool
-	proposed        []proposedSize // uncommitted proposals, for the byte bound
-	uncommitted     uint64
-	needBcast       bool
+	proposed     []proposedSize // uncommitted proposals, for the byte bound
+	uncommitted  uint64
+	needBcast    bool
 
 	incoming *incomingSnapshot
 	// snapRead is the furthest byte of a snapshot read for sending in this
