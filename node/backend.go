@@ -122,7 +122,7 @@ func (b backend) Query(ctx context.Context, w *wire.Write) (wire.Cursor, error) 
 	n := b.n
 	session := w.Session
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.ReadIn(id, session, func() (any, error) {
+		return n.loop.ReadWith(id, session, wireReadOptions(w), func() (any, error) {
 			st, err := n.openCursor(session, w.Database, w.SQL, args)
 			if err != nil {
 				return nil, err
@@ -322,6 +322,9 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 	case errors.Is(err, loop.ErrCanceled):
 		// Never ran: the client interrupted it (or went away).
 		return wire.CodeInterrupt, "interrupted: " + strings.TrimPrefix(err.Error(), "loop: ")
+	case errors.Is(err, raft.ErrTooStale):
+		// Another node (or this one, later) may serve it.
+		return wire.CodeNotLeader, strings.TrimPrefix(err.Error(), "raft: ")
 	case errors.Is(err, loop.ErrNotLeader), errors.Is(err, raft.ErrTransferInProgress):
 		// Refused before proposing: safe to send again to the (next) leader.
 		return wire.CodeNotLeader, "not leader"
@@ -388,4 +391,15 @@ func (n *Node) loadWeight() error {
 	}
 	n.weight.Store(w)
 	return nil
+}
+
+// wireReadOptions is the read level a query asked for (SchemaRead).
+func wireReadOptions(w *wire.Write) loop.ReadOptions {
+	switch w.ReadLevel {
+	case wire.ReadAny:
+		return loop.ReadOptions{Level: loop.ReadLinearizable}
+	case wire.ReadStale:
+		return loop.ReadOptions{Level: loop.ReadStale, MaxStaleness: w.MaxStaleness}
+	}
+	return loop.ReadOptions{Level: loop.ReadLeader}
 }

@@ -69,6 +69,14 @@ type Config struct {
 	// ListenAddress is where the node listens (default: Address, which is
 	// how clients and peers reach it, and may be a proxy or NAT in front).
 	ListenAddress string
+	// MaxClockDrift bounds how far any member's monotonic clock may run
+	// fast or slow against true time (default raft.DefaultMaxClockDrift,
+	// 10%): the leader's read lease is shortened to stay safe within it
+	// (see docs/CONSISTENCY.md). NoLeaderLease turns the lease off:
+	// every linearizable read then takes a heartbeat round, assuming
+	// nothing about clocks.
+	MaxClockDrift float64
+	NoLeaderLease bool
 	// Roles, when Voters > 0, turns on role management (see Roles).
 	Roles Roles
 	// TLS, when set, secures the listening port (clients and peers) and the
@@ -309,7 +317,8 @@ func (n *Node) open() error {
 	}
 	n.db = db
 	lc := loop.Config{
-		Raft:    raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes},
+		Raft: raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes,
+			Clock: monotonicClock(), TickNanos: int64(n.cfg.Tick), MaxClockDrift: n.cfg.MaxClockDrift, NoLease: n.cfg.NoLeaderLease},
 		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
 		TxIdleTicks:         max(1, int(n.cfg.TxIdleTimeout/n.cfg.Tick)),
@@ -325,6 +334,14 @@ func (n *Node) open() error {
 	}
 	n.loop = l
 	return nil
+}
+
+// monotonicClock is the node's clock for leases: nanoseconds on the
+// monotonic clock since the node started (Go's time.Since reads
+// CLOCK_MONOTONIC, which wall-clock changes do not move).
+func monotonicClock() func() int64 {
+	start := time.Now()
+	return func() int64 { return int64(time.Since(start)) + 1 }
 }
 
 // run is the loop goroutine.

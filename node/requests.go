@@ -144,9 +144,27 @@ func (db *Database) Query(ctx context.Context, sql string, args ...any) ([][]any
 	return db.n.queryIn(ctx, 0, db.name, sql, args)
 }
 
+// ReadOptions choose where a query may be served and what it promises
+// (see docs/CONSISTENCY.md): Node.Query and Database.Query read them from
+// the context (WithReadOptions); the default is loop.ReadLeader.
+type ReadOptions = loop.ReadOptions
+
+type readOptionsKey struct{}
+
+// WithReadOptions returns a context whose queries use o.
+func WithReadOptions(ctx context.Context, o ReadOptions) context.Context {
+	return context.WithValue(ctx, readOptionsKey{}, o)
+}
+
+func readOptionsOf(ctx context.Context) ReadOptions {
+	o, _ := ctx.Value(readOptionsKey{}).(ReadOptions)
+	return o
+}
+
 func (n *Node) queryIn(ctx context.Context, session uint64, db, sql string, args []any) ([][]any, error) {
+	ro := readOptionsOf(ctx)
 	r, err := n.request(ctx, func(id uint64) loop.Output {
-		return n.loop.ReadIn(id, session, func() (any, error) { return n.openCursor(session, db, sql, args) })
+		return n.loop.ReadWith(id, session, ro, func() (any, error) { return n.openCursor(session, db, sql, args) })
 	})
 	if errors.Is(err, fsm.ErrWrites) {
 		params, verr := toValues(args)

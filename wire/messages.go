@@ -51,6 +51,24 @@ const (
 // at most once.
 const SchemaDedup = 2
 
+// SchemaRead is our extension of QUERY and QUERY_SQL (never sent by other
+// clients): the body starts as SchemaDedup's (client session id, sequence
+// number), then the read level (a uint64: ReadLeader, ReadAny or
+// ReadStale) and the staleness bound in microseconds (a uint64, ReadStale
+// only), then the schema-1 body. A query with a level other than
+// ReadLeader is served by any node (see docs/CONSISTENCY.md).
+//
+// OPEN with schema 1 (the same body) opens the database on any node, for
+// such reads; schema 0 is refused by a node that does not lead, as before.
+const SchemaRead = 3
+
+// Read levels of SchemaRead.
+const (
+	ReadLeader = 0 // linearizable, served by the leader (the default)
+	ReadAny    = 1 // linearizable, served by any node that knows a leader
+	ReadStale  = 2 // served from a node's state at most the bound old
+)
+
 // Wire role codes.
 const (
 	RoleVoter   = 0
@@ -104,8 +122,11 @@ type Request struct {
 	Address  string // CONNECT, ADD
 	Role     uint64 // ASSIGN (voter when absent: legacy PROMOTE)
 	Params   []Value
-	// Client and Seq identify a write for deduplication (SchemaDedup).
+	// Client and Seq identify a write for deduplication (SchemaDedup,
+	// SchemaRead).
 	Client, Seq uint64
+	// ReadLevel and MaxStalenessUs are a query's read level (SchemaRead).
+	ReadLevel, MaxStalenessUs uint64
 }
 
 // paramsSchema is the parameter tuple schema of a request schema.
@@ -127,9 +148,13 @@ func EncodeRequest(r *Request) ([]byte, error) {
 		e.U64(r.Flags)
 		e.Text(r.VFS)
 	case ReqPrepare, ReqExecSQL, ReqQuerySQL:
-		if r.Schema == SchemaDedup && r.Type != ReqPrepare {
+		if r.Schema >= SchemaDedup && r.Type != ReqPrepare {
 			e.U64(r.Client)
 			e.U64(r.Seq)
+		}
+		if r.Schema == SchemaRead && r.Type == ReqQuerySQL {
+			e.U64(r.ReadLevel)
+			e.U64(r.MaxStalenessUs)
 		}
 		e.U64(uint64(r.DB))
 		e.Text(r.SQL)
@@ -139,9 +164,13 @@ func EncodeRequest(r *Request) ([]byte, error) {
 			}
 		}
 	case ReqExec, ReqQuery, ReqFinalize:
-		if r.Schema == SchemaDedup && r.Type != ReqFinalize {
+		if r.Schema >= SchemaDedup && r.Type != ReqFinalize {
 			e.U64(r.Client)
 			e.U64(r.Seq)
+		}
+		if r.Schema == SchemaRead && r.Type == ReqQuery {
+			e.U64(r.ReadLevel)
+			e.U64(r.MaxStalenessUs)
 		}
 		e.U32(r.DB)
 		e.U32(r.Stmt)
@@ -185,7 +214,7 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 		}
 		r.ID = d.U64("id")
 	case ReqOpen:
-		if !schemaOK(0) {
+		if !schemaOK(1) {
 			return nil, badSchema(h, CodeParse)
 		}
 		r.Name = d.Text("name")
@@ -193,14 +222,22 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 		r.VFS = d.Text("vfs")
 	case ReqPrepare, ReqExecSQL, ReqQuerySQL:
 		max := uint8(1)
-		if h.Type != ReqPrepare {
+		switch h.Type {
+		case ReqExecSQL:
 			max = SchemaDedup
+		case ReqQuerySQL:
+			max = SchemaRead
 		}
 		if !schemaOK(max) {
 			return nil, badSchema(h, CodeError)
 		}
-		if h.Schema == SchemaDedup {
+		if h.Schema >= SchemaDedup {
 			r.Client, r.Seq = d.U64("client"), d.U64("sequence")
+		}
+		if h.Schema == SchemaRead {
+			if err := decodeReadLevel(d, r); err != nil {
+				return nil, err
+			}
 		}
 		r.DB = uint32(d.U64("db id"))
 		r.SQL = d.Text("sql")
@@ -209,8 +246,11 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 		}
 	case ReqExec, ReqQuery, ReqFinalize:
 		max := uint8(SchemaDedup)
-		if h.Type == ReqFinalize {
+		switch h.Type {
+		case ReqFinalize:
 			max = 0
+		case ReqQuery:
+			max = SchemaRead
 		}
 		if !schemaOK(max) {
 			code := uint64(CodeError)
@@ -219,8 +259,13 @@ func DecodeRequest(h Header, body []byte) (*Request, error) {
 			}
 			return nil, badSchema(h, code)
 		}
-		if h.Schema == SchemaDedup {
+		if h.Schema >= SchemaDedup {
 			r.Client, r.Seq = d.U64("client"), d.U64("sequence")
+		}
+		if h.Schema == SchemaRead {
+			if err := decodeReadLevel(d, r); err != nil {
+				return nil, err
+			}
 		}
 		r.DB = d.U32("db id")
 		r.Stmt = d.U32("statement id")
@@ -526,4 +571,21 @@ func DecodeRows(body []byte) (*Rows, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// MaxStalenessUs bounds a ReadStale query's bound (one hour).
+const MaxStalenessUs = 3600 * 1_000_000
+
+// decodeReadLevel reads SchemaRead's level and bound.
+func decodeReadLevel(d *Decoder, r *Request) error {
+	r.ReadLevel, r.MaxStalenessUs = d.U64("read level"), d.U64("staleness bound")
+	switch {
+	case d.Err() != nil:
+		return nil // reported by the caller with the rest of the body
+	case r.ReadLevel > ReadStale:
+		return &Error{CodeError, fmt.Sprintf("unknown read level %d (leader 0, any 1, stale 2)", r.ReadLevel)}
+	case r.ReadLevel == ReadStale && (r.MaxStalenessUs == 0 || r.MaxStalenessUs > MaxStalenessUs):
+		return &Error{CodeError, fmt.Sprintf("staleness bound %dus outside 1us..%dus", r.MaxStalenessUs, uint64(MaxStalenessUs))}
+	}
+	return nil
 }

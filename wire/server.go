@@ -67,6 +67,10 @@ type Write struct {
 	Client, Seq uint64 // deduplication (0: none)
 	SQL         string
 	Params      []Value
+	// ReadLevel and MaxStaleness: a query's read level (SchemaRead;
+	// ReadLeader unless the client asked otherwise).
+	ReadLevel    uint8
+	MaxStaleness time.Duration
 }
 
 // Cursor is a running query.

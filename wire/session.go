@@ -260,8 +260,14 @@ func (ss *session) done(err error) bool {
 var errNotLeader = &Error{CodeNotLeader, "not leader"}
 
 // needsLeader lists the requests a non-leader refuses.
-func needsLeader(t uint8) bool {
-	switch t {
+func needsLeader(req *Request) bool {
+	switch {
+	case req.Type == ReqOpen && req.Schema == 1:
+		return false // for reads served by any node (SchemaRead)
+	case (req.Type == ReqQuery || req.Type == ReqQuerySQL) && req.Schema == SchemaRead && req.ReadLevel != ReadLeader:
+		return false // the node decides (it may still refuse)
+	}
+	switch req.Type {
 	case ReqOpen, ReqPrepare, ReqExec, ReqQuery, ReqExecSQL, ReqQuerySQL, ReqAdd, ReqAssign, ReqRemove, ReqTransfer:
 		return true
 	}
@@ -278,7 +284,7 @@ func (ss *session) handle(m message) bool {
 	if f := loseReply.Load(); f != nil {
 		ss.lose = (*f)(req)
 	}
-	if needsLeader(req.Type) && !ss.s.Backend.IsLeader() {
+	if needsLeader(req) && !ss.s.Backend.IsLeader() {
 		return ss.fail(errNotLeader)
 	}
 	ctx, cancel := context.WithTimeout(ss.gone, RequestTimeout)

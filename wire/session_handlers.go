@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // The handlers of session.handle, one per request type (EXEC and EXEC_SQL
@@ -123,7 +124,8 @@ func (ss *session) handleQuery(ctx context.Context, req *Request) bool {
 	if strings.TrimSpace(sql) == "" {
 		return ss.fail(&Error{CodeError, "empty statement"})
 	}
-	return ss.query(ctx, &Write{Session: ss.id, Database: ss.dbName, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params})
+	return ss.query(ctx, &Write{Session: ss.id, Database: ss.dbName, Client: req.Client, Seq: req.Seq, SQL: sql, Params: req.Params,
+		ReadLevel: uint8(req.ReadLevel), MaxStaleness: time.Duration(req.MaxStalenessUs) * time.Microsecond})
 }
 
 // handleInterrupt answers an INTERRUPT read while no query streams: nothing
