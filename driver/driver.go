@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,13 +104,38 @@ func (d *Driver) Open(dsn string) (driver.Conn, error) {
 	return c.Connect(context.Background())
 }
 
-// OpenConnector parses dsn.
+// OpenConnector parses dsn: host:port[,host:port...]/database, with
+// optional parameters ?read=leader|any|stale&max_staleness=DURATION (a Go
+// duration such as 100ms; required with read=stale).
 func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	dsn, query, _ := strings.Cut(dsn, "?")
 	addrs, name, ok := strings.Cut(dsn, "/")
 	if !ok || name == "" || addrs == "" {
-		return nil, fmt.Errorf("dqlite: data source name %q: want host:port[,host:port...]/database", dsn)
+		return nil, fmt.Errorf("dqlite: data source name %q: want host:port[,host:port...]/database[?read=...]", dsn)
 	}
-	return NewConnector(strings.Split(addrs, ","), name), nil
+	c := NewConnector(strings.Split(addrs, ","), name)
+	vals, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("dqlite: data source name parameters %q: %w", query, err)
+	}
+	for k, v := range vals {
+		switch k {
+		case "read":
+			if c.Read, err = ParseReadLevel(v[len(v)-1]); err != nil {
+				return nil, err
+			}
+		case "max_staleness":
+			if c.MaxStaleness, err = time.ParseDuration(v[len(v)-1]); err != nil || c.MaxStaleness <= 0 {
+				return nil, fmt.Errorf("dqlite: max_staleness %q: want a positive duration such as 100ms", v[len(v)-1])
+			}
+		default:
+			return nil, fmt.Errorf("dqlite: unknown data source name parameter %q (read, max_staleness)", k)
+		}
+	}
+	if c.Read == ReadStale && c.MaxStaleness == 0 {
+		return nil, errors.New("dqlite: read=stale needs max_staleness")
+	}
+	return c, nil
 }
 
 // NodeStore is the list of known node addresses, shared by a connector's
@@ -147,8 +173,76 @@ type Connector struct {
 	// write whose outcome is unknown then fails with ErrUnknownOutcome
 	// instead of being retried.
 	NotIdempotent bool
+	// Read is the read level of the connector's queries (ReadLeader by
+	// default; a query's context may choose another, see WithRead), and
+	// MaxStaleness the bound of ReadStale.
+	Read         ReadLevel
+	MaxStaleness time.Duration
 
 	reconnects, writeRetries atomic.Uint64
+	// readNext picks each connection's read node round-robin.
+	readNext atomic.Uint64
+}
+
+// ReadLevel is where a query may be served and what it promises (see
+// docs/CONSISTENCY.md).
+type ReadLevel uint8
+
+const (
+	// ReadLeader: linearizable, served by the leader (the default, and
+	// what clients of the original protocol get).
+	ReadLeader ReadLevel = iota
+	// ReadAny: linearizable, served by any node; queries go to one node
+	// per connection, chosen round-robin, and writes to the leader.
+	ReadAny
+	// ReadStale: served by any node from its own state, which includes
+	// every write committed more than MaxStaleness before the query (on
+	// the serving node's clock).
+	ReadStale
+)
+
+// ParseReadLevel parses "leader", "any" or "stale".
+func ParseReadLevel(s string) (ReadLevel, error) {
+	switch s {
+	case "leader", "":
+		return ReadLeader, nil
+	case "any":
+		return ReadAny, nil
+	case "stale":
+		return ReadStale, nil
+	}
+	return 0, fmt.Errorf("dqlite: unknown read level %q (leader, any or stale)", s)
+}
+
+func (l ReadLevel) String() string {
+	switch l {
+	case ReadAny:
+		return "any"
+	case ReadStale:
+		return "stale"
+	}
+	return "leader"
+}
+
+type readKey struct{}
+
+type readChoice struct {
+	level ReadLevel
+	max   time.Duration
+}
+
+// WithRead returns a context whose queries use the read level (and, for
+// ReadStale, the staleness bound maxStaleness) instead of the connector's.
+func WithRead(ctx context.Context, level ReadLevel, maxStaleness time.Duration) context.Context {
+	return context.WithValue(ctx, readKey{}, readChoice{level, maxStaleness})
+}
+
+// readOf is the read level and bound a query uses.
+func (c *Connector) readOf(ctx context.Context) (ReadLevel, time.Duration) {
+	if rc, ok := ctx.Value(readKey{}).(readChoice); ok {
+		return rc.level, rc.max
+	}
+	return c.Read, c.MaxStaleness
 }
 
 // Stats counts the connector's recoveries.
