@@ -75,9 +75,13 @@ type Metrics struct {
 	// DatabaseWALBytes is the WAL size of each database entries wrote
 	// (the keys are the node's databases).
 	DatabaseWALBytes map[string]int64
-	LogCacheBytes    int64 // entry data cached
-	LogMemoryBytes   int64 // index and cached data: within Config.LogMemoryBytes
-	StorageFailed    bool
+	// Reads counts how reads were served (lease, round, forwarded to the
+	// leader, bounded-staleness from local state; read index requests
+	// answered for other nodes).
+	Reads          raft.ReadStats
+	LogCacheBytes  int64 // entry data cached
+	LogMemoryBytes int64 // index and cached data: within Config.LogMemoryBytes
+	StorageFailed  bool
 	// ApplyFailed: a committed entry failed to apply here; the node
 	// stopped applying (and writing) rather than diverge from the others.
 	ApplyFailed bool
@@ -97,6 +101,7 @@ func (n *Node) Metrics() Metrics {
 			m.PeerQueue += len(p.queue)
 		}
 		m.QueuedWrites = n.loop.QueuedWrites()
+		m.Reads = n.loop.Raft().ReadStats()
 		m.DatabaseWALBytes = n.db.WALSizes()
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()

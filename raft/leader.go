@@ -267,8 +267,10 @@ func (r *Raft) ReadIndex(ctx uint64) error {
 	}
 	if r.LeaseValid() {
 		r.readStates = append(r.readStates, ReadState{Index: r.log.committed, Context: ctx})
+		r.readStats.Lease++
 		return nil
 	}
+	r.readStats.Rounds++
 	r.startRead(ctx, None)
 	return nil
 }

@@ -96,6 +96,18 @@ type pendingRead struct {
 	from NodeID
 }
 
+// ReadStats counts how this node served read requests since it started.
+type ReadStats struct {
+	Lease     uint64 // leader reads served from the lease (no round)
+	Rounds    uint64 // leader reads confirmed by a heartbeat round
+	Forwarded uint64 // reads that asked the leader for a read index
+	Stale     uint64 // bounded-staleness reads served from local state
+	Answered  uint64 // read index requests of other nodes answered
+}
+
+// ReadStats returns the read counters.
+func (r *Raft) ReadStats() ReadStats { return r.readStats }
+
 func (r *Raft) hasClock() bool { return r.cfg.Clock != nil }
 
 func (r *Raft) now() int64 {
@@ -244,6 +256,7 @@ func (r *Raft) ReadIndexAny(ctx uint64) error {
 		return fmt.Errorf("%w: %d reads pending", ErrTooManyPending, r.cfg.MaxPendingReads)
 	}
 	r.forwardWaiting = append(r.forwardWaiting, ctx)
+	r.readStats.Forwarded++
 	if r.forward == nil {
 		r.sendForward()
 	}
@@ -262,6 +275,7 @@ func (r *Raft) ReadStale(ctx uint64, maxAge int64) error {
 	now := r.now()
 	if r.freshAt != 0 && now-r.freshAt <= maxAge {
 		r.readStates = append(r.readStates, ReadState{Index: r.freshIndex, Context: ctx})
+		r.readStats.Stale++
 		if now-r.freshAt > maxAge/2 && r.state != StateLeader && r.forward == nil && r.lead != None {
 			// Refresh ahead of need, so a steady stream of such reads
 			// never waits for a round.
@@ -340,6 +354,7 @@ func (r *Raft) handleReadIndexRequest(m Message) {
 	if pr := r.prs[m.From]; pr != nil {
 		pr.recentActive = true
 	}
+	r.readStats.Answered++
 	if r.LeaseValid() {
 		r.send(Message{Type: MsgReadIndexResp, To: m.From, Context: m.Context, Index: r.log.committed})
 		return

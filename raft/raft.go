@@ -204,6 +204,7 @@ type Raft struct {
 	forward        *forwardBatch
 	forwardWaiting []uint64
 	forwardSeq     uint64
+	readStats      ReadStats
 
 	electionElapsed  int
 	heartbeatElapsed int

@@ -82,6 +82,13 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("event_queue_depth", "gauge", "Events waiting for the node's loop.", m.EventQueue)
 	metric("peer_queue_depth", "gauge", "Messages waiting to be sent to peers.", m.PeerQueue)
 	metric("queued_writes", "gauge", "Writes waiting for the writer slot.", m.QueuedWrites)
+	fmt.Fprintf(w, "# HELP dqlite_reads_total Reads by how they were served: lease (leader, no round), round (leader, heartbeat round), forwarded (asked the leader for a read index), stale (bounded staleness, local state), answered (read index requests of other nodes).\n# TYPE dqlite_reads_total counter\n")
+	for _, p := range []struct {
+		path string
+		n    uint64
+	}{{"lease", m.Reads.Lease}, {"round", m.Reads.Rounds}, {"forwarded", m.Reads.Forwarded}, {"stale", m.Reads.Stale}, {"answered", m.Reads.Answered}} {
+		fmt.Fprintf(w, "dqlite_reads_total{path=%q} %d\n", p.path, p.n)
+	}
 	metric("databases", "gauge", "Databases this node holds (written by an entry).", len(m.DatabaseWALBytes))
 	fmt.Fprintf(w, "# HELP dqlite_database_wal_bytes Size of a database's WAL (checkpoints keep it short).\n# TYPE dqlite_database_wal_bytes gauge\n")
 	names := make([]string, 0, len(m.DatabaseWALBytes))
