@@ -187,9 +187,20 @@ func (c *Conn) Leader(ctx context.Context) (uint64, string, error) {
 	return r.ID, r.Address, nil
 }
 
-// Open opens a database and returns its id.
+// Open opens a database and returns its id. Only the leader accepts it.
 func (c *Conn) Open(ctx context.Context, name string) (uint32, error) {
-	r, err := c.Call(ctx, &Request{Type: ReqOpen, Name: name, VFS: "volatile"}, RespDB)
+	return c.open(ctx, name, 0)
+}
+
+// OpenAny opens a database on any node, leading or not (OPEN with schema
+// 1), for queries sent with SchemaRead at a level other than ReadLeader;
+// anything else sent on it is refused by a node that does not lead.
+func (c *Conn) OpenAny(ctx context.Context, name string) (uint32, error) {
+	return c.open(ctx, name, 1)
+}
+
+func (c *Conn) open(ctx context.Context, name string, schema uint8) (uint32, error) {
+	r, err := c.Call(ctx, &Request{Type: ReqOpen, Schema: schema, Name: name, VFS: "volatile"}, RespDB)
 	if err != nil {
 		return 0, err
 	}
