@@ -49,8 +49,8 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "Run %s on %s, %s%s. Floor: fsync of a 4 KiB append p50 %.2f ms (p99 %.2f ms; p50 %.2f ms when three writers sync at once, as three nodes on one disk do), loopback round trip %.0f µs.\n\n",
 		r.Date, r.Machine, r.Go, map[bool]string{true: ", -short", false: ""}[r.Short],
 		r.Floor.FsyncP50Ms, r.Floor.FsyncP99Ms, r.Floor.Fsync3P50Ms, r.Floor.LoopbackRTTUs)
-	fmt.Fprintln(w, "| workload | clients | system | ops/s median (min-max) | vs frames | p50 ms | p99 ms | replicated B/op | written B/op | CPU ms/op per node | RSS MiB per node |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| workload | clients | system | ops/s median (min-max) | vs frames | p50 ms | p99 ms | replicated B/op | written B/op | CPU ms/op per node | reads served per node | RSS MiB per node |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, x := range r.Results {
 		ratio := "-"
 		if f := r.find(x.Workload, x.Clients, "frames"); f != nil && f.Throughput > 0 && x.Throughput > 0 {
@@ -60,16 +60,53 @@ func (r *Report) Markdown(w io.Writer) {
 		if x.FailureMessage != "" {
 			tp = "failed: " + x.FailureMessage
 		}
-		rss := strings.Trim(strings.ReplaceAll(fmt.Sprint(x.RSSMiB), " ", ", "), "[]")
-		var cpu []string
+		var rss, cpu, share []string
+		for _, b := range x.RSSMiB {
+			rss = append(rss, fmt.Sprint(b))
+		}
 		for _, c := range x.CPUMsPer {
 			cpu = append(cpu, fmt.Sprintf("%.2f", c))
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s |\n",
-			x.Workload, x.Clients, x.System, tp, ratio, x.P50Ms, x.P99Ms, x.ReplicatedPer, x.WrittenPer, strings.Join(cpu, ", "), rss)
+		for _, f := range x.ReadShare {
+			share = append(share, fmt.Sprintf("%.0f%%", 100*f))
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %.2f | %.0f | %.0f | %s | %s | %s |\n",
+			x.Workload, x.Clients, x.System, tp, ratio, x.P50Ms, x.P99Ms, x.ReplicatedPer, x.WrittenPer,
+			perNode(cpu, x.LeaderFirst), perNode(share, x.LeaderFirst), perNode(rss, x.LeaderFirst))
 	}
 	fmt.Fprintln(w, "\nvs frames: throughput relative to frame replication in the same run (above 1: faster than frames).")
+	fmt.Fprintln(w, "frames-any: the frames cluster (same processes) through a connector reading at level any (`Connector.Read = driver.ReadAny`: linearizable reads served by every node, one node per connection chosen round-robin; writes to the leader); measured on the read workloads only.")
+	fmt.Fprintln(w, "per node (CPU, reads served, RSS): the clusters' lists start with the leader, marked *, then the followers (a list without * is in process order: the leader was not known, or changed during the workload). CPU ms/op: each process's CPU time over the workload's operations.")
+	fmt.Fprintln(w, "reads served per node: each node's share of the reads it served from its own state during the workload (dqlite_reads_total lease + round + forwarded + stale deltas).")
 	fmt.Fprintln(w, "written B/op: for the clusters, log entry bytes appended plus snapshot bytes, all nodes; for sqlite, the kernel's write_bytes of the benchmark process.")
+}
+
+// perNode joins a per-node list, the first figure marked * when it is the
+// leader's.
+func perNode(xs []string, leaderFirst bool) string {
+	if leaderFirst && len(xs) > 0 {
+		xs = append([]string{xs[0] + "*"}, xs[1:]...)
+	}
+	return strings.Join(xs, ", ")
+}
+
+// perNodeLog is a result's per-node figures for the progress log.
+func perNodeLog(x Result) string {
+	if len(x.CPUMsPer) < 2 {
+		return ""
+	}
+	var cpu, share []string
+	for _, c := range x.CPUMsPer {
+		cpu = append(cpu, fmt.Sprintf("%.3f", c))
+	}
+	for _, f := range x.ReadShare {
+		share = append(share, fmt.Sprintf("%.0f%%", 100*f))
+	}
+	s := fmt.Sprintf(" CPU ms/op %s (%s)", perNode(cpu, x.LeaderFirst), strings.Join(x.Nodes, ", "))
+	if len(share) > 0 {
+		s += " reads " + perNode(share, x.LeaderFirst)
+	}
+	return s
 }
 
 // SVG draws insert throughput against client count, one line per system.

@@ -97,10 +97,14 @@ func (s *sqliteSystem) Close() error { return s.db.Close() }
 // directories, reached through the database/sql driver.
 type Cluster struct {
 	dbSystem
+	addrs   []string
 	procs   []*exec.Cmd
 	metrics []string
 	waits   []chan error
 	logs    []*os.File
+	// view: the processes belong to another Cluster (see WithRead); Close
+	// closes only this one's connector.
+	view bool
 }
 
 // BuildDqlited builds the dqlited binary into dir.
@@ -163,7 +167,7 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 	// Wait (bounded) for three voters.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if n, _ := c.metricSum("dqlite_role{role=\"voter\"}"); n == 3 {
+		if sum(c.scrape(), "dqlite_role{role=\"voter\"}") == 3 {
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -175,13 +179,54 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 		case <-ctx.Done():
 		}
 	}
-	cn := driver.NewConnector(addrs[:3], "bench")
-	cn.NotIdempotent = true // statement mode cannot record sessions: compare like with like
-	c.db = sql.OpenDB(cn)
-	c.db.SetMaxOpenConns(256)
-	c.db.SetMaxIdleConns(256)
+	c.addrs = addrs[:3]
+	c.db = openDB(c.addrs, driver.ReadLeader)
 	c.name = name
 	return c, nil
+}
+
+func openDB(addrs []string, read driver.ReadLevel) *sql.DB {
+	cn := driver.NewConnector(addrs, "bench")
+	cn.NotIdempotent = true // statement mode cannot record sessions: compare like with like
+	cn.Read = read
+	db := sql.OpenDB(cn)
+	db.SetMaxOpenConns(256)
+	db.SetMaxIdleConns(256)
+	return db
+}
+
+// WithRead returns another system named name over the same processes,
+// through a connector of its own whose queries use the read level (writes
+// still go to the leader). Closing it closes only its connector.
+func (c *Cluster) WithRead(name string, read driver.ReadLevel) *Cluster {
+	v := &Cluster{addrs: c.addrs, procs: c.procs, metrics: c.metrics, waits: c.waits, logs: c.logs, view: true}
+	v.db = openDB(c.addrs, read)
+	v.name = name
+	return v
+}
+
+// Warm opens n connections of the system's pool at once, each running a
+// read, so a later workload does not pay for them (the other clusters'
+// pools are warm from the workloads before).
+func (c *Cluster) Warm(ctx context.Context, n int) error {
+	var conns []*sql.Conn
+	defer func() {
+		for _, cn := range conns {
+			cn.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		cn, err := c.db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, cn)
+		var one int
+		if err := cn.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Profile fetches a CPU profile of the leader process covering the next
@@ -227,35 +272,83 @@ func (c *Cluster) Profile(ctx context.Context, seconds int, path string) error {
 	return os.WriteFile(path+".txt", top, 0o644)
 }
 
-// metricSum scrapes every node's /metrics and sums the named sample.
-func (c *Cluster) metricSum(sample string) (float64, error) {
-	var sum float64
+// scrape reads every node's /metrics: per node, each sample's value by its
+// name with labels (nil for a node that did not answer).
+func (c *Cluster) scrape() []map[string]float64 {
+	out := make([]map[string]float64, len(c.metrics))
 	cl := http.Client{Timeout: time.Second}
-	for _, m := range c.metrics {
+	for i, m := range c.metrics {
 		resp, err := cl.Get("http://" + m + "/metrics")
 		if err != nil {
-			return 0, err
+			continue
 		}
+		samples := map[string]float64{}
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				sum += f
+			line := sc.Text()
+			if strings.HasPrefix(line, "#") {
+				continue
+			}
+			if k, v, ok := cutLast(line, " "); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil {
+					samples[k] = f
+				}
 			}
 		}
 		resp.Body.Close()
+		out[i] = samples
 	}
-	return sum, nil
+	return out
+}
+
+func cutLast(s, sep string) (before, after string, ok bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return s, "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+// sum is a sample summed over the nodes.
+func sum(nodes []map[string]float64, sample string) float64 {
+	var s float64
+	for _, n := range nodes {
+		s += n[sample]
+	}
+	return s
+}
+
+// servedReads are the reads a node served from its own state, however it
+// learnt it could (dqlite_reads_total: lease, round and forwarded are
+// linearizable reads, stale the bounded-staleness ones; answered are other
+// nodes' read index requests, not reads served here).
+var servedReads = []string{
+	`dqlite_reads_total{path="lease"}`, `dqlite_reads_total{path="round"}`,
+	`dqlite_reads_total{path="forwarded"}`, `dqlite_reads_total{path="stale"}`,
 }
 
 func (c *Cluster) Stats() Stats {
-	rep, _ := c.metricSum("dqlite_peer_sent_bytes_total")
+	nodes := c.scrape()
 	// Written: what the nodes append to their logs and write as snapshots
 	// (the kernel's write_bytes is inflated on this kind of machine: it
 	// counted 217 MB for 12.6 MB of write calls on a preallocated segment).
-	logBytes, _ := c.metricSum("dqlite_log_appended_bytes_total")
-	snapBytes, _ := c.metricSum("dqlite_snapshot_bytes_total")
-	st := Stats{Replicated: uint64(rep), Written: uint64(logBytes + snapBytes)}
+	st := Stats{Replicated: uint64(sum(nodes, "dqlite_peer_sent_bytes_total")),
+		Written: uint64(sum(nodes, "dqlite_log_appended_bytes_total") + sum(nodes, "dqlite_snapshot_bytes_total"))}
+	leaders := 0
+	for i, n := range nodes {
+		if n["dqlite_is_leader"] == 1 {
+			st.Leader = i + 1
+			leaders++
+		}
+		var r float64
+		for _, k := range servedReads {
+			r += n[k]
+		}
+		st.Reads = append(st.Reads, uint64(r))
+	}
+	if leaders != 1 {
+		st.Leader = 0 // none, or two for a moment: not known
+	}
 	for _, p := range c.procs {
 		r, _ := procRSS(p.Process.Pid)
 		st.RSS = append(st.RSS, r)
@@ -269,6 +362,9 @@ func (c *Cluster) Stats() Stats {
 func (c *Cluster) Close() error {
 	if c.db != nil {
 		c.db.Close()
+	}
+	if c.view {
+		return nil
 	}
 	for i, p := range c.procs {
 		p.Process.Signal(os.Interrupt)
@@ -295,6 +391,12 @@ type Stats struct {
 	Written    uint64          // bytes written to disk (all nodes)
 	RSS        []uint64        // resident memory per node
 	CPU        []time.Duration // CPU time (user+system) per node
+	// Reads are the reads each node served so far (dqlite_reads_total:
+	// lease, round, forwarded and stale), for the clusters.
+	Reads []uint64
+	// Leader is the leading node's number (its index in the per-node
+	// lists, plus one); 0 when not known or not a cluster.
+	Leader int
 }
 
 // procCPU is the user+system CPU time of a process (/proc/PID/stat).

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/dqlite-go/dqlite/driver"
 )
 
 // Config sizes a run.
@@ -39,7 +41,14 @@ type Measurement struct {
 	Replicated uint64          // bytes between nodes during the workload
 	Written    uint64          // bytes written to disk during the workload
 	CPU        []time.Duration // CPU time per node during the workload
-	Errors     int
+	// Reads are the reads each node served during the workload (clusters).
+	Reads []uint64
+	// Order is the process index of each entry of CPU and Reads: the
+	// leader first when it was known (and the same) at both ends of the
+	// workload, then the others in process order.
+	Order       []int
+	LeaderFirst bool
+	Errors      int
 }
 
 // Throughput is operations per second.
@@ -48,23 +57,30 @@ func (m Measurement) Throughput() float64 { return float64(m.Ops) / m.Elapsed.Se
 // Result is a workload's figures on one system: medians over repetitions
 // with the spread of the throughput.
 type Result struct {
-	Workload       string    `json:"workload"`
-	System         string    `json:"system"`
-	Clients        int       `json:"clients"`
-	Ops            int       `json:"ops"`
-	Throughput     float64   `json:"throughput_ops_per_s"`
-	ThroughputMin  float64   `json:"throughput_min"`
-	ThroughputMax  float64   `json:"throughput_max"`
-	ElapsedMs      float64   `json:"elapsed_ms"`
-	P50Ms          float64   `json:"p50_ms"`
-	P99Ms          float64   `json:"p99_ms"`
-	ReplicatedPer  float64   `json:"replicated_bytes_per_op"`
-	WrittenPer     float64   `json:"written_bytes_per_op"`
-	RSSMiB         []uint64  `json:"rss_mib_per_node,omitempty"`
-	CPUMsPer       []float64 `json:"cpu_ms_per_op_per_node,omitempty"`
-	Errors         int       `json:"errors"`
-	Repetitions    int       `json:"repetitions"`
-	FailureMessage string    `json:"failure,omitempty"`
+	Workload      string    `json:"workload"`
+	System        string    `json:"system"`
+	Clients       int       `json:"clients"`
+	Ops           int       `json:"ops"`
+	Throughput    float64   `json:"throughput_ops_per_s"`
+	ThroughputMin float64   `json:"throughput_min"`
+	ThroughputMax float64   `json:"throughput_max"`
+	ElapsedMs     float64   `json:"elapsed_ms"`
+	P50Ms         float64   `json:"p50_ms"`
+	P99Ms         float64   `json:"p99_ms"`
+	ReplicatedPer float64   `json:"replicated_bytes_per_op"`
+	WrittenPer    float64   `json:"written_bytes_per_op"`
+	RSSMiB        []uint64  `json:"rss_mib_per_node,omitempty"`
+	CPUMsPer      []float64 `json:"cpu_ms_per_op_per_node,omitempty"`
+	// ReadShare is the fraction of the reads each node served (from the
+	// nodes' dqlite_reads_total), for the clusters' read workloads.
+	ReadShare []float64 `json:"read_share_per_node,omitempty"`
+	// Nodes names the nodes in the order of the per-node lists (RSS, CPU,
+	// read share): the leader first when LeaderFirst.
+	Nodes          []string `json:"nodes,omitempty"`
+	LeaderFirst    bool     `json:"leader_first,omitempty"`
+	Errors         int      `json:"errors"`
+	Repetitions    int      `json:"repetitions"`
+	FailureMessage string   `json:"failure,omitempty"`
 }
 
 // Floor is the physical floor measured at start.
@@ -93,6 +109,9 @@ type workload struct {
 	ops     int
 	setup   func(ctx context.Context, s System, table string) error
 	op      func(ctx context.Context, s System, table string, client, i int) error
+	// reads: the workload is mostly reads (systems that differ from
+	// another only in how they read are measured on these alone).
+	reads bool
 }
 
 func (c *Config) workloads() []workload {
@@ -109,16 +128,16 @@ func (c *Config) workloads() []workload {
 		return s.Exec(ctx, fmt.Sprintf("INSERT INTO %s (v) VALUES (?)", t), fmt.Sprintf("client %d op %d", c, i))
 	}
 	var ws []workload
-	ws = append(ws, workload{"insert", 1, scale(150, 1500), createIns, insert})
+	ws = append(ws, workload{"insert", 1, scale(150, 1500), createIns, insert, false})
 	for _, n := range []int{8, 32, 128} {
-		ws = append(ws, workload{"insert", n, scale(n*12, n*60), createIns, insert})
+		ws = append(ws, workload{"insert", n, scale(n*12, n*60), createIns, insert, false})
 	}
 	bulk := func(rows int) workload {
 		return workload{fmt.Sprintf("txn-%dk-rows", rows/1000), 1, 1, createIns,
 			func(ctx context.Context, s System, t string, c, i int) error {
 				return s.Exec(ctx, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d) "+
 					"INSERT INTO %s (v) SELECT printf('%%0100d', i) FROM n", rows, t))
-			}}
+			}, false}
 	}
 	ws = append(ws, bulk(10_000))
 	if !c.Short {
@@ -138,7 +157,7 @@ func (c *Config) workloads() []workload {
 			// few rows written.
 			return s.Exec(ctx, fmt.Sprintf("INSERT INTO %s SELECT a.k %% 10, sum(a.v * b.v), count(*) FROM %s_src a "+
 				"JOIN %s_src b ON b.k = a.k + 1 GROUP BY 1", t, t, t))
-		}})
+		}, false})
 	kv := func(ctx context.Context, s System, t string) error {
 		if err := s.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (k INTEGER PRIMARY KEY, v TEXT)", t)); err != nil {
 			return err
@@ -149,15 +168,15 @@ func (c *Config) workloads() []workload {
 	read := func(ctx context.Context, s System, t string, c, i int) error {
 		return s.Query(ctx, fmt.Sprintf("SELECT v FROM %s WHERE k = ?", t), (c*7919+i)%1000+1)
 	}
-	ws = append(ws, workload{"point-read", 1, scale(300, 3000), kv, read})
-	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*100), kv, read})
+	ws = append(ws, workload{"point-read", 1, scale(300, 3000), kv, read, true})
+	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*100), kv, read, true})
 	ws = append(ws, workload{"mixed-90r-10w", 32, scale(32*20, 32*100), kv,
 		func(ctx context.Context, s System, t string, c, i int) error {
 			if i%10 == 0 {
 				return s.Exec(ctx, fmt.Sprintf("UPDATE %s SET v = ? WHERE k = ?", t), fmt.Sprint(i), (c*31+i)%1000+1)
 			}
 			return read(ctx, s, t, c, i)
-		}})
+		}, true})
 	return ws
 }
 
@@ -202,8 +221,12 @@ func (w workload) run(ctx context.Context, s System, table string) (Measurement,
 	slices.Sort(all)
 	m := Measurement{Ops: len(all), Elapsed: elapsed, Replicated: st1.Replicated - st0.Replicated,
 		Written: st1.Written - st0.Written, Errors: int(errs.Load())}
-	for i := range st1.CPU {
+	m.Order, m.LeaderFirst = nodeOrder(len(st1.CPU), st0.Leader, st1.Leader)
+	for _, i := range m.Order {
 		m.CPU = append(m.CPU, st1.CPU[i]-st0.CPU[i])
+		if i < len(st0.Reads) && i < len(st1.Reads) {
+			m.Reads = append(m.Reads, st1.Reads[i]-min(st0.Reads[i], st1.Reads[i])) // a restart resets the counters
+		}
 	}
 	if len(all) > 0 {
 		m.P50, m.P99 = all[len(all)/2], all[min(len(all)-1, len(all)*99/100)]
@@ -212,6 +235,38 @@ func (w workload) run(ctx context.Context, s System, table string) (Measurement,
 		return m, fmt.Errorf("every operation failed: %v", firstErr)
 	}
 	return m, nil
+}
+
+// nodeOrder lists n process indexes, the leader first when it is known and
+// the same at both ends (leader numbers are 1-based, 0 unknown).
+func nodeOrder(n, leader0, leader1 int) (order []int, leaderFirst bool) {
+	if leader0 > 0 && leader0 == leader1 && leader0 <= n {
+		order = append(order, leader0-1)
+		leaderFirst = true
+	}
+	for i := 0; i < n; i++ {
+		if !leaderFirst || i != leader0-1 {
+			order = append(order, i)
+		}
+	}
+	return order, leaderFirst
+}
+
+// readShares are the fractions of the reads each node served (nil when
+// none were counted).
+func readShares(reads []uint64) []float64 {
+	var total uint64
+	for _, r := range reads {
+		total += r
+	}
+	if total == 0 {
+		return nil
+	}
+	var out []float64
+	for _, r := range reads {
+		out = append(out, float64(r)/float64(total))
+	}
+	return out
 }
 
 func median(xs []float64) float64 {
@@ -253,6 +308,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	var systems []System
+	readsOnly := map[System]bool{}
 	defer func() {
 		for _, s := range systems {
 			s.Close()
@@ -271,6 +327,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		systems = append(systems, c)
+		if !mode.statements {
+			// The same processes through a connector whose reads go to
+			// every node (linearizable); on the read workloads only, since
+			// writes go to the leader as they do for frames.
+			spread := c.WithRead("frames-any", driver.ReadAny)
+			systems = append(systems, spread)
+			readsOnly[spread] = true
+			if err := spread.Warm(ctx, 32); err != nil {
+				return nil, fmt.Errorf("frames-any: %w", err)
+			}
+		}
 	}
 	sq, err := OpenSQLite(cfg.Dir)
 	if err != nil {
@@ -285,7 +352,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		fails := make([]string, len(systems))
 		for r := 0; r < cfg.Reps; r++ {
 			for si, s := range systems {
-				if fails[si] != "" {
+				if fails[si] != "" || readsOnly[s] && !w.reads {
 					continue
 				}
 				table := fmt.Sprintf("w%d_c%d_r%d_%d", wi, w.clients, r, rand.IntN(1<<30))
@@ -311,6 +378,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 		}
 		for si, s := range systems {
+			if readsOnly[s] && !w.reads {
+				continue
+			}
 			res := Result{Workload: w.name, System: s.Name(), Clients: w.clients, Ops: w.ops, Repetitions: len(ms[si]),
 				FailureMessage: fails[si]}
 			if len(ms[si]) > 0 {
@@ -327,20 +397,49 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				res.Throughput, res.ThroughputMin, res.ThroughputMax = median(tp), slices.Min(tp), slices.Max(tp)
 				res.ElapsedMs, res.P50Ms, res.P99Ms = median(el), median(p50), median(p99)
 				res.ReplicatedPer, res.WrittenPer = median(repl), median(wr)
-				for _, b := range s.Stats().RSS {
-					res.RSSMiB = append(res.RSSMiB, b>>20)
+				// The per-node lists follow the first repetition's order
+				// (each repetition's figures are in its own order, the
+				// leader first when known: the leader column is the
+				// leader's whichever node led).
+				first := ms[si][0]
+				res.LeaderFirst = first.LeaderFirst
+				if len(first.Order) > 1 {
+					for _, i := range first.Order {
+						res.Nodes = append(res.Nodes, fmt.Sprintf("n%d", i+1))
+					}
 				}
-				for n := range ms[si][0].CPU {
+				rss := s.Stats().RSS
+				for _, i := range first.Order {
+					if i < len(rss) {
+						res.RSSMiB = append(res.RSSMiB, rss[i]>>20)
+					}
+				}
+				for n := range first.CPU {
 					var per []float64
 					for _, m := range ms[si] {
 						per = append(per, float64(m.CPU[n])/1e6/float64(m.Ops))
 					}
 					res.CPUMsPer = append(res.CPUMsPer, median(per))
 				}
+				if w.reads {
+					var shares [][]float64
+					for _, m := range ms[si] {
+						if sh := readShares(m.Reads); sh != nil {
+							shares = append(shares, sh)
+						}
+					}
+					for n := 0; len(shares) > 0 && n < len(shares[0]); n++ {
+						var per []float64
+						for _, sh := range shares {
+							per = append(per, sh[n])
+						}
+						res.ReadShare = append(res.ReadShare, median(per))
+					}
+				}
 			}
 			rep.Results = append(rep.Results, res)
-			logf("%-14s %3d clients %-10s %9.0f ops/s (%.0f-%.0f) p50 %7.2f ms p99 %7.2f ms",
-				w.name, w.clients, s.Name(), res.Throughput, res.ThroughputMin, res.ThroughputMax, res.P50Ms, res.P99Ms)
+			logf("%-14s %3d clients %-10s %9.0f ops/s (%.0f-%.0f) p50 %7.2f ms p99 %7.2f ms%s",
+				w.name, w.clients, s.Name(), res.Throughput, res.ThroughputMin, res.ThroughputMax, res.P50Ms, res.P99Ms, perNodeLog(res))
 		}
 	}
 	return rep, nil

@@ -1,5 +1,7 @@
 // Command dqbench runs the benchmark suite: frame replication (3 dqlited
-// processes on loopback), statement replication (the same, -statements),
+// processes on loopback; on the read workloads also "frames-any", the same
+// cluster read at the linearizable any-node level), statement replication
+// (the same, -statements),
 // single-node SQLite (mattn/go-sqlite3, WAL, synchronous=FULL) and,
 // optionally, an external rqlite node, on the same workloads in one run.
 //
