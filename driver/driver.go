@@ -37,6 +37,31 @@
 // them into memory first (at most TxRowsBufferBytes; past it the rows end
 // with wire.ErrBufferLimit). BEGIN, COMMIT or ROLLBACK sent alone through
 // Exec are refused (ErrUseBeginTx).
+//
+// # Read levels
+//
+// Queries are served by the leader by default (read=leader: linearizable).
+// With read=any (Connector.Read ReadAny) they stay linearizable but may be
+// served by any node: each connection keeps, besides its connection to
+// the leader, a connection to one node chosen round-robin over the known
+// nodes, and a follower serving a query first asks the leader for a read
+// index. With read=stale&max_staleness=100ms (ReadStale and
+// Connector.MaxStaleness) a node serves the query from its own state when
+// that includes every write committed more than the bound ago, and
+// otherwise as read=any. WithRead chooses the level of one query through
+// its context:
+//
+//	db, err := sql.Open("dqlite", "127.0.0.1:9001,127.0.0.1:9002/app?read=any")
+//	rows, err := db.QueryContext(driver.WithRead(ctx, driver.ReadStale, time.Second), "SELECT ...")
+//
+// Only queries that surely read (internal/sqltext's ReadOnly: SELECT,
+// VALUES, EXPLAIN, WITH without INSERT, UPDATE, DELETE, REPLACE or
+// RETURNING) outside a transaction go to the read connection; writes,
+// statements that may write and everything inside a transaction go to the
+// leader as at read=leader. When the read connection's node fails or
+// cannot serve the query, the query moves to the next node, within the
+// retry window; when no node accepts a read connection, the query goes to
+// the leader, at its level.
 package driver
 
 import (
@@ -295,6 +320,16 @@ type conn struct {
 	// open is the last query's rows, which may still be streaming when
 	// the transaction sends its next request.
 	open *rows
+	// r is the read connection (nil: not connected) of queries at
+	// ReadAny and ReadStale, to the node of index rnode in the store's
+	// addresses (picked round-robin when rpicked turns true), opened with
+	// OpenAny as database rdb. Until readHold, no node accepted one: such
+	// queries go to the leader.
+	r        *wire.Conn
+	rdb      uint32
+	rnode    uint64
+	rpicked  bool
+	readHold time.Time
 }
 
 var (
@@ -467,6 +502,9 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 	// deduplication, one that may write is not sent again once its
 	// outcome is unknown.
 	mayWrite := !sqltext.ReadOnly(query)
+	if level, maxStale := cn.c.readOf(ctx); level != ReadLeader && !mayWrite {
+		return cn.queryRead(ctx, req, level, maxStale)
+	}
 	if !cn.c.NotIdempotent {
 		cn.seq++
 		req.Schema, req.Client, req.Seq = wire.SchemaDedup, cn.client, cn.seq
@@ -482,6 +520,116 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 		return nil, err
 	}
 	return &rows{rr: rr}, nil
+}
+
+// queryRead sends a query that surely reads at level ReadAny or ReadStale
+// (QUERY_SQL with wire.SchemaRead) on the read connection (see sendRead).
+func (cn *conn) queryRead(ctx context.Context, req *wire.Request, level ReadLevel, maxStale time.Duration) (driver.Rows, error) {
+	req.Schema = wire.SchemaRead
+	switch level {
+	case ReadAny:
+		req.ReadLevel = wire.ReadAny
+	case ReadStale:
+		if maxStale <= 0 {
+			return nil, errors.New("dqlite: read level stale needs a positive staleness bound (max_staleness)")
+		}
+		req.ReadLevel = wire.ReadStale
+		req.MaxStalenessUs = uint64((maxStale + time.Microsecond - 1) / time.Microsecond)
+	default:
+		return nil, fmt.Errorf("dqlite: unknown read level %d", level)
+	}
+	if !cn.c.NotIdempotent {
+		cn.seq++
+		req.Client, req.Seq = cn.client, cn.seq
+	}
+	var rr *wire.RowsReader
+	err := cn.sendRead(ctx, func(w *wire.Conn, db uint32) error {
+		req.DB = db
+		var err error
+		rr, err = w.Query(ctx, req) // the rows outlive the call: the caller's ctx
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &rows{rr: rr}, nil
+}
+
+// sendRead sends a read (safe to send again) on the read connection until
+// it succeeds, fails for good or the retry window ends: after a retryable
+// failure it drops the connection and moves to the next node. When no
+// node accepts a read connection, the read goes to the leader (send), in
+// what is left of the window, and so do those of the next backoffMax.
+func (cn *conn) sendRead(ctx context.Context, call func(w *wire.Conn, db uint32) error) error {
+	rctx, cancel := context.WithTimeout(ctx, cn.c.RetryTimeout)
+	defer cancel()
+	toLeader := func() error {
+		return cn.send(rctx, false, func(context.Context) error { return call(cn.w, cn.db) })
+	}
+	backoff := backoffMin
+	for {
+		if cn.r == nil {
+			if time.Now().Before(cn.readHold) {
+				return toLeader()
+			}
+			if err := cn.connectRead(rctx); err != nil {
+				if rctx.Err() != nil {
+					return err
+				}
+				cn.readHold = time.Now().Add(backoffMax)
+				return toLeader()
+			}
+		}
+		err := call(cn.r, cn.rdb)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		cn.dropRead()
+		if serr := sleep(rctx, backoff); serr != nil {
+			return err
+		}
+		backoff = min(2*backoff, backoffMax)
+	}
+}
+
+// connectRead opens the read connection: to the connection's read node,
+// or, when it fails, to each next known node in turn.
+func (cn *conn) connectRead(ctx context.Context) error {
+	addrs := cn.c.Store.Get()
+	if len(addrs) == 0 {
+		return errors.New("dqlite: no node addresses")
+	}
+	if !cn.rpicked {
+		cn.rnode, cn.rpicked = cn.c.readNext.Add(1)-1, true
+	}
+	var errs []error
+	for range addrs {
+		addr := addrs[cn.rnode%uint64(len(addrs))]
+		w, err := wire.Dial(ctx, addr, cn.c.TLS)
+		if err == nil {
+			var db uint32
+			if db, err = w.OpenAny(ctx, cn.c.Name); err == nil {
+				cn.r, cn.rdb = w, db
+				return nil
+			}
+			w.Close()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		cn.rnode++
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("dqlite: no node accepted a read connection: %w", errors.Join(errs...))
+}
+
+// dropRead closes the read connection; the next one goes to the next node.
+func (cn *conn) dropRead() {
+	if cn.r != nil {
+		cn.r.Close()
+		cn.r = nil
+		cn.rnode++
+	}
 }
 
 // send sends a request to the leader until it succeeds, fails for good or
@@ -539,6 +687,8 @@ func (cn *conn) Ping(ctx context.Context) error {
 	return nil
 }
 
+// IsValid looks at the leader connection only: a broken read connection
+// is replaced by the next read.
 func (cn *conn) IsValid() bool { return cn.w == nil || cn.w.Broken() == nil }
 
 func (cn *conn) Prepare(query string) (driver.Stmt, error) {
@@ -678,6 +828,7 @@ func (t *tx) Rollback() error {
 
 func (cn *conn) Close() error {
 	cn.drop()
+	cn.dropRead()
 	return nil
 }
 
