@@ -6,7 +6,12 @@
 //
 // Statements end with ";" (a script's last may omit it). Dot commands:
 // .cluster, .leader, .describe, .weight N, .transfer ID, .remove ID,
-// .dump FILE, .help. Output is a table, or JSON with -f json.
+// .dump FILE, .databases, .open NAME, .read LEVEL [DURATION], .help.
+// Output is a table, or JSON with -f json.
+//
+// .read any (linearizable) or .read stale DURATION (at most DURATION
+// old) sends the following queries to the first node of -s that accepts
+// them, leader or not; .read leader (the default) to the leader.
 package main
 
 import (
@@ -47,6 +52,15 @@ type shell struct {
 	// transaction lives in conn's server session, so it is never retried
 	// on another connection.
 	inTx bool
+	// readLevel (a wire.Read* level) and maxStale are the level of
+	// queries (.read); those at ReadAny or ReadStale go to rconn, a
+	// connection to servers[rnode] with the database rdbID opened on it
+	// by OpenAny.
+	readLevel uint64
+	maxStale  time.Duration
+	rconn     *wire.Conn
+	rdbID     uint32
+	rnode     int
 }
 
 // codeAuth is SQLITE_AUTH: a statement the node reserves for itself.
@@ -225,6 +239,66 @@ func (sh *shell) close() {
 		sh.conn.Close()
 		sh.conn = nil
 	}
+	sh.closeRead()
+}
+
+func (sh *shell) closeRead() {
+	if sh.rconn != nil {
+		sh.rconn.Close()
+		sh.rconn = nil
+	}
+}
+
+// connectRead opens the read connection: to servers[rnode], or the next
+// ones in turn when it fails.
+func (sh *shell) connectRead(ctx context.Context) error {
+	if sh.rconn != nil && sh.rconn.Broken() == nil {
+		return nil
+	}
+	sh.closeRead()
+	var errs []error
+	for range sh.servers {
+		addr := sh.servers[sh.rnode%len(sh.servers)]
+		c, err := wire.Dial(ctx, addr, sh.tls)
+		if err == nil {
+			var id uint32
+			if id, err = c.OpenAny(ctx, sh.db); err == nil {
+				sh.rconn, sh.rdbID = c, id
+				return nil
+			}
+			c.Close()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		sh.rnode++
+	}
+	return errors.Join(errs...)
+}
+
+// readQuery runs a query that surely reads at the .read level on the read
+// connection, moving to the next server when one cannot serve it (each at
+// most once); when none can, the query goes to the leader, at its level.
+func (sh *shell) readQuery(ctx context.Context, sql string) error {
+	for range sh.servers {
+		if sh.connectRead(ctx) != nil {
+			break
+		}
+		err := sh.query(ctx, sh.rconn, sh.rdbID, sql, true)
+		if err == nil || !movable(err, sh.rconn) {
+			return err
+		}
+		sh.closeRead()
+		sh.rnode++
+	}
+	return sh.retry(ctx, func() error { return sh.query(ctx, sh.conn, sh.dbID, sql, true) })
+}
+
+// movable reports whether a request that failed with err on c may go to
+// another node: c broke, or the node cannot serve it (not leader, no
+// database).
+func movable(err error, c *wire.Conn) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && (we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy ||
+		we.Code == wire.CodeNotFound) || c.Broken() != nil
 }
 
 // connect reaches the leader and opens the database.
@@ -257,10 +331,7 @@ func (sh *shell) retry(ctx context.Context, f func() error) error {
 			return err
 		}
 		err := f()
-		var we *wire.Error
-		moved := errors.As(err, &we) && (we.Code == wire.CodeNotLeader || we.Code == wire.CodeNotLeaderLegacy ||
-			we.Code == wire.CodeNotFound) || sh.conn.Broken() != nil
-		if err == nil || !moved || attempt > 0 {
+		if err == nil || !movable(err, sh.conn) || attempt > 0 {
 			return err
 		}
 		if sh.inTx {
@@ -280,8 +351,11 @@ func (sh *shell) do(cmd string) error {
 	if strings.HasPrefix(cmd, ".") {
 		return sh.dot(ctx, strings.Fields(cmd))
 	}
+	if isQuery(cmd) && sh.readLevel != wire.ReadLeader && !sh.inTx && sqltext.ReadOnly(cmd) {
+		return sh.readQuery(ctx, cmd)
+	}
 	if isQuery(cmd) {
-		err := sh.retry(ctx, func() error { return sh.query(ctx, cmd) })
+		err := sh.retry(ctx, func() error { return sh.query(ctx, sh.conn, sh.dbID, cmd, false) })
 		// A statement that writes (or a PRAGMA that may only be set inside
 		// the transaction a write runs in) goes again as a write.
 		var we *wire.Error
@@ -367,8 +441,17 @@ func isQuery(sql string) bool {
 	return false
 }
 
-func (sh *shell) query(ctx context.Context, sql string) error {
-	rr, err := sh.conn.Query(ctx, &wire.Request{Type: wire.ReqQuerySQL, DB: sh.dbID, SQL: strings.TrimSuffix(strings.TrimSpace(sql), ";")})
+// query runs a query on c, database db; with atLevel, at the .read level
+// (SchemaRead).
+func (sh *shell) query(ctx context.Context, c *wire.Conn, db uint32, sql string, atLevel bool) error {
+	req := &wire.Request{Type: wire.ReqQuerySQL, DB: db, SQL: strings.TrimSuffix(strings.TrimSpace(sql), ";")}
+	if atLevel {
+		req.Schema, req.ReadLevel = wire.SchemaRead, sh.readLevel
+		if sh.readLevel == wire.ReadStale {
+			req.MaxStalenessUs = uint64((sh.maxStale + time.Microsecond - 1) / time.Microsecond)
+		}
+	}
+	rr, err := c.Query(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -444,7 +527,43 @@ const help = `.cluster          members: id, address, role
 .dump FILE        write the database to FILE (opens with sqlite3)
 .databases        the database this shell has open
 .open NAME        switch to database NAME (created by its first write)
+.read LEVEL [DUR] where the following queries are served: leader (the
+                  default), any (any node of -s, the first that can;
+                  linearizable) or stale DURATION (any node, from state
+                  at most DURATION old, e.g. .read stale 500ms)
 .help             this text`
+
+// setRead handles .read [leader|any|stale DURATION]: without arguments,
+// it shows the level.
+func (sh *shell) setRead(args []string) error {
+	if len(args) == 0 {
+		switch sh.readLevel {
+		case wire.ReadAny:
+			fmt.Fprintln(sh.out, "any")
+		case wire.ReadStale:
+			fmt.Fprintf(sh.out, "stale %v\n", sh.maxStale)
+		default:
+			fmt.Fprintln(sh.out, "leader")
+		}
+		return nil
+	}
+	const usage = ".read takes leader, any, or stale and a duration (.read stale 500ms)"
+	switch {
+	case args[0] == "leader" && len(args) == 1:
+		sh.readLevel, sh.maxStale = wire.ReadLeader, 0
+	case args[0] == "any" && len(args) == 1:
+		sh.readLevel, sh.maxStale = wire.ReadAny, 0
+	case args[0] == "stale" && len(args) == 2:
+		d, err := time.ParseDuration(args[1])
+		if err != nil || d <= 0 || d > time.Duration(wire.MaxStalenessUs)*time.Microsecond {
+			return fmt.Errorf(".read stale %s: want a duration from 1us to 1h, such as 500ms", args[1])
+		}
+		sh.readLevel, sh.maxStale = wire.ReadStale, d
+	default:
+		return errors.New(usage)
+	}
+	return nil
+}
 
 func (sh *shell) dot(ctx context.Context, f []string) error {
 	arg := func() (uint64, error) {
@@ -460,6 +579,8 @@ func (sh *shell) dot(ctx context.Context, f []string) error {
 	case ".databases":
 		fmt.Fprintf(sh.out, "main: %s\n", sh.db)
 		return nil
+	case ".read":
+		return sh.setRead(f[1:])
 	case ".open":
 		if len(f) != 2 {
 			return errors.New(".open takes a database name")

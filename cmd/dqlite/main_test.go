@@ -102,3 +102,83 @@ func TestShellDatabases(t *testing.T) {
 		t.Fatalf(".databases after a refused .open: %q %v", out.String(), err)
 	}
 }
+
+// TestShellReadLevel: after .read any, a query is served by the node -s
+// names even when it does not lead (a follower here, counted by its read
+// metrics); .read stale DURATION likewise; .read leader sends queries
+// back to the leader; inside a transaction queries stay on the leader;
+// bad arguments are refused.
+func TestShellReadLevel(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leader := c.Leader(t, ctx)
+	f := (leader + 1) % len(c.Nodes)
+	follower := c.Nodes[f]
+	served := func() uint64 { r := follower.Metrics().Reads; return r.Forwarded + r.Stale }
+	var out bytes.Buffer
+	sh := &shell{servers: []string{c.Addrs[f]}, db: "test", format: "table", timeout: 10 * time.Second, out: &out}
+	defer sh.close()
+	for _, q := range []string{"CREATE TABLE t (x)", "INSERT INTO t VALUES (41)", ".read any"} {
+		if err := sh.do(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	before := served()
+	out.Reset()
+	if err := sh.do("SELECT x + 1 AS y FROM t"); err != nil || !strings.Contains(out.String(), "42") {
+		t.Fatalf(".read any: query: %q %v", out.String(), err)
+	}
+	if served() == before {
+		t.Fatal(".read any: the follower named by -s served no read")
+	}
+	out.Reset()
+	if err := sh.do(".read"); err != nil || strings.TrimSpace(out.String()) != "any" {
+		t.Fatalf(".read: %q %v", out.String(), err)
+	}
+	// Inside a transaction, a query sees the transaction's writes: it went
+	// to the leader.
+	for _, q := range []string{"BEGIN", "INSERT INTO t VALUES (1)"} {
+		if err := sh.do(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	out.Reset()
+	if err := sh.do("SELECT count(*) AS n FROM t"); err != nil || !strings.Contains(out.String(), "2") {
+		t.Fatalf("query in a transaction at .read any: %q %v", out.String(), err)
+	}
+	if err := sh.do("ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.do(".read stale 1s"); err != nil {
+		t.Fatal(err)
+	}
+	before = served()
+	out.Reset()
+	if err := sh.do("SELECT count(*) AS n FROM t"); err != nil || !strings.Contains(out.String(), "1") {
+		t.Fatalf(".read stale: query: %q %v", out.String(), err)
+	}
+	if served() == before {
+		t.Fatal(".read stale: the follower named by -s served no read")
+	}
+	if err := sh.do(".read leader"); err != nil {
+		t.Fatal(err)
+	}
+	before = served()
+	out.Reset()
+	if err := sh.do("SELECT x FROM t"); err != nil || !strings.Contains(out.String(), "41") {
+		t.Fatalf(".read leader: query: %q %v", out.String(), err)
+	}
+	if served() != before {
+		t.Fatal(".read leader: the follower served the read")
+	}
+	for _, bad := range []string{".read sometimes", ".read stale", ".read stale 0s", ".read stale 2h", ".read stale soon", ".read any 1s"} {
+		if err := sh.do(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	out.Reset()
+	if err := sh.do(".help"); err != nil || !strings.Contains(out.String(), ".read") {
+		t.Fatalf(".help does not list .read: %q %v", out.String(), err)
+	}
+}
