@@ -307,3 +307,29 @@ func TestReadLevelFollowerStopped(t *testing.T) {
 		t.Fatalf("node %d (follower) served no read: %+v then %+v", other+1, before, after)
 	}
 }
+
+// TestReadLevelFallbackToLeader: when no known node accepts a read
+// connection, a read=any query goes to the leader connection (at its
+// level) instead of failing.
+func TestReadLevelFallbackToLeader(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader := c.Leader(t, ctx)
+	reader, cn := readerDB(t, c.Addrs, driver.ReadAny, 0)
+	cn.RetryTimeout = 3 * time.Second
+	sc, err := reader.Conn(ctx) // connected to the leader
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	cn.Store.Set(testcluster.FreeAddrs(t, 2)) // nothing listens there
+	before := c.Nodes[leader].Metrics().Reads
+	var v int
+	if err := sc.QueryRowContext(ctx, "SELECT 7").Scan(&v); err != nil || v != 7 {
+		t.Fatalf("read=any with no node for a read connection: %d %v", v, err)
+	}
+	if after := c.Nodes[leader].Metrics().Reads; after.Lease+after.Rounds <= before.Lease+before.Rounds {
+		t.Fatalf("the leader served no read: %+v then %+v", before, after)
+	}
+}
