@@ -246,22 +246,41 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 
 // metric reads one sample from a node's /metrics.
 func metric(addr, name string) (float64, error) {
+	m, err := metrics(addr)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("%s: no %s", addr, name)
+	}
+	return v, nil
+}
+
+// metrics reads every sample of a node's /metrics, by name with labels
+// (e.g. dqlite_reads_total{path="lease"}).
+func metrics(addr string) (map[string]float64, error) {
 	cl := http.Client{Timeout: time.Second}
 	resp, err := cl.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	m := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strconv.ParseFloat(v, 64)
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
 		}
 	}
-	return 0, fmt.Errorf("%s: no %s", addr, name)
+	return m, nil
 }
 
 // removeAttemptTimeout bounds one REMOVE attempt of the membership nemesis.

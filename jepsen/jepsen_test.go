@@ -74,6 +74,12 @@ func checkClean(t *testing.T, sum *Summary) {
 	if !sum.Converged {
 		t.Error("the nodes did not converge")
 	}
+	for _, u := range sum.Unspread {
+		t.Errorf("register reads at level any not spread over the nodes: %s", u)
+	}
+	if len(sum.Reads) == 0 {
+		t.Error("no node's read counters could be read")
+	}
 	for _, k := range AllNemeses {
 		if _, skipped := sum.Skipped[k]; !skipped && sum.Faults[k] == 0 {
 			t.Errorf("nemesis %s was never injected", k)

@@ -70,11 +70,17 @@ type Summary struct {
 	Skipped   map[string]string // nemesis kind: why it was not run
 	// Refused counts faults the cluster rightly refused (a removal that
 	// would leave no responsive quorum).
-	Refused       map[string]int
-	Violations    []string
-	Linearizable  porcupine.CheckResult
-	Converged     bool
-	Restarts      map[string]int // node: process starts
+	Refused      map[string]int
+	Violations   []string
+	Linearizable porcupine.CheckResult
+	Converged    bool
+	Restarts     map[string]int // node: process starts
+	// Reads is, per node, the reads it served (dqlite_reads_total
+	// forwarded, lease, round), summed over its restarts.
+	Reads map[string][3]int64
+	// Unspread lists what shows the register's reads at level any were not
+	// spread over the nodes (a node that served none).
+	Unspread      []string
 	Visualization string
 	Elapsed       time.Duration
 }
@@ -108,6 +114,22 @@ func (s *Summary) Table() string {
 		fmt.Fprintf(&b, "%-20s %d\n", k, s.Faults[k])
 	}
 	fmt.Fprintf(&b, "linearizable (register): %v; converged: %v; process starts: %v\n", s.Linearizable, s.Converged, s.Restarts)
+	if len(s.Reads) > 0 {
+		var names []string
+		for n := range s.Reads {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintf(&b, "reads served (forwarded/lease/round):")
+		for _, n := range names {
+			r := s.Reads[n]
+			fmt.Fprintf(&b, " %s %d/%d/%d", n, r[0], r[1], r[2])
+		}
+		fmt.Fprintln(&b)
+	}
+	for _, u := range s.Unspread {
+		fmt.Fprintf(&b, "reads not spread: %s\n", u)
+	}
 	fmt.Fprintf(&b, "violations: %d\n", len(s.Violations))
 	for _, v := range s.Violations {
 		fmt.Fprintf(&b, "  %s\n", v)
@@ -170,6 +192,18 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	db := sql.OpenDB(cn)
 	defer db.Close()
 	db.SetMaxOpenConns(32)
+	// The register workload reads at the linearizable any-node level:
+	// each connection reads from one node (chosen round-robin), writes go
+	// to the leader. At least one client per node, and every connection
+	// kept, so every node gets a share.
+	regClients := max(4, cfg.Nodes+1)
+	regCn := driver.NewConnector(c.addrs(), "jepsen")
+	regCn.RetryTimeout = 10 * time.Second
+	regCn.Read = driver.ReadAny
+	regDB := sql.OpenDB(regCn)
+	defer regDB.Close()
+	regDB.SetMaxOpenConns(regClients)
+	regDB.SetMaxIdleConns(regClients)
 	// The set workload has a database of its own: two databases replicate
 	// through every nemesis, and convergence compares both.
 	setCn := driver.NewConnector(c.addrs(), setDatabase)
@@ -196,10 +230,17 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	var viol violations
 	set := &setState{acked: map[int64]bool{}, unknown: map[int64]bool{}}
 	wctx, stopWork := context.WithCancel(ctx)
+	// Each node's read counters, sampled through the run (a restart resets
+	// them).
+	reads := newReadCounts(len(c.procs))
+	sctx, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); reads.sampleEvery(sctx, c, 500*time.Millisecond) }()
+	defer func() { stopSampling(); <-sampled }()
 	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
+	for i := 0; i < regClients; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); runRegister(wctx, db, i+1, cfg.Seed, cfg.Keys, h, &regC) }()
+		go func() { defer wg.Done(); runRegister(wctx, regDB, i+1, cfg.Seed, cfg.Keys, h, &regC) }()
 	}
 	for i := 0; i < 2; i++ {
 		wg.Add(1)
@@ -279,6 +320,17 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	}
 	for _, p := range c.procs {
 		sum.Restarts[fmt.Sprintf("n%d", p.idx+1)] = p.starts
+	}
+	// Every node served reads: the register's reads at level any reached
+	// all of them.
+	stopSampling()
+	<-sampled
+	reads.sample(c) // after healing: every node up
+	var notes []string
+	sum.Reads, sum.Unspread, notes = reads.check()
+	logf("reads served per node (forwarded/lease/round, summed over restarts): %s", reads.describe())
+	for _, n := range notes {
+		logf("reads: %s", n)
 	}
 
 	// Linearizability of the register history.
@@ -479,4 +531,155 @@ func (c *cluster) converged(ctx context.Context, logf func(string, ...any)) erro
 	}
 	logf("converged: %d nodes, image hash %x", len(hashes), hashes[0])
 	return nil
+}
+
+// readPaths are the dqlite_reads_total paths of reads a node served:
+// forwarded (a follower's, with a read index from the leader), lease and
+// round (the leader's own).
+var readPaths = [3]string{"forwarded", "lease", "round"}
+
+// readCounts follows each node's read counters through the run: per node
+// (process slot), the sum over its process starts, from samples (a new
+// process start, or a counter lower than its last sample, is a restart;
+// what a process served after its last sample is not counted).
+type readCounts struct {
+	mu    sync.Mutex
+	nodes []nodeReads
+}
+
+type nodeReads struct {
+	last, base [3]float64
+	starts     int // the process start of last
+	samples    int
+	// followerSamples counts the samples where the node was a voter or
+	// standby following a leader it knew: where its reads at level any
+	// are forwarded.
+	followerSamples int
+}
+
+func newReadCounts(n int) *readCounts { return &readCounts{nodes: make([]nodeReads, n)} }
+
+func (rc *readCounts) sampleEvery(ctx context.Context, c *cluster, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		rc.sample(c)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// sample reads every node's counters (a node that does not answer, paused
+// or down, is skipped).
+func (rc *readCounts) sample(c *cluster) {
+	for i, p := range c.procs {
+		p.mu.Lock()
+		starts := p.starts
+		p.mu.Unlock()
+		if m, err := metrics(p.metrics); err == nil {
+			rc.observe(i, starts, m)
+		}
+	}
+}
+
+// observe takes one sample of node i's metrics, from its process start
+// number starts (read before the metrics).
+func (rc *readCounts) observe(i, starts int, m map[string]float64) {
+	var v [3]float64
+	complete := true
+	for k, path := range readPaths {
+		x, ok := m[`dqlite_reads_total{path="`+path+`"}`]
+		v[k] = x
+		complete = complete && ok
+	}
+	if !complete {
+		return
+	}
+	member := m[`dqlite_role{role="voter"}`] == 1 || m[`dqlite_role{role="standby"}`] == 1
+	rc.mu.Lock()
+	n := &rc.nodes[i]
+	restarted := starts != n.starts
+	for k := range v {
+		restarted = restarted || v[k] < n.last[k]
+	}
+	if restarted {
+		for k := range v {
+			n.base[k] += n.last[k]
+		}
+	}
+	n.last, n.starts = v, starts
+	n.samples++
+	if member && m["dqlite_is_leader"] == 0 && m["dqlite_leader_id"] != 0 {
+		n.followerSamples++
+	}
+	rc.mu.Unlock()
+}
+
+func (n *nodeReads) total() [3]int64 {
+	var t [3]int64
+	for k := range t {
+		t[k] = int64(n.base[k] + n.last[k])
+	}
+	return t
+}
+
+// minFollowerSamples is how many samples (half a second apart) a node must
+// have been seen following a known leader for its reads as a follower to
+// be expected: a few seconds, so a node that spent the run leading, down or
+// cut off is not held to it.
+const minFollowerSamples = 10
+
+// check returns each node's read counts, what shows the register's reads
+// at level any were not spread, and notes. Not spread: a node that served
+// no reads at all (every node is sampled at the end, after healing, as a
+// member), or no node serving a read as a follower although some followed
+// a known leader for seconds (only the leader serves reads at the leader
+// level; with leadership moving, every node may have led and served some).
+// A single node that followed without serving a read as one is only a note:
+// a read connection whose node fails moves to the next node, so a node
+// killed or cut off early can be left without one.
+func (rc *readCounts) check() (counts map[string][3]int64, bad, notes []string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	counts = map[string][3]int64{}
+	var forwarded int64
+	following := 0
+	for i := range rc.nodes {
+		n := &rc.nodes[i]
+		name := fmt.Sprintf("n%d", i+1)
+		t := n.total()
+		counts[name] = t
+		forwarded += t[0]
+		if n.followerSamples >= minFollowerSamples {
+			following++
+		}
+		switch {
+		case n.samples == 0:
+			// Never answered: nothing to judge (healing would have failed).
+		case t[0]+t[1]+t[2] == 0:
+			bad = append(bad, fmt.Sprintf("%s served no reads (%d samples)", name, n.samples))
+		case t[0] == 0 && n.followerSamples >= minFollowerSamples:
+			notes = append(notes, fmt.Sprintf("%s followed a known leader in %d of %d samples but served no read as a follower (lease %d, round %d)",
+				name, n.followerSamples, n.samples, t[1], t[2]))
+		}
+	}
+	if forwarded == 0 && following > 0 {
+		bad = append(bad, fmt.Sprintf("no node served a read as a follower (forwarded 0), though %d followed a known leader for %d samples or more", following, minFollowerSamples))
+	}
+	return counts, bad, notes
+}
+
+func (rc *readCounts) describe() string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	var parts []string
+	for i := range rc.nodes {
+		t := rc.nodes[i].total()
+		parts = append(parts, fmt.Sprintf("n%d %d/%d/%d (follower in %d of %d samples)", i+1, t[0], t[1], t[2],
+			rc.nodes[i].followerSamples, rc.nodes[i].samples))
+	}
+	return strings.Join(parts, ", ")
 }
