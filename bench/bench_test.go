@@ -44,13 +44,20 @@ func TestShortRun(t *testing.T) {
 		}
 		if strings.HasPrefix(r.System, "frames") && r.Workload == "point-read" {
 			// The per-node lists name the leader first; frames reads on
-			// the leader alone.
+			// the leader alone, frames-any on every node.
 			if !r.LeaderFirst || len(r.Nodes) != 3 || len(r.CPUMsPer) != 3 || len(r.ReadShare) != 3 {
 				t.Errorf("%s/%d on %s: per-node figures without the leader first or the read shares: %+v", r.Workload, r.Clients, r.System, r)
 				continue
 			}
 			if r.System == "frames" && r.ReadShare[0] < 0.99 {
 				t.Errorf("%s/%d on frames: the leader served %.0f%% of the reads, want all", r.Workload, r.Clients, 100*r.ReadShare[0])
+			}
+			if r.System == "frames-any" && r.Clients == 32 {
+				for n, sh := range r.ReadShare {
+					if sh == 0 {
+						t.Errorf("%s/%d on frames-any: %s served no reads (shares %v)", r.Workload, r.Clients, r.Nodes[n], r.ReadShare)
+					}
+				}
 			}
 		}
 	}
