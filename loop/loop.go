@@ -622,10 +622,9 @@ func (l *Loop) serveReads() {
 	}
 }
 
-// failLostWrites fails writes that can no longer commit: this node lost
-// leadership in their term (another leader may overwrite them) and they are
-// not yet applied. Their outcome is unknown to the client only if the entry
-// reached others; ErrLeadershipLost says exactly that.
+// failLostWrites fails the writes of a term this node no longer leads
+// whose index a snapshot covered (outcome unknown). The others wait for
+// their index to apply (see apply), bounded by RequestTimeoutTicks.
 func (l *Loop) failLostWrites() {
 	st := l.raft.Basic()
 	for _, id := range l.order {
@@ -634,17 +633,16 @@ func (l *Loop) failLostWrites() {
 			continue
 		}
 		if st.Term != req.term || st.State != raft.StateLeader {
-			// Keep waiting if the entry may still commit and be applied
-			// here; the apply path resolves it by term. Only give up
-			// when the log no longer holds it.
-			t, err := l.raft.Term(req.index)
-			switch {
-			case errors.Is(err, raft.ErrCompacted):
+			// Keep waiting: the apply path resolves the write by the
+			// term of the entry applied at its index. An entry another
+			// leader overwrote here is not lost yet: a node that holds
+			// it may still win an election and commit it (and then it
+			// comes back here); only a different entry committed at its
+			// index settles that it did not happen.
+			if _, err := l.raft.Term(req.index); errors.Is(err, raft.ErrCompacted) {
 				// A snapshot from the new leader covers the index: the
 				// entry there may or may not be ours.
 				l.finish(id, Reply{ID: id, Err: ErrUnknownOutcome})
-			case err != nil || t != req.term:
-				l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
 			}
 		}
 	}
