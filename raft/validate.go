@@ -157,6 +157,11 @@ func (r *Raft) checkSender(m Message) (bool, error) {
 		// A read index is for members only (a removed standby may ask
 		// until it learns it was removed).
 		return false, nil
+	case MsgReadIndexResp:
+		// The answer of the leader we asked (a joining node may follow
+		// a leader it knows no membership of); it may come after we
+		// stopped following it.
+		return r.forward != nil && r.forward.lead == m.From, nil
 	}
 	if m.Term < r.term {
 		return false, nil // stale anyway

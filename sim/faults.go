@@ -242,17 +242,53 @@ func (s *Sim) faultStaleLeader() {
 	cuts := s.cutBetween(inside, outside)
 	l.stalled = true
 	inc := l.inc
-	// Clients that knew it as the leader keep sending to it.
+	// Clients that knew it as the leader keep sending to it; the others
+	// moved to the majority's side (and find its new leader there).
 	for _, c := range s.clients {
-		if !c.bank && s.rng.IntN(2) == 0 {
+		switch {
+		case c.bank:
+		case s.rng.IntN(2) == 0:
+			// Half of them only read meanwhile (a write there would
+			// keep them waiting): a lease that outlives the leader's
+			// term shows here.
 			c.target = l.id
+			c.readsOnly = c.counter == nil && s.rng.IntN(2) == 0
+		case len(outside) > 0:
+			c.target = outside[s.rng.IntN(len(outside))]
+			c.avoid = l.id
+			c.writesOnly = s.rng.IntN(2) == 0
+			if p := c.pending; p != nil && p.node == l.id && c.counter == nil {
+				s.clientTimeout(c, p) // it gave up waiting there
+			}
 		}
 	}
 	s.count("stale-leader")
 	s.tracef("stale leader %d (group %v)", l.id, group)
+	if s.rng.IntN(2) == 0 {
+		// The majority's timers fire late and catch up at once: a burst
+		// of ticks, but no time, so their vote leases hold and the stale
+		// leader's lease stays valid until they end.
+		s.after(s.randDuration(0, s.electionTimeout()/5), &event{kind: evFault, fn: func() {
+			s.count("stale-leader-tick-burst")
+			s.tracef("tick burst on %v", outside)
+			for _, id := range outside {
+				if n := s.nodes[id]; n.up && !n.paused {
+					for i := 0; i < 20; i++ {
+						s.take(n, n.loop.Tick())
+					}
+				}
+			}
+		}})
+	}
 	s.after(s.randDuration(2*s.electionTimeout(), 8*s.electionTimeout()), &event{kind: evFault, fn: func() {
 		if l.inc == inc {
 			l.stalled = false
+		}
+		for _, c := range s.clients {
+			if c.avoid == l.id {
+				c.avoid = raft.None
+			}
+			c.readsOnly, c.writesOnly = false, false
 		}
 		s.restoreCuts(cuts)
 		s.tracef("stale leader %d released", l.id)

@@ -29,6 +29,9 @@ type node struct {
 	removed   bool // stopped for good (removed and wiped)
 	inc       int  // incarnation, bumped at each start
 	tickEvery time.Duration
+	// skew is tickEvery over the nominal tick: the node's clock runs at
+	// 1/skew of true time (its ticks and its clock agree).
+	skew float64
 	// deferred holds messages that arrived while paused.
 	deferred []raft.Message
 	// flipped is a bit flipped in a closed segment while the node was
@@ -71,10 +74,17 @@ func (h applyHook) Restore(data []byte) error { return h.n.kv.Restore(data) }
 func (s *Sim) addNode(id raft.NodeID) *node {
 	// Clock skew: each node's ticks run up to 20% fast or slow.
 	skew := 0.8 + 0.4*s.rng.Float64()
-	n := &node{id: id, tickEvery: time.Duration(float64(s.opts.Tick) * skew)}
+	n := &node{id: id, tickEvery: time.Duration(float64(s.opts.Tick) * skew), skew: skew}
 	n.fs = NewDisk(s.opts.Seed ^ uint64(id)<<40)
 	s.nodes[id] = n
 	return n
+}
+
+// clock is the node's monotonic clock: true (simulated) time at the rate
+// of its ticks, whatever happens to the ticks themselves (stalls, pauses,
+// bursts).
+func (n *node) clock(s *Sim) func() int64 {
+	return func() int64 { return int64(float64(s.now)/n.skew) + 1 }
 }
 
 // startNode (re)creates a node's loop and state machine from its disk.
@@ -133,7 +143,8 @@ func (s *Sim) startNode(n *node) {
 	}
 	cfg := loop.Config{
 		Raft: raft.Config{ID: n.id, ElectionTicks: 10, HeartbeatTicks: 2, MaxSnapshotChunkBytes: 256,
-			MaxMsgBytes: maxMsg, MaxInflightMsgs: inflight},
+			MaxMsgBytes: maxMsg, MaxInflightMsgs: inflight,
+			Clock: n.clock(s), TickNanos: int64(s.opts.Tick), MaxClockDrift: s.opts.ClockDrift, NoLease: s.opts.NoLease},
 		Storage: n.disk, FSM: sm, Batcher: batcher,
 		Rand:                rand.New(rand.NewPCG(s.opts.Seed, uint64(n.id)<<32|uint64(n.inc))),
 		SnapshotThreshold:   s.opts.SnapshotThreshold,

@@ -78,10 +78,23 @@ type Options struct {
 	// NoTraceHash skips hashing the event trace (benchmarks); TraceHash is
 	// then zero.
 	NoTraceHash bool
+	// ClockDrift is the drift rate bound the nodes assume
+	// (raft.Config.MaxClockDrift); every node's clock runs within 25% of
+	// true time, so a smaller bound is a planted drift beyond it.
+	ClockDrift float64
+	// NoLease turns the leader lease off (every linearizable read takes a
+	// heartbeat round).
+	NoLease bool
 	// OutDir receives porcupine's visualization of a non-linearizable
 	// history (the system temporary directory if empty).
 	OutDir string
 }
+
+// SimClockDrift is the drift bound that covers the simulator's clocks: a
+// node's ticks, and so its clock, run at 0.8 to 1.2 times the nominal
+// interval, so its clock rate is within [1/1.2, 1/0.8] = [0.83, 1.25] of
+// true time.
+const SimClockDrift = 0.25
 
 // HealMode is what the heal phase leaves broken (see Options.HealMode).
 type HealMode uint8
@@ -107,7 +120,7 @@ func DefaultOptions(seed uint64) Options {
 		DropRate: 0.05, DupRate: 0.02, ReorderRate: 0.03,
 		DiskLatencyMin: 200 * time.Microsecond, DiskLatencyMax: 3 * time.Millisecond,
 		FaultInterval: 250 * time.Millisecond, Clients: 5, Keys: 3, SnapshotThreshold: 40, TrailingEntries: 8,
-		CheckTimeout: 10 * time.Second}
+		CheckTimeout: 10 * time.Second, ClockDrift: SimClockDrift}
 	shape := rand.New(rand.NewPCG(seed, 0x5ba9e))
 	o.Nodes = []int{3, 3, 4, 5, 5}[shape.IntN(5)]
 	o.MaxMsgBytes = []uint64{128, 512, 0}[shape.IntN(3)]
@@ -115,6 +128,7 @@ func DefaultOptions(seed uint64) Options {
 	o.SnapshotThreshold = []uint64{12, 40, 100}[shape.IntN(3)]
 	o.HealMode = HealMode(shape.IntN(3))
 	o.TrailingEntries = []uint64{0, 2, 8}[shape.IntN(3)]
+	o.NoLease = shape.IntN(4) == 0
 	return o
 }
 

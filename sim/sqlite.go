@@ -86,9 +86,9 @@ func (s *Sim) sqlWrite(n *node, req uint64, sql, key, value string) {
 		Params: []fsm.Value{{Type: fsm.TypeText, Text: key}, {Type: fsm.TypeText, Text: value}}}}))
 }
 
-func (s *Sim) sqlGet(n *node, req uint64, key string) {
+func (s *Sim) sqlGet(n *node, req uint64, key string, ro loop.ReadOptions) {
 	db := n.db
-	s.take(n, n.loop.Read(req, func() (any, error) {
+	s.take(n, n.loop.ReadWith(req, 0, ro, func() (any, error) {
 		rows, err := db.Conn().Query("SELECT v FROM kv WHERE k = ?", key)
 		if err != nil {
 			return nil, err
