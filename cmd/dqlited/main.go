@@ -63,6 +63,8 @@ type options struct {
 	domain          uint64
 	handover        time.Duration
 	tick            time.Duration
+	maxClockDrift   float64
+	noLeaderLease   bool
 	logMemory       int64
 	listen          string
 	testingBug      string
@@ -94,6 +96,8 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.StringVar(&o.listen, "listen", "", "host:port to listen on when it differs from -address (behind a proxy or NAT)")
 	fs.StringVar(&o.testingBug, "testing-bug", "", "TESTING ONLY: run with this deliberate bug of the catalogue (internal/mutant), for testing the testers")
 	fs.DurationVar(&o.tick, "tick", 100*time.Millisecond, "Raft tick (the election timeout is 10 ticks)")
+	fs.Float64Var(&o.maxClockDrift, "max-clock-drift", 0.1, "bound on how far any member's monotonic clock runs fast or slow (0.1: 10%); the leader lease is shortened to stay safe within it (docs/CONSISTENCY.md)")
+	fs.BoolVar(&o.noLeaderLease, "no-leader-lease", false, "serve every linearizable read after a heartbeat round (assumes nothing about clocks)")
 	fs.Int64Var(&o.logMemory, "log-memory", 64<<20, "bytes of memory the Raft log may hold (index and cached entries)")
 	// Environment variables first; flags override them.
 	var envErr error
@@ -216,7 +220,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
 		ClusterKey: key, PeerCAs: peerCAs, OpenPeerLinks: o.openPeerLinks,
 		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen,
-		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}}
+		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}, MaxClockDrift: o.maxClockDrift, NoLeaderLease: o.noLeaderLease}
 	if o.statements {
 		cfg.Mode = fsm.ModeStatements
 	}
