@@ -347,13 +347,14 @@ func (r *Raft) tickForward() {
 // handleReadIndexRequest answers a follower's MsgReadIndex of our term.
 func (r *Raft) handleReadIndexRequest(m Message) {
 	reject := Message{Type: MsgReadIndexResp, To: m.From, Context: m.Context, Reject: true}
-	if r.state != StateLeader {
+	pr := r.prs[m.From]
+	if r.state != StateLeader || pr == nil {
+		// Not a replica (removed, a spare): it would never apply the
+		// index.
 		r.send(reject)
 		return
 	}
-	if pr := r.prs[m.From]; pr != nil {
-		pr.recentActive = true
-	}
+	pr.recentActive = true
 	r.readStats.Answered++
 	if r.LeaseValid() {
 		r.send(Message{Type: MsgReadIndexResp, To: m.From, Context: m.Context, Index: r.log.committed})

@@ -113,7 +113,7 @@ func (c *Config) setDefaults() error {
 		if c.MaxClockDrift == 0 {
 			c.MaxClockDrift = DefaultMaxClockDrift
 		}
-		if c.MaxClockDrift < 0 || c.MaxClockDrift >= 0.5 {
+		if !(c.MaxClockDrift >= 0 && c.MaxClockDrift < 0.5) { // NaN too
 			return fmt.Errorf("raft: config: MaxClockDrift %v outside [0, 0.5)", c.MaxClockDrift)
 		}
 	}
@@ -287,6 +287,13 @@ func New(cfg Config) (*Raft, error) {
 	r.becomeFollower(r.term, None)
 	// This node may have acknowledged a leader just before it restarted.
 	r.heardFromLeader()
+	if r.hasClock() {
+		// Batch numbers of forwarded reads differ from the ones of
+		// earlier incarnations, whose answers may still be on their way.
+		// (Only with a clock: without, the random sequence of election
+		// timeouts stays what the scenario scripts expect.)
+		r.forwardSeq = (cfg.Rand.Uint64() ^ uint64(r.now())) >> 2
+	}
 	return r, nil
 }
 
@@ -403,6 +410,11 @@ func (r *Raft) canCampaign() bool {
 
 func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 	assert.That(term >= r.term, "term going back from %d to %d", r.term, term)
+	if term > r.term || lead != r.lead || r.state != StateFollower {
+		// Reads forwarded to the leader of another term, or another
+		// leader, are not answered any more.
+		r.failForwarded(ErrLeadershipLost)
+	}
 	if term > r.term {
 		r.term = term
 		r.vote = None
@@ -412,9 +424,6 @@ func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 		// A partly received snapshot came from the old term's leader.
 		r.incoming = nil
 		r.leadHint = None
-	}
-	if term > r.term || lead != r.lead || r.state != StateFollower {
-		r.failForwarded(ErrLeadershipLost)
 	}
 	r.abortLeadership()
 	r.state = StateFollower

@@ -207,6 +207,12 @@ func (r *Raft) handleVoteRequest(m Message) {
 		(r.vote == None && r.lead == None) ||
 		(pre && m.Term > r.term) ||
 		mutant.On(mutant.RaftDoubleVote)
+	if r.hasClock() && !m.Transfer && r.vote != m.From && r.inVoteLease() {
+		// Whatever the term: a node can reach a newer term without a
+		// leader (a rejection, a response) while a leader still counts
+		// on its refusal (lease.go).
+		canVote = false
+	}
 	// Without a readable log we cannot tell whether the candidate's is
 	// up to date.
 	upToDate := r.log.isUpToDate(m.Index, m.LogTerm) || mutant.On(mutant.RaftVoteIgnoresLog)
