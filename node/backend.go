@@ -131,6 +131,7 @@ func (b backend) Query(ctx context.Context, w *wire.Write) (wire.Cursor, error) 
 			for i := range c.cols {
 				c.cols[i], c.decl[i] = st.ColumnName(i), st.ColumnDeclType(i)
 			}
+			c.prefetch()
 			return c, nil
 		})
 	})
@@ -185,18 +186,71 @@ func (c *rowsCursor) Next(add func([]wire.Value) bool) (bool, error) {
 
 func (c *rowsCursor) Close() { c.rows = nil }
 
-// cursor steps a query in short batches of loop time.
+// cursor steps a query in short batches of loop time. The first rows (up
+// to prefetchBytes) are stepped in the loop event that opened it, and a
+// statement done by then is closed there too: a point read costs one loop
+// event, not three.
 type cursor struct {
 	n          *Node
 	session    uint64
 	st         *vfs.Stmt
 	cols, decl []string
 	closed     bool
+	// ahead holds rows stepped before Next asked; done: the statement
+	// ended (and err is how).
+	ahead [][]wire.Value
+	done  bool
+	err   error
+}
+
+// prefetchBytes bounds the rows a cursor steps when it opens (about one
+// ROWS message).
+const prefetchBytes = wire.RowsBatchBytes
+
+// prefetch steps the first rows; called in the loop.
+func (c *cursor) prefetch() {
+	size := 0
+	for k := 0; k < queryBatchRows && size < prefetchBytes; k++ {
+		more, e := c.st.Step()
+		if e != nil || !more {
+			c.done, c.err = true, c.n.txStepErr(c.session, e)
+			c.closed = true
+			c.n.db.CloseCursor(c.st)
+			return
+		}
+		row := make([]wire.Value, len(c.cols))
+		for i := range row {
+			row[i] = wire.ColumnValue(c.decl[i], c.st.Column(i))
+			size += valueSize(row[i])
+		}
+		c.ahead = append(c.ahead, row)
+	}
+}
+
+// valueSize is about what a value takes in a ROWS message.
+func valueSize(v wire.Value) int {
+	switch x := v.V.(type) {
+	case string:
+		return 8 + len(x)
+	case []byte:
+		return 8 + len(x)
+	}
+	return 8
 }
 
 func (c *cursor) Columns() []string { return c.cols }
 
 func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
+	for len(c.ahead) > 0 {
+		row := c.ahead[0]
+		c.ahead = c.ahead[1:]
+		if !add(row) {
+			return c.done && len(c.ahead) == 0, c.errIfDone()
+		}
+	}
+	if c.done {
+		return true, c.err
+	}
 	var done bool
 	var err error
 	if !c.n.do(func() {
@@ -220,6 +274,13 @@ func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
 		return true, ErrClosed
 	}
 	return done, err
+}
+
+func (c *cursor) errIfDone() error {
+	if c.done && len(c.ahead) == 0 {
+		return c.err
+	}
+	return nil
 }
 
 func (c *cursor) Close() {

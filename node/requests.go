@@ -230,8 +230,10 @@ func (n *Node) release(result any) {
 	case *vfs.Stmt:
 		n.db.CloseCursor(v)
 	case *cursor:
-		v.closed = true
-		n.db.CloseCursor(v.st)
+		if !v.closed {
+			v.closed = true
+			n.db.CloseCursor(v.st)
+		}
 	}
 }
 
