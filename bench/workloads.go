@@ -168,9 +168,9 @@ func (c *Config) workloads() []workload {
 	read := func(ctx context.Context, s System, t string, c, i int) error {
 		return s.Query(ctx, fmt.Sprintf("SELECT v FROM %s WHERE k = ?", t), (c*7919+i)%1000+1)
 	}
-	ws = append(ws, workload{"point-read", 1, scale(300, 3000), kv, read, true})
-	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*100), kv, read, true})
-	ws = append(ws, workload{"mixed-90r-10w", 32, scale(32*20, 32*100), kv,
+	ws = append(ws, workload{"point-read", 1, scale(300, 15000), kv, read, true})
+	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*1500), kv, read, true})
+	ws = append(ws, workload{"mixed-90r-10w", 32, scale(32*20, 32*500), kv,
 		func(ctx context.Context, s System, t string, c, i int) error {
 			if i%10 == 0 {
 				return s.Exec(ctx, fmt.Sprintf("UPDATE %s SET v = ? WHERE k = ?", t), fmt.Sprint(i), (c*31+i)%1000+1)
@@ -358,7 +358,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				table := fmt.Sprintf("w%d_c%d_r%d_%d", wi, w.clients, r, rand.IntN(1<<30))
 				var profDone chan error
 				if cl, ok := s.(*Cluster); ok && cfg.Profile != "" && r == 0 &&
-					(w.name == "insert" && (w.clients == 1 || w.clients == 32) || w.name == "compute-heavy") {
+					(w.name == "insert" && (w.clients == 1 || w.clients == 32) || w.name == "compute-heavy" || w.name == "point-read") {
 					profDone = make(chan error, 1)
 					path := filepath.Join(cfg.Profile, fmt.Sprintf("%s-%d-%s.pprof", w.name, w.clients, s.Name()))
 					go func() { profDone <- cl.Profile(ctx, 2, path) }()
