@@ -37,8 +37,9 @@
 //     times out does not free it), and the loop asserts that the state
 //     machine holds no capture whenever a write starts.
 //   - A write's reply carries the result of applying it, or
-//     ErrLeadershipLost when a different entry was applied at its index (it
-//     did not happen), or ErrUnknownOutcome when a snapshot covered it, or
+//     ErrLeadershipLost when a different entry was applied at its index or
+//     an entry of a later term committed at or below it (it did not
+//     happen), or ErrUnknownOutcome when a snapshot covered it, or
 //     ErrTimeout (outcome unknown).
 //   - Every queue is bounded: MaxPendingRequests, RequestTimeoutTicks.
 package loop

@@ -623,8 +623,10 @@ func (l *Loop) serveReads() {
 }
 
 // failLostWrites fails the writes of a term this node no longer leads
-// whose index a snapshot covered (outcome unknown). The others wait for
-// their index to apply (see apply), bounded by RequestTimeoutTicks.
+// whose index a snapshot covered (outcome unknown), or below whose index
+// an entry of a later term is committed (they did not happen). The others
+// wait for their index to apply (see apply), bounded by
+// RequestTimeoutTicks.
 func (l *Loop) failLostWrites() {
 	st := l.raft.Basic()
 	for _, id := range l.order {
@@ -643,6 +645,17 @@ func (l *Loop) failLostWrites() {
 				// A snapshot from the new leader covers the index: the
 				// entry there may or may not be ours.
 				l.finish(id, Reply{ID: id, Err: ErrUnknownOutcome})
+				continue
+			}
+			// It is settled, though, once an entry of a later term is
+			// committed at or below its index: a leader holding it
+			// would hold an entry of an earlier term there (log
+			// matching), so it can never commit. Terms grow along the
+			// log: the highest committed entry up to its index tells.
+			if j := min(st.Commit, req.index); j > 0 {
+				if t, err := l.raft.Term(j); err == nil && t > req.term {
+					l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
+				}
 			}
 		}
 	}

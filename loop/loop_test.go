@@ -369,6 +369,44 @@ func TestLeadershipLossFailsPendingWrites(t *testing.T) {
 	}
 }
 
+// TestLeadershipLossSettledByLaterTermCommit: writes of a deposed leader
+// beyond what the new leader wrote (a quiet cluster: only its no-op) fail
+// with ErrLeadershipLost as soon as an entry of the later term is committed
+// below them, not after the request timeout.
+func TestLeadershipLossSettledByLaterTermCommit(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.take(lead, c.loops[lead].Propose(7, []byte("z=1")))
+	c.take(lead, c.loops[lead].Propose(9, []byte("z=2")))
+	c.msgs = nil
+	c.down[lead] = true
+	var others []raft.NodeID
+	for _, id := range c.ids() {
+		if id != lead {
+			others = append(others, id)
+		}
+	}
+	for i := 0; i < 60 && c.leader() == raft.None; i++ {
+		for _, id := range others {
+			c.take(id, c.loops[id].Tick())
+		}
+		c.run()
+	}
+	c.down[lead] = false
+	for i := 0; i < 5; i++ {
+		for _, id := range c.ids() {
+			c.take(id, c.loops[id].Tick())
+		}
+		c.run()
+	}
+	for _, id := range []uint64{7, 9} {
+		r, ok := c.replies[id]
+		if !ok || !errors.Is(r.Err, ErrLeadershipLost) {
+			t.Fatalf("write %d of the deposed leader: %+v (answered %v), want ErrLeadershipLost within 5 ticks", id, r, ok)
+		}
+	}
+}
+
 // TestSnapshotCatchUp takes snapshots every few entries and brings a node
 // that was down back through a snapshot.
 func TestSnapshotCatchUp(t *testing.T) {

@@ -207,10 +207,16 @@ type cursor struct {
 // ROWS message).
 const prefetchBytes = wire.RowsBatchBytes
 
+// prefetchTime bounds the time a cursor steps when it opens: many reads
+// can open in one loop event (a heartbeat round releases them together).
+const prefetchTime = 200 * time.Microsecond
+
 // prefetch steps the first rows; called in the loop.
 func (c *cursor) prefetch() {
+	c.n.loop.TxActive(c.session)
 	size := 0
-	for k := 0; k < queryBatchRows && size < prefetchBytes; k++ {
+	start := time.Now()
+	for k := 0; k < queryBatchRows && size < prefetchBytes && (k == 0 || time.Since(start) < prefetchTime); k++ {
 		more, e := c.st.Step()
 		if e != nil || !more {
 			c.done, c.err = true, c.n.txStepErr(c.session, e)
