@@ -150,8 +150,9 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 				return nil, err
 			}
 		case "max_staleness":
-			if c.MaxStaleness, err = time.ParseDuration(v[len(v)-1]); err != nil || c.MaxStaleness <= 0 {
-				return nil, fmt.Errorf("dqlite: max_staleness %q: want a positive duration such as 100ms", v[len(v)-1])
+			if c.MaxStaleness, err = time.ParseDuration(v[len(v)-1]); err != nil || c.MaxStaleness <= 0 ||
+				c.MaxStaleness > wire.MaxStalenessUs*time.Microsecond {
+				return nil, fmt.Errorf("dqlite: max_staleness %q: want a positive duration up to 1h, such as 100ms", v[len(v)-1])
 			}
 		default:
 			return nil, fmt.Errorf("dqlite: unknown data source name parameter %q (read, max_staleness)", k)
@@ -479,6 +480,11 @@ func (cn *conn) QueryContext(ctx context.Context, query string, args []driver.Na
 	if err != nil {
 		return nil, err
 	}
+	if !cn.inTx && sqltext.LoneTxControl(query) != "" {
+		// As in ExecContext: a transaction the driver does not know of
+		// would be split across connections.
+		return nil, ErrUseBeginTx
+	}
 	req := &wire.Request{Type: wire.ReqQuerySQL, SQL: query, Params: params}
 	if len(params) > 255 {
 		req.Schema = 1
@@ -530,8 +536,9 @@ func (cn *conn) queryRead(ctx context.Context, req *wire.Request, level ReadLeve
 	case ReadAny:
 		req.ReadLevel = wire.ReadAny
 	case ReadStale:
-		if maxStale <= 0 {
-			return nil, errors.New("dqlite: read level stale needs a positive staleness bound (max_staleness)")
+		if maxStale <= 0 || maxStale > wire.MaxStalenessUs*time.Microsecond {
+			return nil, fmt.Errorf("dqlite: read level stale needs a staleness bound (max_staleness) above 0 and at most %v, not %v",
+				time.Duration(wire.MaxStalenessUs)*time.Microsecond, maxStale)
 		}
 		req.ReadLevel = wire.ReadStale
 		req.MaxStalenessUs = uint64((maxStale + time.Microsecond - 1) / time.Microsecond)
@@ -544,9 +551,19 @@ func (cn *conn) queryRead(ctx context.Context, req *wire.Request, level ReadLeve
 	}
 	var rr *wire.RowsReader
 	err := cn.sendRead(ctx, func(w *wire.Conn, db uint32) error {
-		req.DB = db
+		r := req
+		if w == cn.w {
+			// The leader serves it at level leader, which keeps every
+			// level's promise, without the extension: a server without
+			// it (another version) answers too.
+			r = &wire.Request{Type: req.Type, Schema: wire.SchemaDedup, SQL: req.SQL, Params: req.Params, Client: req.Client, Seq: req.Seq}
+			if cn.c.NotIdempotent {
+				r.Schema, r.Client, r.Seq = 1, 0, 0
+			}
+		}
+		r.DB = db
 		var err error
-		rr, err = w.Query(ctx, req) // the rows outlive the call: the caller's ctx
+		rr, err = w.Query(ctx, r) // the rows outlive the call: the caller's ctx
 		return err
 	})
 	if err != nil {

@@ -3,12 +3,14 @@ package driver_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dqlite-go/dqlite/driver"
 	"github.com/dqlite-go/dqlite/internal/testcluster"
+	"github.com/dqlite-go/dqlite/node"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -331,5 +333,65 @@ func TestReadLevelFallbackToLeader(t *testing.T) {
 	}
 	if after := c.Nodes[leader].Metrics().Reads; after.Lease+after.Rounds <= before.Lease+before.Rounds {
 		t.Fatalf("the leader served no read: %+v then %+v", before, after)
+	}
+}
+
+func TestQueryRefusesLoneTxControl(t *testing.T) {
+	c := testcluster.Start(t, 1, nil)
+	defer c.Close()
+	db, err := sql.Open("dqlite", strings.Join(c.Addrs, ",")+"/test?read=any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A BEGIN sent through Query would open a transaction the driver does
+	// not know of: the read connection would then read outside it.
+	if rows, err := db.QueryContext(ctx, "BEGIN"); !errors.Is(err, driver.ErrUseBeginTx) {
+		if rows != nil {
+			rows.Close()
+		}
+		t.Fatalf("QueryContext(BEGIN): %v, want ErrUseBeginTx", err)
+	}
+	if _, err := (&driver.Driver{}).OpenConnector("127.0.0.1:1/db?read=stale&max_staleness=2h"); err == nil {
+		t.Fatalf("a staleness bound over 1h accepted")
+	}
+}
+
+// TestTxReadsKeepTransactionAlive: queries served whole in the event that
+// opened them (the prefetching cursor) count as activity of their
+// transaction, as the rows stepped later do.
+func TestTxReadsKeepTransactionAlive(t *testing.T) {
+	c := testcluster.Start(t, 1, func(cfg *node.Config) { cfg.TxIdleTimeout = 300 * time.Millisecond })
+	defer c.Close()
+	db, err := sql.Open("dqlite", strings.Join(c.Addrs, ",")+"/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := db.ExecContext(ctx, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (1, 'a')"); err != nil {
+		t.Fatal(err)
+	}
+	// The client's think time between reads is below the idle timeout;
+	// the whole transaction lasts well past it.
+	for i := 0; i < 10; i++ {
+		var n int
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM t").Scan(&n); err != nil {
+			t.Fatalf("read %d in the transaction: %v", i, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("commit after reads spanning %v: %v", time.Second, err)
 	}
 }
