@@ -38,21 +38,70 @@ var (
 )
 
 // database is one database of the set: its write connection (the leader's
-// writes, applied entries, open transactions) and its read connection
+// writes, applied entries, open transactions) and its read connections
 // (queries, isolated from the writes made while they step).
+//
+// Each open query has a read connection of its own: SQLite's snapshot
+// belongs to a connection, from its first statement's first step until no
+// statement of it is active, so a query started on a connection another
+// query is stepping on would read that query's older snapshot (a stale
+// read). rconn is the first, also used to compile statements without
+// stepping them.
 type database struct {
 	name        string
 	pageSize    int
 	conn, rconn *vfs.Conn
-	cursors     int // open queries on rconn
+	// readers are the read connections (readers[0].conn is rconn) and the
+	// queries open on each (0 or 1).
+	readers []*reader
+	cursors int // open queries on the read connections
 	// written: an applied entry (or a snapshot) wrote it, so it is
 	// replicated state. A database only opened or read here is not (its
 	// file holds SQLite's header alone): snapshots and Names leave it out.
 	written bool
 }
 
+// reader is a read connection and whether a query is open on it.
+type reader struct {
+	conn *vfs.Conn
+	busy bool
+}
+
+// MaxReadConnections bounds the read connections of one database, and so
+// the queries open on it at once (each holds one until it is closed).
+const MaxReadConnections = 64
+
+// ErrTooManyQueries refuses a query while MaxReadConnections queries of
+// its database are open.
+var ErrTooManyQueries = errors.New("fsm: too many queries open on the database")
+
+// freeReader returns a read connection no query is open on, opening one
+// if need be.
+func (d *DB) freeReader(x *database) (*reader, error) {
+	for _, r := range x.readers {
+		if !r.busy {
+			return r, nil
+		}
+	}
+	if len(x.readers) >= MaxReadConnections {
+		return nil, fmt.Errorf("%w (%d, the limit)", ErrTooManyQueries, MaxReadConnections)
+	}
+	c, err := d.vfs.Open(x.name, x.pageSize)
+	if err != nil {
+		return nil, err
+	}
+	r := &reader{conn: c}
+	x.readers = append(x.readers, r)
+	return r, nil
+}
+
 func (x *database) close() error {
-	err := x.rconn.Close()
+	var err error
+	for _, r := range x.readers {
+		if cerr := r.conn.Close(); err == nil {
+			err = cerr
+		}
+	}
 	if cerr := x.conn.Close(); err == nil {
 		err = cerr
 	}
@@ -155,7 +204,7 @@ func (d *DB) openDatabase(name string, pageSize int) (*database, error) {
 		c.Close()
 		return nil, err
 	}
-	x := &database{name: name, pageSize: pageSize, conn: c, rconn: r}
+	x := &database{name: name, pageSize: pageSize, conn: c, rconn: r, readers: []*reader{{conn: r}}}
 	d.dbs[name] = x
 	return x, nil
 }

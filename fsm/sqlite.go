@@ -52,7 +52,7 @@ type DB struct {
 	// cursors are the open queries on the databases' read connections,
 	// which step across several loop events, isolated from the writes
 	// made meanwhile.
-	cursors map[*vfs.Stmt]*database
+	cursors map[*vfs.Stmt]openQuery
 	// txDB holds a client's transaction spanning requests, open on its
 	// write connection (see ExecuteTx); txCursors are its queries.
 	txDB      *database
@@ -73,7 +73,7 @@ func Open(v *vfs.VFS, def string, pageSize int, mode Mode) (*DB, error) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
 	}
 	d := &DB{vfs: v, def: def, pageSize: pageSize, mode: mode, dbs: map[string]*database{},
-		cursors: map[*vfs.Stmt]*database{}, txCursors: map[*vfs.Stmt]struct{}{}}
+		cursors: map[*vfs.Stmt]openQuery{}, txCursors: map[*vfs.Stmt]struct{}{}}
 	if _, err := d.database(def, true); err != nil {
 		return nil, err
 	}
@@ -89,11 +89,16 @@ func (d *DB) OpenCursor(db, sql string, args ...any) (*vfs.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openCursor(x.rconn, sql, args)
+	r, err := d.freeReader(x)
 	if err != nil {
 		return nil, err
 	}
-	d.cursors[s] = x
+	s, err := openCursor(r.conn, sql, args)
+	if err != nil {
+		return nil, err
+	}
+	d.cursors[s] = openQuery{x, r}
+	r.busy = true
 	x.cursors++
 	return s, nil
 }
@@ -177,13 +182,20 @@ func (d *DB) PrepareCheck(db, sql string, inTx bool) (params, tail int, err erro
 	return s.ParamCount(), len(sql) - len(rest), nil
 }
 
+// openQuery is an open cursor's database and read connection.
+type openQuery struct {
+	x *database
+	r *reader
+}
+
 // OpenCursors is the number of open cursors (queries not yet closed).
 func (d *DB) OpenCursors() int { return len(d.cursors) + len(d.txCursors) }
 
 // CloseCursor finalizes a cursor.
 func (d *DB) CloseCursor(s *vfs.Stmt) {
-	if x := d.cursors[s]; x != nil {
-		x.cursors--
+	if q, ok := d.cursors[s]; ok {
+		q.x.cursors--
+		q.r.busy = false
 		delete(d.cursors, s)
 	}
 	delete(d.txCursors, s)
@@ -192,8 +204,9 @@ func (d *DB) CloseCursor(s *vfs.Stmt) {
 
 // closeCursors finalizes every open read cursor (their next step fails).
 func (d *DB) closeCursors() {
-	for s, x := range d.cursors {
-		x.cursors--
+	for s, q := range d.cursors {
+		q.x.cursors--
+		q.r.busy = false
 		s.Finalize()
 	}
 	clear(d.cursors)

@@ -398,7 +398,7 @@ func (b backend) ErrorCode(err error) (uint64, string) {
 	case errors.Is(err, loop.ErrLeadershipLost), errors.Is(err, loop.ErrUnknownOutcome),
 		errors.Is(err, loop.ErrTimeout), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
 		return wire.CodeLeadershipLost, "leadership lost or request timed out: " + err.Error()
-	case errors.Is(err, loop.ErrBusy), vfs.IsBusy(err):
+	case errors.Is(err, loop.ErrBusy), vfs.IsBusy(err), errors.Is(err, fsm.ErrTooManyQueries):
 		return wire.CodeBusy, err.Error()
 	case errors.Is(err, fsm.ErrNoDatabase):
 		return wire.CodeNoDatabase, "database does not exist"
