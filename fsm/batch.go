@@ -161,7 +161,7 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 				continue
 			}
 			if b.Rows {
-				if err := x.checkNoRows(b.SQL); err != nil {
+				if err := d.checkNoRows(x, b.SQL); err != nil {
 					errs[i] = err
 					continue
 				}

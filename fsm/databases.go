@@ -45,14 +45,14 @@ var (
 // belongs to a connection, from its first statement's first step until no
 // statement of it is active, so a query started on a connection another
 // query is stepping on would read that query's older snapshot (a stale
-// read). rconn is the first, also used to compile statements without
-// stepping them.
+// read). Statements compiled without being stepped (PREPARE's check) use
+// a free one too, to see the latest schema.
 type database struct {
-	name        string
-	pageSize    int
-	conn, rconn *vfs.Conn
-	// readers are the read connections (readers[0].conn is rconn) and the
-	// queries open on each (0 or 1).
+	name     string
+	pageSize int
+	conn     *vfs.Conn
+	// readers are the read connections and whether a query is open on
+	// each.
 	readers []*reader
 	cursors int // open queries on the read connections
 	// written: an applied entry (or a snapshot) wrote it, so it is
@@ -204,7 +204,7 @@ func (d *DB) openDatabase(name string, pageSize int) (*database, error) {
 		c.Close()
 		return nil, err
 	}
-	x := &database{name: name, pageSize: pageSize, conn: c, rconn: r, readers: []*reader{{conn: r}}}
+	x := &database{name: name, pageSize: pageSize, conn: c, readers: []*reader{{conn: r}}}
 	d.dbs[name] = x
 	return x, nil
 }

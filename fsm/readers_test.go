@@ -76,3 +76,23 @@ func TestQueriesBoundedByReadConnections(t *testing.T) {
 		s.db.CloseCursor(c)
 	}
 }
+
+// TestPrepareSeesSchemaWhileQueryStreams: PREPARE's check compiles against
+// the latest schema even while a query steps on the first read connection.
+func TestPrepareSeesSchemaWhileQueryStreams(t *testing.T) {
+	s := newSolo(t, fsm.ModeFrames)
+	s.exec("", "CREATE TABLE t (k INTEGER PRIMARY KEY)")
+	s.exec("", "INSERT INTO t VALUES (1), (2)")
+	long, err := s.db.OpenCursor("", "SELECT k FROM t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.db.CloseCursor(long)
+	if more, err := long.Step(); err != nil || !more {
+		t.Fatalf("first step: %v %v", more, err)
+	}
+	s.exec("", "CREATE TABLE u (x)")
+	if n, _, err := s.db.PrepareCheck("", "SELECT x FROM u WHERE x = ?", false); err != nil || n != 1 {
+		t.Fatalf("PrepareCheck of a table created after the streaming query began: %d params, %v", n, err)
+	}
+}

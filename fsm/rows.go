@@ -102,8 +102,12 @@ func (x *database) runRows(sql string, params []Value) (Result, error) {
 // returns rows: they would come from every replica's apply, not to the
 // client. One that returns none (CREATE TABLE through QUERY) replicates as
 // any write.
-func (x *database) checkNoRows(sql string) error {
-	s, _, err := x.rconn.Prepare(sql)
+func (d *DB) checkNoRows(x *database, sql string) error {
+	r, err := d.freeReader(x) // compiled against the latest schema
+	if err != nil {
+		return err
+	}
+	s, _, err := r.conn.Prepare(sql)
 	if err != nil {
 		return err
 	}

@@ -169,7 +169,13 @@ func (d *DB) PrepareCheck(db, sql string, inTx bool) (params, tail int, err erro
 		if err != nil {
 			return 0, 0, err
 		}
-		c = x.rconn
+		// A connection no query steps on: one that does compiles
+		// against that query's (older) schema.
+		r, err := d.freeReader(x)
+		if err != nil {
+			return 0, 0, err
+		}
+		c = r.conn
 	}
 	s, rest, err := c.Prepare(sql)
 	if err != nil {
