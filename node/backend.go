@@ -224,13 +224,21 @@ func (c *cursor) prefetch() {
 			c.n.db.CloseCursor(c.st)
 			return
 		}
-		row := make([]wire.Value, len(c.cols))
-		for i := range row {
-			row[i] = wire.ColumnValue(c.decl[i], c.st.Column(i))
-			size += valueSize(row[i])
+		row := c.row()
+		for _, v := range row {
+			size += valueSize(v)
 		}
 		c.ahead = append(c.ahead, row)
 	}
+}
+
+// row is the statement's current row; called in the loop.
+func (c *cursor) row() []wire.Value {
+	row := make([]wire.Value, len(c.cols))
+	for i := range row {
+		row[i] = wire.ColumnValue(c.decl[i], c.st.Column(i))
+	}
+	return row
 }
 
 // valueSize is about what a value takes in a ROWS message.
@@ -268,11 +276,7 @@ func (c *cursor) Next(add func([]wire.Value) bool) (bool, error) {
 				done, err = true, c.n.txStepErr(c.session, e)
 				return
 			}
-			row := make([]wire.Value, len(c.cols))
-			for i := range row {
-				row[i] = wire.ColumnValue(c.decl[i], c.st.Column(i))
-			}
-			if !add(row) {
+			if !add(c.row()) {
 				return
 			}
 		}

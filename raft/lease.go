@@ -305,12 +305,7 @@ func (r *Raft) sendForward() {
 // failForwarded fails the reads in flight to a leader and waiting to be
 // sent (the leader changed, or this node's state did).
 func (r *Raft) failForwarded(err error) {
-	if r.forward != nil {
-		for _, ctx := range r.forward.ctxs {
-			r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: ctx, Err: err})
-		}
-		r.forward = nil
-	}
+	r.failBatch(err)
 	for _, ctx := range r.forwardWaiting {
 		r.notices = append(r.notices, Notice{Kind: NoticeReadFailed, Context: ctx, Err: err})
 	}
