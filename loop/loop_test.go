@@ -328,15 +328,10 @@ func TestLeaderCrashFailsOrResolvesWrites(t *testing.T) {
 	}
 }
 
-// TestLeadershipLossFailsPendingWrites partitions the leader (its
-// messages are dropped) until it steps down: its pending write fails with
-// ErrLeadershipLost once another leader overwrites the entry.
-func TestLeadershipLossFailsPendingWrites(t *testing.T) {
-	c := newCluster(t, 3, 0)
-	lead := c.elect()
-	c.take(lead, c.loops[lead].Propose(7, []byte("z=1")))
+// isolateUntilNewLeader drops everything lead sends or receives (its
+// queued messages too) and ticks the others until one of them leads.
+func (c *cluster) isolateUntilNewLeader(lead raft.NodeID) {
 	c.msgs = nil
-	// Isolate: drop everything the old leader sends or receives.
 	c.down[lead] = true
 	var others []raft.NodeID
 	for _, id := range c.ids() {
@@ -350,6 +345,16 @@ func TestLeadershipLossFailsPendingWrites(t *testing.T) {
 		}
 		c.run()
 	}
+}
+
+// TestLeadershipLossFailsPendingWrites partitions the leader (its
+// messages are dropped) until it steps down: its pending write fails with
+// ErrLeadershipLost once another leader overwrites the entry.
+func TestLeadershipLossFailsPendingWrites(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	lead := c.elect()
+	c.take(lead, c.loops[lead].Propose(7, []byte("z=1")))
+	c.isolateUntilNewLeader(lead)
 	newLead := c.leader()
 	c.take(newLead, c.loops[newLead].Propose(8, []byte("w=1")))
 	c.run()
@@ -378,20 +383,7 @@ func TestLeadershipLossSettledByLaterTermCommit(t *testing.T) {
 	lead := c.elect()
 	c.take(lead, c.loops[lead].Propose(7, []byte("z=1")))
 	c.take(lead, c.loops[lead].Propose(9, []byte("z=2")))
-	c.msgs = nil
-	c.down[lead] = true
-	var others []raft.NodeID
-	for _, id := range c.ids() {
-		if id != lead {
-			others = append(others, id)
-		}
-	}
-	for i := 0; i < 60 && c.leader() == raft.None; i++ {
-		for _, id := range others {
-			c.take(id, c.loops[id].Tick())
-		}
-		c.run()
-	}
+	c.isolateUntilNewLeader(lead)
 	c.down[lead] = false
 	for i := 0; i < 5; i++ {
 		for _, id := range c.ids() {

@@ -374,7 +374,7 @@ func TestReadIndexRefusedToNonReplica(t *testing.T) {
 	lh.passTicks(0, 3)
 	n3 := lh.nodes[3]
 	if n3.raft.lead == None {
-		t.Skip("the removed node forgot its leader")
+		t.Fatalf("the removed node forgot its leader: the test no longer reaches the leader's check")
 	}
 	n3.reads, n3.notices = nil, nil
 	if err := n3.raft.ReadIndexAny(5); err != nil {
@@ -402,3 +402,17 @@ func TestMaxClockDriftNaNRefused(t *testing.T) {
 }
 
 func nan() float64 { z := 0.0; return z / z }
+
+// TestLeaseRoundsBounded: a leader whose heartbeat rounds go unanswered (cut
+// off, every read taking a round) remembers at most maxLeaseRounds of them.
+func TestLeaseRoundsBounded(t *testing.T) {
+	lh := newLeaseHarness(t, func(c *Config) { c.NoLease = true })
+	r := lh.nodes[1].raft
+	lh.isolate(1)
+	for ctx := uint64(1); ctx <= 2*maxLeaseRounds; ctx++ {
+		must(r.ReadIndex(ctx))
+	}
+	if n := len(r.rounds); n != maxLeaseRounds {
+		t.Fatalf("%d rounds remembered after %d unanswered, want the bound %d", n, 2*maxLeaseRounds, maxLeaseRounds)
+	}
+}
