@@ -16,6 +16,9 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: entry %d: %w", e.Index, err)
 	}
+	if e.Index > d.appliedIndex {
+		d.appliedIndex = e.Index
+	}
 	var res any
 	var x *database
 	switch kind {
@@ -47,7 +50,14 @@ func (d *DB) maybeCheckpoint(x *database) {
 	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(checkpointFrames)*int64(x.pageSize+24) {
 		return
 	}
-	_ = x.conn.Checkpoint()
+	if _, err := d.checkpointFile(x); err != nil {
+		d.lastCheckpointErr = err
+	}
+}
+
+// CheckpointStats are the checkpoint failures so far and the last one.
+func (d *DB) CheckpointStats() (failures uint64, last error) {
+	return d.checkpointFailures, d.lastCheckpointErr
 }
 
 func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
@@ -69,6 +79,9 @@ func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
 	x, err := d.applied(f.Database, int(f.PageSize))
 	if err != nil {
 		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if e.Index <= x.fileIndex {
+		return nil, x, nil // replayed after a restart: the file has it
 	}
 	if err := d.vfs.ApplyFrames(x.name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
 		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
@@ -97,6 +110,9 @@ func (d *DB) applyStatements(e raft.Entry) (any, *database, error) {
 	x, err := d.applied(s.Database, d.pageSize)
 	if err != nil {
 		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
+	}
+	if e.Index <= x.fileIndex {
+		return nil, x, nil // replayed after a restart: the file has it
 	}
 	if err := x.conn.Exec("BEGIN"); err != nil {
 		return nil, nil, err

@@ -59,6 +59,10 @@ type database struct {
 	// replicated state. A database only opened or read here is not (its
 	// file holds SQLite's header alone): snapshots and Names leave it out.
 	written bool
+	// fileIndex is F, the index its file reflects (see files.go);
+	// unsynced: a sync of its file failed, so F never moves again.
+	fileIndex uint64
+	unsynced  bool
 }
 
 // reader is a read connection and whether a query is open on it.
@@ -170,7 +174,7 @@ func (d *DB) evictUnwritten() bool {
 			return false
 		}
 		delete(d.dbs, name)
-		return d.vfs.Clear(name) == nil
+		return d.dropFile(name) == nil
 	}
 	return false
 }
@@ -379,10 +383,26 @@ func (d *DB) decodeSnapshot(data []byte) ([]snapshotImage, error) {
 	return imgs, nil
 }
 
+// dropFile empties database name, whose connections are closed: in
+// memory, or by forgetting its file (removed once no record names it).
+func (d *DB) dropFile(name string) error {
+	if d.files == nil {
+		return d.vfs.Clear(name)
+	}
+	d.files.forget(name)
+	return d.vfs.Detach(name)
+}
+
 // Restore replaces every database with a snapshot's (a database the
 // snapshot lacks is emptied and forgotten; the default one stays open,
 // empty) and checks each.
-func (d *DB) Restore(data []byte) error {
+func (d *DB) Restore(data []byte) error { return d.RestoreAt(0, data) }
+
+// RestoreAt is Restore of a snapshot taken at index: with files, each
+// database gets a new file holding its image, and the record naming them
+// (at index) replaces the old one once they are synced, so a crash leaves
+// the old set or the new one.
+func (d *DB) RestoreAt(index uint64, data []byte) error {
 	imgs, err := d.decodeSnapshot(data)
 	if err != nil {
 		return err
@@ -409,7 +429,16 @@ func (d *DB) Restore(data []byte) error {
 		if keep[im.name] {
 			continue // the deliberate bug: an old database taken for restored
 		}
+		if d.files != nil {
+			d.files.replace(im.name)
+			if err := d.vfs.Detach(im.name); err != nil {
+				return err
+			}
+		}
 		if err := d.vfs.Restore(im.name, im.image); err != nil {
+			if ferr := d.vfs.FileError(); ferr != nil {
+				err = fmt.Errorf("%w (%w)", err, ferr)
+			}
 			return err
 		}
 	}
@@ -417,7 +446,7 @@ func (d *DB) Restore(data []byte) error {
 	// (every file of the VFS is one this set opened).
 	for _, name := range held {
 		if !in[name] {
-			if err := d.vfs.Clear(name); err != nil {
+			if err := d.dropFile(name); err != nil {
 				return err
 			}
 		}
@@ -441,5 +470,12 @@ func (d *DB) Restore(data []byte) error {
 			return err
 		}
 	}
-	return nil
+	if d.files == nil {
+		return nil
+	}
+	d.appliedIndex = max(d.appliedIndex, index)
+	for _, x := range d.dbs {
+		x.fileIndex, x.unsynced = index, false
+	}
+	return d.writeRecord()
 }

@@ -64,6 +64,16 @@ type DB struct {
 	pendingIndex, pendingTm uint64
 	pendingResult           Result
 	dedupWrites             uint64
+	// files keeps the databases' main files and their record (nil: the
+	// databases live in memory); ownVFS: Close closes the VFS too.
+	files  *fileStore
+	ownVFS bool
+	// appliedIndex is the index of the last entry applied.
+	appliedIndex uint64
+	// checkpointFailures counts checkpoints that failed (see
+	// ErrCheckpoint); lastCheckpointErr is the latest failure.
+	checkpointFailures uint64
+	lastCheckpointErr  error
 }
 
 // Open opens the set of databases on v, with def as its default database
@@ -72,13 +82,20 @@ func Open(v *vfs.VFS, def string, pageSize int, mode Mode) (*DB, error) {
 	if !validPageSize(uint32(pageSize)) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
 	}
-	d := &DB{vfs: v, def: def, pageSize: pageSize, mode: mode, dbs: map[string]*database{},
-		cursors: map[*vfs.Stmt]openQuery{}, txCursors: map[*vfs.Stmt]struct{}{}}
+	d := newDB(v, def, pageSize, mode)
 	if _, err := d.database(def, true); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
+
+func newDB(v *vfs.VFS, def string, pageSize int, mode Mode) *DB {
+	return &DB{vfs: v, def: def, pageSize: pageSize, mode: mode, dbs: map[string]*database{},
+		cursors: map[*vfs.Stmt]openQuery{}, txCursors: map[*vfs.Stmt]struct{}{}}
+}
+
+// VFS is the VFS the databases live on.
+func (d *DB) VFS() *vfs.VFS { return d.vfs }
 
 // OpenCursor prepares a read-only query on database db's read connection
 // (creating the database, empty, if it does not exist). The caller steps
@@ -229,6 +246,10 @@ func (d *DB) Close() error {
 		}
 	}
 	clear(d.dbs)
+	if d.ownVFS && d.vfs != nil {
+		d.vfs.Close()
+		d.vfs = nil
+	}
 	return first
 }
 

@@ -47,6 +47,25 @@ type StateMachine interface {
 	Restore(data []byte) error
 }
 
+// DurableStateMachine is a StateMachine whose state lives on disk beside
+// the log: after a restart it may already hold every entry a snapshot
+// covers (and apply skips the replayed entries its state has).
+type DurableStateMachine interface {
+	StateMachine
+	// Covers reports whether the state opened from disk includes every
+	// entry up to index: the snapshot at index is then not restored.
+	Covers(index uint64) bool
+	// RestoreAt is Restore of the snapshot taken at index.
+	RestoreAt(index uint64, data []byte) error
+}
+
+func restore(sm StateMachine, index uint64, data []byte) error {
+	if d, ok := sm.(DurableStateMachine); ok {
+		return d.RestoreAt(index, data)
+	}
+	return sm.Restore(data)
+}
+
 // Default limits.
 const (
 	DefaultMaxPendingRequests  = 1024
@@ -237,12 +256,13 @@ func New(cfg Config) (*Loop, error) {
 		cfg.MaxWriteJobBytes = DefaultMaxWriteJobBytes
 	}
 	snap := cfg.Storage.Snapshot()
-	if snap.Index > 0 {
+	durable, _ := cfg.FSM.(DurableStateMachine)
+	if snap.Index > 0 && (durable == nil || !durable.Covers(snap.Index)) {
 		data, err := readSnapshot(cfg.Storage, snap.Index)
 		if err != nil {
 			return nil, fmt.Errorf("loop: reading snapshot %d: %w", snap.Index, err)
 		}
-		if err := cfg.FSM.Restore(data); err != nil {
+		if err := restore(cfg.FSM, snap.Index, data); err != nil {
 			return nil, fmt.Errorf("loop: restoring snapshot %d: %w", snap.Index, err)
 		}
 	}
@@ -570,7 +590,7 @@ func (l *Loop) installSnapshot(s *raft.Snapshot) {
 		l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
 		return
 	}
-	if err := l.fsm.Restore(s.Data); err != nil {
+	if err := restore(l.fsm, s.Meta.Index, s.Data); err != nil {
 		l.fail(fmt.Errorf("loop: restoring snapshot %d: %w", s.Meta.Index, err))
 		return
 	}

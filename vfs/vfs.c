@@ -35,6 +35,21 @@
 #define JULIAN_UNIX_EPOCH_MS 210866760000000LL
 #define SQLITE_IOERR_WRITE (SQLITE_IOERR | (3 << 8))
 #define SQLITE_IOERR_NOMEM (SQLITE_IOERR | (12 << 8))
+#define SQLITE_IOERR_READ (SQLITE_IOERR | (1 << 8))
+
+/* ---- database files through Go (store.go) ----
+ *
+ * A VFS made with a file opener keeps each database's main file in a File
+ * of the node's data directory (an FS the simulator can fail), reached
+ * through these callbacks: store is the Go handle of the open file. Only
+ * the main file goes there; the WAL, the journal and the WAL index stay in
+ * memory (the WAL is kept short by checkpoints). */
+extern int dqStoreOpen(uintptr_t vfs, char *name, uintptr_t *out);
+extern int dqStoreRead(uintptr_t f, void *p, int n, long long off);
+extern int dqStoreWrite(uintptr_t f, void *p, int n, long long off);
+extern int dqStoreTruncate(uintptr_t f, long long size);
+extern int dqStoreSync(uintptr_t f);
+extern int dqStoreSize(uintptr_t f, long long *out);
 
 /* ---- allocation, with a test-only fault switch ---- */
 
@@ -135,6 +150,9 @@ typedef struct dq_db {
 	unsigned char *post_index;
 	int post_nregions;
 	unsigned int salt;
+	/* The main file's Go handle (store.go); 0: the main file is the
+	 * memory buffer main. */
+	uintptr_t store;
 	struct dq_db *next;
 } dq_db;
 
@@ -145,6 +163,7 @@ typedef struct dq_vfs {
 	sqlite3_vfs *os; /* for temporary files */
 	sqlite3_int64 now_ms; /* unix milliseconds, set by the node */
 	uint64_t rand_state;
+	uintptr_t go; /* the Go VFS's handle when main files are Files, else 0 */
 } dq_vfs;
 
 enum { KIND_MAIN = 1, KIND_WAL, KIND_JOURNAL, KIND_TEMP };
@@ -173,6 +192,52 @@ static dq_db *db_find(dq_vfs *v, const char *name, int create) {
 	d->next = v->dbs;
 	v->dbs = d;
 	return d;
+}
+
+/* db_open_store opens d's main file through the VFS's file opener, if it
+ * has one and the file is not open yet. */
+static int db_open_store(dq_vfs *v, dq_db *d) {
+	if (!v->go || d->store) return SQLITE_OK;
+	uintptr_t h = 0;
+	if (dqStoreOpen(v->go, d->name, &h) != 0 || !h) return SQLITE_CANTOPEN;
+	d->store = h;
+	return SQLITE_OK;
+}
+
+/* main_read reads n bytes of d's main file at off (zeros past its end):
+ * SQLITE_OK, SQLITE_IOERR_SHORT_READ or an error. */
+static int main_read(dq_db *d, void *out, sqlite3_int64 n, sqlite3_int64 off) {
+	if (d->store) {
+		unsigned char *o = out;
+		while (n > 0) {
+			int k = n > (1 << 30) ? (1 << 30) : (int)n;
+			int rc = dqStoreRead(d->store, o, k, off);
+			if (rc) return rc;
+			o += k;
+			off += k;
+			n -= k;
+		}
+		return SQLITE_OK;
+	}
+	if (off >= d->main.size) {
+		memset(out, 0, (size_t)n);
+		return n ? SQLITE_IOERR_SHORT_READ : SQLITE_OK;
+	}
+	sqlite3_int64 avail = d->main.size - off;
+	if (avail < n) {
+		memcpy(out, d->main.data + off, (size_t)avail);
+		memset((char *)out + avail, 0, (size_t)(n - avail));
+		return SQLITE_IOERR_SHORT_READ;
+	}
+	memcpy(out, d->main.data + off, (size_t)n);
+	return SQLITE_OK;
+}
+
+static sqlite3_int64 main_size(dq_db *d) {
+	if (!d->store) return d->main.size;
+	long long n = 0;
+	if (dqStoreSize(d->store, &n) != 0) return -1;
+	return n;
 }
 
 /* index_size is the size of a copy of the index with nregions regions. */
@@ -226,6 +291,7 @@ static buf *file_buf(dq_file *p) {
 static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xRead(p->temp, out, n, off);
+	if (p->kind == KIND_MAIN && p->db->store) return dqStoreRead(p->db->store, out, n, off);
 	buf *b = file_buf(p);
 	if (off >= b->size) {
 		memset(out, 0, (size_t)n);
@@ -250,6 +316,7 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 		int rc = capture_write(p->db, in, n, off);
 		if (rc) return rc;
 	}
+	if (p->kind == KIND_MAIN && p->db->store) return dqStoreWrite(p->db->store, (void *)in, n, off);
 	/* A failure here fails the write; SQLite then rolls the transaction
 	 * back (it has not committed: the index header is updated after the
 	 * last frame is written), and end_write sees no commit. */
@@ -260,6 +327,7 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xTruncate(p->temp, size);
+	if (p->kind == KIND_MAIN && p->db->store) return dqStoreTruncate(p->db->store, size);
 	buf *b = file_buf(p);
 	if (size < b->size) b->size = size;
 	return SQLITE_OK;
@@ -268,12 +336,14 @@ static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
 static int f_sync(sqlite3_file *f, int flags) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xSync(p->temp, flags);
+	if (p->kind == KIND_MAIN && p->db->store) return dqStoreSync(p->db->store);
 	return SQLITE_OK; /* durability comes from the Raft log */
 }
 
 static int f_size(sqlite3_file *f, sqlite3_int64 *out) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xFileSize(p->temp, out);
+	if (p->kind == KIND_MAIN && p->db->store) return dqStoreSize(p->db->store, out);
 	*out = file_buf(p)->size;
 	return SQLITE_OK;
 }
@@ -619,6 +689,8 @@ static int v_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *out, in
 	}
 	p->db = db_find(v, dbname, flags & SQLITE_OPEN_CREATE);
 	if (!p->db) return SQLITE_CANTOPEN;
+	int rc = db_open_store(v, p->db);
+	if (rc) return rc;
 	file_buf(p)->exists = 1;
 	if (oflags) *oflags = flags;
 	p->base.pMethods = &io_methods;
@@ -718,7 +790,7 @@ static int v_last_error(sqlite3_vfs *vfs, int n, char *out) {
 
 /* ---- API used from Go ---- */
 
-dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default) {
+dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default, uintptr_t go) {
 	sqlite3_vfs *os = sqlite3_vfs_find(NULL);
 	if (!os) return NULL;
 	dq_vfs *v = dq_calloc(1, sizeof *v);
@@ -729,6 +801,7 @@ dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default) 
 		return NULL;
 	}
 	v->os = os;
+	v->go = go;
 	v->rand_state = seed;
 	v->base.iVersion = 2;
 	v->base.szOsFile = (int)sizeof(dq_file) + os->szOsFile;
@@ -784,8 +857,9 @@ int dq_pending(dq_vfs *v, const char *name) {
 
 int dq_page_size(dq_vfs *v, const char *name) {
 	dq_db *d = db_find(v, name, 0);
-	if (!d || d->main.size < 100) return 0;
-	int ps = (d->main.data[16] << 8) | d->main.data[17];
+	unsigned char h[2];
+	if (!d || main_size(d) < 100 || main_read(d, h, 2, 16) != SQLITE_OK) return 0;
+	int ps = (h[0] << 8) | h[1];
 	return ps == 1 ? 65536 : ps;
 }
 
@@ -852,6 +926,8 @@ int dq_apply_frames(dq_vfs *v, const char *name, int page_size, int count, const
 	dq_db *d = db_find(v, name, 1);
 	if (!d) return SQLITE_NOMEM;
 	if (d->pending || d->writing) return SQLITE_BUSY;
+	int orc = db_open_store(v, d);
+	if (orc) return orc;
 	for (int i = 0; i < SQLITE_SHM_NLOCK; i++)
 		if (d->shm_excl[i]) return SQLITE_BUSY;
 	/* Room for every frame first: frames left behind by a failure part
@@ -940,11 +1016,17 @@ unsigned char *dq_image(dq_vfs *v, const char *name, long long *size) {
 			}
 		}
 	}
-	sqlite3_int64 dbsize = commit_end ? (sqlite3_int64)commit_pages * pgsz : d->main.size;
+	sqlite3_int64 msize = main_size(d);
+	if (msize < 0) return NULL;
+	sqlite3_int64 dbsize = commit_end ? (sqlite3_int64)commit_pages * pgsz : msize;
 	unsigned char *c = dq_malloc((size_t)dbsize + 1);
 	if (!c) return NULL;
-	sqlite3_int64 keep = d->main.size < dbsize ? d->main.size : dbsize;
-	memcpy(c, d->main.data, (size_t)keep);
+	sqlite3_int64 keep = msize < dbsize ? msize : dbsize;
+	int rc = main_read(d, c, keep, 0);
+	if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) {
+		free(c);
+		return NULL;
+	}
 	if (keep < dbsize) memset(c + keep, 0, (size_t)(dbsize - keep));
 	for (sqlite3_int64 off = WAL_HDR; off < commit_end; off += FRAME_HDR + pgsz) {
 		uint32_t pgno = get_be32(w + off);
@@ -967,12 +1049,39 @@ int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long
 	dq_db *d = db_find(v, name, 1);
 	if (!d) return SQLITE_NOMEM;
 	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
-	/* Room first, so a failure leaves the database as it was. */
-	int rc = buf_reserve(&d->main, size);
+	int rc = db_open_store(v, d);
 	if (rc) return rc;
-	d->main.size = 0;
-	rc = buf_write(&d->main, data, (int)size, 0);
-	if (rc) return rc;
+	if (d->store) {
+		rc = dqStoreTruncate(d->store, 0);
+		for (long long off = 0; rc == SQLITE_OK && off < size; off += 1 << 20) {
+			long long k = size - off < (1 << 20) ? size - off : (1 << 20);
+			rc = dqStoreWrite(d->store, (void *)(data + off), (int)k, off);
+		}
+		if (rc == SQLITE_OK) rc = dqStoreSync(d->store);
+		if (rc) return rc;
+	} else {
+		/* Room first, so a failure leaves the database as it was. */
+		rc = buf_reserve(&d->main, size);
+		if (rc) return rc;
+		d->main.size = 0;
+		rc = buf_write(&d->main, data, (int)size, 0);
+		if (rc) return rc;
+	}
+	d->wal.size = 0;
+	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);
+	return SQLITE_OK;
+}
+
+/* dq_detach_store forgets d's main file handle (returned in *out, 0 if
+ * none), so the next open asks the opener again: the caller closed every
+ * connection and closes the file. */
+int dq_detach_store(dq_vfs *v, const char *name, uintptr_t *out) {
+	dq_db *d = db_find(v, name, 0);
+	*out = 0;
+	if (!d) return SQLITE_OK;
+	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
+	*out = d->store;
+	d->store = 0;
 	d->wal.size = 0;
 	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);
 	return SQLITE_OK;
@@ -984,6 +1093,10 @@ int dq_clear(dq_vfs *v, const char *name) {
 	dq_db *d = db_find(v, name, 0);
 	if (!d) return SQLITE_OK;
 	if (d->pending || d->writing || d->shared || d->exclusive) return SQLITE_BUSY;
+	if (d->store) {
+		int rc = dqStoreTruncate(d->store, 0);
+		if (rc) return rc;
+	}
 	d->main.size = 0;
 	d->wal.size = 0;
 	for (int i = 0; i < d->nregions; i++) memset(d->regions[i], 0, (size_t)d->region_size);

@@ -12,6 +12,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"runtime/cgo"
 	"unsafe"
 
 	// The SQLite library itself: its amalgamation is compiled into every
@@ -45,34 +46,68 @@ func IsBusy(err error) bool {
 // captured transaction.
 var ErrNoPending = errors.New("vfs: no pending transaction")
 
-// VFS is one node's in-memory SQLite file system. Not safe for concurrent
-// use: the node's loop calls it from one goroutine.
+// VFS is one node's SQLite file system: the databases' WALs and WAL
+// indexes in memory, their main files in memory too or, with Files, in
+// files of the node's data directory. Not safe for concurrent use: the
+// node's loop calls it from one goroutine.
 type VFS struct {
-	c    *C.dq_vfs
-	name *C.char
+	c     *C.dq_vfs
+	name  *C.char
+	h     cgo.Handle // of v, for the file callbacks (with files)
+	files *files
 }
 
-// New registers a VFS under name. Randomness SQLite draws from it (when it
-// is the default VFS at the process's first draw) comes from seed.
+// New registers a VFS under name whose databases live in memory only.
+// Randomness SQLite draws from it (when it is the default VFS at the
+// process's first draw) comes from seed.
 func New(name string, seed uint64, makeDefault bool) (*VFS, error) {
+	return register(name, seed, makeDefault, nil)
+}
+
+// NewFiles registers a VFS under name whose databases' main files are
+// opened through fs (see Files): the pages live there and in SQLite's page
+// cache, not in this process's heap.
+func NewFiles(name string, seed uint64, fs Files) (*VFS, error) {
+	if fs == nil {
+		return nil, errors.New("vfs: NewFiles without Files")
+	}
+	return register(name, seed, false, fs)
+}
+
+func register(name string, seed uint64, makeDefault bool, fs Files) (*VFS, error) {
 	cname := C.CString(name)
 	def := C.int(0)
 	if makeDefault {
 		def = 1
 	}
-	c := C.dq_vfs_new(cname, C.ulonglong(seed), def)
+	v := &VFS{name: cname}
+	var gh C.uintptr_t
+	if fs != nil {
+		v.files = &files{open: fs, live: map[cgo.Handle]*storeFile{}}
+		v.h = cgo.NewHandle(v)
+		gh = C.uintptr_t(v.h)
+	}
+	c := C.dq_vfs_new(cname, C.ulonglong(seed), def, gh)
 	if c == nil {
 		C.free(unsafe.Pointer(cname))
+		if v.h != 0 {
+			v.h.Delete()
+		}
 		return nil, fmt.Errorf("vfs: registering %q failed", name)
 	}
-	return &VFS{c: c, name: cname}, nil
+	v.c = c
+	return v, nil
 }
 
-// Close unregisters the VFS and frees its databases. Every connection must
-// be closed first.
+// Close unregisters the VFS, frees its databases and closes their files.
+// Every connection must be closed first.
 func (v *VFS) Close() {
 	C.dq_vfs_destroy(v.c)
 	C.free(unsafe.Pointer(v.name))
+	v.closeFiles()
+	if v.h != 0 {
+		v.h.Delete()
+	}
 }
 
 // SetTime sets the clock SQLite reads (datetime('now') and friends), in

@@ -16,7 +16,8 @@ typedef struct dq_frames {
 	const unsigned char *frames; /* count x (24-byte header + page) */
 } dq_frames;
 
-dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default);
+dq_vfs *dq_vfs_new(const char *name, unsigned long long seed, int make_default, uintptr_t go);
+int dq_detach_store(dq_vfs *v, const char *name, uintptr_t *out);
 void dq_vfs_destroy(dq_vfs *v);
 void dq_vfs_set_time(dq_vfs *v, long long unix_ms);
 int dq_pending(dq_vfs *v, const char *name);

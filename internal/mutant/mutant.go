@@ -55,8 +55,9 @@ const (
 	WALRecoverKeepsTorn // recovery keeps a torn batch at the end of the last segment
 
 	// fsm
-	FSMDedupIgnored    // a retried request already applied applies again
-	FSMRestoreKeepsOld // restoring a snapshot keeps the rows written after it
+	FSMDedupIgnored     // a retried request already applied applies again
+	FSMRestoreKeepsOld  // restoring a snapshot keeps the rows written after it
+	FSMRecordBeforeSync // a checkpoint records its file's index before syncing the file
 
 	// vfs
 	VFSCaptureDropsPage // the capture of a write transaction omits one of its pages
@@ -105,6 +106,7 @@ var Catalogue = []Info{
 	{WALRecoverKeepsTorn, "wal-recover-keeps-torn", "wal", "recovery cuts the log at the first torn or corrupt batch of the last segment"},
 	{FSMDedupIgnored, "fsm-dedup-ignored", "fsm", "a retried request applies once"},
 	{FSMRestoreKeepsOld, "fsm-restore-keeps-old", "fsm", "restoring a snapshot replaces the whole database"},
+	{FSMRecordBeforeSync, "fsm-record-before-sync", "fsm", "a checkpoint records the index its file reflects only after syncing the file"},
 	{VFSCaptureDropsPage, "vfs-capture-drops-page", "vfs", "the capture of a transaction holds every page it wrote"},
 	{VFSCaptureNoSize, "vfs-capture-no-size", "vfs", "the capture carries the database size of the commit frame"},
 	{WirePeerDropsCommit, "wire-peer-drops-commit", "wire", "the peer codec carries every field of a message"},

@@ -1,0 +1,509 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sort"
+	"strings"
+
+	"github.com/dqlite-go/dqlite/internal/mutant"
+	"github.com/dqlite-go/dqlite/vfs"
+	"github.com/dqlite-go/dqlite/wal"
+)
+
+// Databases on disk.
+//
+// With a data directory (OpenFiles), each database's main file is a file
+// of the directory ("sqlite-<id>.db") and the record "fsm-databases" maps
+// database names to files and holds, for each, the index F its file
+// reflects: every entry up to F is in the file; pages of entries after F
+// may or may not be (a checkpoint may have stopped part way), which does
+// not matter, because applying a frames entry rewrites whole pages and the
+// database size. The record is replaced atomically (written to a
+// temporary file, synced, renamed, directory synced) only after the files
+// it describes were synced, so after a crash it never claims more than the
+// files hold. The Raft log keeps every entry after the smallest F
+// (DurableIndex); restarting replays those, and Apply skips, per database,
+// the entries its file already reflects.
+//
+// A database file not named by the record (created, or written by an
+// interrupted install, after the last record) is removed when the set is
+// opened: its database's entries are all in the log.
+
+const (
+	recordName  = "fsm-databases"
+	recordMagic = "DQDBSv01"
+	// filePrefix and fileSuffix name database files: sqlite-<id, 16 hex
+	// digits>.db.
+	filePrefix = "sqlite-"
+	fileSuffix = ".db"
+)
+
+// fileEntry is one database of the record.
+type fileEntry struct {
+	file     uint64 // its file's id
+	pageSize int
+	index    uint64 // F: the file reflects every entry up to it
+}
+
+// record is the decoded "fsm-databases".
+type record struct {
+	next uint64 // the next file id to use
+	dbs  map[string]fileEntry
+}
+
+func fileName(id uint64) string { return fmt.Sprintf("%s%016x%s", filePrefix, id, fileSuffix) }
+
+func (r *record) encode() []byte {
+	names := make([]string, 0, len(r.dbs))
+	for n := range r.dbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	b := append([]byte(nil), recordMagic...)
+	b = binary.LittleEndian.AppendUint64(b, r.next)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(names)))
+	for _, n := range names {
+		e := r.dbs[n]
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(n)))
+		b = append(b, n...)
+		b = binary.LittleEndian.AppendUint64(b, e.file)
+		b = binary.LittleEndian.AppendUint32(b, uint32(e.pageSize))
+		b = binary.LittleEndian.AppendUint64(b, e.index)
+	}
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+func decodeRecord(b []byte) (*record, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrCorrupt, recordName, fmt.Sprintf(format, args...))
+	}
+	if len(b) < len(recordMagic)+16 || string(b[:len(recordMagic)]) != recordMagic {
+		return nil, bad("not a database record (%d bytes)", len(b))
+	}
+	body, sum := b[:len(b)-4], binary.LittleEndian.Uint32(b[len(b)-4:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, bad("fails its checksum")
+	}
+	p := body[len(recordMagic):]
+	r := &record{next: binary.LittleEndian.Uint64(p), dbs: map[string]fileEntry{}}
+	count := binary.LittleEndian.Uint32(p[8:])
+	p = p[12:]
+	files := map[uint64]bool{}
+	for i := uint32(0); i < count; i++ {
+		if len(p) < 2 {
+			return nil, bad("truncated at database %d", i)
+		}
+		n := int(binary.LittleEndian.Uint16(p))
+		if len(p) < 2+n+20 {
+			return nil, bad("truncated at database %d", i)
+		}
+		name := string(p[2 : 2+n])
+		e := fileEntry{file: binary.LittleEndian.Uint64(p[2+n:]), pageSize: int(binary.LittleEndian.Uint32(p[10+n:])),
+			index: binary.LittleEndian.Uint64(p[14+n:])}
+		p = p[22+n:]
+		if CheckDatabaseName(name) != nil || r.dbs[name] != (fileEntry{}) || !validPageSize(uint32(e.pageSize)) ||
+			e.file >= r.next || files[e.file] {
+			return nil, bad("database %d: bad entry %q (file %d of %d, page size %d)", i, name, e.file, r.next, e.pageSize)
+		}
+		files[e.file] = true
+		r.dbs[name] = e
+	}
+	if len(p) != 0 {
+		return nil, bad("%d bytes after its databases", len(p))
+	}
+	return r, nil
+}
+
+// fileStore opens the databases' main files (it is the VFS's Files) and
+// keeps the record. It belongs to the DB, on the loop's goroutine.
+type fileStore struct {
+	fs wal.FS
+	// durable is the record as last written (or read at open).
+	durable *record
+	// open maps each database with a file to the file id it uses now
+	// (recorded or not yet).
+	open map[string]uint64
+	next uint64
+	// dropped are files no record names that no database uses any more.
+	dropped []uint64
+}
+
+// openFileStore reads the record (none: an empty set) and removes the
+// database files it does not name.
+func openFileStore(fs wal.FS) (*fileStore, error) {
+	s := &fileStore{fs: fs, durable: &record{dbs: map[string]fileEntry{}}, open: map[string]uint64{}}
+	names, err := fs.List()
+	if err != nil {
+		return nil, fmt.Errorf("fsm: listing data directory: %w", err)
+	}
+	for _, n := range names {
+		if n != recordName {
+			continue
+		}
+		b, err := readFile(fs, n)
+		if err != nil {
+			return nil, err
+		}
+		if s.durable, err = decodeRecord(b); err != nil {
+			return nil, err
+		}
+	}
+	named := map[string]bool{}
+	for name, e := range s.durable.dbs {
+		named[fileName(e.file)] = true
+		s.open[name] = e.file
+	}
+	s.next = s.durable.next
+	removed := false
+	for _, n := range names {
+		if strings.HasPrefix(n, filePrefix) && strings.HasSuffix(n, fileSuffix) && !named[n] {
+			if err := fs.Remove(n); err != nil {
+				return nil, fmt.Errorf("fsm: removing unrecorded database file %s: %w", n, err)
+			}
+			removed = true
+		}
+	}
+	if removed {
+		if err := fs.SyncDir(); err != nil {
+			return nil, fmt.Errorf("fsm: syncing data directory: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func readFile(fs wal.FS, name string) ([]byte, error) {
+	f, err := fs.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: opening %s: %w", name, err)
+	}
+	defer f.Close()
+	n, err := f.Size()
+	if err != nil {
+		return nil, fmt.Errorf("fsm: reading %s: %w", name, err)
+	}
+	if n > 1<<24 {
+		return nil, fmt.Errorf("%w: %s is %d bytes", ErrCorrupt, name, n)
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil && n > 0 {
+		return nil, fmt.Errorf("fsm: reading %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// OpenDatabase opens name's file, creating a new, empty one for a
+// database that has none (it becomes durable with the next record).
+func (s *fileStore) OpenDatabase(name string) (vfs.File, error) {
+	if id, ok := s.open[name]; ok {
+		f, err := s.fs.Open(fileName(id))
+		if err == nil {
+			return f, nil
+		}
+		if _, recorded := s.durable.dbs[name]; recorded {
+			return nil, err
+		}
+		// A file made since the last record that is gone: make it again.
+	}
+	return s.create(name)
+}
+
+func (s *fileStore) create(name string) (vfs.File, error) {
+	id := s.next
+	s.next++
+	f, err := s.fs.Create(fileName(id))
+	if err != nil {
+		return nil, err
+	}
+	s.open[name] = id
+	return f, nil
+}
+
+// replace gives name a new, empty file (for an install: the old one stays
+// until the record naming the new one is durable).
+func (s *fileStore) replace(name string) { delete(s.open, name) }
+
+// forget drops name (a database an install does not have, or one evicted
+// unwritten); its file goes with the next record.
+func (s *fileStore) forget(name string) {
+	if id, ok := s.open[name]; ok {
+		if _, recorded := s.durable.dbs[name]; !recorded || s.durable.dbs[name].file != id {
+			s.dropped = append(s.dropped, id)
+		}
+	}
+	delete(s.open, name)
+}
+
+// write makes rec durable, then removes the files no database uses any
+// more.
+func (s *fileStore) write(rec *record) error {
+	rec.next = s.next
+	if err := writeAtomic(s.fs, recordName, rec.encode()); err != nil {
+		return err
+	}
+	used := map[uint64]bool{}
+	for _, e := range rec.dbs {
+		used[e.file] = true
+	}
+	for _, id := range s.open {
+		used[id] = true
+	}
+	old := s.durable
+	s.durable = rec
+	removed := false
+	ids := s.dropped
+	s.dropped = nil
+	for _, e := range old.dbs {
+		ids = append(ids, e.file)
+	}
+	for _, id := range ids {
+		if !used[id] {
+			if err := s.fs.Remove(fileName(id)); err == nil {
+				removed = true
+			}
+		}
+	}
+	if removed {
+		// A removal lost in a crash leaves a file the record does not
+		// name: removed at the next open.
+		_ = s.fs.SyncDir()
+	}
+	return nil
+}
+
+// writeAtomic replaces name with data: a crash leaves the old or the new
+// content.
+func writeAtomic(fs wal.FS, name string, data []byte) error {
+	tmp := name + ".tmp"
+	f, err := fs.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("fsm: writing %s: %w", name, err)
+	}
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fs.Rename(tmp, name)
+	}
+	if err == nil {
+		err = fs.SyncDir()
+	}
+	if err != nil {
+		_ = fs.Remove(tmp)
+		return fmt.Errorf("fsm: writing %s: %w", name, err)
+	}
+	return nil
+}
+
+// ErrCheckpoint wraps a checkpoint's failure (a full disk, an I/O error):
+// the WAL keeps the pages and the next checkpoint tries again.
+var ErrCheckpoint = errors.New("fsm: checkpoint failed")
+
+// checkpointFile checkpoints x into its file, syncs the file and records
+// that the file reflects every entry up to the last applied one. It
+// returns whether the checkpoint was complete (a reader can stop it part
+// way: the file then holds some later pages, and F stays where it was).
+func (d *DB) checkpointFile(x *database) (bool, error) {
+	if err := x.conn.Checkpoint(); err != nil {
+		return false, d.checkpointError(x, err)
+	}
+	if d.vfs.WALSize(x.name) != 0 {
+		return false, nil
+	}
+	if d.files == nil {
+		return true, nil
+	}
+	if !mutant.On(mutant.FSMRecordBeforeSync) {
+		if err := d.vfs.SyncFile(x.name); err != nil {
+			// After a failed sync the kernel may have dropped the dirty
+			// pages and a later sync succeed without them: this file is
+			// never trusted again (F stays; a restart replays the log).
+			x.unsynced = true
+			return false, d.checkpointError(x, err)
+		}
+	}
+	if err := d.writeRecord(); err != nil {
+		return false, d.checkpointError(x, err)
+	}
+	// With the deliberate bug mutant.FSMRecordBeforeSync the index is
+	// recorded without the file being synced first: a crash loses pages
+	// the record says the file has.
+	return true, nil
+}
+
+func (d *DB) checkpointError(x *database, err error) error {
+	if ferr := d.vfs.FileError(); ferr != nil {
+		err = fmt.Errorf("%w (%w)", err, ferr)
+	}
+	d.checkpointFailures++
+	return fmt.Errorf("%w: database %q: %w", ErrCheckpoint, x.name, err)
+}
+
+// writeRecord records every written database whose WAL is empty (all of
+// it is in its synced file) at the last applied index, the others at the
+// index they had.
+func (d *DB) writeRecord() error {
+	rec := &record{dbs: map[string]fileEntry{}}
+	for name, x := range d.dbs {
+		if !x.written {
+			continue
+		}
+		e, recorded := d.files.durable.dbs[name]
+		id, ok := d.files.open[name]
+		if !ok {
+			continue
+		}
+		idx := e.index
+		if !recorded || e.file != id {
+			idx = x.fileIndex // a new or replaced file
+		}
+		if d.vfs.WALSize(name) == 0 && !x.unsynced && !(d.pending && d.pendingDB == x) {
+			idx = max(idx, d.appliedIndex)
+		}
+		rec.dbs[name] = fileEntry{file: id, pageSize: x.pageSize, index: idx}
+	}
+	if err := d.files.write(rec); err != nil {
+		return err
+	}
+	for name, e := range rec.dbs {
+		d.dbs[name].fileIndex = e.index
+	}
+	return nil
+}
+
+// DurableIndex is the index the databases' files reflect, all of them: the
+// log may drop entries up to it (and no further). Zero without files.
+func (d *DB) DurableIndex() uint64 {
+	if d.files == nil {
+		return 0
+	}
+	idx, any := uint64(0), false
+	for _, x := range d.dbs {
+		if !x.written {
+			continue
+		}
+		if !any || x.fileIndex < idx {
+			idx = x.fileIndex
+		}
+		any = true
+	}
+	if !any {
+		return d.appliedIndex // no state: every applied entry is covered
+	}
+	return idx
+}
+
+// OpenFiles opens the set of databases kept in fs (the node's data
+// directory; see "Databases on disk" above), on a new VFS registered as
+// vfsName, with def as its default database. Every database of the record
+// is opened, its file reflecting the entries up to its recorded index.
+func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int, mode Mode) (*DB, error) {
+	if !validPageSize(uint32(pageSize)) {
+		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
+	}
+	store, err := openFileStore(fs)
+	if err != nil {
+		return nil, err
+	}
+	v, err := vfs.NewFiles(vfsName, seed, store)
+	if err != nil {
+		return nil, err
+	}
+	d := newDB(v, def, pageSize, mode)
+	d.files = store
+	d.ownVFS = true
+	for _, name := range sortedKeys(store.durable.dbs) {
+		e := store.durable.dbs[name]
+		if err := extendToHeader(fs, fileName(e.file)); err != nil {
+			d.Close()
+			return nil, err
+		}
+		x, err := d.openDatabase(name, e.pageSize)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("fsm: opening database %q: %w", name, err)
+		}
+		x.written, x.fileIndex = true, e.index
+	}
+	if _, err := d.database(def, true); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Covers reports whether the databases opened from disk already reflect
+// every entry up to index (a restart then needs no snapshot restore): true
+// when every recorded database's file does.
+func (d *DB) Covers(index uint64) bool {
+	if d.files == nil {
+		return false
+	}
+	if index == 0 {
+		return true
+	}
+	if len(d.files.durable.dbs) == 0 {
+		return false // nothing recorded: the snapshot holds the state
+	}
+	for _, e := range d.files.durable.dbs {
+		if e.index < index {
+			return false
+		}
+	}
+	return true
+}
+
+// extendToHeader extends a database file that is shorter than its header
+// says to that size (with zero pages). A crash during a checkpoint can
+// leave it so: the new first page reached the disk, later pages of the
+// grown database did not. SQLite refuses such a file as corrupt, but every
+// page past the recorded state comes from an entry after F, which the
+// replay rewrites before anything reads it.
+func extendToHeader(fs wal.FS, name string) error {
+	f, err := fs.Open(name)
+	if err != nil {
+		return fmt.Errorf("fsm: opening database file %s: %w", name, err)
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return fmt.Errorf("fsm: database file %s: %w", name, err)
+	}
+	h := make([]byte, 100)
+	if size < int64(len(h)) {
+		return nil
+	}
+	if _, err := f.ReadAt(h, 0); err != nil {
+		return fmt.Errorf("fsm: reading database file %s: %w", name, err)
+	}
+	if string(h[:16]) != "SQLite format 3\x00" {
+		return nil
+	}
+	ps := int64(binary.BigEndian.Uint16(h[16:]))
+	if ps == 1 {
+		ps = 65536
+	}
+	want := int64(binary.BigEndian.Uint32(h[28:])) * ps
+	if !validPageSize(uint32(ps)) || want <= size {
+		return nil
+	}
+	if err := f.Truncate(want); err != nil {
+		return fmt.Errorf("fsm: extending database file %s to its header's %d bytes: %w", name, want, err)
+	}
+	return nil
+}

@@ -1,0 +1,238 @@
+package vfs
+
+/*
+#include <stdint.h>
+typedef struct dq_vfs dq_vfs;
+int dq_detach_store(dq_vfs *v, const char *name, uintptr_t *out);
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime/cgo"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// File is a database's main file: one file of the node's data directory
+// (the same interface as the Raft log's files, so the simulator's faulty
+// disk covers both).
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+	Truncate(size int64) error
+	Size() (int64, error)
+	Close() error
+}
+
+// Files opens databases' main files for a VFS. OpenDatabase is called from
+// inside SQLite (on the goroutine that opened a connection) the first time a
+// database's main file is needed, and after Detach.
+type Files interface {
+	OpenDatabase(name string) (File, error)
+}
+
+// SQLite result codes the file callbacks return.
+const (
+	codeOK        = 0
+	codeIOErr     = 10
+	codeFull      = 13
+	codeShortRead = 10 | 2<<8
+	codeRead      = 10 | 1<<8
+	codeWrite     = 10 | 3<<8
+	codeFsync     = 10 | 4<<8
+	codeTruncate  = 10 | 6<<8
+	codeFstat     = 10 | 7<<8
+)
+
+// storeFile is an open main file and the VFS it belongs to.
+type storeFile struct {
+	v    *VFS
+	name string
+	f    File
+}
+
+// files is the part of a VFS that the C callbacks reach: the opener, the
+// open main files, and the last error one of them returned (SQLite reports
+// only a code).
+type files struct {
+	open Files
+	mu   sync.Mutex // the callbacks run on the loop; Close may not
+	live map[cgo.Handle]*storeFile
+	last error
+}
+
+func (v *VFS) noteFileError(s *storeFile, op string, err error) {
+	v.files.mu.Lock()
+	v.files.last = fmt.Errorf("vfs: %s of database file %q: %w", op, s.name, err)
+	v.files.mu.Unlock()
+}
+
+// FileError returns (and clears) the last error a database file returned
+// to SQLite: SQLite's own error says only "disk I/O error" or "database or
+// disk is full".
+func (v *VFS) FileError() error {
+	if v.files == nil {
+		return nil
+	}
+	v.files.mu.Lock()
+	defer v.files.mu.Unlock()
+	err := v.files.last
+	v.files.last = nil
+	return err
+}
+
+func storeOf(h C.uintptr_t) *storeFile { return cgo.Handle(h).Value().(*storeFile) }
+
+func ioCode(err error, code int) C.int {
+	if errors.Is(err, syscall.ENOSPC) {
+		return codeFull
+	}
+	return C.int(code)
+}
+
+//export dqStoreOpen
+func dqStoreOpen(vh C.uintptr_t, name *C.char, out *C.uintptr_t) C.int {
+	v := cgo.Handle(vh).Value().(*VFS)
+	n := C.GoString(name)
+	f, err := v.files.open.OpenDatabase(n)
+	if err != nil {
+		v.files.mu.Lock()
+		v.files.last = fmt.Errorf("vfs: opening database file %q: %w", n, err)
+		v.files.mu.Unlock()
+		return codeIOErr
+	}
+	s := &storeFile{v: v, name: n, f: f}
+	h := cgo.NewHandle(s)
+	v.files.mu.Lock()
+	v.files.live[h] = s
+	v.files.mu.Unlock()
+	*out = C.uintptr_t(h)
+	return codeOK
+}
+
+//export dqStoreRead
+func dqStoreRead(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int {
+	s := storeOf(h)
+	b := unsafe.Slice((*byte)(p), int(n))
+	k, err := s.f.ReadAt(b, int64(off))
+	if k == len(b) {
+		return codeOK
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		clear(b[k:])
+		return codeShortRead
+	}
+	s.v.noteFileError(s, "read", err)
+	return codeRead
+}
+
+//export dqStoreWrite
+func dqStoreWrite(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int {
+	s := storeOf(h)
+	if _, err := s.f.WriteAt(unsafe.Slice((*byte)(p), int(n)), int64(off)); err != nil {
+		s.v.noteFileError(s, "write", err)
+		return ioCode(err, codeWrite)
+	}
+	return codeOK
+}
+
+//export dqStoreTruncate
+func dqStoreTruncate(h C.uintptr_t, size C.longlong) C.int {
+	s := storeOf(h)
+	if err := s.f.Truncate(int64(size)); err != nil {
+		s.v.noteFileError(s, "truncate", err)
+		return ioCode(err, codeTruncate)
+	}
+	return codeOK
+}
+
+//export dqStoreSync
+func dqStoreSync(h C.uintptr_t) C.int {
+	s := storeOf(h)
+	if err := s.f.Sync(); err != nil {
+		s.v.noteFileError(s, "sync", err)
+		return ioCode(err, codeFsync)
+	}
+	return codeOK
+}
+
+//export dqStoreSize
+func dqStoreSize(h C.uintptr_t, out *C.longlong) C.int {
+	s := storeOf(h)
+	n, err := s.f.Size()
+	if err != nil {
+		s.v.noteFileError(s, "size", err)
+		return codeFstat
+	}
+	*out = C.longlong(n)
+	return codeOK
+}
+
+// closeFiles closes every open main file (the VFS is being destroyed).
+func (v *VFS) closeFiles() {
+	if v.files == nil {
+		return
+	}
+	v.files.mu.Lock()
+	defer v.files.mu.Unlock()
+	for h, s := range v.files.live {
+		_ = s.f.Close()
+		h.Delete()
+	}
+	v.files.live = nil
+}
+
+// Detach closes db's main file and forgets it, and empties its WAL: the next
+// connection opened on db asks Files for the file again (after the caller
+// replaced it, say). No connection may be open on db.
+func (v *VFS) Detach(db string) error {
+	var h C.uintptr_t
+	rc := withName(db, func(c *C.char) C.int { return C.dq_detach_store(v.c, c, &h) })
+	if rc != 0 {
+		return &Error{Code: int(rc), Msg: "detaching database file"}
+	}
+	if h == 0 || v.files == nil {
+		return nil
+	}
+	v.files.mu.Lock()
+	s := v.files.live[cgo.Handle(h)]
+	delete(v.files.live, cgo.Handle(h))
+	v.files.mu.Unlock()
+	cgo.Handle(h).Delete()
+	if s != nil {
+		return s.f.Close()
+	}
+	return nil
+}
+
+// SyncFile makes db's main file durable (what checkpoints wrote to it).
+func (v *VFS) SyncFile(db string) error {
+	s := v.storeOf(db)
+	if s == nil {
+		return nil
+	}
+	if err := s.f.Sync(); err != nil {
+		return fmt.Errorf("vfs: sync of database file %q: %w", db, err)
+	}
+	return nil
+}
+
+// storeOf returns db's open main file, or nil.
+func (v *VFS) storeOf(db string) *storeFile {
+	if v.files == nil {
+		return nil
+	}
+	v.files.mu.Lock()
+	defer v.files.mu.Unlock()
+	for _, s := range v.files.live {
+		if s.name == db {
+			return s
+		}
+	}
+	return nil
+}
