@@ -304,8 +304,11 @@ func (d *DB) Snapshot() ([]byte, error) {
 	for _, name := range d.Names() {
 		x := d.dbs[name]
 		if x.cursors == 0 {
-			if err := x.conn.Checkpoint(); err != nil {
-				return nil, fmt.Errorf("fsm: checkpoint of %q for snapshot: %w", name, err)
+			// Not needed for the image; it keeps the WAL short and, with
+			// files, records them at this index (so a restart needs no
+			// restore). A failure (a full disk) is retried later.
+			if _, err := d.checkpointFile(x); err != nil {
+				d.lastCheckpointErr = err
 			}
 		}
 		img := d.vfs.Image(name)

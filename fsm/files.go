@@ -447,6 +447,10 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
+// AppliedTo notes that every entry up to index is applied (the loop calls
+// it for entries Apply is not given too).
+func (d *DB) AppliedTo(index uint64) { d.appliedIndex = max(d.appliedIndex, index) }
+
 // Covers reports whether the databases opened from disk already reflect
 // every entry up to index (a restart then needs no snapshot restore): true
 // when every recorded database's file does.

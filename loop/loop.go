@@ -57,6 +57,9 @@ type DurableStateMachine interface {
 	Covers(index uint64) bool
 	// RestoreAt is Restore of the snapshot taken at index.
 	RestoreAt(index uint64, data []byte) error
+	// AppliedTo tells it every entry up to index is applied (entries it
+	// is not given, such as membership changes, included).
+	AppliedTo(index uint64)
 }
 
 func restore(sm StateMachine, index uint64, data []byte) error {
@@ -612,6 +615,9 @@ func (l *Loop) apply(e raft.Entry) {
 		return
 	}
 	l.applied = e.Index
+	if d, ok := l.fsm.(DurableStateMachine); ok {
+		d.AppliedTo(e.Index)
+	}
 	if l.writingIndex != 0 && e.Index >= l.writingIndex {
 		// Applied: the state machine made its captured transaction
 		// visible (same term) or dropped it for another leader's entry.

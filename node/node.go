@@ -305,17 +305,14 @@ func (n *Node) open() error {
 			return err
 		}
 	}
-	v, err := vfs.New(fmt.Sprintf("dqlite-node-%d-%d", n.cfg.ID, vfsSeq.Add(1)), uint64(n.cfg.ID), false)
+	// The databases' files share the log's directory (and its FS).
+	db, err := fsm.OpenFiles(fs, fmt.Sprintf("dqlite-node-%d-%d", n.cfg.ID, vfsSeq.Add(1)), uint64(n.cfg.ID),
+		DefaultDatabase, n.cfg.PageSize, n.cfg.Mode)
 	if err != nil {
-		return err
+		return fmt.Errorf("node %d: opening databases: %w", n.cfg.ID, err)
 	}
-	n.vfs = v
+	n.db, n.vfs = db, db.VFS()
 	n.vfs.SetTime(time.Now().UnixMilli())
-	db, err := fsm.Open(v, DefaultDatabase, n.cfg.PageSize, n.cfg.Mode)
-	if err != nil {
-		return err
-	}
-	n.db = db
 	lc := loop.Config{
 		Raft: raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes,
 			Clock: monotonicClock(), TickNanos: int64(n.cfg.Tick), MaxClockDrift: n.cfg.MaxClockDrift, NoLease: n.cfg.NoLeaderLease},
@@ -671,12 +668,8 @@ func (n *Node) Close() error {
 
 func (n *Node) closeResources() {
 	if n.db != nil {
-		n.db.Close()
-		n.db = nil
-	}
-	if n.vfs != nil {
-		n.vfs.Close()
-		n.vfs = nil
+		n.db.Close() // and its VFS
+		n.db, n.vfs = nil, nil
 	}
 	if n.wal != nil {
 		n.wal.Close()
