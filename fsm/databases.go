@@ -247,7 +247,7 @@ func (d *DB) Image(name string) ([]byte, error) {
 	}
 	// The committed state whatever the WAL holds: no checkpoint (one
 	// under an open cursor would leave the WAL copied but not truncated).
-	return d.vfs.Image(name), nil
+	return d.vfs.Image(name)
 }
 
 // WALSizes is the size in bytes of each written database's WAL (see
@@ -311,7 +311,10 @@ func (d *DB) Snapshot() ([]byte, error) {
 				d.lastCheckpointErr = err
 			}
 		}
-		img := d.vfs.Image(name)
+		img, err := d.vfs.Image(name)
+		if err != nil {
+			return nil, fmt.Errorf("fsm: snapshot of %q: %w", name, err)
+		}
 		imgs = append(imgs, snapshotImage{name: name, pageSize: x.pageSize, image: img})
 		size += 2 + len(name) + 4 + 8 + 4 + len(img)
 	}

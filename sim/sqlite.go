@@ -10,7 +10,6 @@ import (
 	"github.com/dqlite-go/dqlite/internal/sqltext"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
-	"github.com/dqlite-go/dqlite/vfs"
 )
 
 // SQLite mode: every node runs the real replicated SQLite state machine
@@ -44,33 +43,30 @@ func (h sqlHook) Apply(e raft.Entry) (any, error) {
 }
 func (h sqlHook) Snapshot() ([]byte, error) { return h.n.db.Snapshot() }
 func (h sqlHook) Restore(data []byte) error { return h.n.db.Restore(data) }
+func (h sqlHook) RestoreAt(index uint64, data []byte) error {
+	return h.n.db.RestoreAt(index, data)
+}
+func (h sqlHook) Covers(index uint64) bool { return h.n.db.Covers(index) }
+func (h sqlHook) AppliedTo(index uint64)   { h.n.db.AppliedTo(index) }
 
-// openSQL gives a (re)starting node a fresh in-memory SQLite: what a real
-// node rebuilds from its snapshot and log after a restart.
+// openSQL opens a (re)starting node's databases from its disk, as a real
+// node does: the files hold the state up to their recorded index, and the
+// loop replays the log after it.
 func (s *Sim) openSQL(n *node) error {
 	s.closeSQL(n)
-	v, err := vfs.New(fmt.Sprintf("sim-%d-%d", simVFSSeq.Add(1), n.id), s.opts.Seed, false)
+	db, err := fsm.OpenFiles(n.fs, fmt.Sprintf("sim-%d-%d", simVFSSeq.Add(1), n.id), s.opts.Seed, "db", 4096, fsm.ModeFrames)
 	if err != nil {
 		return err
 	}
-	v.SetTime(simClock + s.now.Milliseconds())
-	db, err := fsm.Open(v, "db", 4096, fsm.ModeFrames)
-	if err != nil {
-		v.Close()
-		return err
-	}
-	n.vfs, n.db = v, db
+	db.VFS().SetTime(simClock + s.now.Milliseconds())
+	n.vfs, n.db = db.VFS(), db
 	return nil
 }
 
 func (s *Sim) closeSQL(n *node) {
 	if n.db != nil {
-		n.db.Close()
-		n.db = nil
-	}
-	if n.vfs != nil {
-		n.vfs.Close()
-		n.vfs = nil
+		n.db.Close() // and its VFS
+		n.db, n.vfs = nil, nil
 	}
 }
 

@@ -222,14 +222,18 @@ func (v *VFS) ApplyFrames(db string, f *Frames) error {
 // Image returns db as of its last applied commit, as a database file: the
 // main file with the committed WAL frames laid over it. No checkpoint is
 // needed (one would stop part way while a reader holds an old snapshot).
-func (v *VFS) Image(db string) []byte {
+// An empty image is a database never written.
+func (v *VFS) Image(db string) ([]byte, error) {
 	var size C.longlong
 	p := withName(db, func(c *C.char) *C.uchar { return C.dq_image(v.c, c, &size) })
 	if p == nil {
-		return nil
+		if err := v.FileError(); err != nil {
+			return nil, fmt.Errorf("vfs: image of %s: %w", db, err)
+		}
+		return nil, fmt.Errorf("vfs: image of %s: out of memory or no such database", db)
 	}
 	defer C.free(unsafe.Pointer(p))
-	return C.GoBytes(unsafe.Pointer(p), C.int(size))
+	return C.GoBytes(unsafe.Pointer(p), C.int(size)), nil
 }
 
 // WALSize returns the size of db's WAL in bytes.

@@ -242,7 +242,10 @@ func TestCheckpointImageRestore(t *testing.T) {
 	if err := lc.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	img := lv.Image("db")
+	img, err := lv.Image("db")
+	if err != nil {
+		t.Fatal(err)
+	}
 	rv := newVFS(t)
 	if err := rv.Restore("db", img); err != nil {
 		t.Fatal(err)

@@ -407,10 +407,14 @@ func (f *diskFile) Close() error { return nil }
 // Unsynced names a file whose current content or directory entry a crash
 // now could lose ("" when everything present is durable). Unsynced removals
 // and truncations are not counted: a file or tail coming back after a crash
-// loses nothing written.
+// loses nothing written. Database files (SectorFileSuffix) are not
+// counted either: they are caches of the log, synced at checkpoints.
 func (d *Disk) Unsynced() string {
 	var worst string
 	for name, ino := range d.dir {
+		if strings.HasSuffix(name, SectorFileSuffix) {
+			continue
+		}
 		lost := d.durable[name] != ino || len(ino.data) > len(ino.synced) ||
 			(ino.dirtyFrom < len(ino.data) && string(ino.data[ino.dirtyFrom:]) != string(ino.synced[ino.dirtyFrom:len(ino.data)]))
 		if lost {
