@@ -73,7 +73,11 @@
 // recorded (the first one, sticky) and reported once in Update.StorageErr.
 // The node steps down if it leads and from then on sends no appends or
 // snapshots, starts no election, grants no vote, takes no peer message and
-// applies nothing: the caller stops it, as after a failed write.
+// applies nothing: the caller stops it, as after a failed write. The same
+// holds for a SnapshotSource's ReadSnapshot failing (but for
+// ErrSnapshotChanged) and for metadata from its OpenSnapshot that raft
+// cannot send (a programming error); an error from OpenSnapshot is no
+// failure: it means "later".
 //
 // # Protocol features
 //
@@ -97,6 +101,24 @@
 //     its metadata) and compacts storage; followers that need compacted
 //     entries receive it in chunks of at most MaxSnapshotChunkBytes, one in
 //     flight at a time, resent after an election timeout without progress.
+//     By default the leader sends the newest snapshot in Storage and a
+//     follower assembles it in memory, handing out Update.Snapshot with its
+//     Data. Two optional hooks stream snapshots instead (for a state
+//     larger than memory). A Config.SnapshotSource opens the snapshot to
+//     send each replica (OpenSnapshot, checked: at most the applied index,
+//     the log continuing it, its term and membership as of its index) and
+//     reads it in chunks (ReadSnapshot); when it says later
+//     (ErrSnapshotLater, or any error) the replica keeps probing and the
+//     next heartbeat response tries again, and when an opened snapshot is
+//     gone (ErrSnapshotChanged) the leader opens another, the same index
+//     possibly, and sends it from offset 0. A Config.SnapshotSink is given
+//     each chunk in order as it arrives, synchronously; a chunk at offset
+//     0 starts over; a sink error rejects the chunk and the leader starts
+//     over from 0; AbortSnapshot tells it raft gave up on the partial
+//     one; the installed Update.Snapshot has no Data. Either hook works
+//     without the other (a leader's source with a follower's buffer, or
+//     the other way round; but see SnapshotSource.ReadSnapshot on
+//     opening an index again).
 //   - ReadIndex: a read point confirmed by a quorum of heartbeat
 //     acknowledgements in the current term.
 //
@@ -115,7 +137,11 @@
 // panic through internal/assert; errors caused by the world (storage
 // failures, invalid peer messages) are returned, as described above.
 //
-// The known simplification: a follower assembles an incoming snapshot in
-// memory before installing it; Config.MaxSnapshotBytes bounds it (a chunk
-// past it is an invalid message), so snapshot size is bounded by memory.
+// Snapshot size: without a SnapshotSink a follower assembles an incoming
+// snapshot in memory before installing it, so its size is bounded by
+// memory; with one, raft holds only the snapshot's metadata and the count
+// of bytes received. Either way Config.MaxSnapshotBytes bounds what a
+// follower accepts (a chunk ending past it is an invalid message). A
+// leader reads one chunk at a time either way (from Storage, or from its
+// SnapshotSource), one in flight per replica.
 package raft

@@ -52,8 +52,9 @@ type Config struct {
 	// most MaxEntryBytes).
 	MaxSnapshotChunkBytes int
 	// MaxSnapshotBytes bounds a snapshot this node receives, which it
-	// assembles in memory: a chunk past it is refused as an invalid
-	// message (default DefaultMaxSnapshotBytes).
+	// assembles in memory unless SnapshotSink is set: a chunk past it is
+	// refused as an invalid message (default DefaultMaxSnapshotBytes;
+	// with a sink, set it to the largest snapshot the sink may take).
 	MaxSnapshotBytes uint64
 	// MaxUncommittedBytes bounds the proposed-but-uncommitted bytes on a
 	// leader; proposals past it fail with ErrTooManyPending.
@@ -68,6 +69,21 @@ type Config struct {
 	// Applied is the index the state machine already reflects when the node
 	// restarts (at least the storage snapshot's index).
 	Applied uint64
+
+	// SnapshotSource, when set, opens and reads the snapshots this node
+	// sends as leader, instead of Storage: Storage.SnapshotChunk is then
+	// never called, and Storage.Snapshot only by New (for the membership).
+	// A replica that needs compacted entries waits while OpenSnapshot says
+	// later (or fails): it is retried on its next heartbeat response. An
+	// opened snapshot that is gone (ErrSnapshotChanged) is opened anew.
+	// Nil: the newest snapshot in Storage is sent.
+	SnapshotSource SnapshotSource
+	// SnapshotSink, when set, is given the chunks of the snapshots this
+	// node receives as they arrive, in order, instead of raft assembling
+	// them in memory; a sink error makes the leader start over, and
+	// Update.Snapshot carries no Data. Nil: raft buffers the whole
+	// snapshot (at most MaxSnapshotBytes) and hands out its Data.
+	SnapshotSink SnapshotSink
 
 	// Clock, when set, is this node's monotonic clock in nanoseconds
 	// (see lease.go): it makes the vote lease a matter of time instead
@@ -158,7 +174,12 @@ type promotion struct {
 // incomingSnapshot is a snapshot being received in chunks.
 type incomingSnapshot struct {
 	meta SnapshotMeta
-	buf  []byte
+	// buf holds the chunks received (without a SnapshotSink; with one,
+	// the sink has them and buf stays nil).
+	buf []byte
+	// received is the number of bytes received: the offset of the next
+	// chunk.
+	received uint64
 }
 
 // Raft is one node's consensus state machine. It is not safe for concurrent
@@ -237,6 +258,10 @@ type Raft struct {
 	// snapRead is the furthest byte of a snapshot read for sending in this
 	// leadership: no follower can acknowledge more.
 	snapRead snapshotRead
+	// srcRead replaces snapRead with a SnapshotSource, which may send
+	// replicas different snapshots: for each replica, the furthest byte
+	// read of the highest snapshot index read for it in this leadership.
+	srcRead map[NodeID]snapshotRead
 
 	// storageErrReported is set once Update returned log.readErr.
 	storageErrReported bool
@@ -422,7 +447,7 @@ func (r *Raft) becomeFollower(term uint64, lead NodeID) {
 		// nothing about the next one's log.
 		r.matched, r.acked, r.pendingAck = 0, 0, false
 		// A partly received snapshot came from the old term's leader.
-		r.incoming = nil
+		r.dropIncoming()
 		r.leadHint = None
 	}
 	r.abortLeadership()
@@ -488,7 +513,7 @@ func (r *Raft) becomeLeader() {
 	r.votes = nil
 	r.resetTimers()
 	r.prs = map[NodeID]*progress{}
-	r.snapRead = snapshotRead{}
+	r.snapRead, r.srcRead = snapshotRead{}, nil
 	r.rounds, r.leaseAt, r.transferSent = nil, 0, false
 	r.leaderSince = r.now()
 	r.updateReplicas()

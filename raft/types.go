@@ -183,7 +183,9 @@ type SnapshotMeta struct {
 	ConfigIndex uint64 // index of the entry that set Config
 }
 
-// Snapshot is a complete snapshot received from a leader, to install.
+// Snapshot is a complete snapshot received from a leader, to install. With
+// a Config.SnapshotSink, Data is nil: the sink received the data and made
+// it ready to install.
 type Snapshot struct {
 	Meta SnapshotMeta
 	Data []byte
@@ -344,7 +346,8 @@ type Notice struct {
 //
 //  1. Snapshot (if any) is installed and made durable first, replacing the
 //     log up to its index; the caller reports it with Persisted(meta.Index,
-//     meta.Term).
+//     meta.Term). With a SnapshotSink its Data is nil: what is installed
+//     is the snapshot the sink accepted last (done) with this metadata.
 //  2. HardState (if any) must be durable before any of Messages is sent.
 //  3. Entries must be handed to durable storage in order, after Snapshot; an
 //     entry whose index is at or below the storage's last index replaces that
@@ -369,16 +372,19 @@ type Update struct {
 	ReadStates       []ReadState
 	Notices          []Notice
 	// StorageErr is the first error Storage returned on a read raft cannot
-	// do without: Term, Entries or SnapshotChunk failing with anything but
-	// ErrCompacted (below the first index) or ErrSnapshotChanged, or
-	// answering against the Storage contract. It comes in exactly one
-	// Update; the failure is sticky. By then raft has stepped down if it
-	// led, and from then on sends no appends or snapshots, starts no
-	// election, grants no vote and hands out no committed entries, so the
-	// node cannot harm the cluster, but cannot make progress either. The
-	// caller must treat it as a storage failure: stop the node (after
-	// honouring the rest of this Update, HardState before Messages as
-	// always) and restart it from durable state once storage is repaired.
+	// do without: Term, Entries or SnapshotChunk (or SnapshotSource's
+	// ReadSnapshot) failing with anything but ErrCompacted (below the
+	// first index) or ErrSnapshotChanged, or answering against the Storage
+	// (or SnapshotSource) contract, metadata from OpenSnapshot that raft
+	// cannot send included (OpenSnapshot's errors are not failures).
+	// It comes in exactly one Update; the failure is sticky. By then raft
+	// has stepped down if it led, and from then on sends no appends or
+	// snapshots, starts no election, grants no vote and hands out no
+	// committed entries, so the node cannot harm the cluster, but cannot
+	// make progress either. The caller must treat it as a storage
+	// failure: stop the node (after honouring the rest of this Update,
+	// HardState before Messages as always) and restart it from durable
+	// state once storage is repaired.
 	StorageErr error
 }
 
@@ -415,5 +421,6 @@ var ErrCompacted = errors.New("raft: requested index is compacted")
 var ErrUnavailable = errors.New("raft: requested entry is unavailable")
 
 // ErrSnapshotChanged is returned by Storage.SnapshotChunk when the snapshot
-// at the requested index is no longer the current one.
+// at the requested index is no longer the current one, and by
+// SnapshotSource.ReadSnapshot when that snapshot is no longer available.
 var ErrSnapshotChanged = errors.New("raft: snapshot changed")

@@ -268,8 +268,8 @@ func (r *Raft) checkResponse(m Message) error {
 		if m.Index > last {
 			return invalid(m, "snapshot %d beyond our last index %d", m.Index, last)
 		}
-		if m.Index == r.snapRead.index && m.Offset > r.snapRead.end {
-			return invalid(m, "offset %d in snapshot %d beyond the %d bytes sent", m.Offset, m.Index, r.snapRead.end)
+		if rd := r.snapshotReadFor(m.From); m.Index == rd.index && m.Offset > rd.end {
+			return invalid(m, "offset %d in snapshot %d beyond the %d bytes sent", m.Offset, m.Index, rd.end)
 		}
 	}
 	return nil
