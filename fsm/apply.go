@@ -31,6 +31,7 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 		x.written = true
 	}
 	if err == nil && x != nil {
+		d.maybeCloseView()
 		d.maybeCheckpoint(x)
 	}
 	return res, err
@@ -76,6 +77,9 @@ func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if d.deferred != nil {
+		return nil, nil, d.applyDeferred(e, f)
+	}
 	x, err := d.applied(f.Database, int(f.PageSize))
 	if err != nil {
 		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
@@ -103,6 +107,9 @@ func (statementError) Deterministic() bool { return true }
 
 func (d *DB) applyStatements(e raft.Entry) (any, *database, error) {
 	d.Abort()
+	if err := d.FinishReplay(); err != nil { // statements need connections
+		return nil, nil, err
+	}
 	s, err := DecodeStatements(e.Data)
 	if err != nil {
 		return nil, nil, err

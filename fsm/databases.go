@@ -63,6 +63,8 @@ type database struct {
 	// unsynced: a sync of its file failed, so F never moves again.
 	fileIndex uint64
 	unsynced  bool
+	// dirty: its file may hold pages of entries up to it (see files.go).
+	dirty uint64
 }
 
 // reader is a read connection and whether a query is open on it.
@@ -414,6 +416,13 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 		return err
 	}
 	d.Abort()
+	d.CloseView()
+	if d.files != nil {
+		d.AbortSnapshot()
+		if err := d.dropDeferred(); err != nil {
+			return err
+		}
+	}
 	d.closeCursors()
 	keep := map[string]bool{}
 	if mutant.On(mutant.FSMRestoreKeepsOld) {
@@ -481,7 +490,8 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 	}
 	d.appliedIndex = max(d.appliedIndex, index)
 	for _, x := range d.dbs {
-		x.fileIndex, x.unsynced = index, false
+		x.fileIndex, x.unsynced, x.dirty = index, false, index
 	}
+	d.replayBound = 0
 	return d.writeRecord()
 }

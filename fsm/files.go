@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/dqlite-go/dqlite/internal/mutant"
+	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
 	"github.com/dqlite-go/dqlite/wal"
 )
@@ -34,7 +35,7 @@ import (
 
 const (
 	recordName  = "fsm-databases"
-	recordMagic = "DQDBSv01"
+	recordMagic = "DQDBSv02"
 	// filePrefix and fileSuffix name database files: sqlite-<id, 16 hex
 	// digits>.db.
 	filePrefix = "sqlite-"
@@ -46,7 +47,16 @@ type fileEntry struct {
 	file     uint64 // its file's id
 	pageSize int
 	index    uint64 // F: the file reflects every entry up to it
+	dirty    uint64 // no page of an entry after it is in the file (>= index)
 }
+
+// A checkpoint may stop part way (a crash, a full disk) having written
+// pages of entries after F. The record says how far: dirty, the last
+// applied index when a checkpoint of the file last started, recorded
+// before it writes anything. The files then hold no page of an entry after
+// the largest dirty, so once a restarted node has applied that far, every
+// such page was rewritten by the replay (in the WAL, then the file).
+// Sending a view of the files waits for that (OpenView).
 
 // record is the decoded "fsm-databases".
 type record struct {
@@ -72,6 +82,7 @@ func (r *record) encode() []byte {
 		b = binary.LittleEndian.AppendUint64(b, e.file)
 		b = binary.LittleEndian.AppendUint32(b, uint32(e.pageSize))
 		b = binary.LittleEndian.AppendUint64(b, e.index)
+		b = binary.LittleEndian.AppendUint64(b, e.dirty)
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
@@ -97,15 +108,15 @@ func decodeRecord(b []byte) (*record, error) {
 			return nil, bad("truncated at database %d", i)
 		}
 		n := int(binary.LittleEndian.Uint16(p))
-		if len(p) < 2+n+20 {
+		if len(p) < 2+n+28 {
 			return nil, bad("truncated at database %d", i)
 		}
 		name := string(p[2 : 2+n])
 		e := fileEntry{file: binary.LittleEndian.Uint64(p[2+n:]), pageSize: int(binary.LittleEndian.Uint32(p[10+n:])),
-			index: binary.LittleEndian.Uint64(p[14+n:])}
-		p = p[22+n:]
+			index: binary.LittleEndian.Uint64(p[14+n:]), dirty: binary.LittleEndian.Uint64(p[22+n:])}
+		p = p[30+n:]
 		if CheckDatabaseName(name) != nil || r.dbs[name] != (fileEntry{}) || !validPageSize(uint32(e.pageSize)) ||
-			e.file >= r.next || files[e.file] {
+			e.file >= r.next || files[e.file] || e.dirty < e.index {
 			return nil, bad("database %d: bad entry %q (file %d of %d, page size %d)", i, name, e.file, r.next, e.pageSize)
 		}
 		files[e.file] = true
@@ -310,6 +321,12 @@ var ErrCheckpoint = errors.New("fsm: checkpoint failed")
 // returns whether the checkpoint was complete (a reader can stop it part
 // way: the file then holds some later pages, and F stays where it was).
 func (d *DB) checkpointFile(x *database) (bool, error) {
+	if d.view != nil {
+		return false, nil // a view being sent needs the files as they are
+	}
+	if err := d.markDirty(x); err != nil {
+		return false, d.checkpointError(x, err)
+	}
 	if err := x.conn.Checkpoint(); err != nil {
 		return false, d.checkpointError(x, err)
 	}
@@ -359,14 +376,15 @@ func (d *DB) writeRecord() error {
 		if !ok {
 			continue
 		}
-		idx := e.index
+		idx, dirty := e.index, e.dirty
 		if !recorded || e.file != id {
-			idx = x.fileIndex // a new or replaced file
+			idx, dirty = x.fileIndex, x.fileIndex // a new or replaced file
 		}
 		if d.vfs.WALSize(name) == 0 && !x.unsynced && !(d.pending && d.pendingDB == x) {
 			idx = max(idx, d.appliedIndex)
 		}
-		rec.dbs[name] = fileEntry{file: id, pageSize: x.pageSize, index: idx}
+		dirty = max(dirty, idx, x.dirty)
+		rec.dbs[name] = fileEntry{file: id, pageSize: x.pageSize, index: idx, dirty: dirty}
 	}
 	if err := d.files.write(rec); err != nil {
 		return err
@@ -375,6 +393,19 @@ func (d *DB) writeRecord() error {
 		d.dbs[name].fileIndex = e.index
 	}
 	return nil
+}
+
+// markDirty records, before a checkpoint writes x's file, that the file
+// may hold pages of entries up to the last applied one.
+func (d *DB) markDirty(x *database) error {
+	if d.files == nil {
+		return nil
+	}
+	if e, ok := d.files.durable.dbs[x.name]; ok && e.file == d.files.open[x.name] && e.dirty >= d.appliedIndex {
+		return nil
+	}
+	x.dirty = max(x.dirty, d.appliedIndex)
+	return d.writeRecord()
 }
 
 // DurableIndex is the index the databases' files reflect, all of them: the
@@ -418,24 +449,87 @@ func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int,
 	d := newDB(v, def, pageSize, mode)
 	d.files = store
 	d.ownVFS = true
+	d.deferred = map[string]*deferredDB{}
 	for _, name := range sortedKeys(store.durable.dbs) {
 		e := store.durable.dbs[name]
 		if err := extendToHeader(fs, fileName(e.file)); err != nil {
 			d.Close()
 			return nil, err
 		}
-		x, err := d.openDatabase(name, e.pageSize)
-		if err != nil {
-			d.Close()
-			return nil, fmt.Errorf("fsm: opening database %q: %w", name, err)
+		d.deferred[name] = &deferredDB{pageSize: e.pageSize, fileIndex: e.index, dirty: e.dirty, recorded: true}
+		if e.dirty > e.index {
+			d.replayBound = max(d.replayBound, e.dirty)
 		}
-		x.written, x.fileIndex = true, e.index
 	}
-	if _, err := d.database(def, true); err != nil {
-		d.Close()
-		return nil, err
+	if d.replayBound == 0 {
+		if err := d.FinishReplay(); err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	return d, nil
+}
+
+// deferredDB is a database opened from disk whose connections wait for the
+// replay (see FinishReplay).
+type deferredDB struct {
+	pageSize         int
+	fileIndex, dirty uint64
+	recorded         bool
+}
+
+// FinishReplay opens the connections of the databases opened from disk
+// (loop.StreamingStateMachine; the loop calls it once it applied the log up
+// to ReplayBound). Until then, entries apply to the WALs only: a file a
+// checkpoint cut short may hold pages newer than the replayed state
+// (SQLite would read a torn schema), which the replayed frames cover.
+func (d *DB) FinishReplay() error {
+	if d.deferred == nil {
+		return nil
+	}
+	for _, name := range sortedKeys(d.deferred) {
+		dd := d.deferred[name]
+		x, err := d.openDatabase(name, dd.pageSize)
+		if err != nil {
+			return fmt.Errorf("fsm: opening database %q: %w", name, err)
+		}
+		x.written, x.fileIndex, x.dirty = true, dd.fileIndex, dd.dirty
+	}
+	d.deferred = nil
+	_, err := d.database(d.def, true)
+	return err
+}
+
+// applyDeferred applies a frames entry during the replay (FinishReplay):
+// to the WAL only.
+func (d *DB) applyDeferred(e raft.Entry, f *Frames) error {
+	name := d.resolve(f.Database)
+	dd := d.deferred[name]
+	if dd == nil {
+		dd = &deferredDB{pageSize: int(f.PageSize)}
+		d.deferred[name] = dd
+	}
+	if e.Index <= dd.fileIndex {
+		return nil
+	}
+	if err := d.vfs.ApplyFrames(name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
+		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
+		return fmt.Errorf("fsm: replaying entry %d: %w", e.Index, err)
+	}
+	return nil
+}
+
+// dropDeferred forgets the databases waiting for the replay (a snapshot
+// replaces them).
+func (d *DB) dropDeferred() error {
+	for name := range d.deferred {
+		if err := d.vfs.Detach(name); err != nil {
+			return err
+		}
+		d.files.forget(name)
+	}
+	d.deferred = nil
+	return nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -71,6 +71,10 @@ func (n *fileNode) restart(crash bool, snap uint64) {
 		if _, err := n.db.Apply(e); err != nil {
 			n.t.Fatalf("replaying entry %d: %v", e.Index, err)
 		}
+		n.db.AppliedTo(e.Index)
+	}
+	if err := n.db.FinishReplay(); err != nil {
+		n.t.Fatal(err)
 	}
 }
 
@@ -145,6 +149,9 @@ func TestFilesRecordAfterSync(t *testing.T) {
 			if _, err := n.db.Apply(e); err != nil {
 				return 0, err
 			}
+		}
+		if err := n.db.FinishReplay(); err != nil {
+			return 0, err
 		}
 		rows2, qerr := n.db.Conn().Query("SELECT count(*) FROM t")
 		if qerr != nil {

@@ -74,6 +74,17 @@ type DB struct {
 	// ErrCheckpoint); lastCheckpointErr is the latest failure.
 	checkpointFailures uint64
 	lastCheckpointErr  error
+	// view is the snapshot view being sent (stream.go), in the snapshot
+	// being received; viewsOpened and viewsOverrun count views.
+	view                      *view
+	in                        *incoming
+	viewsOpened, viewsOverrun uint64
+	// replayBound is the largest dirty index of the record the set was
+	// opened with (files.go): views wait until applied reaches it.
+	replayBound uint64
+	// deferred are the databases opened from disk waiting for the
+	// replay to open their connections (nil: none; see FinishReplay).
+	deferred map[string]*deferredDB
 }
 
 // Open opens the set of databases on v, with def as its default database
@@ -237,6 +248,10 @@ func (d *DB) closeCursors() {
 
 // Close closes every database's connections.
 func (d *DB) Close() error {
+	d.CloseView()
+	if d.files != nil {
+		d.AbortSnapshot()
+	}
 	d.closeCursors()
 	d.closeTxCursors()
 	var first error

@@ -212,6 +212,10 @@ type Loop struct {
 	order    []uint64            // request ids in arrival order (for deterministic iteration)
 	applied  uint64
 	snapshot uint64 // index of the last snapshot taken
+	// stream is the state machine when it streams snapshots (nil: whole
+	// snapshots); viewIdle counts ticks since its view was last read.
+	stream   StreamingStateMachine
+	viewIdle int
 	out      Output
 	// writes waiting for the writer slot, and the one holding it.
 	writeQueue []*request
@@ -269,15 +273,42 @@ func New(cfg Config) (*Loop, error) {
 			return nil, fmt.Errorf("loop: restoring snapshot %d: %w", snap.Index, err)
 		}
 	}
+	if durable != nil {
+		durable.AppliedTo(snap.Index) // the state is at least there
+	}
+	l := &Loop{cfg: cfg, storage: cfg.Storage, fsm: cfg.FSM, pending: map[uint64]*request{},
+		byIndex: map[uint64][]uint64{}, applied: snap.Index, snapshot: snap.Index, txAborted: map[uint64]error{}}
 	rc := cfg.Raft
 	rc.Storage, rc.Rand, rc.Applied = cfg.Storage, cfg.Rand, snap.Index
+	if st, ok := cfg.FSM.(StreamingStateMachine); ok && st.Streams() {
+		// Files that a checkpoint cut short may hold pages of entries
+		// up to the replay bound: apply them now, so the state (and
+		// the views sent from it) is whole from the start.
+		applied, err := replayApplied(st, cfg.Storage, snap.Index)
+		if err == nil {
+			err = st.FinishReplay()
+		}
+		if err != nil {
+			return nil, err
+		}
+		l.applied, rc.Applied = applied, applied
+		l.stream = st
+		rc.SnapshotSource, rc.SnapshotSink = snapshotSource{l}, st
+		if rc.MaxSnapshotBytes == 0 {
+			rc.MaxSnapshotBytes = DefaultMaxStreamedSnapshotBytes
+		}
+	}
 	r, err := raft.New(rc)
 	if err != nil {
 		return nil, err
 	}
-	return &Loop{cfg: cfg, raft: r, storage: cfg.Storage, fsm: cfg.FSM, pending: map[uint64]*request{},
-		byIndex: map[uint64][]uint64{}, applied: snap.Index, snapshot: snap.Index, txAborted: map[uint64]error{}}, nil
+	l.raft = r
+	return l, nil
 }
+
+// DefaultMaxStreamedSnapshotBytes bounds a streamed snapshot this node
+// receives (it goes to disk, not memory): 64 TiB.
+const DefaultMaxStreamedSnapshotBytes = 1 << 46
 
 // readSnapshotChunkBytes is the chunk size used to read a whole snapshot.
 const readSnapshotChunkBytes = 1 << 20
@@ -330,6 +361,7 @@ func (l *Loop) Tick() Output {
 			l.abortTx(ErrTxIdle)
 		}
 	}
+	l.tickView()
 	return l.flush()
 }
 
@@ -589,13 +621,29 @@ func appendStaged(staged, ents []raft.Entry) []raft.Entry {
 }
 
 func (l *Loop) installSnapshot(s *raft.Snapshot) {
-	if err := l.storage.InstallSnapshot(*s); err != nil {
-		l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
-		return
-	}
-	if err := restore(l.fsm, s.Meta.Index, s.Data); err != nil {
-		l.fail(fmt.Errorf("loop: restoring snapshot %d: %w", s.Meta.Index, err))
-		return
+	if l.stream != nil && s.Data == nil {
+		// Streamed: the files first (their record is the commit point),
+		// then the log. A crash between leaves files ahead of the log,
+		// which a restart handles as after a checkpoint.
+		if err := l.stream.InstallReceived(s.Meta.Index); err != nil {
+			l.fail(fmt.Errorf("loop: installing streamed snapshot %d: %w", s.Meta.Index, err))
+			return
+		}
+		snap := *s
+		snap.Data = l.stream.Marker()
+		if err := l.storage.InstallSnapshot(snap); err != nil {
+			l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
+			return
+		}
+	} else {
+		if err := l.storage.InstallSnapshot(*s); err != nil {
+			l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
+			return
+		}
+		if err := restore(l.fsm, s.Meta.Index, s.Data); err != nil {
+			l.fail(fmt.Errorf("loop: restoring snapshot %d: %w", s.Meta.Index, err))
+			return
+		}
 	}
 	l.applied, l.snapshot = s.Meta.Index, s.Meta.Index
 	l.raft.Persisted(s.Meta.Index, s.Meta.Term)
@@ -689,6 +737,10 @@ func (l *Loop) failLostWrites() {
 
 func (l *Loop) maybeSnapshot() {
 	if l.applied-l.snapshot < l.cfg.SnapshotThreshold || l.writeErr != nil {
+		return
+	}
+	if l.stream != nil {
+		l.compact()
 		return
 	}
 	meta, err := l.raft.SnapshotMeta(l.applied)

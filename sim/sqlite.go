@@ -46,8 +46,46 @@ func (h sqlHook) Restore(data []byte) error { return h.n.db.Restore(data) }
 func (h sqlHook) RestoreAt(index uint64, data []byte) error {
 	return h.n.db.RestoreAt(index, data)
 }
-func (h sqlHook) Covers(index uint64) bool { return h.n.db.Covers(index) }
-func (h sqlHook) AppliedTo(index uint64)   { h.n.db.AppliedTo(index) }
+func (h sqlHook) Covers(index uint64) bool {
+	ok := h.n.db.Covers(index)
+	if ok && index > 0 {
+		h.s.count("restart-from-files")
+	}
+	return ok
+}
+func (h sqlHook) AppliedTo(index uint64) { h.n.db.AppliedTo(index) }
+
+// The streamed snapshots (loop.StreamingStateMachine).
+func (h sqlHook) Streams() bool        { return h.n.db.Streams() }
+func (h sqlHook) DurableIndex() uint64 { return h.n.db.DurableIndex() }
+func (h sqlHook) Marker() []byte       { return h.n.db.Marker() }
+func (h sqlHook) OpenView() (uint64, error) {
+	before, _ := h.n.db.StreamStats()
+	idx, err := h.n.db.OpenView()
+	if err != nil {
+		h.s.count("snapshot-view-later")
+	}
+	if after, _ := h.n.db.StreamStats(); after > before {
+		h.s.count("snapshot-view-opened")
+	}
+	return idx, err
+}
+func (h sqlHook) ReadView(index, offset uint64, maxBytes int) ([]byte, bool, error) {
+	return h.n.db.ReadView(index, offset, maxBytes)
+}
+func (h sqlHook) CloseView()               { h.n.db.CloseView() }
+func (h sqlHook) ViewOpen() (uint64, bool) { return h.n.db.ViewOpen() }
+func (h sqlHook) InstallReceived(index uint64) error {
+	err := h.n.db.InstallReceived(index)
+	if err == nil {
+		h.s.count("snapshot-stream-installed")
+	}
+	return err
+}
+func (h sqlHook) WriteSnapshotChunk(meta raft.SnapshotMeta, offset uint64, data []byte, done bool) error {
+	return h.n.db.WriteSnapshotChunk(meta, offset, data, done)
+}
+func (h sqlHook) AbortSnapshot() { h.n.db.AbortSnapshot() }
 
 // openSQL opens a (re)starting node's databases from its disk, as a real
 // node does: the files hold the state up to their recorded index, and the
@@ -336,3 +374,9 @@ func sqlState(n *node) (uint64, error) {
 	}
 	return h.Sum64(), nil
 }
+
+func (h sqlHook) ReplayBound() uint64 { return h.n.db.ReplayBound() }
+func (h sqlHook) FinishReplay() error { return h.n.db.FinishReplay() }
+func (h sqlHook) CheckpointAll()      { h.n.db.CheckpointAll() }
+
+var _ loop.StreamingStateMachine = sqlHook{}

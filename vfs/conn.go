@@ -46,6 +46,10 @@ func (v *VFS) Open(name string, pageSize int) (*Conn, error) {
 		return nil, fmt.Errorf("vfs: configuring %s: %w", name, err)
 	}
 	C.sqlite3_wal_autocheckpoint(db, 0)
+	if rc := C.dq_no_checkpoint_on_close(db); rc != C.SQLITE_OK {
+		c.Close()
+		return nil, fmt.Errorf("vfs: configuring %s: no checkpoint on close: code %d", name, rc)
+	}
 	if c.guard = C.dq_guard(db); c.guard == nil {
 		c.Close()
 		return nil, fmt.Errorf("vfs: guarding %s: out of memory", name)
@@ -100,6 +104,26 @@ func (c *Conn) Checkpoint() error {
 	c.trust(true)
 	defer c.trust(false)
 	return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+}
+
+// CheckpointPassive copies the WAL's committed frames into the database
+// file as far as readers allow, without waiting for or blocking anyone and
+// without restarting the WAL (so a captured transaction waiting to commit
+// is not disturbed). It returns the frames in the WAL and the frames now in
+// the file: equal when the file holds every committed frame.
+func (c *Conn) CheckpointPassive() (frames, copied int64, err error) {
+	c.trust(true)
+	defer c.trust(false)
+	rows, err := c.Query("PRAGMA wal_checkpoint(PASSIVE)")
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(rows) != 1 || len(rows[0]) != 3 {
+		return 0, 0, fmt.Errorf("vfs: checkpoint returned %v", rows)
+	}
+	frames, _ = rows[0][1].(int64)
+	copied, _ = rows[0][2].(int64)
+	return frames, copied, nil
 }
 
 // trust lets the node's own statements past the guard.

@@ -169,4 +169,5 @@ int sqlite3_stricmp(const char *, const char *);
 #define SQLITE_CREATE_VIEW 8
 #define SQLITE_CREATE_VTABLE 29
 
+int sqlite3_db_config(sqlite3 *, int op, ...);
 #endif

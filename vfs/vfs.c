@@ -1187,3 +1187,10 @@ dq_guard_state *dq_guard(sqlite3 *db) {
 void dq_guard_trust(dq_guard_state *g, int trusted) { g->trusted = trusted; }
 
 void dq_guard_free(dq_guard_state *g) { free(g); }
+
+/* dq_no_checkpoint_on_close stops SQLite from checkpointing when a
+ * database's last connection closes: only the node checkpoints, so it
+ * knows (and records) how far a file may be ahead of its recorded index. */
+int dq_no_checkpoint_on_close(sqlite3 *db) {
+	return sqlite3_db_config(db, 1006 /* SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE */, 1, (int *)0);
+}

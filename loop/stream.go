@@ -1,0 +1,134 @@
+package loop
+
+import (
+	"fmt"
+
+	"github.com/dqlite-go/dqlite/raft"
+)
+
+// StreamingStateMachine is a DurableStateMachine that sends and receives
+// snapshots as streams from its own files (package fsm with a data
+// directory): the log then holds snapshot metadata only (Marker as data),
+// compacted up to DurableIndex, and a leader streams a view of the
+// current state to a replica that needs one.
+type StreamingStateMachine interface {
+	DurableStateMachine
+	raft.SnapshotSink
+	// Streams reports whether it streams (false: Snapshot and Restore).
+	Streams() bool
+	// DurableIndex is the index its files reflect: the log may be
+	// compacted up to it.
+	DurableIndex() uint64
+	// Marker is the data of a snapshot whose state is the files.
+	Marker() []byte
+	// CheckpointAll checkpoints every database it can into its file (a
+	// query can hold one back), moving DurableIndex on.
+	CheckpointAll()
+	// OpenView opens a view of the state at the last applied index and
+	// returns that index (an error with SnapshotLater() true: not now).
+	OpenView() (uint64, error)
+	// ReadView reads the open view at index (raft.ErrSnapshotChanged
+	// when it is gone).
+	ReadView(index, offset uint64, maxBytes int) ([]byte, bool, error)
+	// CloseView closes the open view, if any.
+	CloseView()
+	// ViewOpen reports whether a view is open.
+	ViewOpen() (uint64, bool)
+	// InstallReceived installs the snapshot the sink received whole.
+	InstallReceived(index uint64) error
+	// ReplayBound is the last index that may have been applied before a
+	// restart (its files may hold pages of entries up to it): the loop
+	// applies the log up to it before it starts, then calls
+	// FinishReplay.
+	ReplayBound() uint64
+	FinishReplay() error
+}
+
+// replayApplied applies the entries after index up to the state machine's
+// ReplayBound (or the log's end) at start, and returns the new applied
+// index. They were applied before the restart, so they are committed.
+func replayApplied(st StreamingStateMachine, s Storage, index uint64) (uint64, error) {
+	end := min(st.ReplayBound(), s.LastIndex())
+	for index < end {
+		ents, err := s.Entries(index+1, end+1, 1<<20)
+		if err != nil {
+			return index, fmt.Errorf("loop: reading entries %d..%d to replay: %w", index+1, end, err)
+		}
+		if len(ents) == 0 {
+			return index, fmt.Errorf("loop: no entries %d..%d to replay", index+1, end)
+		}
+		for _, e := range ents {
+			if e.Type == raft.EntryNormal {
+				if _, err := st.Apply(e); err != nil && !IsDeterministic(err) {
+					return index, fmt.Errorf("%w: replaying entry %d: %w", ErrApplyFailed, e.Index, err)
+				}
+			}
+			st.AppliedTo(e.Index)
+			index = e.Index
+		}
+	}
+	return index, nil
+}
+
+// viewIdleTicks closes a view nobody read for this many election
+// timeouts: the replicas it was for are gone or caught up.
+const viewIdleElections = 4
+
+// snapshotSource is the loop's raft.SnapshotSource over a streaming state
+// machine.
+type snapshotSource struct{ l *Loop }
+
+func (s snapshotSource) OpenSnapshot() (raft.SnapshotMeta, error) {
+	l := s.l
+	idx, err := l.stream.OpenView()
+	if err != nil {
+		return raft.SnapshotMeta{}, err
+	}
+	meta, err := l.raft.SnapshotMeta(idx)
+	if err != nil {
+		l.stream.CloseView()
+		return raft.SnapshotMeta{}, fmt.Errorf("loop: snapshot view at %d: %w: %w", idx, err, raft.ErrSnapshotLater)
+	}
+	l.viewIdle = 0
+	return meta, nil
+}
+
+func (s snapshotSource) ReadSnapshot(index, offset uint64, maxBytes int) ([]byte, bool, error) {
+	s.l.viewIdle = 0
+	return s.l.stream.ReadView(index, offset, maxBytes)
+}
+
+// tickView closes an idle view.
+func (l *Loop) tickView() {
+	if l.stream == nil {
+		return
+	}
+	if _, open := l.stream.ViewOpen(); !open {
+		l.viewIdle = 0
+		return
+	}
+	l.viewIdle++
+	if l.viewIdle > viewIdleElections*l.cfg.Raft.ElectionTicks {
+		l.stream.CloseView()
+		l.viewIdle = 0
+	}
+}
+
+// compact records a snapshot of the files (metadata and Marker) at the
+// index they all reflect, so the log can drop what is before it.
+func (l *Loop) compact() {
+	l.stream.CheckpointAll()
+	idx := min(l.stream.DurableIndex(), l.applied)
+	if idx <= l.snapshot {
+		return // the files lag: the next checkpoint moves them on
+	}
+	meta, err := l.raft.SnapshotMeta(idx)
+	if err != nil {
+		return
+	}
+	if err := l.storage.CreateSnapshot(meta, l.stream.Marker()); err != nil {
+		l.fail(fmt.Errorf("loop: recording snapshot at %d: %w", idx, err))
+		return
+	}
+	l.snapshot = idx
+}
