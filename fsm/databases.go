@@ -92,13 +92,67 @@ func (d *DB) freeReader(x *database) (*reader, error) {
 	if len(x.readers) >= MaxReadConnections {
 		return nil, fmt.Errorf("%w (%d, the limit)", ErrTooManyQueries, MaxReadConnections)
 	}
-	c, err := d.vfs.Open(x.name, x.pageSize)
+	c, err := d.openConn(x.name, x.pageSize, d.readCacheBytes())
 	if err != nil {
 		return nil, err
 	}
 	r := &reader{conn: c}
 	x.readers = append(x.readers, r)
 	return r, nil
+}
+
+// Page cache sizes (SQLite's cache_size) of each database's connections:
+// the write connection (writes, applied entries, transactions) and each
+// read connection (one per open query).
+const (
+	DefaultCacheBytes     = 16 << 20
+	DefaultReadCacheBytes = 2 << 20
+)
+
+// SetCacheBytes sets the page cache of the write connection and of each
+// read connection of every database (0: the default), for the connections
+// opened from now on.
+func (d *DB) SetCacheBytes(write, read int64) { d.cacheWrite, d.cacheRead = write, read }
+
+func (d *DB) cacheBytes() int64 {
+	if d.cacheWrite > 0 {
+		return d.cacheWrite
+	}
+	return DefaultCacheBytes
+}
+
+func (d *DB) readCacheBytes() int64 {
+	if d.cacheRead > 0 {
+		return d.cacheRead
+	}
+	return DefaultReadCacheBytes
+}
+
+func (d *DB) openConn(name string, pageSize int, cache int64) (*vfs.Conn, error) {
+	c, err := d.vfs.Open(name, pageSize)
+	if err != nil {
+		if ferr := d.vfs.FileError(); ferr != nil {
+			err = fmt.Errorf("%w (%w)", err, ferr)
+		}
+		return nil, err
+	}
+	if err := c.SetCacheBytes(cache); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// CacheUsed is the memory of every connection's page cache.
+func (d *DB) CacheUsed() int64 {
+	var n int64
+	for _, x := range d.dbs {
+		n += x.conn.CacheUsed()
+		for _, r := range x.readers {
+			n += r.conn.CacheUsed()
+		}
+	}
+	return n
 }
 
 func (x *database) close() error {
@@ -201,11 +255,11 @@ func (d *DB) applied(name string, pageSize int) (*database, error) {
 }
 
 func (d *DB) openDatabase(name string, pageSize int) (*database, error) {
-	c, err := d.vfs.Open(name, pageSize)
+	c, err := d.openConn(name, pageSize, d.cacheBytes())
 	if err != nil {
 		return nil, err
 	}
-	r, err := d.vfs.Open(name, pageSize)
+	r, err := d.openConn(name, pageSize, d.readCacheBytes())
 	if err != nil {
 		c.Close()
 		return nil, err

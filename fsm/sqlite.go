@@ -85,6 +85,8 @@ type DB struct {
 	// deferred are the databases opened from disk waiting for the
 	// replay to open their connections (nil: none; see FinishReplay).
 	deferred map[string]*deferredDB
+	// cacheWrite and cacheRead are the page cache sizes (0: defaults).
+	cacheWrite, cacheRead int64
 }
 
 // Open opens the set of databases on v, with def as its default database

@@ -58,6 +58,12 @@ type Config struct {
 	// (default 64 MiB). Snapshots bound the retained entries, so New
 	// refuses a budget smaller than the index those entries can need.
 	LogMemoryBytes int64
+	// CacheBytes and ReadCacheBytes bound SQLite's page cache of each
+	// database's write connection and of each of its read connections
+	// (one per open query); defaults fsm.DefaultCacheBytes (16 MiB) and
+	// fsm.DefaultReadCacheBytes (2 MiB). The pages themselves live in the
+	// database files.
+	CacheBytes, ReadCacheBytes int64
 	// TxIdleTimeout bounds how long a transaction spanning requests may
 	// hold the writer slot without a request before the node rolls it back
 	// (default DefaultTxIdleTimeout).
@@ -311,6 +317,7 @@ func (n *Node) open() error {
 	if err != nil {
 		return fmt.Errorf("node %d: opening databases: %w", n.cfg.ID, err)
 	}
+	db.SetCacheBytes(n.cfg.CacheBytes, n.cfg.ReadCacheBytes)
 	n.db, n.vfs = db, db.VFS()
 	n.vfs.SetTime(time.Now().UnixMilli())
 	lc := loop.Config{
@@ -352,16 +359,36 @@ func (n *Node) run() {
 			n.failWaiters(ErrClosed)
 			return
 		case <-ticker.C:
-			n.busySince.Store(time.Now().UnixNano())
-			n.vfs.SetTime(time.Now().UnixMilli())
+			start := time.Now()
+			n.busySince.Store(start.UnixNano())
+			n.vfs.SetTime(start.UnixMilli())
 			n.handle(n.loop.Tick())
 			n.prepareKeepAlive()
 			n.busySince.Store(0)
+			n.noteEvent(start)
 		case fn := <-n.events:
-			n.busySince.Store(time.Now().UnixNano())
+			start := time.Now()
+			n.busySince.Store(start.UnixNano())
 			fn()
 			n.busySince.Store(0)
+			n.noteEvent(start)
 		}
+	}
+}
+
+// slowEvent is the loop event duration counted as slow (a client or peer
+// waits that long for anything the loop does).
+const slowEvent = 100 * time.Millisecond
+
+// noteEvent records how long the loop event that began at start took.
+func (n *Node) noteEvent(start time.Time) {
+	d := time.Since(start)
+	if uint64(d) > n.metrics.eventMaxNanos.Load() {
+		n.metrics.eventMaxNanos.Store(uint64(d)) // one writer: the loop
+	}
+	if d > slowEvent {
+		n.metrics.eventsSlow.Add(1)
+		n.log.Warn("slow loop event", "duration", d)
 	}
 }
 

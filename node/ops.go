@@ -43,6 +43,8 @@ func (n *Node) Ready() bool {
 // metrics are counters updated outside the loop.
 type metrics struct {
 	fsyncs, fsyncNanos, fsyncMaxNanos atomic.Uint64
+	// The longest loop event, and the events over slowEvent.
+	eventMaxNanos, eventsSlow atomic.Uint64
 	appendEntries                     atomic.Uint64 // entries appended (sum of batch sizes)
 	appendBytes                       atomic.Uint64 // entry payload bytes appended
 	peerBytes                         atomic.Uint64 // bytes sent on peer links
@@ -82,6 +84,24 @@ type Metrics struct {
 	LogCacheBytes  int64 // entry data cached
 	LogMemoryBytes int64 // index and cached data: within Config.LogMemoryBytes
 	StorageFailed  bool
+	// LoopEventMaxSeconds is the longest one loop event took (a tick, a
+	// message, a request); LoopEventsSlow counts events over 100 ms.
+	LoopEventMaxSeconds float64
+	LoopEventsSlow      uint64
+	// PageCacheBytes is the memory SQLite's page caches use (every
+	// connection of every database; bounded by the cache settings).
+	PageCacheBytes int64
+	// Checkpoints that failed (a full disk, an I/O error: the WAL keeps
+	// the pages and they are retried) and the last failure.
+	CheckpointFailures uint64
+	LastCheckpointError string
+	// DurableIndex is the index every database file reflects (the log
+	// is compacted up to it).
+	DurableIndex uint64
+	// SnapshotViews are the snapshot views opened to stream to other
+	// nodes; SnapshotViewsOverrun those closed because writes under them
+	// passed the held-WAL bound.
+	SnapshotViews, SnapshotViewsOverrun uint64
 	// ApplyFailed: a committed entry failed to apply here; the node
 	// stopped applying (and writing) rather than diverge from the others.
 	ApplyFailed bool
@@ -103,6 +123,14 @@ func (n *Node) Metrics() Metrics {
 		m.QueuedWrites = n.loop.QueuedWrites()
 		m.Reads = n.loop.Raft().ReadStats()
 		m.DatabaseWALBytes = n.db.WALSizes()
+		m.PageCacheBytes = n.db.CacheUsed()
+		var last error
+		m.CheckpointFailures, last = n.db.CheckpointStats()
+		if last != nil {
+			m.LastCheckpointError = last.Error()
+		}
+		m.DurableIndex = n.db.DurableIndex()
+		m.SnapshotViews, m.SnapshotViewsOverrun = n.db.StreamStats()
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()
 		if err := n.loop.Err(); err != nil {
@@ -116,6 +144,8 @@ func (n *Node) Metrics() Metrics {
 	m.AppendedBytes = n.metrics.appendBytes.Load()
 	m.FsyncSeconds = float64(n.metrics.fsyncNanos.Load()) / 1e9
 	m.FsyncMaxSeconds = float64(n.metrics.fsyncMaxNanos.Load()) / 1e9
+	m.LoopEventMaxSeconds = float64(n.metrics.eventMaxNanos.Load()) / 1e9
+	m.LoopEventsSlow = n.metrics.eventsSlow.Load()
 	m.PeerBytesSent = n.metrics.peerBytes.Load()
 	m.PeerLinksRefused = n.metrics.peerLinksRefused.Load()
 	m.PeerMessagesInvalid = n.metrics.peerMessagesInvalid.Load()

@@ -65,7 +65,9 @@ func newAllocFaultFixture(t *testing.T, c allocFaultCase) *allocFaultFixture {
 		replicateWrite(t, x.lv, x.fv, x.w, s)
 	}
 	for _, p := range c.pragmas {
+		x.w.trust(true) // the node's own setting: clients may not change it
 		exec(t, x.w, p)
+		x.w.trust(false)
 	}
 	if c.restart {
 		x.w.trust(true)

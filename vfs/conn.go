@@ -126,6 +126,16 @@ func (c *Conn) CheckpointPassive() (frames, copied int64, err error) {
 	return frames, copied, nil
 }
 
+// SetCacheBytes bounds the connection's page cache (SQLite's cache_size).
+func (c *Conn) SetCacheBytes(n int64) error {
+	c.trust(true)
+	defer c.trust(false)
+	return c.Exec(fmt.Sprintf("PRAGMA cache_size=-%d", max(n/1024, 1)))
+}
+
+// CacheUsed is the memory the connection's page cache uses.
+func (c *Conn) CacheUsed() int64 { return int64(C.dq_cache_used(c.db)) }
+
 // trust lets the node's own statements past the guard.
 func (c *Conn) trust(on bool) {
 	v := C.int(0)

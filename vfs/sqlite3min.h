@@ -170,4 +170,5 @@ int sqlite3_stricmp(const char *, const char *);
 #define SQLITE_CREATE_VTABLE 29
 
 int sqlite3_db_config(sqlite3 *, int op, ...);
+int sqlite3_db_status(sqlite3 *, int op, int *cur, int *hi, int reset);
 #endif

@@ -1129,7 +1129,7 @@ static const char *const guarded_pragmas[] = {
     "query_only", "writable_schema", "schema_version", "recursive_triggers", "ignore_check_constraints",
     "case_sensitive_like", "trusted_schema", "cell_size_check", "temp_store_directory",
     "data_store_directory", "legacy_alter_table", "journal_size_limit", "hard_heap_limit",
-    "soft_heap_limit", "max_page_count", "busy_timeout", "threads", "count_changes", "full_column_names",
+    "soft_heap_limit", "max_page_count", "cache_size", "cache_spill", "busy_timeout", "threads", "count_changes", "full_column_names",
     "short_column_names", "empty_result_callbacks", "temp_store", "legacy_file_format",
 };
 
@@ -1193,4 +1193,11 @@ void dq_guard_free(dq_guard_state *g) { free(g); }
  * knows (and records) how far a file may be ahead of its recorded index. */
 int dq_no_checkpoint_on_close(sqlite3 *db) {
 	return sqlite3_db_config(db, 1006 /* SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE */, 1, (int *)0);
+}
+
+/* dq_cache_used is the memory of db's page cache (SQLITE_DBSTATUS_CACHE_USED). */
+long long dq_cache_used(sqlite3 *db) {
+	int cur = 0, hi = 0;
+	if (sqlite3_db_status(db, 1, &cur, &hi, 0) != SQLITE_OK) return 0;
+	return cur;
 }

@@ -179,7 +179,10 @@ func TestLargeTransactionWithSavepoints(t *testing.T) {
 	lv, fv := newVFS(t), newVFS(t)
 	lc := open(t, lv, "db", 4096)
 	fc := open(t, fv, "db", 4096)
-	replicate(t, lv, fv, lc, "CREATE TABLE t (x, y)", "PRAGMA cache_size=10")
+	replicate(t, lv, fv, lc, "CREATE TABLE t (x, y)")
+	if err := lc.SetCacheBytes(10 * 4096); err != nil { // a small cache: the transaction spills
+		t.Fatal(err)
+	}
 	big := strings.Repeat("x", 1000)
 	sql := "BEGIN; SAVEPOINT a;"
 	for i := 0; i < 200; i++ {
@@ -378,14 +381,14 @@ func TestGuardRefusesStorageChanges(t *testing.T) {
 		"PRAGMA recursive_triggers=ON", "PRAGMA writable_schema=1", "ATTACH DATABASE 'other' AS o", "DETACH o",
 		"PRAGMA hard_heap_limit=1", "PRAGMA soft_heap_limit=1", "PRAGMA max_page_count=1", "PRAGMA foreign_keys=OFF",
 		"CREATE TEMP TABLE t (y)", "CREATE TABLE temp.u (y)", "CREATE TEMP VIEW v AS SELECT 1", "CREATE VIEW temp.w AS SELECT 1",
-		"CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", "VACUUM INTO 'copy'", "PRAGMA main.locking_mode=EXCLUSIVE"} {
+		"CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END", "VACUUM INTO 'copy'", "PRAGMA main.locking_mode=EXCLUSIVE", "PRAGMA cache_size=-10000000"} {
 		err := c.Exec(q)
 		var e *Error
 		if !errors.As(err, &e) || e.Code != 23 || !strings.Contains(e.Msg, "reserved to the node") {
 			t.Errorf("%s: %v", q, err)
 		}
 	}
-	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size=100", "PRAGMA foreign_keys", "PRAGMA table_info(t)",
+	for _, q := range []string{"PRAGMA journal_mode", "PRAGMA user_version=7", "PRAGMA cache_size", "PRAGMA foreign_keys", "PRAGMA table_info(t)",
 		"BEGIN; PRAGMA foreign_keys=OFF; COMMIT"} {
 		if err := c.Exec(q); err != nil {
 			t.Errorf("%s: %v", q, err)

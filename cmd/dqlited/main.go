@@ -66,6 +66,8 @@ type options struct {
 	maxClockDrift   float64
 	noLeaderLease   bool
 	logMemory       int64
+	cacheSize       int64
+	readCacheSize   int64
 	listen          string
 	testingBug      string
 }
@@ -99,6 +101,8 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.Float64Var(&o.maxClockDrift, "max-clock-drift", 0.1, "bound on how far any member's monotonic clock runs fast or slow (0.1: 10%); the leader lease is shortened to stay safe within it (docs/CONSISTENCY.md)")
 	fs.BoolVar(&o.noLeaderLease, "no-leader-lease", false, "serve every linearizable read after a heartbeat round (assumes nothing about clocks)")
 	fs.Int64Var(&o.logMemory, "log-memory", 64<<20, "bytes of memory the Raft log may hold (index and cached entries)")
+	fs.Int64Var(&o.cacheSize, "cache-size", 16<<20, "bytes of SQLite page cache for each database's write connection")
+	fs.Int64Var(&o.readCacheSize, "read-cache-size", 2<<20, "bytes of SQLite page cache for each read connection (one per open query)")
 	// Environment variables first; flags override them.
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
@@ -219,7 +223,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 	}
 	cfg := node.Config{ID: raft.NodeID(o.id), Address: o.address, Dir: o.dir, Logger: log, TLS: tlsCfg,
 		ClusterKey: key, PeerCAs: peerCAs, OpenPeerLinks: o.openPeerLinks,
-		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, ListenAddress: o.listen,
+		FailureDomain: o.domain, Tick: o.tick, LogMemoryBytes: o.logMemory, CacheBytes: o.cacheSize, ReadCacheBytes: o.readCacheSize, ListenAddress: o.listen,
 		Roles: node.Roles{Voters: o.voters, Standbys: o.standbys}, MaxClockDrift: o.maxClockDrift, NoLeaderLease: o.noLeaderLease}
 	if o.statements {
 		cfg.Mode = fsm.ModeStatements

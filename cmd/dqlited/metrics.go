@@ -99,6 +99,13 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	for _, name := range names {
 		fmt.Fprintf(w, "dqlite_database_wal_bytes{database=\"%s\"} %d\n", labelValue.Replace(name), m.DatabaseWALBytes[name])
 	}
+	metric("loop_event_max_seconds", "gauge", "Longest loop event (tick, message or request) since start.", m.LoopEventMaxSeconds)
+	metric("loop_events_slow_total", "counter", "Loop events that took over 100 ms.", m.LoopEventsSlow)
+	metric("page_cache_bytes", "gauge", "Memory of SQLite's page caches (all connections), within -cache-size per database.", m.PageCacheBytes)
+	metric("checkpoint_failures_total", "counter", "Checkpoints that failed (full disk, I/O error); the WAL keeps the pages and they are retried.", m.CheckpointFailures)
+	metric("durable_index", "gauge", "Index every database file reflects; the log is compacted up to it.", m.DurableIndex)
+	metric("snapshot_views_total", "counter", "Snapshot views opened to stream the databases to another node.", m.SnapshotViews)
+	metric("snapshot_views_overrun_total", "counter", "Snapshot views closed because the WAL held back under them passed its bound.", m.SnapshotViewsOverrun)
 	metric("storage_failed", "gauge", "1 when the log storage failed and the node stopped writing.", b(m.StorageFailed))
 	metric("apply_failed", "gauge", "1 when a committed entry failed to apply and the node stopped applying and writing.", b(m.ApplyFailed))
 }
