@@ -45,13 +45,13 @@ type metrics struct {
 	fsyncs, fsyncNanos, fsyncMaxNanos atomic.Uint64
 	// The longest loop event, and the events over slowEvent.
 	eventMaxNanos, eventsSlow atomic.Uint64
-	appendEntries                     atomic.Uint64 // entries appended (sum of batch sizes)
-	appendBytes                       atomic.Uint64 // entry payload bytes appended
-	peerBytes                         atomic.Uint64 // bytes sent on peer links
-	peerLinksRefused                  atomic.Uint64 // incoming peer links that failed authentication
-	peerMessagesInvalid               atomic.Uint64 // peer messages raft refused (the link was dropped)
-	snapshots, snapshotBytes          atomic.Uint64
-	restores                          atomic.Uint64
+	appendEntries             atomic.Uint64 // entries appended (sum of batch sizes)
+	appendBytes               atomic.Uint64 // entry payload bytes appended
+	peerBytes                 atomic.Uint64 // bytes sent on peer links
+	peerLinksRefused          atomic.Uint64 // incoming peer links that failed authentication
+	peerMessagesInvalid       atomic.Uint64 // peer messages raft refused (the link was dropped)
+	snapshots, snapshotBytes  atomic.Uint64
+	restores                  atomic.Uint64
 }
 
 // Metrics is a point-in-time view of a node.
@@ -93,7 +93,7 @@ type Metrics struct {
 	PageCacheBytes int64
 	// Checkpoints that failed (a full disk, an I/O error: the WAL keeps
 	// the pages and they are retried) and the last failure.
-	CheckpointFailures uint64
+	CheckpointFailures  uint64
 	LastCheckpointError string
 	// DurableIndex is the index every database file reflects (the log
 	// is compacted up to it).
