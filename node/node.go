@@ -9,8 +9,11 @@
 // listener goroutine accepting connections (the wire server runs two per
 // client connection, its session and its reader; an incoming peer link is
 // read by its connection's goroutine), one sender goroutine per peer (with
-// a watcher reading its link while it is up), and the role manager when
-// Config.Roles is on. Close stops them all and waits for them.
+// a watcher reading its link while it is up), the role manager when
+// Config.Roles is on, and, while a request asks for the members' state,
+// one probe per member (joined before it answers). Close stops them all
+// and waits for them. The database files (see package fsm) are read and
+// written on the loop goroutine only.
 package node
 
 import (

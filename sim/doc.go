@@ -13,9 +13,17 @@
 // as with production's disk goroutine; a crash before the append loses it.
 // Messages go through the production peer codec (wire package). Nodes tick
 // at skewed rates; their state machine is a small key-value store, or with
-// SQLite the real fsm.DB on the real VFS (frames replication; a bank
+// SQLite the real fsm.DB on the real VFS with its database files on the
+// node's simulated disk beside the log (frames replication; a bank
 // workload in transactions spanning requests; a counter workload, in a
 // database of its own, retried through the state machine's deduplication).
+// With SQLite, snapshots are the database files: checkpoints record the
+// index each file reflects, the log compacts to it, a restart replays
+// what a checkpoint cut short by a crash may have left, and a lagging node
+// gets the files streamed (counted: restart-from-files,
+// snapshot-view-opened, snapshot-stream-installed). Every disk fault below
+// hits the database files too (their sectors tear whole, as SQLite
+// assumes of a disk).
 //
 // The seed also picks the cluster's shape (DefaultOptions): 3, 4 or 5
 // voters, raft's message size and in-flight limits (down to about one entry
