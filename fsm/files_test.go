@@ -180,3 +180,32 @@ func TestFilesRecordAfterSync(t *testing.T) {
 		t.Logf("planted bug caught: %v", err)
 	}
 }
+
+// TestInspectFiles: the inspection names each recorded database with its
+// index and finds a damaged page through quick_check.
+func TestInspectFiles(t *testing.T) {
+	n := newFileNode(t)
+	n.write("CREATE TABLE t(b)")
+	for i := 0; i < 1200; i++ {
+		n.write("INSERT INTO t VALUES (randomblob(3000))")
+	}
+	ins, err := fsm.InspectFiles(n.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ins.Recorded || len(ins.Databases) != 1 || ins.Databases[0].Problem != "" || ins.Databases[0].Index == 0 {
+		t.Fatalf("inspection of a sound directory: %+v", ins)
+	}
+	d := ins.Databases[0]
+	// Damage a b-tree page's header (page 2: the table's root).
+	if err := n.disk.FlipBit(d.File, int64(d.PageSize)+3, 6); err != nil {
+		t.Fatal(err)
+	}
+	if ins, err = fsm.InspectFiles(n.disk); err != nil {
+		t.Fatal(err)
+	}
+	if ins.Databases[0].Problem == "" {
+		t.Fatal("a flipped bit in a page went unnoticed")
+	}
+	t.Logf("found: %s", ins.Databases[0].Problem)
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/wal"
 )
 
@@ -64,8 +65,40 @@ func Run(out io.Writer, dir string, repair bool) int {
 	for _, t := range ins.Temporary {
 		fmt.Fprintf(out, "temporary file %s (an interrupted write; removed at start)\n", t)
 	}
-	if len(ins.Corruption) > 0 {
-		for _, c := range ins.Corruption {
+	corrupt := ins.Corruption
+	files, err := fsm.InspectFiles(fs)
+	if err != nil {
+		fmt.Fprintln(out, "error:", err)
+		return 2
+	}
+	corrupt = append(corrupt, files.Problems...)
+	if !files.Recorded {
+		fmt.Fprintln(out, "no database record (databases kept in the log's snapshots, or none yet)")
+	}
+	for _, d := range files.Databases {
+		status := "ok"
+		if d.Problem != "" {
+			status = "BAD: " + d.Problem
+			corrupt = append(corrupt, fmt.Sprintf("database %q (%s): %s", d.Name, d.File, d.Problem))
+		}
+		fmt.Fprintf(out, "database %q: %s, page size %d, %d pages (%d bytes), reflects entries up to %d (may hold pages up to %d): %s\n",
+			d.Name, d.File, d.PageSize, d.Pages, d.Bytes, d.Index, d.Dirty, status)
+	}
+	for _, f := range files.Unrecorded {
+		fmt.Fprintf(out, "database file %s is not in the record (an interrupted install or creation; removed at start)\n", f)
+	}
+	if len(ins.Segments) > 0 && files.Recorded {
+		low := ^uint64(0)
+		for _, d := range files.Databases {
+			low = min(low, d.Index)
+		}
+		images := len(ins.Snapshots) > 0 && ins.Snapshots[len(ins.Snapshots)-1].DataBytes > int64(len(fsm.SnapshotMarker))
+		if first := ins.Segments[0].First; len(files.Databases) > 0 && first > low+1 && !images {
+			corrupt = append(corrupt, fmt.Sprintf("the log starts at %d but a database file reflects entries only up to %d", first, low))
+		}
+	}
+	if len(corrupt) > 0 {
+		for _, c := range corrupt {
 			fmt.Fprintln(out, "CORRUPTION:", c)
 		}
 		return 1
