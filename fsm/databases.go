@@ -465,6 +465,7 @@ func (d *DB) Restore(data []byte) error { return d.RestoreAt(0, data) }
 // (at index) replaces the old one once they are synced, so a crash leaves
 // the old set or the new one.
 func (d *DB) RestoreAt(index uint64, data []byte) error {
+	defer d.enter(PhaseRestore)()
 	imgs, err := d.decodeSnapshot(data)
 	if err != nil {
 		return err

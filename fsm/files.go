@@ -324,6 +324,7 @@ func (d *DB) checkpointFile(x *database) (bool, error) {
 	if d.view != nil {
 		return false, nil // a view being sent needs the files as they are
 	}
+	defer d.enter(PhaseCheckpoint)()
 	if err := d.markDirty(x); err != nil {
 		return false, d.checkpointError(x, err)
 	}
@@ -503,6 +504,7 @@ func (d *DB) FinishReplay() error {
 // applyDeferred applies a frames entry during the replay (FinishReplay):
 // to the WAL only.
 func (d *DB) applyDeferred(e raft.Entry, f *Frames) error {
+	defer d.enter(PhaseReplay)()
 	name := d.resolve(f.Database)
 	dd := d.deferred[name]
 	if dd == nil {
@@ -604,4 +606,25 @@ func extendToHeader(fs wal.FS, name string) error {
 		return fmt.Errorf("fsm: extending database file %s to its header's %d bytes: %w", name, want, err)
 	}
 	return nil
+}
+
+// Phases of work on the database files, for fault accounting (Phase).
+const (
+	PhaseCheckpoint = "checkpoint" // copying the WAL into a file, syncing it, recording its index
+	PhaseView       = "view"       // opening a snapshot view (a passive checkpoint)
+	PhaseReceive    = "receive"    // writing a streamed snapshot's chunks to new files
+	PhaseInstall    = "install"    // switching the record to received files
+	PhaseRestore    = "restore"    // restoring a snapshot image into new files
+	PhaseReplay     = "replay"     // applying the log to the WALs after a restart
+)
+
+// Phase is the work on the database files under way ("" when none): the
+// simulator counts the faults that strike each.
+func (d *DB) Phase() string { return d.phase }
+
+// enter sets the phase until the returned function is called.
+func (d *DB) enter(phase string) func() {
+	prev := d.phase
+	d.phase = phase
+	return func() { d.phase = prev }
 }

@@ -87,6 +87,7 @@ type DB struct {
 	deferred map[string]*deferredDB
 	// cacheWrite and cacheRead are the page cache sizes (0: defaults).
 	cacheWrite, cacheRead int64
+	phase                 string // see Phase
 }
 
 // Open opens the set of databases on v, with def as its default database

@@ -80,6 +80,7 @@ func (d *DB) OpenView() (uint64, error) {
 	if d.view != nil {
 		return d.view.index, nil
 	}
+	defer d.enter(PhaseView)()
 	if d.appliedIndex < d.replayBound {
 		// Opened after a crash: a checkpoint cut short by it may have
 		// left pages of entries up to replayBound in the files (their
@@ -260,6 +261,7 @@ func (d *DB) WriteSnapshotChunk(meta raft.SnapshotMeta, offset uint64, data []by
 	if d.files == nil {
 		return errors.New("fsm: receiving a streamed snapshot needs files")
 	}
+	defer d.enter(PhaseReceive)()
 	if offset == 0 {
 		d.AbortSnapshot()
 		d.in = &incoming{meta: meta}
@@ -442,6 +444,7 @@ func (d *DB) InstallReceived(index uint64) error {
 	if in == nil || !in.done || in.meta.Index != index {
 		return fmt.Errorf("fsm: no complete received snapshot at %d to install", index)
 	}
+	defer d.enter(PhaseInstall)()
 	d.in = nil
 	d.Abort()
 	d.CloseView()

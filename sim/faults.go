@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"strings"
+
 	"time"
 
 	"github.com/dqlite-go/dqlite/loop"
@@ -150,6 +152,18 @@ func (s *Sim) faultCrashMidWrite() {
 	if s.rng.IntN(2) == 0 {
 		n.fs.CrashAtSegmentSync()
 		s.tracef("node %d will crash at its next segment sync", n.id)
+		return
+	}
+	if s.opts.SQLite && s.rng.IntN(2) == 0 {
+		// A crash inside the work on the database files: a checkpoint's
+		// or a received snapshot's file writes and syncs, the record's
+		// replacement (dirty mark, index, install switch), the snapshot
+		// record after an install.
+		prefix := []string{"sqlite-", "fsm-databases", "snap-"}[s.rng.IntN(3)]
+		k := 1 + s.rng.IntN(6)
+		n.fs.CrashAtFile(prefix, k)
+		s.count("crash-armed-" + strings.TrimSuffix(prefix, "-"))
+		s.tracef("node %d will crash at operation %d on a %s file", n.id, k, prefix)
 		return
 	}
 	n.fs.CrashAt(1 + s.rng.IntN(4))

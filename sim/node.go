@@ -1,6 +1,10 @@
 package sim
 
 import (
+	"github.com/dqlite-go/dqlite/internal/faultfs"
+
+	"strings"
+
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -76,6 +80,7 @@ func (s *Sim) addNode(id raft.NodeID) *node {
 	skew := 0.8 + 0.4*s.rng.Float64()
 	n := &node{id: id, tickEvery: time.Duration(float64(s.opts.Tick) * skew), skew: skew}
 	n.fs = NewDisk(s.opts.Seed ^ uint64(id)<<40)
+	n.fs.OnFault = func(kind, name string) { s.noteDiskFault(n, kind, name) }
 	s.nodes[id] = n
 	return n
 }
@@ -266,4 +271,21 @@ func (s *Sim) restartLater(n *node, d time.Duration) {
 			s.count("restart")
 		}
 	}})
+}
+
+// noteDiskFault counts the faults that strike the database files, their
+// record and the snapshot records, and the phase of the database work a
+// crash cut short (checkpoint, view, receive, install, restore, replay).
+func (s *Sim) noteDiskFault(n *node, kind, name string) {
+	switch {
+	case strings.HasSuffix(name, faultfs.SectorFileSuffix):
+		s.count("dbfile-" + kind)
+	case strings.HasPrefix(name, "fsm-databases"):
+		s.count("dbrecord-" + kind)
+	case strings.HasPrefix(name, "snap-"):
+		s.count("snaprecord-" + kind)
+	}
+	if kind == "crash" && n.db != nil && n.db.Phase() != "" {
+		s.count("crash-in-" + n.db.Phase())
+	}
 }

@@ -40,6 +40,10 @@ type Disk struct {
 	// crashAtSegSync crashes at the next sync of a log segment: after its
 	// write, before it is durable (a torn batch).
 	crashAtSegSync bool
+	// crashPrefix and crashPrefixN: crash at the crashPrefixN-th operation
+	// on a file named crashPrefix... ("": off).
+	crashPrefix  string
+	crashPrefixN int
 	failAt         int   // fail this operation with failErr (0: never)
 	failErr        error // EIO by default
 	// EIORate fails each mutating operation with this probability.
@@ -52,6 +56,11 @@ type Disk struct {
 	reads, readFailAt, corruptReadAt int
 	// ReadEIOs and CorruptReads count the read faults that happened.
 	ReadEIOs, CorruptReads int
+
+	// OnFault, when set, is called as each fault strikes: kind "crash"
+	// (the operation at the crash point), "eio", "enospc" or "torn" (a
+	// crash tore unsynced writes), with the file's name.
+	OnFault func(kind, name string)
 
 	// Counts of faults injected.
 	Crashes, TornWrites, LostFiles, EIOs, NoSpace, BitFlips int
@@ -82,6 +91,11 @@ func NewDisk(seed uint64) *Disk {
 // CrashAt makes operation n (counting mutating operations from now) and
 // every later one fail with ErrCrashed.
 func (d *Disk) CrashAt(n int) { d.crashAt = d.ops + n }
+
+// CrashAtFile makes the nth mutating operation (from now) on a file whose
+// name starts with prefix crash the disk: a crash at a chosen point of
+// the work on such files (a checkpoint, a record switch).
+func (d *Disk) CrashAtFile(prefix string, n int) { d.crashPrefix, d.crashPrefixN = prefix, n }
 
 // CrashAtSegmentSync makes the next sync of a log segment crash the disk
 // (the write before it happened: a crash in the middle of an append).
@@ -123,6 +137,7 @@ func (d *Disk) Crash() {
 	d.gen++
 	d.crashAt = 0
 	d.crashAtSegSync = false
+	d.crashPrefix = ""
 	d.failAt = 0
 	for name, ino := range d.dir {
 		if d.durable[name] != ino {
@@ -165,6 +180,7 @@ func (d *Disk) revert(ino *inode) {
 		}
 		if n > 0 && n < len(tail) {
 			d.TornWrites++
+			d.fault("torn", ino.name)
 		}
 		if n == len(tail) {
 			n = 0 // all of it reached the disk only if synced: lose it whole or tear it
@@ -205,19 +221,37 @@ func (d *Disk) Size(name string) int64 {
 }
 
 // op counts a mutating operation and injects crashes and failures.
-func (d *Disk) op() error {
+func (d *Disk) op(name string) error {
 	d.ops++
+	if d.crashPrefix != "" && strings.HasPrefix(name, d.crashPrefix) {
+		if d.crashPrefixN--; d.crashPrefixN <= 0 {
+			d.crashPrefix = ""
+			d.crashAt = d.ops
+		}
+	}
 	switch {
 	case d.crashAt > 0 && d.ops >= d.crashAt:
+		if d.ops == d.crashAt {
+			d.fault("crash", name)
+		}
 		return ErrCrashed
 	case d.failAt > 0 && d.ops == d.failAt:
 		d.EIOs++
+		d.fault("eio", name)
 		return d.failErr
 	case d.EIORate > 0 && d.rng.Float64() < d.EIORate:
 		d.EIOs++
+		d.fault("eio", name)
 		return syscall.EIO
 	}
 	return nil
+}
+
+// fault tells OnFault (if set) that a fault of kind hit file name.
+func (d *Disk) fault(kind, name string) {
+	if d.OnFault != nil {
+		d.OnFault(kind, name)
+	}
 }
 
 // Used returns the bytes held by all files.
@@ -243,7 +277,7 @@ type diskFile struct {
 }
 
 func (d *Disk) Create(name string) (wal.File, error) {
-	if err := d.op(); err != nil {
+	if err := d.op(name); err != nil {
 		return nil, err
 	}
 	ino := &inode{name: name}
@@ -263,7 +297,7 @@ func (d *Disk) Open(name string) (wal.File, error) {
 }
 
 func (d *Disk) Remove(name string) error {
-	if err := d.op(); err != nil {
+	if err := d.op(name); err != nil {
 		return err
 	}
 	if d.dir[name] == nil {
@@ -274,7 +308,7 @@ func (d *Disk) Remove(name string) error {
 }
 
 func (d *Disk) Rename(oldName, newName string) error {
-	if err := d.op(); err != nil {
+	if err := d.op(oldName); err != nil {
 		return err
 	}
 	ino := d.dir[oldName]
@@ -296,7 +330,7 @@ func (d *Disk) List() ([]string, error) {
 }
 
 func (d *Disk) SyncDir() error {
-	if err := d.op(); err != nil {
+	if err := d.op(""); err != nil {
 		return err
 	}
 	d.durable = make(map[string]*inode, len(d.dir))
@@ -342,12 +376,13 @@ func (f *diskFile) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.live(); err != nil {
 		return 0, err
 	}
-	if err := f.d.op(); err != nil {
+	if err := f.d.op(f.name); err != nil {
 		return 0, err
 	}
 	end := off + int64(len(p))
 	if grow := end - int64(len(f.ino.data)); grow > 0 && f.d.Capacity > 0 && f.d.used()+grow > f.d.Capacity {
 		f.d.NoSpace++
+		f.d.fault("enospc", f.name)
 		return 0, syscall.ENOSPC
 	}
 	if end > int64(len(f.ino.data)) {
@@ -369,7 +404,7 @@ func (f *diskFile) Sync() error {
 		f.d.crashAtSegSync = false
 		f.d.crashAt = f.d.ops + 1 // this operation
 	}
-	if err := f.d.op(); err != nil {
+	if err := f.d.op(f.name); err != nil {
 		return err
 	}
 	ino := f.ino
@@ -383,7 +418,7 @@ func (f *diskFile) Truncate(size int64) error {
 	if err := f.live(); err != nil {
 		return err
 	}
-	if err := f.d.op(); err != nil {
+	if err := f.d.op(f.name); err != nil {
 		return err
 	}
 	f.ino.dirtyFrom = min(f.ino.dirtyFrom, int(size))
