@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/dqlite-go/dqlite/raft"
@@ -32,7 +33,9 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 	}
 	if err == nil && x != nil {
 		d.maybeCloseView()
-		d.maybeCheckpoint(x)
+		if cerr := d.maybeCheckpoint(x); cerr != nil {
+			return res, cerr // the entry applied; the file failed (FileSyncError)
+		}
 	}
 	return res, err
 }
@@ -47,13 +50,26 @@ const checkpointFrames = 1000
 // WAL is long and nothing holds it: no captured write, no open cursor
 // (whose read snapshot would stop the checkpoint part way). A failure is
 // left for the next try; Snapshot reports checkpoint errors.
-func (d *DB) maybeCheckpoint(x *database) {
+func (d *DB) maybeCheckpoint(x *database) error {
 	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(checkpointFrames)*int64(x.pageSize+24) {
-		return
+		return nil
 	}
-	if _, err := d.checkpointFile(x); err != nil {
-		d.lastCheckpointErr = err
+	return d.noteCheckpoint(d.checkpointFile(x))
+}
+
+// noteCheckpoint keeps a checkpoint's failure for CheckpointStats and
+// returns it if the node must stop (a FileSyncError); other failures are
+// retried by later checkpoints.
+func (d *DB) noteCheckpoint(_ bool, err error) error {
+	if err == nil {
+		return nil
 	}
+	d.lastCheckpointErr = err
+	var fe FileSyncError
+	if errors.As(err, &fe) {
+		return err
+	}
+	return nil
 }
 
 // CheckpointStats are the checkpoint failures so far and the last one.

@@ -474,6 +474,8 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 	d.CloseView()
 	if d.files != nil {
 		d.AbortSnapshot()
+		d.dropReceived(d.ready)
+		d.ready = nil
 		if err := d.dropDeferred(); err != nil {
 			return err
 		}

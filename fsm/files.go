@@ -312,6 +312,17 @@ func writeAtomic(fs wal.FS, name string, data []byte) error {
 	return nil
 }
 
+// FileSyncError is a failed sync of a database file. After one the file
+// cannot be trusted (the kernel may have dropped its pages and a later
+// sync succeed without them), so the node stops as after a failure of its
+// log (StorageFailure); a restart replays the log from the file's
+// recorded index, which rewrites every page the sync covered.
+type FileSyncError struct{ Err error }
+
+func (e FileSyncError) Error() string      { return e.Err.Error() }
+func (e FileSyncError) Unwrap() error      { return e.Err }
+func (FileSyncError) StorageFailure() bool { return true }
+
 // ErrCheckpoint wraps a checkpoint's failure (a full disk, an I/O error):
 // the WAL keeps the pages and the next checkpoint tries again.
 var ErrCheckpoint = errors.New("fsm: checkpoint failed")
@@ -343,7 +354,7 @@ func (d *DB) checkpointFile(x *database) (bool, error) {
 			// pages and a later sync succeed without them: this file is
 			// never trusted again (F stays; a restart replays the log).
 			x.unsynced = true
-			return false, d.checkpointError(x, err)
+			return false, FileSyncError{d.checkpointError(x, err)}
 		}
 	}
 	if err := d.writeRecord(); err != nil {
@@ -381,7 +392,12 @@ func (d *DB) writeRecord() error {
 		if !recorded || e.file != id {
 			idx, dirty = x.fileIndex, x.fileIndex // a new or replaced file
 		}
-		if d.vfs.WALSize(name) == 0 && !x.unsynced && !(d.pending && d.pendingDB == x) {
+		// All of it is in its synced file: nothing in the WAL (and no
+		// write waiting to commit), nothing written to the file since
+		// its last sync (an empty WAL alone does not say it: a passive
+		// checkpoint copies without syncing, then the WAL restarts).
+		if d.vfs.WALSize(name) == 0 && !x.unsynced && !(d.pending && d.pendingDB == x) &&
+			(!d.vfs.FileUnsynced(name) || mutant.On(mutant.FSMRecordBeforeSync)) {
 			idx = max(idx, d.appliedIndex)
 		}
 		dirty = max(dirty, idx, x.dirty)
@@ -438,6 +454,13 @@ func (d *DB) DurableIndex() uint64 {
 func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int, mode Mode) (*DB, error) {
 	if !validPageSize(uint32(pageSize)) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
+	}
+	if mode != ModeFrames {
+		// A checkpoint cut short leaves a file ahead of its recorded
+		// index; replaying frames on it is exact, re-running statements
+		// is not. Statement mode (for comparison only) keeps its
+		// databases in memory (Open) with whole snapshots.
+		return nil, errors.New("fsm: databases in files need frames mode (statement mode keeps them in memory)")
 	}
 	store, err := openFileStore(fs)
 	if err != nil {

@@ -77,7 +77,7 @@ type DB struct {
 	// view is the snapshot view being sent (stream.go), in the snapshot
 	// being received; viewsOpened and viewsOverrun count views.
 	view                      *view
-	in                        *incoming
+	in, ready                 *incoming // being received; received whole, to install
 	viewsOpened, viewsOverrun uint64
 	// replayBound is the largest dirty index of the record the set was
 	// opened with (files.go): views wait until applied reaches it.
@@ -107,6 +107,9 @@ func newDB(v *vfs.VFS, def string, pageSize int, mode Mode) *DB {
 	return &DB{vfs: v, def: def, pageSize: pageSize, mode: mode, dbs: map[string]*database{},
 		cursors: map[*vfs.Stmt]openQuery{}, txCursors: map[*vfs.Stmt]struct{}{}}
 }
+
+// OwnVFS makes Close close the VFS too.
+func (d *DB) OwnVFS() { d.ownVFS = true }
 
 // VFS is the VFS the databases live on.
 func (d *DB) VFS() *vfs.VFS { return d.vfs }
@@ -254,6 +257,8 @@ func (d *DB) Close() error {
 	d.CloseView()
 	if d.files != nil {
 		d.AbortSnapshot()
+		d.dropReceived(d.ready)
+		d.ready = nil
 	}
 	d.closeCursors()
 	d.closeTxCursors()

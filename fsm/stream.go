@@ -284,6 +284,10 @@ func (d *DB) WriteSnapshotChunk(meta raft.SnapshotMeta, offset uint64, data []by
 		return err
 	}
 	in.done = true
+	// Complete: it waits for the loop to install it, whatever raft
+	// receives meanwhile (a newer one replaces it when it completes).
+	d.dropReceived(d.ready)
+	d.ready, d.in = in, nil
 	return nil
 }
 
@@ -421,10 +425,16 @@ func (d *DB) finishReceive(in *incoming) error {
 	return nil
 }
 
-// AbortSnapshot drops a partial received snapshot (raft.SnapshotSink).
+// AbortSnapshot drops a partial received snapshot (raft.SnapshotSink); a
+// complete one waiting to be installed stays.
 func (d *DB) AbortSnapshot() {
 	in := d.in
 	d.in = nil
+	d.dropReceived(in)
+}
+
+// dropReceived closes and removes a received snapshot's files.
+func (d *DB) dropReceived(in *incoming) {
 	if in == nil {
 		return
 	}
@@ -440,12 +450,23 @@ func (d *DB) AbortSnapshot() {
 // leaves the old set (the new files are removed at the next open), after
 // it the new one.
 func (d *DB) InstallReceived(index uint64) error {
-	in := d.in
+	in := d.ready
 	if in == nil || !in.done || in.meta.Index != index {
 		return fmt.Errorf("fsm: no complete received snapshot at %d to install", index)
 	}
 	defer d.enter(PhaseInstall)()
-	d.in = nil
+	d.ready = nil
+	// Check every database before the switch (the commit point), on its
+	// own read-only VFS.
+	for _, f := range in.files {
+		if f.size == 0 {
+			continue
+		}
+		if problem := quickCheck(d.files.fs, f.name, fileName(f.id), f.pageSize); problem != "" {
+			d.dropReceived(in)
+			return fmt.Errorf("%w: received database %q: %s", ErrCorrupt, f.name, problem)
+		}
+	}
 	d.Abort()
 	d.CloseView()
 	if err := d.dropDeferred(); err != nil {
@@ -498,15 +519,6 @@ func (d *DB) InstallReceived(index uint64) error {
 	if err := d.writeRecord(); err != nil {
 		return err
 	}
-	for _, f := range in.files {
-		rows, err := d.dbs[f.name].conn.Query("PRAGMA quick_check")
-		if err != nil {
-			return fmt.Errorf("fsm: checking installed database %q: %w", f.name, err)
-		}
-		if len(rows) == 0 || rows[0][0] != "ok" {
-			return fmt.Errorf("%w: installed database %q fails quick_check: %v", ErrCorrupt, f.name, rows)
-		}
-	}
 	if d.dbs[d.def] == nil {
 		if _, err := d.openDatabase(d.def, d.pageSize); err != nil {
 			return err
@@ -532,22 +544,23 @@ func (d *DB) Marker() []byte { return SnapshotMarker }
 // CheckpointAll checkpoints every written database no query or
 // transaction holds into its file (loop.StreamingStateMachine), so that
 // DurableIndex reaches the last applied index when none does.
-func (d *DB) CheckpointAll() {
+func (d *DB) CheckpointAll() error {
 	if d.pending || d.view != nil {
-		return
+		return nil
 	}
 	for _, name := range d.Names() {
 		x := d.dbs[name]
 		if x.cursors > 0 || d.txDB == x {
 			continue
 		}
-		if _, err := d.checkpointFile(x); err != nil {
-			d.lastCheckpointErr = err
+		if err := d.noteCheckpoint(d.checkpointFile(x)); err != nil {
+			return err
 		}
 	}
 	if d.files != nil && len(d.Names()) == 0 {
 		_ = d.writeRecord()
 	}
+	return nil
 }
 
 // ReplayBound is the largest dirty index of the record the set was opened

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -269,8 +270,15 @@ func New(cfg Config) (*Loop, error) {
 		if err != nil {
 			return nil, fmt.Errorf("loop: reading snapshot %d: %w", snap.Index, err)
 		}
-		if err := restore(cfg.FSM, snap.Index, data); err != nil {
-			return nil, fmt.Errorf("loop: restoring snapshot %d: %w", snap.Index, err)
+		// A snapshot of files (its data the marker) is never restored:
+		// the log was compacted only up to what every database file
+		// then reflected, so the files and the log after the snapshot
+		// are the state (a database recorded behind it was created
+		// after it, and the log holds all its entries).
+		if st, ok := cfg.FSM.(StreamingStateMachine); !ok || !bytes.Equal(data, st.Marker()) {
+			if err := restore(cfg.FSM, snap.Index, data); err != nil {
+				return nil, fmt.Errorf("loop: restoring snapshot %d: %w", snap.Index, err)
+			}
 		}
 	}
 	if durable != nil {
@@ -657,6 +665,12 @@ func (l *Loop) apply(e raft.Entry) {
 	var err error
 	if e.Type == raft.EntryNormal {
 		result, err = l.fsm.Apply(e)
+	}
+	if err != nil && IsStorageFailure(err) {
+		// The entry applied, its database file failed: stop as a log
+		// failure does; a restart replays from what the file holds.
+		l.fail(fmt.Errorf("loop: database file failed after entry %d: %w", e.Index, err))
+		return
 	}
 	if err != nil && !IsDeterministic(err) {
 		l.fail(fmt.Errorf("%w: entry %d (term %d): %w", ErrApplyFailed, e.Index, e.Term, err))

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/dqlite-go/dqlite/raft"
@@ -22,8 +23,9 @@ type StreamingStateMachine interface {
 	// Marker is the data of a snapshot whose state is the files.
 	Marker() []byte
 	// CheckpointAll checkpoints every database it can into its file (a
-	// query can hold one back), moving DurableIndex on.
-	CheckpointAll()
+	// query can hold one back), moving DurableIndex on; an error that is
+	// a storage failure (see IsStorageFailure) stops the node.
+	CheckpointAll() error
 	// OpenView opens a view of the state at the last applied index and
 	// returns that index (an error with SnapshotLater() true: not now).
 	OpenView() (uint64, error)
@@ -117,7 +119,10 @@ func (l *Loop) tickView() {
 // compact records a snapshot of the files (metadata and Marker) at the
 // index they all reflect, so the log can drop what is before it.
 func (l *Loop) compact() {
-	l.stream.CheckpointAll()
+	if err := l.stream.CheckpointAll(); err != nil {
+		l.fail(fmt.Errorf("loop: database file failed: %w", err))
+		return
+	}
 	idx := min(l.stream.DurableIndex(), l.applied)
 	if idx <= l.snapshot {
 		return // the files lag: the next checkpoint moves them on
@@ -131,4 +136,12 @@ func (l *Loop) compact() {
 		return
 	}
 	l.snapshot = idx
+}
+
+// IsStorageFailure reports whether err (from the state machine) is a
+// failure of its storage rather than of an entry: the node stops as when
+// its log fails, and a restart recovers.
+func IsStorageFailure(err error) bool {
+	var f interface{ StorageFailure() bool }
+	return errors.As(err, &f) && f.StorageFailure()
 }

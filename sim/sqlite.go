@@ -375,8 +375,8 @@ func sqlState(n *node) (uint64, error) {
 	return h.Sum64(), nil
 }
 
-func (h sqlHook) ReplayBound() uint64 { return h.n.db.ReplayBound() }
-func (h sqlHook) FinishReplay() error { return h.n.db.FinishReplay() }
-func (h sqlHook) CheckpointAll()      { h.n.db.CheckpointAll() }
+func (h sqlHook) ReplayBound() uint64  { return h.n.db.ReplayBound() }
+func (h sqlHook) FinishReplay() error  { return h.n.db.FinishReplay() }
+func (h sqlHook) CheckpointAll() error { return h.n.db.CheckpointAll() }
 
 var _ loop.StreamingStateMachine = sqlHook{}

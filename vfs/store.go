@@ -54,6 +54,8 @@ type storeFile struct {
 	v    *VFS
 	name string
 	f    File
+	// unsynced: written or truncated since its last successful sync.
+	unsynced bool
 }
 
 // files is the part of a VFS that the C callbacks reach: the opener, the
@@ -134,6 +136,7 @@ func dqStoreRead(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int
 //export dqStoreWrite
 func dqStoreWrite(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int {
 	s := storeOf(h)
+	s.unsynced = true // even a failed write may have changed the file
 	if _, err := s.f.WriteAt(unsafe.Slice((*byte)(p), int(n)), int64(off)); err != nil {
 		s.v.noteFileError(s, "write", err)
 		return ioCode(err, codeWrite)
@@ -144,6 +147,7 @@ func dqStoreWrite(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.in
 //export dqStoreTruncate
 func dqStoreTruncate(h C.uintptr_t, size C.longlong) C.int {
 	s := storeOf(h)
+	s.unsynced = true
 	if err := s.f.Truncate(int64(size)); err != nil {
 		s.v.noteFileError(s, "truncate", err)
 		return ioCode(err, codeTruncate)
@@ -158,6 +162,7 @@ func dqStoreSync(h C.uintptr_t) C.int {
 		s.v.noteFileError(s, "sync", err)
 		return ioCode(err, codeFsync)
 	}
+	s.unsynced = false
 	return codeOK
 }
 
@@ -219,7 +224,15 @@ func (v *VFS) SyncFile(db string) error {
 	if err := s.f.Sync(); err != nil {
 		return fmt.Errorf("vfs: sync of database file %q: %w", db, err)
 	}
+	s.unsynced = false
 	return nil
+}
+
+// FileUnsynced reports whether db's main file was written since its last
+// successful sync (what a crash could lose).
+func (v *VFS) FileUnsynced(db string) bool {
+	s := v.storeOf(db)
+	return s != nil && s.unsynced
 }
 
 // storeOf returns db's open main file, or nil.
