@@ -27,6 +27,9 @@ func (r *Report) Write(dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}
+	if len(r.Results) == 0 {
+		return nil // the large workload alone: no throughput to draw
+	}
 	var svg strings.Builder
 	r.SVG(&svg)
 	return os.WriteFile(filepath.Join(dir, "throughput.svg"), []byte(svg.String()), 0o644)
@@ -49,6 +52,18 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "Run %s on %s, %s%s. Floor: fsync of a 4 KiB append p50 %.2f ms (p99 %.2f ms; p50 %.2f ms when three writers sync at once, as three nodes on one disk do), loopback round trip %.0f µs.\n\n",
 		r.Date, r.Machine, r.Go, map[bool]string{true: ", -short", false: ""}[r.Short],
 		r.Floor.FsyncP50Ms, r.Floor.FsyncP99Ms, r.Floor.Fsync3P50Ms, r.Floor.LoopbackRTTUs)
+	if len(r.Results) > 0 {
+		r.resultsMarkdown(w)
+	}
+	if r.Large != nil {
+		if len(r.Results) > 0 {
+			fmt.Fprintln(w)
+		}
+		r.Large.Markdown(w)
+	}
+}
+
+func (r *Report) resultsMarkdown(w io.Writer) {
 	fmt.Fprintln(w, "| workload | clients | system | ops/s median (min-max) | vs frames | p50 ms | p99 ms | replicated B/op | written B/op | CPU ms/op per node | reads served per node | RSS MiB per node |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, x := range r.Results {

@@ -139,28 +139,16 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 	}
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
-		args := []string{"-address", addrs[i], "-dir", filepath.Join(dir, fmt.Sprint("n", i+1)),
-			"-metrics", addrs[3+i], "-log-level", "warn", "-tick", "50ms"}
+		join := ""
 		if i > 0 {
-			args = append(args, "-join", addrs[0])
+			join = addrs[0]
 		}
-		if statements {
-			args = append(args, "-statements")
-		}
-		log, err := os.Create(filepath.Join(dir, fmt.Sprintf("n%d.log", i+1)))
+		args := nodeArgs(addrs[i], filepath.Join(dir, fmt.Sprint("n", i+1)), addrs[3+i], join, statements)
+		cmd, wait, log, err := startProc(bin, args, filepath.Join(dir, fmt.Sprintf("n%d.log", i+1)))
 		if err != nil {
 			c.Close()
 			return nil, err
 		}
-		cmd := exec.Command(bin, args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			c.Close()
-			return nil, err
-		}
-		wait := make(chan error, 1)
-		go func() { wait <- cmd.Wait() }()
 		c.procs, c.waits, c.logs = append(c.procs, cmd), append(c.waits, wait), append(c.logs, log)
 		c.metrics = append(c.metrics, addrs[3+i])
 	}
@@ -183,6 +171,38 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 	c.db = openDB(c.addrs, driver.ReadLeader)
 	c.name = name
 	return c, nil
+}
+
+// nodeArgs are the flags of a harness node: its address, data directory
+// and metrics address, -join when join is set.
+func nodeArgs(addr, dir, metrics, join string, statements bool) []string {
+	args := []string{"-address", addr, "-dir", dir, "-metrics", metrics, "-log-level", "warn", "-tick", "50ms"}
+	if join != "" {
+		args = append(args, "-join", join)
+	}
+	if statements {
+		args = append(args, "-statements")
+	}
+	return args
+}
+
+// startProc starts bin with args, its output appended to logPath; wait
+// receives the process's exit.
+func startProc(bin string, args []string, logPath string) (*exec.Cmd, chan error, *os.File, error) {
+	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the harness
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return nil, nil, nil, err
+	}
+	wait := make(chan error, 1)
+	go func() { wait <- cmd.Wait() }()
+	return cmd, wait, log, nil
 }
 
 func openDB(addrs []string, read driver.ReadLevel) *sql.DB {
@@ -276,29 +296,38 @@ func (c *Cluster) Profile(ctx context.Context, seconds int, path string) error {
 // name with labels (nil for a node that did not answer).
 func (c *Cluster) scrape() []map[string]float64 {
 	out := make([]map[string]float64, len(c.metrics))
-	cl := http.Client{Timeout: time.Second}
+	cl := &http.Client{Timeout: time.Second}
 	for i, m := range c.metrics {
-		resp, err := cl.Get("http://" + m + "/metrics")
-		if err != nil {
-			continue
-		}
-		samples := map[string]float64{}
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "#") {
-				continue
-			}
-			if k, v, ok := cutLast(line, " "); ok {
-				if f, err := strconv.ParseFloat(v, 64); err == nil {
-					samples[k] = f
-				}
-			}
-		}
-		resp.Body.Close()
-		out[i] = samples
+		out[i] = scrapeOne(cl, m)
 	}
 	return out
+}
+
+// scrapeOne reads the /metrics of the node at the metrics address m: each
+// sample's value by its name with labels (nil when it did not answer).
+func scrapeOne(cl *http.Client, m string) map[string]float64 {
+	resp, err := cl.Get("http://" + m + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	samples := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if k, v, ok := cutLast(line, " "); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				samples[k] = f
+			}
+		}
+	}
+	if sc.Err() != nil {
+		return nil
+	}
+	return samples
 }
 
 func cutLast(s, sep string) (before, after string, ok bool) {

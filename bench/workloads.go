@@ -31,6 +31,12 @@ type Config struct {
 	// during the first repetition of the insert and compute-heavy
 	// workloads on the replicated systems.
 	Profile string
+	// Large, when above 0, also runs the large-database workload with
+	// that many bytes of blobs (RunLarge); LargeLoad is its load method
+	// (LoadMultiRow when empty). OnlyLarge skips the other workloads.
+	Large     int64
+	LargeLoad string
+	OnlyLarge bool
 }
 
 // Measurement is one repetition of one workload on one system.
@@ -100,6 +106,8 @@ type Report struct {
 	Short   bool     `json:"short"`
 	Floor   Floor    `json:"floor"`
 	Results []Result `json:"results"`
+	// Large is the large-database workload's report (dqbench -large).
+	Large *LargeResult `json:"large,omitempty"`
 }
 
 // workload is one thing to measure.
@@ -279,8 +287,14 @@ func median(xs []float64) float64 {
 }
 
 // Run runs every workload on every system, repetitions interleaved so a
-// slow moment of the machine hits all systems alike.
+// slow moment of the machine hits all systems alike, then the
+// large-database workload when cfg.Large is set (alone with OnlyLarge). A
+// failure of the large workload returns the report too, with what it
+// measured.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.OnlyLarge && cfg.Large <= 0 {
+		return nil, fmt.Errorf("only the large workload asked for, without a size")
+	}
 	if cfg.Reps == 0 {
 		cfg.Reps = 3
 	}
@@ -307,6 +321,29 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !cfg.OnlyLarge {
+		if err := runStandard(ctx, cfg, bin, rep, logf); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Large > 0 {
+		logf("large: %d bytes of %d-byte blobs, loaded by %s requests of %d rows", cfg.Large, largeRowBytes,
+			map[bool]string{true: LoadMultiRow, false: cfg.LargeLoad}[cfg.LargeLoad == ""], largeBatchRows)
+		lr, err := RunLarge(ctx, LargeConfig{Size: cfg.Large, Dir: filepath.Join(cfg.Dir, "large"), Bin: bin, Load: cfg.LargeLoad, Log: logf})
+		rep.Large = lr
+		if err != nil {
+			if lr == nil {
+				return nil, err
+			}
+			return rep, fmt.Errorf("large workload: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+// runStandard runs the workloads of Config.workloads on every system into
+// rep.
+func runStandard(ctx context.Context, cfg Config, bin string, rep *Report, logf func(string, ...any)) error {
 	var systems []System
 	readsOnly := map[System]bool{}
 	defer func() {
@@ -320,11 +357,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}{{"frames", false}, {"statements", true}} {
 		dir := filepath.Join(cfg.Dir, mode.name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, err
+			return err
 		}
 		c, err := StartCluster(ctx, bin, dir, mode.name, mode.statements)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		systems = append(systems, c)
 		if !mode.statements {
@@ -335,13 +372,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			systems = append(systems, spread)
 			readsOnly[spread] = true
 			if err := spread.Warm(ctx, 32); err != nil {
-				return nil, fmt.Errorf("frames-any: %w", err)
+				return fmt.Errorf("frames-any: %w", err)
 			}
 		}
 	}
 	sq, err := OpenSQLite(cfg.Dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	systems = append(systems, sq)
 	if cfg.Rqlite != "" {
@@ -442,7 +479,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				w.name, w.clients, s.Name(), res.Throughput, res.ThroughputMin, res.ThroughputMax, res.P50Ms, res.P99Ms, perNodeLog(res))
 		}
 	}
-	return rep, nil
+	return nil
 }
 
 // fsyncLatencies has writers goroutines each append 4 KiB and fdatasync

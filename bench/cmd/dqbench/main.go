@@ -8,8 +8,17 @@
 //	go run ./bench/cmd/dqbench -out bench-results            # full run (several minutes)
 //	go run ./bench/cmd/dqbench -short -out /tmp/bench          # CI smoke run, under a minute
 //	go run ./bench/cmd/dqbench -rqlite http://127.0.0.1:4001   # also an rqlite cluster you started
+//	go run ./bench/cmd/dqbench -large 600MB -only-large -out /tmp/large  # the large-database workload alone
 //
-// It writes report.md (the table), report.json and throughput.svg.
+// -large SIZE (600MB, 2GiB: units of 1000 or 1024) adds the large-database
+// workload after the others (-only-large: instead of them): SIZE bytes of
+// 1,000-byte blobs loaded into a 3-node cluster, a 4th node joining while
+// a writer writes, then killed and restarted, every node's memory sampled
+// throughout (docs/BENCHMARKS.md).
+//
+// It writes report.md (the tables), report.json and throughput.svg (not
+// with -only-large). Pass -dir to keep the data directories and node logs;
+// a temporary one is kept only when the run fails.
 package main
 
 import (
@@ -31,30 +40,59 @@ func main() {
 	rqlite := flag.String("rqlite", "", "base URL of an external rqlite node to measure too")
 	timeout := flag.Duration("timeout", time.Hour, "time limit of the whole run")
 	profile := flag.String("profile", "", "directory for CPU profiles of the leader (insert with 1 and 32 clients, compute-heavy)")
+	large := flag.String("large", "", "also run the large-database workload with this many bytes of blobs (600MB, 2GiB; empty or 0: not)")
+	onlyLarge := flag.Bool("only-large", false, "run the large-database workload alone (needs -large)")
+	largeLoad := flag.String("large-load", bench.LoadMultiRow, "how the large workload loads each 10 MB batch: multirow (one INSERT of 10,000 rows) or txn (a transaction of 10,000 INSERTs)")
 	flag.Parse()
+	var largeSize int64
+	if *large != "" {
+		n, err := bench.ParseSize(*large)
+		if err != nil {
+			fail(fmt.Errorf("-large: %w", err))
+		}
+		largeSize = n
+	}
+	if *onlyLarge && largeSize == 0 {
+		fail(fmt.Errorf("-only-large needs -large SIZE"))
+	}
 	if *short {
 		*reps = 1
 	}
+	temp := ""
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "dqbench-")
 		if err != nil {
 			fail(err)
 		}
-		defer os.RemoveAll(d)
-		*dir = d
+		temp, *dir = d, d
+	} else if err := os.MkdirAll(*dir, 0o755); err != nil {
+		fail(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	rep, err := bench.Run(ctx, bench.Config{Short: *short, Reps: *reps, Dir: *dir, Rqlite: *rqlite, Log: os.Stdout, Profile: *profile})
+	rep, err := bench.Run(ctx, bench.Config{Short: *short, Reps: *reps, Dir: *dir, Rqlite: *rqlite, Log: os.Stdout, Profile: *profile,
+		Large: largeSize, LargeLoad: *largeLoad, OnlyLarge: *onlyLarge})
+	if rep != nil { // a failed large workload still reports what it measured
+		if werr := rep.Write(*out); werr != nil {
+			fail(werr)
+		}
+		files := "report.md, report.json"
+		if len(rep.Results) > 0 {
+			files += ", throughput.svg"
+		}
+		fmt.Printf("wrote %s/%s\n", *out, files)
+	}
 	if err != nil {
+		if temp != "" {
+			fmt.Fprintf(os.Stderr, "dqbench: data directories and node logs kept in %s\n", temp)
+		}
 		fail(err)
 	}
-	if err := rep.Write(*out); err != nil {
-		fail(err)
+	if temp != "" {
+		os.RemoveAll(temp)
 	}
-	fmt.Printf("wrote %s/report.md, report.json, throughput.svg\n", *out)
 }
 
 func fail(err error) {
