@@ -141,6 +141,10 @@ const (
 	// maxMsgBytes bounds the entries of one append message: one entry of
 	// the largest size (one transaction's frames) fits alone.
 	maxMsgBytes = raft.MaxMessageBytes
+	// snapshotChunkBytes is the database bytes of one snapshot message: a
+	// chunk is one loop event on each side (read from the leader's file,
+	// written to the receiver's), with one in flight.
+	snapshotChunkBytes = 1 << 20
 )
 
 // ErrClosed is returned by requests on a closed node.
@@ -337,7 +341,8 @@ func (n *Node) open() error {
 	n.vfs.SetTime(time.Now().UnixMilli())
 	lc := loop.Config{
 		Raft: raft.Config{ID: n.cfg.ID, ElectionTicks: n.cfg.ElectionTicks, HeartbeatTicks: 1, MaxMsgBytes: maxMsgBytes,
-			Clock: monotonicClock(), TickNanos: int64(n.cfg.Tick), MaxClockDrift: n.cfg.MaxClockDrift, NoLease: n.cfg.NoLeaderLease},
+			MaxSnapshotChunkBytes: snapshotChunkBytes,
+			Clock:                 monotonicClock(), TickNanos: int64(n.cfg.Tick), MaxClockDrift: n.cfg.MaxClockDrift, NoLease: n.cfg.NoLeaderLease},
 		Storage: countingStorage{WAL: w, m: &n.metrics, log: n.log}, FSM: db, Rand: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(n.cfg.ID))),
 		RequestTimeoutTicks: int(30 * time.Second / n.cfg.Tick),
 		TxIdleTicks:         max(1, int(n.cfg.TxIdleTimeout/n.cfg.Tick)),
