@@ -133,6 +133,12 @@ func freeAddrs(n int) ([]string, error) {
 // statements is set) with data under dir, waits until all three are voters,
 // and connects.
 func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (*Cluster, error) {
+	return startCluster(ctx, bin, dir, name, statements, "50ms")
+}
+
+// startCluster is StartCluster with the nodes' -tick ("": dqlited's
+// default).
+func startCluster(ctx context.Context, bin, dir, name string, statements bool, tick string) (*Cluster, error) {
 	addrs, err := freeAddrs(6)
 	if err != nil {
 		return nil, err
@@ -143,7 +149,7 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 		if i > 0 {
 			join = addrs[0]
 		}
-		args := nodeArgs(addrs[i], filepath.Join(dir, fmt.Sprint("n", i+1)), addrs[3+i], join, statements)
+		args := nodeArgs(addrs[i], filepath.Join(dir, fmt.Sprint("n", i+1)), addrs[3+i], join, statements, tick)
 		cmd, wait, log, err := startProc(bin, args, filepath.Join(dir, fmt.Sprintf("n%d.log", i+1)))
 		if err != nil {
 			c.Close()
@@ -174,9 +180,12 @@ func StartCluster(ctx context.Context, bin, dir, name string, statements bool) (
 }
 
 // nodeArgs are the flags of a harness node: its address, data directory
-// and metrics address, -join when join is set.
-func nodeArgs(addr, dir, metrics, join string, statements bool) []string {
-	args := []string{"-address", addr, "-dir", dir, "-metrics", metrics, "-log-level", "warn", "-tick", "50ms"}
+// and metrics address, -join when join is set, -tick when tick is.
+func nodeArgs(addr, dir, metrics, join string, statements bool, tick string) []string {
+	args := []string{"-address", addr, "-dir", dir, "-metrics", metrics, "-log-level", "warn"}
+	if tick != "" {
+		args = append(args, "-tick", tick)
+	}
 	if join != "" {
 		args = append(args, "-join", join)
 	}
