@@ -139,6 +139,11 @@ type LargeResult struct {
 	JoinReachedIndex uint64  `json:"join_reached_index"`
 	JoinRole         string  `json:"join_role"`
 	JoinRatio        float64 `json:"join_to_copy_ratio"`
+	// JoinSnapshotsInstalled: snapshots the new node installed by the
+	// join's end (0: it caught up from the log alone);
+	// JoinLeaderSnapshotViews: the join's leader's snapshot views by then.
+	JoinSnapshotsInstalled  uint64 `json:"join_snapshots_installed"`
+	JoinLeaderSnapshotViews uint64 `json:"join_leader_snapshot_views"`
 	// JoinLeaderPeakRSSMiB and JoinNewPeakRSSMiB: peak VmRSS sampled
 	// during the join of the leader (as of the join's start) and the new
 	// node.
@@ -161,11 +166,13 @@ type LargeResult struct {
 	RestartSeconds         float64 `json:"restart_seconds"`
 	// Leaders is the leading node at the start of each phase and at the
 	// end ("?" when none or two were seen).
-	Leaders    map[string]string `json:"leaders"`
-	RSSSamples int               `json:"rss_samples"`
-	Nodes      []LargeNode       `json:"nodes"`
-	Seconds    float64           `json:"seconds"` // the whole workload
-	Failure    string            `json:"failure,omitempty"`
+	Leaders map[string]string `json:"leaders"`
+	// PhaseStarts is when each phase began (UTC, as in the node logs).
+	PhaseStarts map[string]string `json:"phase_starts"`
+	RSSSamples  int               `json:"rss_samples"`
+	Nodes       []LargeNode       `json:"nodes"`
+	Seconds     float64           `json:"seconds"` // the whole workload
+	Failure     string            `json:"failure,omitempty"`
 }
 
 // largePhases are the phases of the workload, in order.
@@ -516,7 +523,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	}
 	rows := (cfg.Size + largeRowBytes - 1) / largeRowBytes
 	res = &LargeResult{SizeBytes: cfg.Size, Rows: rows, BlobBytes: rows * largeRowBytes, RowBytes: largeRowBytes,
-		Load: cfg.Load, Leaders: map[string]string{}}
+		Load: cfg.Load, Leaders: map[string]string{}, PhaseStarts: map[string]string{}}
 	start := time.Now()
 	defer func() {
 		res.Seconds = secs(time.Since(start))
@@ -548,8 +555,14 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	}
 	loopMax := map[string][]float64{} // phase: per node, the gauge at its end (seconds)
 	loopSlow := map[string][]float64{}
+	phaseEnd := map[string][]map[string]float64{} // phase: every node's metrics at its end
+	begin := func(phase string) {
+		res.PhaseStarts[phase] = time.Now().UTC().Format("15:04:05.000")
+		sampler.setPhase(phase)
+	}
 	endPhase := func(phase string) []map[string]float64 {
 		nodes := c.scrape()
+		phaseEnd[phase] = nodes
 		for _, n := range nodes {
 			loopMax[phase] = append(loopMax[phase], n["dqlite_loop_event_max_seconds"])
 			loopSlow[phase] = append(loopSlow[phase], n["dqlite_loop_events_slow_total"])
@@ -563,7 +576,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 		return res, err
 	}
 	res.Leaders["load"] = name(leader)
-	sampler.setPhase("load")
+	begin("load")
 	if _, err := c.db.ExecContext(ctx, "CREATE TABLE big (id INTEGER PRIMARY KEY, b BLOB)"); err != nil {
 		return res, fmt.Errorf("create table: %w", err)
 	}
@@ -599,7 +612,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 		return res, err
 	}
 	res.Leaders["copy"] = name(leader)
-	sampler.setPhase("copy")
+	begin("copy")
 	src, size, err := largestDB(dirs[leader])
 	if err != nil {
 		return res, err
@@ -620,7 +633,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	}
 	res.Leaders["join"] = name(leader)
 	joinLeader := leader
-	sampler.setPhase("join")
+	begin("join")
 	stopWriter := make(chan struct{})
 	writerDone := make(chan LargeWriter, 1)
 	go func() { writerDone <- runWriter(c.db, stopWriter) }()
@@ -687,10 +700,12 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	logf("large: n4 caught up (applied %d >= %d, %s) in %.2f s: %.2f× the file copy; peak RSS leader %s %.0f MiB, n4 %.0f MiB; writer %d writes, %d failures, p50 %.2f p99 %.2f max %.2f ms",
 		res.JoinReachedIndex, res.JoinTargetIndex, res.JoinRole, join.Seconds(), res.JoinRatio, name(joinLeader),
 		res.JoinLeaderPeakRSSMiB, res.JoinNewPeakRSSMiB, res.Writer.Writes, res.Writer.Failures, res.Writer.P50Ms, res.Writer.P99Ms, res.Writer.MaxMs)
-	endPhase("join")
+	after := endPhase("join")
+	res.JoinSnapshotsInstalled = uint64(after[3]["dqlite_snapshots_installed_total"])
+	res.JoinLeaderSnapshotViews = uint64(after[joinLeader]["dqlite_snapshot_views_total"])
 
 	// 6. Kill the 4th node and restart it.
-	sampler.setPhase("restart")
+	begin("restart")
 	res.RestartNode = "n4"
 	c.procs[3].Process.Kill()
 	<-c.waits[3]
@@ -739,6 +754,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 		ready.Seconds(), res.RestartReachedIndex, res.RestartTargetIndex, caught.Seconds())
 
 	// 7. The end: every node's loop events, memory and files.
+	res.PhaseStarts["end"] = time.Now().UTC().Format("15:04:05.000")
 	nodes = endPhase("end")
 	res.Leaders["end"] = name(leaderOf(nodes))
 	for i := range c.procs {
@@ -762,8 +778,11 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 			}
 		}
 		ln.LoopEventsSlow = uint64(loopSlow["end"][i])
-		if i == 3 {
-			ln.LoopEventsSlow += uint64(loopSlow["join"][i]) // the life before the kill
+		if i == 3 { // the counters of the life before the kill
+			before := phaseEnd["join"][i]
+			ln.LoopEventsSlow += uint64(loopSlow["join"][i])
+			ln.SnapshotsInstalled += uint64(before["dqlite_snapshots_installed_total"])
+			ln.SnapshotViews += uint64(before["dqlite_snapshot_views_total"])
 		}
 		if hwm, err := procField(fmt.Sprintf("/proc/%d/status", c.procs[i].Process.Pid), "VmHWM:", 1024); err == nil {
 			ln.HWMMiB = mib(hwm)
@@ -878,7 +897,12 @@ func (l *LargeResult) Markdown(w io.Writer) {
 	row("leader's database file", fmt.Sprintf("%.1f MiB", mib(uint64(l.DBFileBytes))), "")
 	row("file copy (read, write, fsync)", fmt.Sprintf("%.3f s (%.0f MB/s)", l.CopySeconds, l.CopyMBps), "")
 	if l.JoinSeconds > 0 {
-		row("join of a 4th node", fmt.Sprintf("%.3f s (applied %d ≥ %d, role %s)", l.JoinSeconds, l.JoinReachedIndex, l.JoinTargetIndex, l.JoinRole), "")
+		how := "from the log alone: no snapshot installed"
+		if l.JoinSnapshotsInstalled > 0 {
+			how = fmt.Sprintf("%d snapshot(s) of the files installed", l.JoinSnapshotsInstalled)
+		}
+		row("join of a 4th node", fmt.Sprintf("%.3f s (applied %d ≥ %d, role %s; %s, leader's snapshot views %d)", l.JoinSeconds,
+			l.JoinReachedIndex, l.JoinTargetIndex, l.JoinRole, how, l.JoinLeaderSnapshotViews), "")
 		row("join / file copy", fmt.Sprintf("%.2f", l.JoinRatio), fmt.Sprintf("≤ %.1f: %s", largeTargetRatio, verdict(l.JoinRatio <= largeTargetRatio)))
 		row("peak RSS during the join", fmt.Sprintf("leader %s %.1f MiB (anon %.1f), new node %.1f MiB (anon %.1f)", l.Leaders["join"],
 			l.JoinLeaderPeakRSSMiB, l.JoinLeaderPeakAnonMiB, l.JoinNewPeakRSSMiB, l.JoinNewPeakAnonMiB),
@@ -920,6 +944,13 @@ func (l *LargeResult) Markdown(w io.Writer) {
 		}
 	}
 	row("leader at each phase's start", strings.Join(leaders, ", "), "")
+	var starts []string
+	for _, ph := range append(slices.Clone(largePhases), "end") {
+		if v, ok := l.PhaseStarts[ph]; ok {
+			starts = append(starts, ph+" "+v)
+		}
+	}
+	row("phase starts (UTC)", strings.Join(starts, ", "), "")
 	row("whole workload", fmt.Sprintf("%.0f s, %d RSS samples (every 100 ms)", l.Seconds, l.RSSSamples), "")
 	if len(l.Nodes) == 0 {
 		return
@@ -944,5 +975,5 @@ func (l *LargeResult) Markdown(w io.Writer) {
 			ph("load"), ph("copy"), ph("join"), ph("restart"), n.HWMMiB, n.LoopEventMaxMs, n.LoopEventsSlow, n.PageCacheMiB, n.WALMiB, n.DBFileMiB,
 			n.SnapshotsInstalled, n.SnapshotViews)
 	}
-	fmt.Fprintln(w, "\n\\* the leader at the end. Peak RSS: the highest VmRSS of /proc/PID/status sampled every 100 ms, over the whole workload and per phase (anon, file: the highest RssAnon and RssFile, each on its own); VmHWM: the kernel's peak at the end (for the restarted node, since its restart). Loop events: dqlite_loop_event_max_seconds and dqlite_loop_events_slow_total (the restarted node's over both its lives). Page cache, WAL, snapshots: the nodes' metrics at the end; database file: the largest sqlite-*.db in each data directory. rqlite: not measured (the harness cannot run it on this machine).")
+	fmt.Fprintln(w, "\n\\* the leader at the end. Peak RSS: the highest VmRSS of /proc/PID/status sampled every 100 ms, over the whole workload and per phase (anon, file: the highest RssAnon and RssFile, each on its own); VmHWM: the kernel's peak at the end (for the restarted node, since its restart). Loop events: dqlite_loop_event_max_seconds and dqlite_loop_events_slow_total (the restarted node's over both its lives). Page cache, WAL, snapshots: the nodes' metrics at the end (the restarted node's snapshot counters summed over both lives); database file: the largest sqlite-*.db in each data directory. rqlite: not measured (the harness cannot run it on this machine).")
 }

@@ -61,6 +61,7 @@ func TestLargeRun(t *testing.T) {
 	check(l.RSSSamples >= int(l.Seconds*5), "RSS samples over the workload's seconds", []any{l.RSSSamples, l.Seconds})
 	for _, ph := range []string{"load", "copy", "join", "restart", "end"} {
 		check(len(l.Leaders[ph]) == 2 && l.Leaders[ph][0] == 'n', "leader at "+ph, l.Leaders)
+		check(len(l.PhaseStarts[ph]) == len("15:04:05.000"), "start of "+ph, l.PhaseStarts)
 	}
 	check(len(l.Nodes) == 4, "nodes", len(l.Nodes))
 	leaders := 0
