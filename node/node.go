@@ -117,6 +117,10 @@ type Config struct {
 // little behind needs no snapshot.
 const trailingEntries = 1024
 
+// trailingBytes bounds the entry data kept behind a snapshot: a replica
+// further behind than that gets the database files streamed.
+const trailingBytes = 64 << 20
+
 // logIndexBytes is the most memory the log's index may take: the log keeps
 // entries since the older of its two snapshots, minus trailingEntries
 // before it, plus the entries not yet applied (bounded by the pending
@@ -298,7 +302,7 @@ func (n *Node) open() error {
 	if err != nil {
 		return err
 	}
-	w, rep, err := wal.Open(fs, wal.Options{Logger: n.log, TrailingEntries: trailingEntries, CacheBytes: n.cfg.LogMemoryBytes})
+	w, rep, err := wal.Open(fs, wal.Options{Logger: n.log, TrailingEntries: trailingEntries, TrailingBytes: trailingBytes, CacheBytes: n.cfg.LogMemoryBytes})
 	if err != nil {
 		return fmt.Errorf("node %d: opening log: %w", n.cfg.ID, err)
 	}

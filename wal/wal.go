@@ -34,6 +34,9 @@ type Options struct {
 	// TrailingEntries are kept in the log behind a new snapshot, so
 	// followers that lag a little need no snapshot.
 	TrailingEntries uint64
+	// TrailingBytes, when set, also bounds the entry data kept behind a
+	// new snapshot (the nearest entries are kept).
+	TrailingBytes int64
 	// NoPreallocate turns off filling new segments with zeros up to
 	// SegmentSizeMax. Preallocated segments are overwritten in place, so a
 	// sync need not also commit a new file size (measured here: 121 µs

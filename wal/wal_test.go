@@ -572,3 +572,26 @@ func TestFailedSuffixReplacement(t *testing.T) {
 	}
 	t.Logf("failed each of %d operations", ops)
 }
+
+// TestTrailingBytes: behind a snapshot the log keeps TrailingEntries, but
+// no more than TrailingBytes of their data (whole segments go).
+func TestTrailingBytes(t *testing.T) {
+	for _, limit := range []int64{0, 64 << 10} {
+		fs, err := wal.NewOSFS(t.TempDir())
+		must(t, err)
+		w := open(t, fs, wal.Options{SegmentSizeMax: 32 << 10, TrailingEntries: 1000, TrailingBytes: limit})
+		data := bytes.Repeat([]byte("b"), 4096)
+		for i := uint64(1); i <= 200; i++ {
+			must(t, w.Append([]raft.Entry{{Index: i, Term: 1, Type: raft.EntryNormal, Data: data}}))
+		}
+		must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 200, Term: 1, Config: members, ConfigIndex: 1}, []byte("s")))
+		kept := int64(w.LastIndex()-w.FirstIndex()+1) * 4096
+		switch {
+		case limit == 0 && w.FirstIndex() != 1:
+			t.Fatalf("without a byte bound the log starts at %d, want 1 (1000 trailing entries)", w.FirstIndex())
+		case limit > 0 && (kept > limit+64<<10 || kept < limit):
+			t.Fatalf("with %d trailing bytes the log keeps %d bytes (entries %d..%d)", limit, kept, w.FirstIndex(), w.LastIndex())
+		}
+		w.Close()
+	}
+}

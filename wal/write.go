@@ -391,6 +391,20 @@ func (w *WAL) compact() error {
 	} else {
 		point = 0
 	}
+	if tb := w.opts.TrailingBytes; tb > 0 {
+		// No more than TrailingBytes of entry data either: a replica
+		// further behind gets the snapshot instead (cheaper than a
+		// backlog of large entries).
+		var sum int64
+		i := min(newest, w.first+uint64(len(w.ents))-1)
+		for i > point && i >= w.first {
+			if sum += int64(w.ents[i-w.first].loc.length); sum > tb {
+				break
+			}
+			i--
+		}
+		point = max(point, i)
+	}
 	if len(w.snaps) > 1 {
 		point = min(point, w.snaps[0].meta.Index)
 	}
