@@ -217,7 +217,10 @@ type Loop struct {
 	// snapshots); viewIdle counts ticks since its view was last read.
 	stream   StreamingStateMachine
 	viewIdle int
-	out      Output
+	// sinceSnapshotBytes is the entry data applied since the last
+	// snapshot (streaming state machines snapshot by size too).
+	sinceSnapshotBytes int64
+	out                Output
 	// writes waiting for the writer slot, and the one holding it.
 	writeQueue []*request
 	// The entry holding the writer slot (0: free), and how to drop what it
@@ -677,6 +680,7 @@ func (l *Loop) apply(e raft.Entry) {
 		return
 	}
 	l.applied = e.Index
+	l.sinceSnapshotBytes += int64(len(e.Data))
 	if d, ok := l.fsm.(DurableStateMachine); ok {
 		d.AppliedTo(e.Index)
 	}
@@ -750,11 +754,19 @@ func (l *Loop) failLostWrites() {
 }
 
 func (l *Loop) maybeSnapshot() {
-	if l.applied-l.snapshot < l.cfg.SnapshotThreshold || l.writeErr != nil {
+	if l.writeErr != nil {
 		return
 	}
 	if l.stream != nil {
-		l.compact()
+		// A snapshot of files costs a checkpoint, not an image: also
+		// take one every StreamSnapshotBytes of entries, so the log
+		// (and what a new node would be sent of it) stays small.
+		if l.applied-l.snapshot >= l.cfg.SnapshotThreshold || l.sinceSnapshotBytes >= StreamSnapshotBytes {
+			l.compact()
+		}
+		return
+	}
+	if l.applied-l.snapshot < l.cfg.SnapshotThreshold {
 		return
 	}
 	meta, err := l.raft.SnapshotMeta(l.applied)

@@ -136,7 +136,13 @@ func (l *Loop) compact() {
 		return
 	}
 	l.snapshot = idx
+	l.sinceSnapshotBytes = 0
 }
+
+// StreamSnapshotBytes is the entry data after which a streaming state
+// machine's files are snapshotted (checkpointed and the log compacted),
+// whatever the entry count.
+const StreamSnapshotBytes = 64 << 20
 
 // IsStorageFailure reports whether err (from the state machine) is a
 // failure of its storage rather than of an entry: the node stops as when
