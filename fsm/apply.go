@@ -33,11 +33,33 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 	}
 	if err == nil && x != nil {
 		d.maybeCloseView()
-		if cerr := d.maybeCheckpoint(x); cerr != nil {
-			return res, cerr // the entry applied; the file failed (FileSyncError)
+		if d.files != nil {
+			// With files, checkpoints wait for the loop's next tick
+			// (Maintain): the write's reply does not wait for a file
+			// write and its syncs.
+			x.checkpointDue = true
+		} else if cerr := d.maybeCheckpoint(x); cerr != nil {
+			return res, cerr
 		}
 	}
 	return res, err
+}
+
+// Maintain runs the checkpoints that applied entries made due (the loop
+// calls it at each tick; loop.StreamingStateMachine). An error is a
+// storage failure (FileSyncError): the node stops.
+func (d *DB) Maintain() error {
+	for _, name := range d.sortedNames() {
+		x := d.dbs[name]
+		if !x.checkpointDue {
+			continue
+		}
+		x.checkpointDue = false
+		if err := d.maybeCheckpoint(x); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkpointFrames is the WAL length (in frames) past which a node

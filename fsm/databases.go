@@ -65,6 +65,8 @@ type database struct {
 	unsynced  bool
 	// dirty: its file may hold pages of entries up to it (see files.go).
 	dirty uint64
+	// checkpointDue: an entry applied since the last Maintain.
+	checkpointDue bool
 }
 
 // reader is a read connection and whether a query is open on it.

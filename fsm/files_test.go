@@ -52,6 +52,10 @@ func (n *fileNode) write(sql string) {
 	if _, err := n.db.Apply(e); err != nil {
 		n.t.Fatal(err)
 	}
+	n.db.AppliedTo(e.Index)
+	if err := n.db.Maintain(); err != nil { // the loop's next tick
+		n.t.Fatal(err)
+	}
 }
 
 // restart closes the DB (after a crash of the disk when crash is set),

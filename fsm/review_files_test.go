@@ -61,6 +61,9 @@ func (n *reviewNode) write(sql string) {
 		n.t.Fatal(err)
 	}
 	n.db.AppliedTo(e.Index)
+	if err := n.db.Maintain(); err != nil {
+		n.t.Fatal(err)
+	}
 }
 
 func (n *reviewNode) rows() int64 {
@@ -205,6 +208,7 @@ func TestReviewAbortedCaptureAfterViewRaisesF(t *testing.T) {
 			t.Fatal(err)
 		}
 		db.AppliedTo(e.Index)
+		_ = db.Maintain()
 	}
 	write("CREATE TABLE t(b)", true)
 	for i := 0; i < 20; i++ {
@@ -243,6 +247,7 @@ func TestReviewAbortedCaptureAfterViewRaisesF(t *testing.T) {
 			t.Fatalf("replaying %d: %v", e.Index, err)
 		}
 		db.AppliedTo(e.Index)
+		_ = db.Maintain()
 	}
 	if err := db.FinishReplay(); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,10 @@ type StreamingStateMachine interface {
 	// query can hold one back), moving DurableIndex on; an error that is
 	// a storage failure (see IsStorageFailure) stops the node.
 	CheckpointAll() error
+	// Maintain runs the checkpoints applied entries made due (at each
+	// tick, so that no write's reply waits for one); an error stops the
+	// node.
+	Maintain() error
 	// OpenView opens a view of the state at the last applied index and
 	// returns that index (an error with SnapshotLater() true: not now).
 	OpenView() (uint64, error)
@@ -100,10 +104,16 @@ func (s snapshotSource) ReadSnapshot(index, offset uint64, maxBytes int) ([]byte
 	return s.l.stream.ReadView(index, offset, maxBytes)
 }
 
-// tickView closes an idle view.
+// tickView closes an idle view, and runs the checkpoints that are due.
 func (l *Loop) tickView() {
 	if l.stream == nil {
 		return
+	}
+	if l.writeErr == nil {
+		if err := l.stream.Maintain(); err != nil {
+			l.fail(fmt.Errorf("loop: database file failed: %w", err))
+			return
+		}
 	}
 	if _, open := l.stream.ViewOpen(); !open {
 		l.viewIdle = 0

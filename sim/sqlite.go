@@ -377,6 +377,7 @@ func sqlState(n *node) (uint64, error) {
 
 func (h sqlHook) ReplayBound() uint64  { return h.n.db.ReplayBound() }
 func (h sqlHook) FinishReplay() error  { return h.n.db.FinishReplay() }
+func (h sqlHook) Maintain() error      { return h.n.db.Maintain() }
 func (h sqlHook) CheckpointAll() error { return h.n.db.CheckpointAll() }
 
 var _ loop.StreamingStateMachine = sqlHook{}
