@@ -44,8 +44,8 @@ type Disk struct {
 	// on a file named crashPrefix... ("": off).
 	crashPrefix  string
 	crashPrefixN int
-	failAt         int   // fail this operation with failErr (0: never)
-	failErr        error // EIO by default
+	failAt       int   // fail this operation with failErr (0: never)
+	failErr      error // EIO by default
 	// EIORate fails each mutating operation with this probability.
 	EIORate float64
 	// Capacity bounds the total bytes of all files (0: unlimited).
