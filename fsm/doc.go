@@ -7,7 +7,11 @@
 // executes writes and transactions spanning requests (sqlite.go) and
 // batches of autocommit writes with their deduplication (batch.go); every
 // node applies committed entries (apply.go); a write sent as a query
-// returns its rows (rows.go).
+// returns its rows (rows.go). With a data directory (OpenFiles) the
+// databases are files with a record of the index each reflects
+// (files.go), snapshots are streamed from them (stream.go) and checked by
+// InspectFiles (inspect.go); without one (Open) they live in memory and
+// snapshots are whole images.
 //
 // Concurrency: none. The node's loop calls it from its one goroutine.
 //

@@ -1,5 +1,8 @@
-// Package vfs is the SQLite side of dqlite-go: an in-memory SQLite VFS (one
-// instance per node, several per process in the simulator) that captures
+// Package vfs is the SQLite side of dqlite-go: a SQLite VFS (one instance
+// per node, several per process in the simulator) whose WALs and WAL
+// indexes live in memory and whose databases' main files are either in
+// memory too (New) or Files of the node's data directory reached through
+// Go callbacks (NewFiles, store.go), that captures
 // each write transaction's WAL frames and keeps them invisible until Raft
 // has committed them, and a thin binding for the connections the node runs.
 //

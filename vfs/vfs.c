@@ -1,9 +1,10 @@
 /* An in-memory SQLite VFS that holds write transactions back until they are
  * replicated. See doc.go for the design; the short version:
  *
- * - Every database of a VFS instance lives in memory: the main file, its WAL,
- *   a rollback journal (used only when the journal mode changes) and the
- *   shared-memory WAL index regions.
+ * - A database's WAL, rollback journal (used only when the journal mode
+ *   changes) and shared-memory WAL index regions live in memory; its main
+ *   file too, unless the VFS was made with a file opener: then it is a file
+ *   reached through the Go callbacks of store.go.
  * - When a connection takes the WAL write lock, the VFS remembers the WAL
  *   size and copies the WAL index. When it releases the lock after writing a
  *   commit frame, the VFS captures the transaction's WAL bytes and the new
