@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -37,6 +38,10 @@ type Config struct {
 	Large     int64
 	LargeLoad string
 	OnlyLarge bool
+	// Only, when set, runs just the standard workloads whose name matches
+	// it (a regular expression over "name/clients", such as
+	// "txn-100k|point-read/1$").
+	Only *regexp.Regexp
 }
 
 // Measurement is one repetition of one workload on one system.
@@ -178,6 +183,29 @@ func (c *Config) workloads() []workload {
 	}
 	ws = append(ws, workload{"point-read", 1, scale(300, 15000), kv, read, true})
 	ws = append(ws, workload{"point-read", 32, scale(32*20, 32*1500), kv, read, true})
+	// Point reads on a table four times the size of a write connection's
+	// page cache (fsm.DefaultCacheBytes, 16 MiB) and 32 times a read
+	// connection's (2 MiB): most pages a read needs come from the file,
+	// through the VFS's file callbacks, not from SQLite's cache. Rows of
+	// 1,000 random bytes, loaded in requests of 8 MiB.
+	largeRows := scale(2048, 65536)
+	kvLarge := func(ctx context.Context, s System, t string) error {
+		if err := s.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (k INTEGER PRIMARY KEY, v BLOB)", t)); err != nil {
+			return err
+		}
+		for lo := 0; lo < largeRows; lo += 8192 {
+			if err := s.Exec(ctx, fmt.Sprintf("WITH RECURSIVE n(i) AS (SELECT %d UNION ALL SELECT i+1 FROM n WHERE i < %d) "+
+				"INSERT INTO %s SELECT i, randomblob(1000) FROM n", lo+1, min(lo+8192, largeRows), t)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	readLarge := func(ctx context.Context, s System, t string, c, i int) error {
+		return s.Query(ctx, fmt.Sprintf("SELECT length(v) FROM %s WHERE k = ?", t), (c*7919+i*104729)%largeRows+1)
+	}
+	ws = append(ws, workload{"point-read-64MiB", 1, scale(300, 15000), kvLarge, readLarge, true})
+	ws = append(ws, workload{"point-read-64MiB", 32, scale(32*20, 32*1500), kvLarge, readLarge, true})
 	ws = append(ws, workload{"mixed-90r-10w", 32, scale(32*20, 32*500), kv,
 		func(ctx context.Context, s System, t string, c, i int) error {
 			if i%10 == 0 {
@@ -385,6 +413,9 @@ func runStandard(ctx context.Context, cfg Config, bin string, rep *Report, logf 
 		systems = append(systems, OpenRqlite(cfg.Rqlite))
 	}
 	for wi, w := range cfg.workloads() {
+		if cfg.Only != nil && !cfg.Only.MatchString(fmt.Sprintf("%s/%d", w.name, w.clients)) {
+			continue
+		}
 		ms := make([][]Measurement, len(systems))
 		fails := make([]string, len(systems))
 		for r := 0; r < cfg.Reps; r++ {
@@ -395,7 +426,7 @@ func runStandard(ctx context.Context, cfg Config, bin string, rep *Report, logf 
 				table := fmt.Sprintf("w%d_c%d_r%d_%d", wi, w.clients, r, rand.IntN(1<<30))
 				var profDone chan error
 				if cl, ok := s.(*Cluster); ok && cfg.Profile != "" && r == 0 &&
-					(w.name == "insert" && (w.clients == 1 || w.clients == 32) || w.name == "compute-heavy" || w.name == "point-read") {
+					(w.name == "insert" && (w.clients == 1 || w.clients == 32) || w.name == "compute-heavy" || w.name == "point-read" || w.name == "txn-100k-rows") {
 					profDone = make(chan error, 1)
 					path := filepath.Join(cfg.Profile, fmt.Sprintf("%s-%d-%s.pprof", w.name, w.clients, s.Name()))
 					go func() { profDone <- cl.Profile(ctx, 2, path) }()

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"time"
 
 	"github.com/dqlite-go/dqlite/bench"
@@ -39,11 +40,20 @@ func main() {
 	dir := flag.String("dir", "", "where data directories go (default: a temporary directory on the same disk as -out)")
 	rqlite := flag.String("rqlite", "", "base URL of an external rqlite node to measure too")
 	timeout := flag.Duration("timeout", time.Hour, "time limit of the whole run")
-	profile := flag.String("profile", "", "directory for CPU profiles of the leader (insert with 1 and 32 clients, compute-heavy)")
+	profile := flag.String("profile", "", "directory for CPU profiles of the leader (insert with 1 and 32 clients, compute-heavy, point-read, txn-100k-rows)")
 	large := flag.String("large", "", "also run the large-database workload with this many bytes of blobs (600MB, 2GiB; empty or 0: not)")
 	onlyLarge := flag.Bool("only-large", false, "run the large-database workload alone (needs -large)")
 	largeLoad := flag.String("large-load", bench.LoadMultiRow, "how the large workload loads each 10 MB batch: multirow (one INSERT of 10,000 rows) or txn (a transaction of 10,000 INSERTs)")
+	only := flag.String("only", "", "run only the standard workloads whose \"name/clients\" matches this regular expression")
 	flag.Parse()
+	var onlyRE *regexp.Regexp
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			fail(fmt.Errorf("-only: %w", err))
+		}
+		onlyRE = re
+	}
 	var largeSize int64
 	if *large != "" {
 		n, err := bench.ParseSize(*large)
@@ -73,7 +83,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	rep, err := bench.Run(ctx, bench.Config{Short: *short, Reps: *reps, Dir: *dir, Rqlite: *rqlite, Log: os.Stdout, Profile: *profile,
-		Large: largeSize, LargeLoad: *largeLoad, OnlyLarge: *onlyLarge})
+		Large: largeSize, LargeLoad: *largeLoad, OnlyLarge: *onlyLarge, Only: onlyRE})
 	if rep != nil { // a failed large workload still reports what it measured
 		if werr := rep.Write(*out); werr != nil {
 			fail(werr)
