@@ -142,8 +142,14 @@ type LargeResult struct {
 	// JoinSnapshotsInstalled: snapshots the new node installed by the
 	// join's end (0: it caught up from the log alone);
 	// JoinLeaderSnapshotViews: the join's leader's snapshot views by then.
-	JoinSnapshotsInstalled  uint64 `json:"join_snapshots_installed"`
-	JoinLeaderSnapshotViews uint64 `json:"join_leader_snapshot_views"`
+	JoinSnapshotsInstalled uint64 `json:"join_snapshots_installed"`
+	// The join's timeline, in seconds from the process's start (0: not
+	// seen): a member, the first snapshot bytes received, the first
+	// snapshot installed (the stream's end); polled every 25 ms.
+	JoinMemberAt            float64 `json:"join_member_at_s,omitempty"`
+	JoinStreamAt            float64 `json:"join_stream_start_at_s,omitempty"`
+	JoinInstalledAt         float64 `json:"join_installed_at_s,omitempty"`
+	JoinLeaderSnapshotViews uint64  `json:"join_leader_snapshot_views"`
 	// JoinLeaderPeakRSSMiB and JoinNewPeakRSSMiB: peak VmRSS sampled
 	// during the join of the leader (as of the join's start) and the new
 	// node.
@@ -670,6 +676,16 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	for {
 		m := scrapeOne(cl, addrs[1])
 		res.JoinReachedIndex, res.JoinRole = uint64(m["dqlite_applied_index"]), roleOf(m)
+		at := secs(time.Since(t0))
+		if res.JoinMemberAt == 0 && res.JoinRole != "" {
+			res.JoinMemberAt = at
+		}
+		if res.JoinStreamAt == 0 && m["dqlite_snapshot_received_bytes_total"] > 0 {
+			res.JoinStreamAt = at
+		}
+		if res.JoinInstalledAt == 0 && m["dqlite_snapshots_installed_total"] > 0 {
+			res.JoinInstalledAt = at
+		}
 		if res.JoinRole != "" && res.JoinReachedIndex >= res.JoinTargetIndex {
 			break
 		}
@@ -700,6 +716,7 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	logf("large: n4 caught up (applied %d >= %d, %s) in %.2f s: %.2f× the file copy; peak RSS leader %s %.0f MiB, n4 %.0f MiB; writer %d writes, %d failures, p50 %.2f p99 %.2f max %.2f ms",
 		res.JoinReachedIndex, res.JoinTargetIndex, res.JoinRole, join.Seconds(), res.JoinRatio, name(joinLeader),
 		res.JoinLeaderPeakRSSMiB, res.JoinNewPeakRSSMiB, res.Writer.Writes, res.Writer.Failures, res.Writer.P50Ms, res.Writer.P99Ms, res.Writer.MaxMs)
+	logf("large: join timeline: member at %.2f s, stream from %.2f s, installed at %.2f s", res.JoinMemberAt, res.JoinStreamAt, res.JoinInstalledAt)
 	after := endPhase("join")
 	res.JoinSnapshotsInstalled = uint64(after[3]["dqlite_snapshots_installed_total"])
 	res.JoinLeaderSnapshotViews = uint64(after[joinLeader]["dqlite_snapshot_views_total"])

@@ -79,6 +79,8 @@ type DB struct {
 	view                      *view
 	in, ready                 *incoming // being received; received whole, to install
 	viewsOpened, viewsOverrun uint64
+	// received counts the bytes of streamed snapshots received.
+	received uint64
 	// replayBound is the largest dirty index of the record the set was
 	// opened with (files.go): views wait until applied reaches it.
 	replayBound uint64

@@ -9,6 +9,7 @@ import (
 	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
+	"github.com/dqlite-go/dqlite/wal"
 )
 
 // Streamed snapshots (with files).
@@ -254,12 +255,17 @@ type inFile struct {
 	id       uint64
 	f        vfs.File
 	written  int64
-	synced   int64 // bytes synced so far
+	synced   int64 // bytes synced (or written back) so far
 }
 
 // receiveSyncBytes is how much of a received file is written between two
-// syncs of it.
-const receiveSyncBytes = 16 << 20
+// syncs of it, on a file system that cannot write back without a sync
+// (wal.WriteBacker); on one that can, receiveWriteBackBytes is written
+// between two write-backs and the file is synced once, at the end.
+const (
+	receiveSyncBytes      = 16 << 20
+	receiveWriteBackBytes = 8 << 20
+)
 
 // MaxInstallCheckBytes bounds the databases a received snapshot's
 // install runs PRAGMA quick_check on: it reads the whole database on the
@@ -288,6 +294,7 @@ func (d *DB) WriteSnapshotChunk(meta raft.SnapshotMeta, offset uint64, data []by
 		return err
 	}
 	in.next += uint64(len(data))
+	d.received += uint64(len(data))
 	if !done {
 		return nil
 	}
@@ -346,7 +353,15 @@ func (d *DB) receive(in *incoming, data []byte) error {
 		in.crc = crc32.Update(in.crc, castagnoli, data[:k])
 		cur.written += k
 		data = data[k:]
-		if cur.written-cur.synced >= receiveSyncBytes {
+		if wb, ok := cur.f.(wal.WriteBacker); ok && cur.written-cur.synced >= receiveWriteBackBytes {
+			// Have the kernel write it as it comes, without waiting for
+			// it (but for the range before), so that the sync at the end
+			// has little left to write, and the loop never waits long.
+			if err := wb.WriteBack(cur.synced, cur.written-cur.synced); err != nil {
+				return fmt.Errorf("fsm: writing back received database %q: %w", cur.name, err)
+			}
+			cur.synced = cur.written
+		} else if !ok && cur.written-cur.synced >= receiveSyncBytes {
 			// Sync as it comes, so that no single sync (each one a loop
 			// event) has much to write: not only the last.
 			if err := cur.f.Sync(); err != nil {
@@ -553,6 +568,10 @@ var SnapshotMarker = []byte("DQSQLv03 files")
 
 // StreamStats counts views opened and closed by WAL growth.
 func (d *DB) StreamStats() (opened, overrun uint64) { return d.viewsOpened, d.viewsOverrun }
+
+// ReceivedBytes counts the bytes of streamed snapshots this node has
+// received (accepted chunks, whether or not their snapshot completed).
+func (d *DB) ReceivedBytes() uint64 { return d.received }
 
 // Streams reports whether snapshots are streamed from files (with a data
 // directory).

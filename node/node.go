@@ -147,7 +147,8 @@ const (
 	maxMsgBytes = raft.MaxMessageBytes
 	// snapshotChunkBytes is the database bytes of one snapshot message: a
 	// chunk is one loop event on each side (read from the leader's file,
-	// written to the receiver's), with one in flight.
+	// written to the receiver's), with raft.DefaultSnapshotChunksInFlight
+	// in flight.
 	snapshotChunkBytes = 1 << 20
 )
 

@@ -102,6 +102,9 @@ type Metrics struct {
 	// nodes; SnapshotViewsOverrun those closed because writes under them
 	// passed the held-WAL bound.
 	SnapshotViews, SnapshotViewsOverrun uint64
+	// SnapshotReceivedBytes counts the bytes of streamed snapshots this
+	// node received.
+	SnapshotReceivedBytes uint64
 	// ApplyFailed: a committed entry failed to apply here; the node
 	// stopped applying (and writing) rather than diverge from the others.
 	ApplyFailed bool
@@ -131,6 +134,7 @@ func (n *Node) Metrics() Metrics {
 		}
 		m.DurableIndex = n.db.DurableIndex()
 		m.SnapshotViews, m.SnapshotViewsOverrun = n.db.StreamStats()
+		m.SnapshotReceivedBytes = n.db.ReceivedBytes()
 		m.LogCacheBytes = n.wal.CachedBytes()
 		m.LogMemoryBytes = n.wal.MemoryBytes()
 		if err := n.loop.Err(); err != nil {

@@ -99,8 +99,14 @@
 //   - Leadership transfer to a named voter or the most up-to-date one.
 //   - Snapshots: the caller takes one at an applied index (SnapshotMeta gives
 //     its metadata) and compacts storage; followers that need compacted
-//     entries receive it in chunks of at most MaxSnapshotChunkBytes, one in
-//     flight at a time, resent after an election timeout without progress.
+//     entries receive it in chunks of at most MaxSnapshotChunkBytes, at most
+//     SnapshotChunksInFlight of them unacknowledged, resent from the last
+//     acknowledged byte after an election timeout without progress. Chunks
+//     are numbered per replica (Context, echoed in the responses): a
+//     follower refuses a chunk past the byte it expects, the leader goes
+//     back there once, ignoring the refusals of chunks it sent before going
+//     back, and a copy of the chunk at offset 0 does not start a transfer
+//     over.
 //     By default the leader sends the newest snapshot in Storage and a
 //     follower assembles it in memory, handing out Update.Snapshot with its
 //     Data. Two optional hooks stream snapshots instead (for a state
@@ -143,5 +149,5 @@
 // of bytes received. Either way Config.MaxSnapshotBytes bounds what a
 // follower accepts (a chunk ending past it is an invalid message). A
 // leader reads one chunk at a time either way (from Storage, or from its
-// SnapshotSource), one in flight per replica.
+// SnapshotSource), at most SnapshotChunksInFlight in flight per replica.
 package raft

@@ -44,7 +44,8 @@ func runHostile(t *testing.T, c hostileCase) {
 			t.Fatalf("panic: %v", p)
 		}
 	}()
-	h := newHarness(3, func(cfg *Config) { cfg.MaxSnapshotChunkBytes = 4 })
+	// One chunk in flight: snapshotInFlight leaves a transfer half-way.
+	h := newHarness(3, func(cfg *Config) { cfg.MaxSnapshotChunkBytes, cfg.SnapshotChunksInFlight = 4, 1 })
 	h.bootstrap(1, 2, 3)
 	h.campaign(1)
 	proposeAll(h, "a", "b")

@@ -56,6 +56,12 @@ type progress struct {
 	snapIdle    int    // ticks since the last chunk was acknowledged
 	snapDone    bool   // the last chunk was sent
 	snapStarted bool
+	// snapSeq numbers the chunks sent to this replica (Message.Context,
+	// echoed by its responses), never reset while this progress lives;
+	// a refusal of a chunk numbered up to snapRewindSeq (sent before the
+	// transfer last went back or started) is ignored: going back resent
+	// that chunk.
+	snapSeq, snapRewindSeq uint64
 }
 
 func (p *progress) String() string {
@@ -91,6 +97,7 @@ func (p *progress) becomeSnapshot(meta SnapshotMeta) {
 	p.snapIdle = 0
 	p.snapDone = false
 	p.snapStarted = false
+	p.snapRewindSeq = p.snapSeq
 	p.inflight = p.inflight[:0]
 }
 

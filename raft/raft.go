@@ -12,11 +12,12 @@ import (
 
 // Default limits, used when the Config leaves a field at zero.
 const (
-	DefaultElectionTicks         = 10
-	DefaultHeartbeatTicks        = 1
-	DefaultMaxMsgBytes           = 1 << 20
-	DefaultMaxInflightMsgs       = 64
-	DefaultMaxSnapshotChunkBytes = 256 << 10
+	DefaultElectionTicks          = 10
+	DefaultHeartbeatTicks         = 1
+	DefaultMaxMsgBytes            = 1 << 20
+	DefaultMaxInflightMsgs        = 64
+	DefaultMaxSnapshotChunkBytes  = 256 << 10
+	DefaultSnapshotChunksInFlight = 4
 	// DefaultMaxSnapshotBytes: the state machine restores an image whose
 	// size SQLite's C API takes as an int.
 	DefaultMaxSnapshotBytes    = 1<<31 - 1
@@ -51,6 +52,11 @@ type Config struct {
 	// MaxSnapshotChunkBytes bounds the data in one snapshot message (at
 	// most MaxEntryBytes).
 	MaxSnapshotChunkBytes int
+	// SnapshotChunksInFlight bounds the snapshot chunks sent to one
+	// replica and not yet acknowledged (default
+	// DefaultSnapshotChunksInFlight): more than one lets the leader read
+	// the next chunks while the replica writes the last.
+	SnapshotChunksInFlight int
 	// MaxSnapshotBytes bounds a snapshot this node receives, which it
 	// assembles in memory unless SnapshotSink is set: a chunk past it is
 	// refused as an invalid message (default DefaultMaxSnapshotBytes;
@@ -113,6 +119,7 @@ func (c *Config) setDefaults() error {
 	setDefault(&c.MaxMsgBytes, DefaultMaxMsgBytes)
 	setDefault(&c.MaxInflightMsgs, DefaultMaxInflightMsgs)
 	setDefault(&c.MaxSnapshotChunkBytes, DefaultMaxSnapshotChunkBytes)
+	setDefault(&c.SnapshotChunksInFlight, DefaultSnapshotChunksInFlight)
 	setDefault(&c.MaxSnapshotBytes, DefaultMaxSnapshotBytes)
 	if c.MaxMsgBytes > MaxMessageBytes || c.MaxSnapshotChunkBytes > MaxEntryBytes {
 		return fmt.Errorf("raft: config: MaxMsgBytes %d (limit %d) or MaxSnapshotChunkBytes %d (limit %d) too large",
@@ -180,6 +187,12 @@ type incomingSnapshot struct {
 	// received is the number of bytes received: the offset of the next
 	// chunk.
 	received uint64
+	// from, term and seq identify the chunk at offset 0 that started it
+	// (with a sink): a copy of it, or of an older one, does not start
+	// over.
+	from NodeID
+	term uint64
+	seq  uint64
 }
 
 // Raft is one node's consensus state machine. It is not safe for concurrent
@@ -589,8 +602,8 @@ func (r *Raft) tickLeader() {
 			pr.snapIdle++
 			if pr.snapIdle >= r.cfg.ElectionTicks {
 				// A chunk or its acknowledgement was lost: resend.
-				pr.snapOffset, pr.snapDone = pr.snapAcked, false
-				r.sendSnapshotChunk(id, pr)
+				pr.snapOffset, pr.snapDone, pr.snapRewindSeq = pr.snapAcked, false, pr.snapSeq
+				r.sendSnapshotChunks(id, pr)
 			}
 		}
 	}

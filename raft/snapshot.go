@@ -97,7 +97,8 @@ func IsSnapshotLater(err error) bool {
 
 // startSnapshot switches a replica that needs compacted entries to receiving
 // a snapshot (the newest in storage, or one the SnapshotSource opens), in
-// chunks of at most MaxSnapshotChunkBytes, one chunk in flight at a time.
+// chunks of at most MaxSnapshotChunkBytes, at most SnapshotChunksInFlight of
+// them unacknowledged.
 func (r *Raft) startSnapshot(to NodeID, pr *progress) {
 	if r.cfg.SnapshotSource != nil {
 		r.openSnapshot(to, pr)
@@ -109,7 +110,7 @@ func (r *Raft) startSnapshot(to NodeID, pr *progress) {
 		return
 	}
 	pr.becomeSnapshot(meta)
-	r.sendSnapshotChunk(to, pr)
+	r.sendSnapshotChunks(to, pr)
 }
 
 // openSnapshot starts sending a replica the snapshot the source opens now.
@@ -127,7 +128,7 @@ func (r *Raft) openSnapshot(to NodeID, pr *progress) {
 	}
 	meta.Config = meta.Config.Clone()
 	pr.becomeSnapshot(meta)
-	r.sendSnapshotChunk(to, pr)
+	r.sendSnapshotChunks(to, pr)
 }
 
 // snapshotLater leaves a replica the source has no snapshot for now out of
@@ -178,9 +179,24 @@ func (r *Raft) checkOpenedSnapshot(meta SnapshotMeta) error {
 	return nil
 }
 
-func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
+// sendSnapshotChunks sends the replica the next chunks of its snapshot
+// while fewer than SnapshotChunksInFlight chunks' worth of bytes are
+// unacknowledged.
+func (r *Raft) sendSnapshotChunks(to NodeID, pr *progress) {
+	window := uint64(r.cfg.SnapshotChunksInFlight) * uint64(r.cfg.MaxSnapshotChunkBytes)
+	for pr.state == snapshotState && (pr.snapOffset <= pr.snapAcked || pr.snapOffset-pr.snapAcked < window) {
+		if !r.sendSnapshotChunk(to, pr) {
+			return
+		}
+	}
+}
+
+// sendSnapshotChunk sends the chunk at pr.snapOffset; false when it sent
+// none (the last was sent, reading failed, or the transfer restarted or
+// stopped, which sent what it had to itself).
+func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) bool {
 	if pr.snapDone || r.log.readErr != nil {
-		return
+		return false
 	}
 	src := r.cfg.SnapshotSource
 	var data []byte
@@ -197,10 +213,10 @@ func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
 			// Gone as soon as opened: opening another now could
 			// go on forever.
 			r.snapshotLater(pr)
-			return
+			return false
 		}
 		r.restartSnapshot(to, pr)
-		return
+		return false
 	case err == nil && len(data) == 0 && !last:
 		err = errors.New("empty chunk before the end")
 	case err == nil && src != nil && len(data) > r.cfg.MaxSnapshotChunkBytes:
@@ -208,15 +224,17 @@ func (r *Raft) sendSnapshotChunk(to NodeID, pr *progress) {
 	}
 	if err != nil {
 		r.log.fail(fmt.Errorf("raft: reading snapshot %d at offset %d: %w", pr.snap.Index, pr.snapOffset, err))
-		return
+		return false
 	}
 	r.noteSnapshotRead(to, pr.snap.Index, pr.snapOffset+uint64(len(data)))
 	meta := pr.snap
-	r.send(Message{Type: MsgSnap, To: to, Snapshot: &meta, Offset: pr.snapOffset, Data: data, Done: last})
+	pr.snapSeq++
+	r.send(Message{Type: MsgSnap, To: to, Snapshot: &meta, Offset: pr.snapOffset, Data: data, Done: last, Context: pr.snapSeq})
 	pr.snapOffset += uint64(len(data))
 	pr.snapDone = last
 	pr.snapIdle = 0
 	pr.snapStarted = true
+	return true
 }
 
 // restartSnapshot starts over with the newest snapshot after the one being
@@ -292,12 +310,22 @@ func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
 		// sent (ReadSnapshot never reads past it).
 		off = pr.snapOffset
 	}
-	if off < pr.snapOffset || m.Reject {
-		// The follower lost chunks (or restarted): rewind.
-		pr.snapOffset, pr.snapDone = off, false
+	switch {
+	case m.Reject && m.Context <= pr.snapRewindSeq:
+		// A refusal of a chunk sent before the transfer last went back
+		// (another chunk in flight behind the same gap, or older): going
+		// back resent it.
+		return
+	case m.Reject:
+		// The follower lost a chunk (it expects off), or dropped what
+		// it had (off 0): go on from there.
+		pr.snapOffset, pr.snapAcked, pr.snapDone, pr.snapRewindSeq = off, off, false, pr.snapSeq
+	case off > pr.snapAcked:
+		pr.snapAcked = off
+	default:
+		return // an acknowledgement overtaken by a later one
 	}
-	pr.snapAcked = off
-	r.sendSnapshotChunk(m.From, pr)
+	r.sendSnapshotChunks(m.From, pr)
 }
 
 // handleSnapshot receives one chunk of a snapshot from the leader. Chunks
@@ -305,7 +333,9 @@ func (r *Raft) handleSnapshotResponse(m Message, pr *progress) {
 // next. The last chunk installs the snapshot. Without a SnapshotSink the
 // chunks are assembled in memory; with one, each chunk goes to the sink
 // (and a chunk at offset 0 starts over, even of the same snapshot: the
-// leader may have opened it anew) and raft keeps only the count of bytes.
+// leader may have opened it anew; but not a copy of the chunk that started
+// it, or an older one, by the leader's chunk numbers in Context) and raft
+// keeps only the count of bytes. Every response echoes the chunk's number.
 func (r *Raft) handleSnapshot(m Message) {
 	meta := *m.Snapshot
 	if meta.Index <= r.log.committed || r.log.matchTerm(meta.Index, meta.Term) {
@@ -315,31 +345,39 @@ func (r *Raft) handleSnapshot(m Message) {
 			r.log.commitTo(meta.Index)
 		}
 		r.dropIncoming()
-		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: m.Offset + uint64(len(m.Data))})
+		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: m.Offset + uint64(len(m.Data)), Context: m.Context})
 		r.pendingAck = true
 		r.maybeAck()
 		return
 	}
 	sink := r.cfg.SnapshotSink
 	in := r.incoming
-	if in == nil || in.meta.Index != meta.Index || in.meta.Term != meta.Term || (sink != nil && m.Offset == 0) {
+	same := in != nil && in.meta.Index == meta.Index && in.meta.Term == meta.Term
+	// With a sink, a chunk at offset 0 starts over unless it is a copy of
+	// (or older than) the one that started this transfer.
+	restart := sink != nil && m.Offset == 0 &&
+		!(same && m.From == in.from && m.Term == in.term && m.Context != 0 && m.Context <= in.seq)
+	if !same || restart {
 		if m.Offset != 0 {
-			r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: 0, Reject: true})
+			r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: 0, Reject: true, Context: m.Context})
 			return
 		}
 		r.dropIncoming()
-		in = &incomingSnapshot{meta: meta}
+		in = &incomingSnapshot{meta: meta, from: m.From, term: m.Term, seq: m.Context}
 		r.incoming = in
 	}
 	if m.Offset != in.received {
-		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: in.received})
+		// Past what this node expects: a chunk before it was lost (or is
+		// late), and the leader resends from what this node expects. Before
+		// it: a duplicate, or a late resend; only say how far it got.
+		r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: in.received, Reject: m.Offset > in.received, Context: m.Context})
 		return
 	}
 	if sink != nil {
 		if err := sink.WriteSnapshotChunk(meta, m.Offset, m.Data, m.Done); err != nil {
 			// The sink dropped it: start over.
 			r.incoming = nil
-			r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: 0, Reject: true})
+			r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: 0, Reject: true, Context: m.Context})
 			return
 		}
 		in.received += uint64(len(m.Data))
@@ -347,7 +385,7 @@ func (r *Raft) handleSnapshot(m Message) {
 		in.buf = append(in.buf, m.Data...)
 		in.received = uint64(len(in.buf))
 	}
-	r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: in.received})
+	r.send(Message{Type: MsgSnapResp, To: m.From, Index: meta.Index, Offset: in.received, Context: m.Context})
 	if !m.Done {
 		return
 	}

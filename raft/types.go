@@ -234,8 +234,12 @@ func (t MessageType) String() string {
 //	MsgHeartbeat:     Commit, Context (ReadIndex round)
 //	MsgHeartbeatResp: Context
 //	MsgSnap:          Snapshot metadata, Offset and Data of one chunk, Done on
-//	                  the last chunk
+//	                  the last chunk, Context = the chunk's number (counted
+//	                  per replica by the leader)
 //	MsgSnapResp:      Snapshot.Index and Offset = next byte the follower wants
+//	                  (Reject: a chunk before the one answered is missing, or
+//	                  with Offset 0 the follower dropped the transfer);
+//	                  Context echoed
 //	MsgTimeoutNow:    nothing
 //	MsgReadIndex:     Context = the asker's batch of reads (a follower or
 //	                  standby asks its leader for a read index)

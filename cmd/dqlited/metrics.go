@@ -105,6 +105,7 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	metric("checkpoint_failures_total", "counter", "Checkpoints that failed (full disk, I/O error); the WAL keeps the pages and they are retried.", m.CheckpointFailures)
 	metric("durable_index", "gauge", "Index every database file reflects; the log is compacted up to it.", m.DurableIndex)
 	metric("snapshot_views_total", "counter", "Snapshot views opened to stream the databases to another node.", m.SnapshotViews)
+	metric("snapshot_received_bytes_total", "counter", "Bytes of streamed snapshots received from the leader.", m.SnapshotReceivedBytes)
 	metric("snapshot_views_overrun_total", "counter", "Snapshot views closed because the WAL held back under them passed its bound.", m.SnapshotViewsOverrun)
 	metric("storage_failed", "gauge", "1 when the log storage failed and the node stopped writing.", b(m.StorageFailed))
 	metric("apply_failed", "gauge", "1 when a committed entry failed to apply and the node stopped applying and writing.", b(m.ApplyFailed))
