@@ -320,6 +320,15 @@ func (d *DB) WALSizes() map[string]int64 {
 	return out
 }
 
+// WALMemory is the memory the databases' WALs hold allocated, in bytes.
+func (d *DB) WALMemory() int64 {
+	var n int64
+	for name := range d.dbs {
+		n += d.vfs.WALMemory(name)
+	}
+	return n
+}
+
 // WALSize is the size of the databases' WALs in bytes.
 func (d *DB) WALSize() int64 {
 	var n int64

@@ -88,3 +88,25 @@ func TestStreamReceiveWritesBack(t *testing.T) {
 		t.Fatalf("installed %v rows (%v), want 20000", rows, err)
 	}
 }
+
+// TestWALMemoryReturned: a 20 MB transaction grows its database's WAL
+// buffer past 20 MB (to 32 MiB); the checkpoint that empties the WAL gives
+// that memory back (at most 4 MiB stays), instead of keeping it for good.
+func TestWALMemoryReturned(t *testing.T) {
+	l := newFileNode(t)
+	l.write("CREATE TABLE t(b)")
+	l.write("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 20000) INSERT INTO t SELECT randomblob(1000) FROM n")
+	if err := l.db.CheckpointAll(); err != nil {
+		t.Fatal(err)
+	}
+	if s, m := l.db.WALSize(), l.db.WALMemory(); s != 0 || m > 4<<20 {
+		t.Fatalf("after the checkpoint the WAL holds %d bytes in %d of memory, want 0 in at most 4 MiB", s, m)
+	}
+	if got := l.count(); got != 20000 {
+		t.Fatalf("%d rows, want 20000", got)
+	}
+	l.write("INSERT INTO t VALUES (randomblob(1000))") // the WAL grows again from nothing
+	if got := l.count(); got != 20001 {
+		t.Fatalf("%d rows, want 20001", got)
+	}
+}

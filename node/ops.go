@@ -91,6 +91,10 @@ type Metrics struct {
 	// PageCacheBytes is the memory SQLite's page caches use (every
 	// connection of every database; bounded by the cache settings).
 	PageCacheBytes int64
+	// WALMemoryBytes is the memory the databases' WALs hold (the
+	// frames since the last checkpoint, in room of at most 4 MiB once one
+	// emptied them).
+	WALMemoryBytes int64
 	// Checkpoints that failed (a full disk, an I/O error: the WAL keeps
 	// the pages and they are retried) and the last failure.
 	CheckpointFailures  uint64
@@ -127,6 +131,7 @@ func (n *Node) Metrics() Metrics {
 		m.Reads = n.loop.Raft().ReadStats()
 		m.DatabaseWALBytes = n.db.WALSizes()
 		m.PageCacheBytes = n.db.CacheUsed()
+		m.WALMemoryBytes = n.db.WALMemory()
 		var last error
 		m.CheckpointFailures, last = n.db.CheckpointStats()
 		if last != nil {

@@ -81,6 +81,10 @@ static void *dq_calloc(size_t k, size_t n) { return alloc_fault() ? NULL : callo
 static void *dq_realloc(void *p, size_t n) { return alloc_fault() ? NULL : realloc(p, n); }
 static char *dq_strdup(const char *s) { return alloc_fault() ? NULL : strdup(s); }
 
+/* DQ_WAL_KEEP_BYTES is the room an emptied WAL keeps (a WAL checkpointed
+ * at 1000 frames of 4 KiB stays within it); more is freed. */
+#define DQ_WAL_KEEP_BYTES (4 << 20)
+
 typedef struct buf {
 	unsigned char *data;
 	sqlite3_int64 size, cap;
@@ -331,6 +335,16 @@ static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
 	if (p->kind == KIND_MAIN && p->db->store) return dqStoreTruncate(p->db->store, size);
 	buf *b = file_buf(p);
 	if (size < b->size) b->size = size;
+	/* An emptied WAL (a TRUNCATE checkpoint, which holds the write lock)
+	 * gives its memory back: one large transaction would otherwise leave
+	 * its frames' room allocated for good. Truncating drops the bytes
+	 * anyway; only a captured transaction waiting to be applied needs the
+	 * room its bytes had (dq_apply rewrites them where they were). */
+	if (size == 0 && p->kind == KIND_WAL && !p->db->pending && b->cap > DQ_WAL_KEEP_BYTES) {
+		free(b->data);
+		b->data = NULL;
+		b->cap = 0;
+	}
 	return SQLITE_OK;
 }
 
@@ -1041,6 +1055,13 @@ unsigned char *dq_image(dq_vfs *v, const char *name, long long *size) {
 int dq_wal_size(dq_vfs *v, const char *name, long long *size) {
 	dq_db *d = db_find(v, name, 0);
 	*size = d ? d->wal.size : 0;
+	return d ? SQLITE_OK : SQLITE_NOTFOUND;
+}
+
+/* dq_wal_memory is the room a database's WAL buffer holds allocated. */
+int dq_wal_memory(dq_vfs *v, const char *name, long long *size) {
+	dq_db *d = db_find(v, name, 0);
+	*size = d ? d->wal.cap : 0;
 	return d ? SQLITE_OK : SQLITE_NOTFOUND;
 }
 

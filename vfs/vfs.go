@@ -243,6 +243,14 @@ func (v *VFS) WALSize(db string) int64 {
 	return int64(size)
 }
 
+// WALMemory is the memory db's WAL holds allocated: at least WALSize, and
+// never more than 4 MiB once a TRUNCATE checkpoint emptied it.
+func (v *VFS) WALMemory(db string) int64 {
+	var size C.longlong
+	withName(db, func(c *C.char) C.int { return C.dq_wal_memory(v.c, c, &size) })
+	return int64(size)
+}
+
 // Restore replaces db with an image. No connection may be inside a
 // transaction; connections should be reopened afterwards.
 func (v *VFS) Restore(db string, image []byte) error {

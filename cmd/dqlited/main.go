@@ -68,6 +68,8 @@ type options struct {
 	logMemory       int64
 	cacheSize       int64
 	readCacheSize   int64
+	memoryLimit     int64
+	mallocArenas    int
 	listen          string
 	testingBug      string
 }
@@ -103,6 +105,10 @@ func parse(args []string, errOut io.Writer) (*options, error) {
 	fs.Int64Var(&o.logMemory, "log-memory", 64<<20, "bytes of memory the Raft log may hold (index and cached entries)")
 	fs.Int64Var(&o.cacheSize, "cache-size", 16<<20, "bytes of SQLite page cache for each database's write connection")
 	fs.Int64Var(&o.readCacheSize, "read-cache-size", 2<<20, "bytes of SQLite page cache for each read connection (one per open query)")
+	fs.Int64Var(&o.memoryLimit, "memory-limit", defaultMemoryLimit, "soft limit in bytes on the Go runtime's memory: the garbage collector runs more often as it nears it "+
+		"(SQLite's C heap is outside it; 0: none; GOMEMLIMIT, when set, wins)")
+	fs.IntVar(&o.mallocArenas, "malloc-arenas", 1, "glibc malloc arenas for the C heap (SQLite): each keeps the memory freed into it; with it, C blocks of 1 MiB or more are mapped on their own "+
+		"and returned when freed (0: glibc's defaults; MALLOC_ARENA_MAX, when set, wins)")
 	// Environment variables first; flags override them.
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
@@ -186,6 +192,7 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "dqlited:", err)
 		return 2
 	}
+	applyMemorySettings(o)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		fmt.Fprintln(errOut, "dqlited: -log-level:", err)

@@ -101,6 +101,7 @@ func writeMetrics(w io.Writer, m node.Metrics) {
 	}
 	metric("loop_event_max_seconds", "gauge", "Longest loop event (tick, message or request) since start.", m.LoopEventMaxSeconds)
 	metric("loop_events_slow_total", "counter", "Loop events that took over 100 ms.", m.LoopEventsSlow)
+	metric("wal_memory_bytes", "gauge", "Memory the databases' WALs hold (frames since the last checkpoint).", m.WALMemoryBytes)
 	metric("page_cache_bytes", "gauge", "Memory of SQLite's page caches (all connections), within -cache-size per database.", m.PageCacheBytes)
 	metric("checkpoint_failures_total", "counter", "Checkpoints that failed (full disk, I/O error); the WAL keeps the pages and they are retried.", m.CheckpointFailures)
 	metric("durable_index", "gauge", "Index every database file reflects; the log is compacted up to it.", m.DurableIndex)
