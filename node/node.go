@@ -179,6 +179,8 @@ type Node struct {
 	// waiters can re-check a condition without polling.
 	changedMu sync.Mutex
 	changed   chan struct{}
+	// rolesKick asks role management to run now (a member was added).
+	rolesKick chan struct{}
 
 	waiters map[uint64]chan loop.Reply // owned by the loop goroutine
 	// progressFrom and progressLogged track a long catch-up (loop
@@ -252,7 +254,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: make(chan func(), eventQueueMax),
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
-		stop: make(chan struct{}), changed: make(chan struct{}),
+		stop: make(chan struct{}), changed: make(chan struct{}), rolesKick: make(chan struct{}, 1),
 		addrHints: map[raft.NodeID]string{}}
 	if cfg.ClusterKey == nil && cfg.PeerCAs == nil {
 		n.log.Warn("peer links are open: anything that reaches the port can act as a member "+
@@ -735,6 +737,14 @@ func (n *Node) Add(ctx context.Context, id raft.NodeID, address string) error {
 	_, err := n.request(ctx, func(rid uint64) loop.Output {
 		return n.loop.RequestMembership(rid, raft.ConfigChange{Type: raft.ConfigAdd, ID: id, Address: address})
 	})
+	if err == nil {
+		// Role management places the new member now, not at its next
+		// interval: a spare receives nothing until it is promoted.
+		select {
+		case n.rolesKick <- struct{}{}:
+		default:
+		}
+	}
 	return err
 }
 

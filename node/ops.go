@@ -224,6 +224,7 @@ func (n *Node) manageRoles() {
 		case <-n.stop:
 			return
 		case <-t.C:
+		case <-n.rolesKick:
 		}
 		if !n.IsLeader() {
 			continue
