@@ -183,6 +183,9 @@ type Node struct {
 	rolesKick chan struct{}
 
 	waiters map[uint64]chan loop.Reply // owned by the loop goroutine
+	// eventKind names the loop event being handled, for the slow-event
+	// log (owned by the loop goroutine).
+	eventKind string
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
@@ -389,6 +392,7 @@ func (n *Node) run() {
 			start := time.Now()
 			n.busySince.Store(start.UnixNano())
 			n.vfs.SetTime(start.UnixMilli())
+			n.eventKind = "tick"
 			n.handle(n.loop.Tick())
 			n.prepareKeepAlive()
 			n.busySince.Store(0)
@@ -413,9 +417,14 @@ func (n *Node) noteEvent(start time.Time) {
 	if uint64(d) > n.metrics.eventMaxNanos.Load() {
 		n.metrics.eventMaxNanos.Store(uint64(d)) // one writer: the loop
 	}
+	kind := n.eventKind
+	n.eventKind = ""
 	if d > slowEvent {
 		n.metrics.eventsSlow.Add(1)
-		n.log.Warn("slow loop event", "duration", d)
+		if kind == "" {
+			kind = "other"
+		}
+		n.log.Warn("slow loop event", "duration", d, "event", kind)
 	}
 }
 
@@ -622,7 +631,10 @@ func (n *Node) diskWriter() {
 			if err != nil {
 				n.log.Error("log append failed: the node stops writing", "err", err)
 			}
-			if !n.post(func() { n.handle(n.loop.WriteDone(job, err)) }) {
+			if !n.post(func() {
+				n.eventKind = "log written"
+				n.handle(n.loop.WriteDone(job, err))
+			}) {
 				return
 			}
 		}

@@ -403,6 +403,7 @@ func (n *Node) servePeer(c net.Conn, r *bufio.Reader, from raft.NodeID, address 
 			n.log.Debug("vote rejected", "by", from, "type", m.Type.String(), "term", m.Term)
 		}
 		if !n.post(func() {
+			n.eventKind = m.Type.String()
 			out, err := n.loop.Step(m)
 			if err != nil {
 				// A message no correct member sends: stop reading this

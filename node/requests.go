@@ -25,6 +25,7 @@ func (n *Node) request(ctx context.Context, submit func(id uint64) loop.Output) 
 	id := n.nextReq.Add(1)
 	ch := make(chan loop.Reply, 1)
 	if !n.post(func() {
+		n.eventKind = "request"
 		n.waiters[id] = ch
 		n.handle(submit(id))
 	}) {
