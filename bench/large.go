@@ -352,6 +352,35 @@ func roleOf(n map[string]float64) string {
 }
 
 // waitLeader waits (bounded) until exactly one node leads.
+// checkpointedWALBytes is the WAL size under which no node checkpoints on
+// its own (fsm's checkpointFrames, 1000 frames of 4 KiB pages).
+const checkpointedWALBytes = 1000 * (4096 + 24)
+
+// waitCheckpointed waits until every node's WALs are under the size that
+// makes a checkpoint due: the database files then hold what was loaded.
+func (c *Cluster) waitCheckpointed(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		due := -1
+		for i, n := range c.scrape() {
+			for k, v := range n {
+				if strings.HasPrefix(k, "dqlite_database_wal_bytes{") && v >= checkpointedWALBytes {
+					due = i
+				}
+			}
+		}
+		if due < 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %d still has a WAL of %d bytes or more after %v", due+1, checkpointedWALBytes, timeout)
+		}
+		if err := sleepCtx(ctx, 25*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
 func (c *Cluster) waitLeader(ctx context.Context, timeout time.Duration) ([]map[string]float64, int, error) {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -612,9 +641,13 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	logf("large: loaded %d rows (%d MB) in %.1f s: %.1f MB/s (%s, %d requests)", rows, res.BlobBytes/1e6, load.Seconds(), res.LoadMBps, cfg.Load, res.Requests)
 	endPhase("load")
 
-	// 4. Copy the leader's database file.
+	// 4. Copy the leader's database file, once the checkpoints the load
+	// made due have written it (they run at the nodes' next tick).
 	_, leader, err = c.waitLeader(ctx, 30*time.Second)
 	if err != nil {
+		return res, err
+	}
+	if err := c.waitCheckpointed(ctx, 10*time.Second); err != nil {
 		return res, err
 	}
 	res.Leaders["copy"] = name(leader)
@@ -770,7 +803,11 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 	logf("large: restarted n4 ready in %.2f s, caught up (applied %d >= %d) in %.2f s",
 		ready.Seconds(), res.RestartReachedIndex, res.RestartTargetIndex, caught.Seconds())
 
-	// 7. The end: every node's loop events, memory and files.
+	// 7. The end: every node's loop events, memory and files (once no
+	// checkpoint is due).
+	if err := c.waitCheckpointed(ctx, 10*time.Second); err != nil {
+		return res, err
+	}
 	res.PhaseStarts["end"] = time.Now().UTC().Format("15:04:05.000")
 	nodes = endPhase("end")
 	res.Leaders["end"] = name(leaderOf(nodes))
