@@ -11,8 +11,8 @@ import (
 // and the default page caches (16 MiB per database) and log memory
 // (64 MiB), the leader of three nodes loaded with 10 MB transactions peaked
 // at 265 MiB resident, the followers at 192 MiB; with neither setting, at
-// 375 and 257 MiB (dqbench -large 512MiB -only-large; docs/OPERATIONS.md,
-// Memory).
+// 375 and 257 to 266 MiB (dqbench -large 512MiB -only-large, one run each;
+// docs/OPERATIONS.md, Memory).
 const defaultMemoryLimit = 160 << 20
 
 // applyMemorySettings sets the process's memory settings from -memory-limit
