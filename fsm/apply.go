@@ -68,12 +68,21 @@ func (d *DB) Maintain() error {
 // page written), and readers search a short WAL.
 const checkpointFrames = 1000
 
+// SetCheckpointFrames sets the WAL length (in frames) past which the node
+// checkpoints (0: checkpointFrames). The simulator lowers it so that its
+// small workloads reach the checkpoint path.
+func (d *DB) SetCheckpointFrames(n int) { d.ckptFrames = n }
+
 // maybeCheckpoint checkpoints x (TRUNCATE: the WAL restarts empty) when its
 // WAL is long and nothing holds it: no captured write, no open cursor
 // (whose read snapshot would stop the checkpoint part way). A failure is
 // left for the next try; Snapshot reports checkpoint errors.
 func (d *DB) maybeCheckpoint(x *database) error {
-	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(checkpointFrames)*int64(x.pageSize+24) {
+	frames := d.ckptFrames
+	if frames <= 0 {
+		frames = checkpointFrames
+	}
+	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(frames)*int64(x.pageSize+24) {
 		return nil
 	}
 	return d.noteCheckpoint(d.checkpointFile(x))

@@ -560,6 +560,6 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 	for _, x := range d.dbs {
 		x.fileIndex, x.unsynced, x.dirty = index, false, index
 	}
-	d.replayBound = 0
+	d.replayBound, d.appliedBefore = 0, 0
 	return d.writeRecord()
 }

@@ -484,6 +484,7 @@ func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int,
 		if e.dirty > e.index {
 			d.replayBound = max(d.replayBound, e.dirty)
 		}
+		d.appliedBefore = max(d.appliedBefore, e.index, e.dirty)
 	}
 	if d.replayBound == 0 {
 		if err := d.FinishReplay(); err != nil {

@@ -44,11 +44,12 @@ func (snapshotBusy) SnapshotLater() bool { return true }
 // StateMachine and Batcher. Not safe for concurrent use (the node's loop
 // owns it). The databases it holds are in databases.go.
 type DB struct {
-	vfs      *vfs.VFS
-	def      string // the default database: the one of methods and items that name none
-	pageSize int    // of the databases this node creates
-	mode     Mode
-	dbs      map[string]*database
+	vfs        *vfs.VFS
+	def        string // the default database: the one of methods and items that name none
+	pageSize   int    // of the databases this node creates
+	mode       Mode
+	ckptFrames int // the WAL length in frames that makes a checkpoint due (0: checkpointFrames)
+	dbs        map[string]*database
 	// cursors are the open queries on the databases' read connections,
 	// which step across several loop events, isolated from the writes
 	// made meanwhile.
@@ -84,6 +85,10 @@ type DB struct {
 	// replayBound is the largest dirty index of the record the set was
 	// opened with (files.go): views wait until applied reaches it.
 	replayBound uint64
+	// appliedBefore is the largest index, recorded or dirty, of the
+	// record the set was opened with: the node applied every entry up to
+	// it before it stopped, so they are committed.
+	appliedBefore uint64
 	// deferred are the databases opened from disk waiting for the
 	// replay to open their connections (nil: none; see FinishReplay).
 	deferred map[string]*deferredDB

@@ -550,7 +550,7 @@ func (d *DB) InstallReceived(index uint64) error {
 		}
 		x.written, x.fileIndex, x.dirty = true, index, index
 	}
-	d.replayBound = 0
+	d.replayBound, d.appliedBefore = 0, 0
 	if err := d.writeRecord(); err != nil {
 		return err
 	}
@@ -602,10 +602,14 @@ func (d *DB) CheckpointAll() error {
 	return nil
 }
 
-// ReplayBound is the largest dirty index of the record the set was opened
-// with (loop.StreamingStateMachine): the files hold no page of a later
-// entry.
-func (d *DB) ReplayBound() uint64 { return d.replayBound }
+// ReplayBound is the largest index, recorded or dirty, of the record the
+// set was opened with (loop.StreamingStateMachine): the files hold no page
+// of a later entry, and every entry up to it was applied (so committed)
+// before the node stopped. The loop replays up to it before it starts: a
+// file recorded ahead of the log's snapshot would otherwise keep views
+// refused (OpenView) until the node learns, from a quorum, a commit index
+// past it; a restarted leader whose followers need a snapshot never would.
+func (d *DB) ReplayBound() uint64 { return max(d.replayBound, d.appliedBefore) }
 
 // nopFile stands for a file already closed (the deliberate bug above).
 type nopFile struct{ vfs.File }

@@ -97,9 +97,16 @@ func (s *Sim) openSQL(n *node) error {
 		return err
 	}
 	db.VFS().SetTime(simClock + s.now.Milliseconds())
+	// The simulated workloads write a few pages per entry: a low
+	// threshold makes the loop's tick checkpoint them (with its record
+	// of the file's index), as a real node's 1000 frames do.
+	db.SetCheckpointFrames(simCheckpointFrames)
 	n.vfs, n.db = db.VFS(), db
 	return nil
 }
+
+// simCheckpointFrames is the simulated nodes' checkpoint threshold.
+const simCheckpointFrames = 8
 
 func (s *Sim) closeSQL(n *node) {
 	if n.db != nil {
