@@ -38,7 +38,7 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 			// (Maintain): the write's reply does not wait for a file
 			// write and its syncs.
 			x.checkpointDue = true
-		} else if cerr := d.maybeCheckpoint(x); cerr != nil {
+		} else if _, cerr := d.maybeCheckpoint(x); cerr != nil {
 			return res, cerr
 		}
 	}
@@ -54,8 +54,12 @@ func (d *DB) Maintain() error {
 		if !x.checkpointDue {
 			continue
 		}
-		x.checkpointDue = false
-		if err := d.maybeCheckpoint(x); err != nil {
+		due, err := d.maybeCheckpoint(x)
+		// Held back (a write waiting to commit, a transaction, a query)
+		// or cut short: the next tick tries again, with or without new
+		// entries (a WAL left long when the writes stop is checkpointed).
+		x.checkpointDue = due
+		if err != nil {
 			return err
 		}
 	}
@@ -77,21 +81,25 @@ func (d *DB) SetCheckpointFrames(n int) { d.ckptFrames = n }
 // WAL is long and nothing holds it: no captured write, no open cursor
 // (whose read snapshot would stop the checkpoint part way). A failure is
 // left for the next try; Snapshot reports checkpoint errors.
-func (d *DB) maybeCheckpoint(x *database) error {
+func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
 	frames := d.ckptFrames
 	if frames <= 0 {
 		frames = checkpointFrames
 	}
-	if d.pending || d.txDB == x || x.cursors > 0 || d.vfs.WALSize(x.name) < int64(frames)*int64(x.pageSize+24) {
-		return nil
+	if d.vfs.WALSize(x.name) < int64(frames)*int64(x.pageSize+24) {
+		return false, nil
 	}
-	return d.noteCheckpoint(d.checkpointFile(x))
+	if d.pending || d.txDB == x || x.cursors > 0 {
+		return true, nil
+	}
+	done, err := d.checkpointFile(x)
+	return !done, d.noteCheckpoint(err)
 }
 
 // noteCheckpoint keeps a checkpoint's failure for CheckpointStats and
 // returns it if the node must stop (a FileSyncError); other failures are
 // retried by later checkpoints.
-func (d *DB) noteCheckpoint(_ bool, err error) error {
+func (d *DB) noteCheckpoint(err error) error {
 	if err == nil {
 		return nil
 	}

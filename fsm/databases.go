@@ -65,7 +65,8 @@ type database struct {
 	unsynced  bool
 	// dirty: its file may hold pages of entries up to it (see files.go).
 	dirty uint64
-	// checkpointDue: an entry applied since the last Maintain.
+	// checkpointDue: an entry applied since the last Maintain, or its
+	// checkpoint held back (a write, transaction or query) or cut short.
 	checkpointDue bool
 }
 

@@ -592,7 +592,8 @@ func (d *DB) CheckpointAll() error {
 		if x.cursors > 0 || d.txDB == x {
 			continue
 		}
-		if err := d.noteCheckpoint(d.checkpointFile(x)); err != nil {
+		_, err := d.checkpointFile(x)
+		if err := d.noteCheckpoint(err); err != nil {
 			return err
 		}
 	}

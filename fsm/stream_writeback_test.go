@@ -110,3 +110,36 @@ func TestWALMemoryReturned(t *testing.T) {
 		t.Fatalf("%d rows, want 20001", got)
 	}
 }
+
+// TestCheckpointRetriedAfterHeldBack: a checkpoint made due by an entry but
+// held back (here by an open query) is tried again at a later tick without
+// a new entry: a WAL left long when the writes stop is checkpointed, and
+// the file's recorded index reaches the last entry.
+func TestCheckpointRetriedAfterHeldBack(t *testing.T) {
+	l := newFileNode(t)
+	l.db.SetCheckpointFrames(4)
+	l.write("CREATE TABLE t(b)")
+	l.write("INSERT INTO t VALUES (1)")
+	cur, err := l.db.OpenCursor("db", "SELECT b FROM t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cur.Step(); err != nil {
+		t.Fatal(err)
+	}
+	l.write("INSERT INTO t SELECT randomblob(1000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 100) SELECT i FROM n)")
+	if l.db.WALSize() == 0 {
+		t.Fatal("the open query did not hold the checkpoint back")
+	}
+	last := uint64(len(l.log))
+	l.db.CloseCursor(cur)
+	if err := l.db.Maintain(); err != nil { // a tick, no new entry
+		t.Fatal(err)
+	}
+	if s := l.db.WALSize(); s != 0 {
+		t.Fatalf("the WAL holds %d bytes after a tick with nothing holding it", s)
+	}
+	if got := l.db.DurableIndex(); got != last {
+		t.Fatalf("the file is recorded at %d, the last entry is %d", got, last)
+	}
+}
