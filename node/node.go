@@ -637,6 +637,11 @@ func (n *Node) diskWriter() {
 			}) {
 				return
 			}
+			// Segments a compaction dropped from the log: removed here,
+			// after the write's result is on its way, not on the loop.
+			if err := n.wal.RemoveCompacted(); err != nil {
+				n.log.Error("removing compacted log segments failed: the node stops writing", "err", err)
+			}
 		}
 	}
 }

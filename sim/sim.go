@@ -444,6 +444,12 @@ func (s *Sim) handle(e *event) {
 		err := n.appendedErr
 		n.appended, n.appendedErr = nil, nil
 		s.take(n, n.loop.WriteDone(e.job, err))
+		if n.up && n.inc == e.inc && n.disk != nil {
+			// As the node's disk goroutine does after a write: the
+			// segments a compaction dropped go now (a failure fails
+			// the log, and the next append stops the node).
+			_ = n.disk.RemoveCompacted()
+		}
 	case evClient, evFault:
 		e.fn()
 	}

@@ -132,6 +132,9 @@ type WAL struct {
 	log  *slog.Logger
 
 	writeMu sync.Mutex // serializes writers
+	// compacted are segments out of the log whose files RemoveCompacted
+	// removes (guarded by writeMu).
+	compacted []*segment
 
 	mu        sync.Mutex // guards everything below
 	hard      raft.HardState
@@ -185,7 +188,7 @@ func (w *WAL) Close() error {
 }
 
 func (w *WAL) closeFiles() {
-	for _, s := range w.segs {
+	for _, s := range append(w.compacted, w.segs...) {
 		if s.file != nil {
 			s.file.Close()
 		}

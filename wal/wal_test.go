@@ -595,3 +595,70 @@ func TestTrailingBytes(t *testing.T) {
 		w.Close()
 	}
 }
+
+// segFiles counts the segment files on disk.
+func segFiles(t *testing.T, disk *sim.Disk) int {
+	t.Helper()
+	names, err := disk.List()
+	must(t, err)
+	n := 0
+	for _, name := range names {
+		if strings.HasPrefix(name, "seg-") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestCompactedSegmentsRemovedLater: CreateSnapshot drops segments from the
+// log but leaves their files to RemoveCompacted (the node's disk goroutine,
+// not the loop that compacts). A crash in between brings back only older
+// entries: the log reopens whole, and the next compaction drops them again.
+func TestCompactedSegmentsRemovedLater(t *testing.T) {
+	disk := sim.NewDisk(1)
+	opts := wal.Options{SegmentSizeMax: 256}
+	w := open(t, disk, opts)
+	for i := uint64(1); i <= 60; i += 5 {
+		must(t, w.Append(ents(i, i+4, 1)))
+	}
+	data := []byte("state")
+	all := segFiles(t, disk)
+	for _, at := range []uint64{20, 40, 50} {
+		must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: at, Term: 1, Config: members, ConfigIndex: 1}, data))
+	}
+	first := w.FirstIndex()
+	if first <= 21 {
+		t.Fatalf("first index %d: nothing compacted", first)
+	}
+	if got := segFiles(t, disk); got != all {
+		t.Fatalf("%d segment files after the compaction, want all %d until RemoveCompacted", got, all)
+	}
+	// A crash now: the files of the dropped segments are still there.
+	must(t, w.Close())
+	disk.Crash()
+	w = open(t, disk, opts)
+	if w.FirstIndex() > first || w.LastIndex() != 60 {
+		t.Fatalf("after the crash the log is %d..%d, want from at most %d to 60", w.FirstIndex(), w.LastIndex(), first)
+	}
+	if got := readAll(t, w); !sameEntries(got, ents(w.FirstIndex(), 60, 1)) {
+		t.Fatalf("after the crash: %v", got)
+	}
+	must(t, w.Append(ents(61, 65, 1)))
+	must(t, w.CreateSnapshot(raft.SnapshotMeta{Index: 60, Term: 1, Config: members, ConfigIndex: 1}, data))
+	before := segFiles(t, disk)
+	must(t, w.RemoveCompacted())
+	after := segFiles(t, disk)
+	if after >= before {
+		t.Fatalf("RemoveCompacted left %d of %d segment files", after, before)
+	}
+	must(t, w.Close())
+	disk.Crash() // RemoveCompacted synced the directory: the files stay gone
+	if got := segFiles(t, disk); got != after {
+		t.Fatalf("%d segment files after a crash, %d after RemoveCompacted", got, after)
+	}
+	w = open(t, disk, opts)
+	defer w.Close()
+	if got := readAll(t, w); !sameEntries(got, ents(w.FirstIndex(), 65, 1)) || w.FirstIndex() <= first {
+		t.Fatalf("after removal and reopen the log is %d..%d", w.FirstIndex(), w.LastIndex())
+	}
+}

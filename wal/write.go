@@ -331,8 +331,8 @@ func (w *WAL) InstallSnapshot(snap raft.Snapshot) error {
 		return w.fail(fmt.Errorf("writing snapshot %d: %w", snap.Meta.Index, err))
 	}
 	w.mu.Lock()
-	segs := w.segs
-	w.segs = nil
+	segs := append(w.compacted, w.segs...)
+	w.segs, w.compacted = nil, nil
 	w.ents, w.cacheFrom, w.cached = nil, 0, 0
 	w.first, w.prevTerm = snap.Meta.Index+1, snap.Meta.Term
 	w.mu.Unlock()
@@ -424,15 +424,42 @@ func (w *WAL) compact() error {
 		w.recountCache()
 	}
 	w.mu.Unlock()
-	for _, s := range drop {
+	if len(drop) > 0 {
+		// Out of the index, so no reader reaches them; their files go
+		// in RemoveCompacted, off the caller's goroutine (removing a
+		// segment drops its cached pages: 26-40 ms for 64 MiB measured
+		// on the loop, which compacts).
+		w.compacted = append(w.compacted, drop...)
+		w.log.Info("wal: compacted log", "segments", len(drop), "first", w.FirstIndex())
+	}
+	return nil
+}
+
+// RemoveCompacted removes the files of the segments a snapshot compacted
+// out of the log (CreateSnapshot only drops them from the index). The node
+// calls it on its disk goroutine after a write; until then, or if a crash
+// comes first, the files are only older entries the next compaction drops
+// again. A failure fails the log.
+func (w *WAL) RemoveCompacted() error {
+	w.writeMu.Lock()
+	defer w.writeMu.Unlock()
+	if len(w.compacted) == 0 {
+		return nil
+	}
+	if err := w.checkFailed(); err != nil {
+		return err
+	}
+	for len(w.compacted) > 0 {
+		s := w.compacted[0]
 		s.file.Close()
 		if err := w.fs.Remove(s.name); err != nil {
-			return err
+			return w.fail(fmt.Errorf("removing compacted %s: %w", s.name, err))
 		}
+		w.compacted = w.compacted[1:]
 	}
-	if len(drop) > 0 {
-		w.log.Info("wal: compacted log", "segments", len(drop), "first", w.FirstIndex())
-		return w.fs.SyncDir()
+	w.compacted = nil
+	if err := w.fs.SyncDir(); err != nil {
+		return w.fail(fmt.Errorf("removing compacted segments: %w", err))
 	}
 	return nil
 }
