@@ -49,6 +49,19 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 // calls it at each tick; loop.StreamingStateMachine). An error is a
 // storage failure (FileSyncError): the node stops.
 func (d *DB) Maintain() error {
+	synced := false
+	for _, name := range d.sortedNames() {
+		x := d.dbs[name]
+		if x.syncOwed {
+			synced = true
+			if err := d.finishSync(x); err != nil {
+				return err
+			}
+		}
+	}
+	if synced {
+		return nil // the copies wait for the next tick: one wait per tick
+	}
 	for _, name := range d.sortedNames() {
 		x := d.dbs[name]
 		if !x.checkpointDue {
@@ -92,7 +105,7 @@ func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
 	if d.pending || d.txDB == x || x.cursors > 0 {
 		return true, nil
 	}
-	done, err := d.checkpointFile(x)
+	done, err := d.checkpointFileSync(x, d.files != nil)
 	return !done, d.noteCheckpoint(err)
 }
 

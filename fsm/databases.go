@@ -68,6 +68,11 @@ type database struct {
 	// checkpointDue: an entry applied since the last Maintain, or its
 	// checkpoint held back (a write, transaction or query) or cut short.
 	checkpointDue bool
+	// syncOwed: a checkpoint at a tick copied the WAL into the file, up
+	// to entry syncIndex, and left the sync and the record of F =
+	// syncIndex to the next tick (finishSync).
+	syncOwed  bool
+	syncIndex uint64
 }
 
 // reader is a read connection and whether a query is open on it.
@@ -559,7 +564,7 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 	}
 	d.appliedIndex = max(d.appliedIndex, index)
 	for _, x := range d.dbs {
-		x.fileIndex, x.unsynced, x.dirty = index, false, index
+		x.fileIndex, x.unsynced, x.dirty, x.syncOwed = index, false, index, false
 	}
 	d.replayBound, d.appliedBefore = 0, 0
 	return d.writeRecord()

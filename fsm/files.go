@@ -332,6 +332,14 @@ var ErrCheckpoint = errors.New("fsm: checkpoint failed")
 // returns whether the checkpoint was complete (a reader can stop it part
 // way: the file then holds some later pages, and F stays where it was).
 func (d *DB) checkpointFile(x *database) (bool, error) {
+	return d.checkpointFileSync(x, false)
+}
+
+// checkpointFileSync is checkpointFile; with deferSync (the loop's tick)
+// the sync and the record are owed to the next tick (finishSync), which
+// finds the kernel has written most of the pages back meanwhile: no tick
+// both copies the WAL and waits for the disk.
+func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	if d.view != nil {
 		return false, nil // a view being sent needs the files as they are
 	}
@@ -348,6 +356,13 @@ func (d *DB) checkpointFile(x *database) (bool, error) {
 	if d.files == nil {
 		return true, nil
 	}
+	if deferSync && !x.unsynced {
+		x.syncOwed, x.syncIndex = true, d.appliedIndex
+		if err := d.vfs.WriteBackFile(x.name); err != nil {
+			return false, d.checkpointError(x, err) // the sync next tick reports the loss
+		}
+		return true, nil
+	}
 	if !mutant.On(mutant.FSMRecordBeforeSync) {
 		if err := d.vfs.SyncFile(x.name); err != nil {
 			// After a failed sync the kernel may have dropped the dirty
@@ -360,10 +375,37 @@ func (d *DB) checkpointFile(x *database) (bool, error) {
 	if err := d.writeRecord(); err != nil {
 		return false, d.checkpointError(x, err)
 	}
+	x.syncOwed = false // this sync covers what a tick's copy left owed
 	// With the deliberate bug mutant.FSMRecordBeforeSync the index is
 	// recorded without the file being synced first: a crash loses pages
 	// the record says the file has.
 	return true, nil
+}
+
+// finishSync syncs x's file after a tick's checkpoint copied the WAL into
+// it (checkpointFileSync), then records F = syncIndex: the file holds every
+// entry up to it (pages written since, of later entries, are covered by
+// the recorded dirty index). A failed sync is a FileSyncError: the node
+// stops, and the file is never trusted again.
+func (d *DB) finishSync(x *database) error {
+	x.syncOwed = false
+	if d.files == nil || x.unsynced {
+		return nil
+	}
+	defer d.enter(PhaseCheckpoint)()
+	if !mutant.On(mutant.FSMRecordBeforeSync) {
+		if err := d.vfs.SyncFile(x.name); err != nil {
+			x.unsynced = true
+			return FileSyncError{d.checkpointError(x, err)}
+		}
+	}
+	if x.syncIndex <= x.fileIndex {
+		return nil
+	}
+	if err := d.writeRecordAt(x, x.syncIndex); err != nil {
+		return d.checkpointError(x, err)
+	}
+	return nil
 }
 
 func (d *DB) checkpointError(x *database, err error) error {
@@ -377,7 +419,12 @@ func (d *DB) checkpointError(x *database, err error) error {
 // writeRecord records every written database whose WAL is empty (all of
 // it is in its synced file) at the last applied index, the others at the
 // index they had.
-func (d *DB) writeRecord() error {
+func (d *DB) writeRecord() error { return d.writeRecordAt(nil, 0) }
+
+// writeRecordAt is writeRecord, with at (if not nil) recorded at index
+// atIndex at least (its synced file holds every entry up to it, whatever
+// its WAL holds now).
+func (d *DB) writeRecordAt(at *database, atIndex uint64) error {
 	rec := &record{dbs: map[string]fileEntry{}}
 	for name, x := range d.dbs {
 		if !x.written {
@@ -399,6 +446,9 @@ func (d *DB) writeRecord() error {
 		if d.vfs.WALSize(name) == 0 && !x.unsynced && !(d.pending && d.pendingDB == x) &&
 			(!d.vfs.FileUnsynced(name) || mutant.On(mutant.FSMRecordBeforeSync)) {
 			idx = max(idx, d.appliedIndex)
+		}
+		if x == at && !x.unsynced && e.file == id && recorded {
+			idx = max(idx, atIndex)
 		}
 		dirty = max(dirty, idx, x.dirty)
 		rec.dbs[name] = fileEntry{file: id, pageSize: x.pageSize, index: idx, dirty: dirty}

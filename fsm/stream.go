@@ -548,7 +548,7 @@ func (d *DB) InstallReceived(index uint64) error {
 		if err != nil {
 			return err
 		}
-		x.written, x.fileIndex, x.dirty = true, index, index
+		x.written, x.fileIndex, x.dirty, x.syncOwed = true, index, index, false
 	}
 	d.replayBound, d.appliedBefore = 0, 0
 	if err := d.writeRecord(); err != nil {

@@ -228,6 +228,29 @@ func (v *VFS) SyncFile(db string) error {
 	return nil
 }
 
+// WriteBackFile starts the kernel writing db's main file's written pages to
+// the disk, without waiting (where the file can: a WriteBack method, as
+// wal.OSFS's files have), so that a later SyncFile has little left to do.
+// It promises no durability.
+func (v *VFS) WriteBackFile(db string) error {
+	s := v.storeOf(db)
+	if s == nil {
+		return nil
+	}
+	wb, ok := s.f.(interface{ WriteBack(off, n int64) error })
+	if !ok {
+		return nil
+	}
+	size, err := s.f.Size()
+	if err != nil {
+		return fmt.Errorf("vfs: size of database file %q: %w", db, err)
+	}
+	if err := wb.WriteBack(0, size); err != nil {
+		return fmt.Errorf("vfs: write-back of database file %q: %w", db, err)
+	}
+	return nil
+}
+
 // FileUnsynced reports whether db's main file was written since its last
 // successful sync (what a crash could lose).
 func (v *VFS) FileUnsynced(db string) bool {
