@@ -127,11 +127,17 @@ func (l *Loop) tickView() {
 }
 
 // compact records a snapshot of the files (metadata and Marker) at the
-// index they all reflect, so the log can drop what is before it.
+// index they all reflect, so the log can drop what is before it. When the
+// ticks' checkpoints already moved them past the last snapshot, that index
+// is used as it is (the log keeps the few entries after it); otherwise the
+// files are checkpointed now, syncs included (CheckpointAll: 21-33 ms of a
+// 10 MB WAL measured on the 2 GiB load, on top of the entry's apply).
 func (l *Loop) compact() {
-	if err := l.stream.CheckpointAll(); err != nil {
-		l.fail(fmt.Errorf("loop: database file failed: %w", err))
-		return
+	if min(l.stream.DurableIndex(), l.applied) <= l.snapshot {
+		if err := l.stream.CheckpointAll(); err != nil {
+			l.fail(fmt.Errorf("loop: database file failed: %w", err))
+			return
+		}
 	}
 	idx := min(l.stream.DurableIndex(), l.applied)
 	if idx <= l.snapshot {
