@@ -148,6 +148,9 @@ func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
 	if err != nil {
 		return fail(err)
 	}
+	if err := d.checkpointBeforeWrite(x); err != nil {
+		return fail(err)
+	}
 	for i, it := range items {
 		if b := it.(*BatchItem); d.resolve(b.Database) != x.name {
 			errs[i] = fmt.Errorf("fsm: a batch of writes to %q holds one to %q", x.name, b.Database)

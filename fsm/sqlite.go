@@ -311,6 +311,9 @@ func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Re
 		return nil, Result{}, errTxHoldsConn
 	}
 	x := d.dbs[d.def]
+	if err := d.checkpointBeforeWrite(x); err != nil {
+		return nil, Result{}, err
+	}
 	if d.mode == ModeStatements {
 		cmd, err := EncodeStatements(&Statements{Client: client, Seq: seq, Database: x.name,
 			Statements: []Statement{{SQL: sql, Params: params}}})

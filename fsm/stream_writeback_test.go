@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/wal"
 )
 
@@ -190,5 +191,41 @@ func TestCheckpointSyncAtNextTick(t *testing.T) {
 				t.Fatalf("%d rows after a crash once recorded, want 101", got)
 			}
 		})
+	}
+}
+
+// TestCheckpointBeforeWriteBoundsWAL: when every tick finds a write
+// waiting to commit (back-to-back writes), the ticks' checkpoints are held
+// back; a write to a database whose WAL holds heldBackCheckpoints (4)
+// checkpoints' worth checkpoints it first, so the WAL stays bounded.
+func TestCheckpointBeforeWriteBoundsWAL(t *testing.T) {
+	l := newFileNode(t)
+	const frames = 8
+	l.db.SetCheckpointFrames(frames)
+	l.write("CREATE TABLE t(b)")
+	var maxWAL int64
+	for i := 0; i < 40; i++ {
+		cmd, _, errs := l.db.ExecuteBatch([]any{&fsm.BatchItem{SQL: "INSERT INTO t VALUES (randomblob(3000))"}})
+		if errs[0] != nil {
+			t.Fatal(errs[0])
+		}
+		e := raft.Entry{Index: uint64(len(l.log) + 1), Term: 1, Data: cmd}
+		l.log = append(l.log, e)
+		l.db.Proposed(e.Index, e.Term)
+		if err := l.db.Maintain(); err != nil { // a tick that finds the write pending
+			t.Fatal(err)
+		}
+		if _, err := l.db.Apply(e); err != nil {
+			t.Fatal(err)
+		}
+		l.db.AppliedTo(e.Index)
+		maxWAL = max(maxWAL, l.db.WALSize())
+	}
+	// Four checkpoints' worth, plus the pages of the write that found it so.
+	if limit := int64(4*frames+4) * (4096 + 24); maxWAL > limit {
+		t.Fatalf("the WAL reached %d bytes with every tick held back, want at most %d", maxWAL, limit)
+	}
+	if got := l.count(); got != 40 {
+		t.Fatalf("%d rows, want 40", got)
 	}
 }
