@@ -12,6 +12,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"runtime/cgo"
 	"unsafe"
 
@@ -196,23 +197,34 @@ func (v *VFS) ApplyFrames(db string, f *Frames) error {
 	if n == 0 || len(f.PageNumbers) != n {
 		return fmt.Errorf("vfs: apply %d pages with %d page numbers", n, len(f.PageNumbers))
 	}
-	pages := make([]byte, 0, n*f.PageSize)
+	contiguous := true
 	for i, p := range f.Pages {
 		if len(p) != f.PageSize {
 			return fmt.Errorf("vfs: page %d has %d bytes, page size %d", f.PageNumbers[i], len(p), f.PageSize)
 		}
-		pages = append(pages, p...)
+		if i > 0 && unsafe.Pointer(&p[0]) != unsafe.Add(unsafe.Pointer(&f.Pages[0][0]), i*f.PageSize) {
+			contiguous = false
+		}
 	}
-	cpg := C.malloc(C.size_t(4 * n))
-	defer C.free(cpg)
-	pg := unsafe.Slice((*uint32)(cpg), n)
-	copy(pg, f.PageNumbers)
-	cpages := C.CBytes(pages)
-	defer C.free(cpages)
+	// The pages of a decoded entry lie one after another in it: C reads
+	// them there (Go memory holding no Go pointers, not kept past the
+	// call), instead of from two copies (8-22 ms of a 10 MB entry's apply
+	// was mostly copying and the page faults of fresh buffers).
+	var pages unsafe.Pointer
+	if contiguous {
+		pages = unsafe.Pointer(&f.Pages[0][0])
+	} else {
+		all := make([]byte, 0, n*f.PageSize)
+		for _, p := range f.Pages {
+			all = append(all, p...)
+		}
+		pages = unsafe.Pointer(&all[0])
+	}
 	rc := withName(db, func(c *C.char) C.int {
-		return C.dq_apply_frames(v.c, c, C.int(f.PageSize), C.int(n), (*C.uint32_t)(cpg),
-			(*C.uchar)(cpages), C.uint32_t(f.DBSize))
+		return C.dq_apply_frames(v.c, c, C.int(f.PageSize), C.int(n), (*C.uint32_t)(unsafe.Pointer(&f.PageNumbers[0])),
+			(*C.uchar)(pages), C.uint32_t(f.DBSize))
 	})
+	runtime.KeepAlive(f)
 	if rc != 0 {
 		return &Error{Code: int(rc), Msg: "applying replicated frames"}
 	}
