@@ -90,16 +90,21 @@ const checkpointFrames = 1000
 // small workloads reach the checkpoint path.
 func (d *DB) SetCheckpointFrames(n int) { d.ckptFrames = n }
 
+// checkpointWALBytes is the length of x's WAL that makes a checkpoint due.
+func (d *DB) checkpointWALBytes(x *database) int64 {
+	frames := d.ckptFrames
+	if frames <= 0 {
+		frames = checkpointFrames
+	}
+	return int64(frames) * int64(x.pageSize+24)
+}
+
 // maybeCheckpoint checkpoints x (TRUNCATE: the WAL restarts empty) when its
 // WAL is long and nothing holds it: no captured write, no open cursor
 // (whose read snapshot would stop the checkpoint part way). A failure is
 // left for the next try; Snapshot reports checkpoint errors.
 func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
-	frames := d.ckptFrames
-	if frames <= 0 {
-		frames = checkpointFrames
-	}
-	if d.vfs.WALSize(x.name) < int64(frames)*int64(x.pageSize+24) {
+	if d.vfs.WALSize(x.name) < d.checkpointWALBytes(x) {
 		return false, nil
 	}
 	if d.pending || d.txDB == x || x.cursors > 0 {
@@ -124,11 +129,7 @@ func (d *DB) checkpointBeforeWrite(x *database) error {
 	if d.files == nil || !x.checkpointDue || d.pending || d.txDB != nil || x.cursors > 0 {
 		return nil
 	}
-	frames := d.ckptFrames
-	if frames <= 0 {
-		frames = checkpointFrames
-	}
-	if d.vfs.WALSize(x.name) < heldBackCheckpoints*int64(frames)*int64(x.pageSize+24) {
+	if d.vfs.WALSize(x.name) < heldBackCheckpoints*d.checkpointWALBytes(x) {
 		return nil
 	}
 	due, err := d.maybeCheckpoint(x)
