@@ -12,8 +12,7 @@ import (
 // (the large workload's 10,000-row INSERT), its WAL checkpointed between
 // iterations (not timed).
 func BenchmarkApplyFrames10MB(b *testing.B) {
-	t := &testing.T{}
-	leader := &fileNode{t: t, disk: faultfs.NewDisk(7)}
+	leader := &fileNode{t: b, disk: faultfs.NewDisk(7)}
 	leader.open()
 	defer leader.db.Close()
 	leader.write("CREATE TABLE t(b)")

@@ -13,7 +13,7 @@ import (
 // fileNode is a DB on a faultfs directory, and the log of the entries it
 // applied (what a node's Raft log would replay after a restart).
 type fileNode struct {
-	t    *testing.T
+	t    testing.TB
 	disk *faultfs.Disk
 	db   *fsm.DB
 	log  []raft.Entry

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/dqlite-go/dqlite/internal/faultfs"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -18,22 +17,13 @@ import (
 // whose followers needed a snapshot never heard one (the simulator's
 // seed 305 with tick checkpoints: no write committed for 10 s).
 func TestRestartReplaysToRecordedIndex(t *testing.T) {
-	var m raft.Membership
-	m.Servers = append(m.Servers, raft.Server{ID: 1, Role: raft.Voter})
-	s := &memStorage{MemoryStorage: raft.NewMemoryStorage()}
-	if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
-		t.Fatal(err)
-	}
-	s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
-	n := &reviewNode{t: t, disk: faultfs.NewDisk(3), store: s}
+	n, s := newReviewNode(t)
 	const thresh = 1 << 20 // no compaction: the log's snapshot stays at 0
 	if err := n.start(thresh); err != nil {
 		t.Fatal(err)
 	}
 	n.db.SetCheckpointFrames(1)
-	for i := 0; i < 40 && n.l.Raft().Status().State != raft.StateLeader; i++ {
-		n.take(n.l.Tick())
-	}
+	n.elect()
 	if n.l.Raft().Status().State != raft.StateLeader {
 		t.Fatal("no leader")
 	}

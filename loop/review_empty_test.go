@@ -41,6 +41,26 @@ func (n *reviewNode) start(thresh uint64) error {
 	return nil
 }
 
+// newReviewNode is a single-voter node's bootstrapped memory log and a
+// fresh disk (start opens the node on them).
+func newReviewNode(t *testing.T) (*reviewNode, *memStorage) {
+	var m raft.Membership
+	m.Servers = append(m.Servers, raft.Server{ID: 1, Role: raft.Voter})
+	s := &memStorage{MemoryStorage: raft.NewMemoryStorage()}
+	if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
+		t.Fatal(err)
+	}
+	s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
+	return &reviewNode{t: t, disk: faultfs.NewDisk(3), store: s}, s
+}
+
+// elect ticks the single-voter node until it leads (bounded).
+func (n *reviewNode) elect() {
+	for i := 0; i < 40 && n.l.Raft().Status().State != raft.StateLeader; i++ {
+		n.take(n.l.Tick())
+	}
+}
+
 func (n *reviewNode) take(out Output) {
 	for out.Write != nil {
 		job := out.Write
@@ -55,20 +75,11 @@ func (n *reviewNode) take(out Output) {
 // record, so the loop "restores" the marker as if it were a v02 image,
 // which fails: the node cannot start again.
 func TestReviewRestartAfterCompactionWithoutDatabases(t *testing.T) {
-	var m raft.Membership
-	m.Servers = append(m.Servers, raft.Server{ID: 1, Role: raft.Voter})
-	s := &memStorage{MemoryStorage: raft.NewMemoryStorage()}
-	if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
-		t.Fatal(err)
-	}
-	s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
-	n := &reviewNode{t: t, disk: faultfs.NewDisk(3), store: s}
+	n, s := newReviewNode(t)
 	if err := n.start(1); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 40 && n.l.Raft().Status().State != raft.StateLeader; i++ {
-		n.take(n.l.Tick())
-	}
+	n.elect()
 	if n.l.Raft().Status().State != raft.StateLeader {
 		t.Fatal("no leader")
 	}
@@ -142,21 +153,12 @@ func (s *scratch) cmd(database, sql string) []byte {
 // does the same). On restart Covers(S) is false (z's F < S), so the loop
 // restores the marker as an image and the node cannot start.
 func TestReviewRestartWithUncheckpointedNewDatabase(t *testing.T) {
-	var m raft.Membership
-	m.Servers = append(m.Servers, raft.Server{ID: 1, Role: raft.Voter})
-	s := &memStorage{MemoryStorage: raft.NewMemoryStorage()}
-	if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
-		t.Fatal(err)
-	}
-	s.MemoryStorage.SetHardState(raft.HardState{Term: 1})
-	n := &reviewNode{t: t, disk: faultfs.NewDisk(3), store: s}
+	n, s := newReviewNode(t)
 	const thresh = 10
 	if err := n.start(thresh); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 40 && n.l.Raft().Status().State != raft.StateLeader; i++ {
-		n.take(n.l.Tick())
-	}
+	n.elect()
 	sc := newScratch(t)
 	id := uint64(0)
 	propose := func(database, sql string) {
