@@ -311,7 +311,7 @@ func (sh *shell) connect(ctx context.Context) error {
 		return errTxLost
 	}
 	sh.close()
-	c, err := wire.FindLeader(ctx, sh.servers, sh.tls)
+	c, err := findLeader(ctx, sh.servers, sh.tls)
 	if err != nil {
 		return err
 	}
@@ -322,6 +322,28 @@ func (sh *shell) connect(ctx context.Context) error {
 	}
 	sh.conn, sh.dbID = c, id
 	return nil
+}
+
+// findLeader is wire.FindLeader, tried again with capped backoff (10 ms
+// doubling to 1 s) while no node names a leader (an election, a cluster
+// just started), until ctx ends, as the driver does.
+func findLeader(ctx context.Context, servers []string, tlsCfg *tls.Config) (*wire.Conn, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		c, err := wire.FindLeader(ctx, servers, tlsCfg)
+		var pe *wire.ProbeError
+		if err == nil || !errors.As(err, &pe) {
+			return c, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		backoff = min(2*backoff, time.Second)
+	}
 }
 
 // retry runs f on the leader, reconnecting once if it moved.

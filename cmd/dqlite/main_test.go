@@ -182,3 +182,31 @@ func TestShellReadLevel(t *testing.T) {
 		t.Fatalf(".help does not list .read: %q %v", out.String(), err)
 	}
 }
+
+// TestShellWaitsForLeader: while no node names a leader (here the only
+// node listed has lost its quorum), a command keeps looking for one until
+// its timeout, as the driver does, instead of failing at the first probe.
+func TestShellWaitsForLeader(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leader := c.Leader(t, ctx)
+	f := (leader + 1) % len(c.Nodes)
+	for i := range c.Nodes {
+		if i != f {
+			c.Stop(i)
+		}
+	}
+	const timeout = 500 * time.Millisecond
+	var out bytes.Buffer
+	sh := &shell{servers: []string{c.Addrs[f]}, db: "test", format: "table", timeout: timeout, out: &out}
+	defer sh.close()
+	start := time.Now()
+	err := sh.do("SELECT 1")
+	if err == nil || !strings.Contains(err.Error(), "no leader reachable") {
+		t.Fatalf("a query without a quorum: %v", err)
+	}
+	if took := time.Since(start); took < timeout {
+		t.Fatalf("the shell gave up after %v, before its %v timeout", took, timeout)
+	}
+}
