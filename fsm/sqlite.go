@@ -341,7 +341,7 @@ func (d *DB) capture(x *database, client, seq uint64) ([]byte, error) {
 	if !d.vfs.Pending(x.name) {
 		return nil, nil
 	}
-	f, err := d.vfs.Poll(x.name)
+	f, err := d.vfs.PollView(x.name) // encoded before the capture changes
 	var cmd []byte
 	if err == nil {
 		cmd, err = EncodeFrames(&Frames{Client: client, Seq: seq, Database: x.name, PageSize: uint32(f.PageSize),

@@ -92,8 +92,9 @@ type Metrics struct {
 	// connection of every database; bounded by the cache settings).
 	PageCacheBytes int64
 	// WALMemoryBytes is the memory the databases' WALs hold (the
-	// frames since the last checkpoint, in room of at most 4 MiB once one
-	// emptied them).
+	// frames since the last checkpoint, and the room of the largest recent
+	// transaction, kept until the database is idle for a second; then at
+	// most 4 MiB once a checkpoint emptied the WAL).
 	WALMemoryBytes int64
 	// Checkpoints that failed (a full disk, an I/O error: the WAL keeps
 	// the pages and they are retried) and the last failure.

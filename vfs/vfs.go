@@ -136,7 +136,14 @@ func (v *VFS) Pending(db string) bool {
 }
 
 // Poll returns (a copy of) the pending transaction's frames.
-func (v *VFS) Poll(db string) (*Frames, error) {
+func (v *VFS) Poll(db string) (*Frames, error) { return v.poll(db, true) }
+
+// PollView is Poll without the copy: the pages are the capture's memory,
+// valid until the next Apply or Abort of db (or the VFS's Close). The
+// leader encodes them into its entry at once.
+func (v *VFS) PollView(db string) (*Frames, error) { return v.poll(db, false) }
+
+func (v *VFS) poll(db string, copyPages bool) (*Frames, error) {
 	var out C.dq_frames
 	rc := withName(db, func(c *C.char) C.int { return C.dq_poll(v.c, c, &out) })
 	if rc == 12 { // SQLITE_NOTFOUND
@@ -152,7 +159,10 @@ func (v *VFS) Poll(db string) (*Frames, error) {
 	for i := 0; i < n; i++ {
 		h := raw[i*(24+ps):]
 		f.PageNumbers[i] = uint32(h[0])<<24 | uint32(h[1])<<16 | uint32(h[2])<<8 | uint32(h[3])
-		f.Pages[i] = append([]byte(nil), h[24:24+ps]...)
+		f.Pages[i] = h[24 : 24+ps : 24+ps]
+		if copyPages {
+			f.Pages[i] = append([]byte(nil), f.Pages[i]...)
+		}
 	}
 	if n >= 2 && mutant.On(mutant.VFSCaptureDropsPage) {
 		// The deliberate bug: the first frame is left out of what is
@@ -255,13 +265,22 @@ func (v *VFS) WALSize(db string) int64 {
 	return int64(size)
 }
 
-// WALMemory is the memory db's WAL holds allocated: at least WALSize, and
-// never more than 4 MiB once a TRUNCATE checkpoint emptied it.
+// WALMemory is the memory db's WAL holds allocated, with the room of its
+// capture: at least WALSize. A database whose main file is a File keeps
+// the room of its largest recent transaction until Trim finds it idle;
+// otherwise a TRUNCATE checkpoint that empties the WAL leaves at most
+// 4 MiB.
 func (v *VFS) WALMemory(db string) int64 {
 	var size C.longlong
 	withName(db, func(c *C.char) C.int { return C.dq_wal_memory(v.c, c, &size) })
 	return int64(size)
 }
+
+// Trim gives back the WAL and capture room that databases with a main
+// File have kept (see WALMemory) once idleTicks calls in a row found no
+// write and no replicated frames on them; an emptied WAL keeps at most
+// 4 MiB. The node calls it once a tick. It returns the bytes freed.
+func (v *VFS) Trim(idleTicks int) int64 { return int64(C.dq_trim(v.c, C.int(idleTicks))) }
 
 // Restore replaces db with an image. No connection may be inside a
 // transaction; connections should be reopened afterwards.
