@@ -103,7 +103,25 @@ func (c *Conn) Exec(sql string) error {
 func (c *Conn) Checkpoint() error {
 	c.trust(true)
 	defer c.trust(false)
-	return c.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+	err := c.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+	if werr := c.checkpointWriteError(); err == nil {
+		err = werr
+	}
+	return err
+}
+
+// ErrCheckpointWrite: a checkpoint's last write to the database file
+// failed; the checkpoint copied nothing (the WAL keeps every frame).
+var ErrCheckpointWrite = errors.New("vfs: the checkpoint's last write to the database file failed; the WAL keeps its frames")
+
+// checkpointWriteError reports a failure of the last write of the
+// checkpoint that just ran (its pages are written in large coalesced
+// writes, the last one after SQLite can hear of a failure; see vfs.c).
+func (c *Conn) checkpointWriteError() error {
+	if rc := C.dq_ckpt_error(c.db); rc != 0 {
+		return fmt.Errorf("%w (code %d)", ErrCheckpointWrite, int(rc))
+	}
+	return nil
 }
 
 // CheckpointPassive copies the WAL's committed frames into the database
@@ -115,6 +133,9 @@ func (c *Conn) CheckpointPassive() (frames, copied int64, err error) {
 	c.trust(true)
 	defer c.trust(false)
 	rows, err := c.Query("PRAGMA wal_checkpoint(PASSIVE)")
+	if werr := c.checkpointWriteError(); err == nil {
+		err = werr
+	}
 	if err != nil {
 		return 0, 0, err
 	}

@@ -97,6 +97,9 @@ struct sqlite3_vfs {
 #define SQLITE_SHM_EXCLUSIVE 8
 #define SQLITE_SHM_NLOCK 8
 
+#define SQLITE_FCNTL_CKPT_DONE 37
+#define SQLITE_FCNTL_CKPT_START 39
+
 #define SQLITE_IOCAP_ATOMIC 0x00000001
 #define SQLITE_IOCAP_SAFE_APPEND 0x00000200
 #define SQLITE_IOCAP_POWERSAFE_OVERWRITE 0x00001000
@@ -110,6 +113,7 @@ struct sqlite3_vfs {
 #define SQLITE_TRANSIENT ((sqlite3_destructor_type)-1)
 
 int sqlite3_vfs_register(sqlite3_vfs *, int makeDflt);
+int sqlite3_file_control(sqlite3 *, const char *zDbName, int op, void *);
 int sqlite3_vfs_unregister(sqlite3_vfs *);
 sqlite3_vfs *sqlite3_vfs_find(const char *zVfsName);
 void *sqlite3_malloc64(unsigned long long);

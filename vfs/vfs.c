@@ -155,6 +155,12 @@ typedef struct dq_db {
 	sqlite3_int64 res_wal_cap, res_index_cap;
 	/* dq_trim calls since the last write or replicated frames. */
 	int idle;
+	/* A checkpoint's write to the main file failed after its last page
+	 * (ckpt_err, until the checkpoint lets go of its lock), and what the
+	 * backfill count was before it (see f_control). ckpt_report keeps
+	 * the failure for dq_ckpt_error. */
+	int ckpt_err, ckpt_report;
+	uint32_t ckpt_backfill;
 	/* Pending (captured, invisible) transaction. */
 	int pending;
 	unsigned char *captured; /* WAL bytes [pre_wal_size, commit_end) */
@@ -177,6 +183,11 @@ typedef struct dq_vfs {
 	sqlite3_int64 now_ms; /* unix milliseconds, set by the node */
 	uint64_t rand_state;
 	uintptr_t go; /* the Go VFS's handle when main files are Files, else 0 */
+	/* A checkpoint's pages, coalesced into writes of up to DQ_CKPT_CHUNK
+	 * bytes to c_db's main File (see f_control). */
+	unsigned char *cbuf;
+	struct dq_db *c_db;
+	sqlite3_int64 c_off, c_len;
 } dq_vfs;
 
 enum { KIND_MAIN = 1, KIND_WAL, KIND_JOURNAL, KIND_TEMP };
@@ -301,10 +312,15 @@ static buf *file_buf(dq_file *p) {
 	}
 }
 
+static int main_settle(dq_vfs *v, dq_db *d);
+
 static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xRead(p->temp, out, n, off);
-	if (p->kind == KIND_MAIN && p->db->store) return dqStoreRead(p->db->store, out, n, off);
+	if (p->kind == KIND_MAIN && p->db->store) {
+		int rc = main_settle(p->vfs, p->db);
+		return rc ? rc : dqStoreRead(p->db->store, out, n, off);
+	}
 	buf *b = file_buf(p);
 	if (off >= b->size) {
 		memset(out, 0, (size_t)n);
@@ -322,6 +338,47 @@ static int f_read(sqlite3_file *f, void *out, int n, sqlite3_int64 off) {
 
 static int capture_write(dq_db *d, const unsigned char *in, int n, sqlite3_int64 off);
 
+/* DQ_CKPT_CHUNK bounds one coalesced write of a checkpoint. A checkpoint
+ * writes pages in page order, so a run of pages appended or rewritten
+ * together goes to the file in a few large writes instead of a system
+ * call (and a call into Go) per page. */
+#define DQ_CKPT_CHUNK (1 << 20)
+
+/* ckpt_flush writes the pages the checkpoint coalesced for d. */
+static int ckpt_flush(dq_vfs *v, dq_db *d) {
+	if (v->c_db != d || v->c_len == 0) return SQLITE_OK;
+	sqlite3_int64 n = v->c_len;
+	v->c_len = 0;
+	return dqStoreWrite(d->store, v->cbuf, (int)n, v->c_off);
+}
+
+/* main_settle readies d's main File for an operation other than a
+ * checkpoint's page write: the coalesced pages go first, and a failure to
+ * write them at the checkpoint's end fails the operation (the truncate
+ * that precedes a full checkpoint's backfill count). */
+static int main_settle(dq_vfs *v, dq_db *d) {
+	int rc = ckpt_flush(v, d);
+	if (rc) return rc;
+	return d->ckpt_err;
+}
+
+static int main_write(dq_vfs *v, dq_db *d, const void *in, int n, sqlite3_int64 off) {
+	if (v->c_db != d) {
+		int rc = main_settle(v, d);
+		if (rc) return rc;
+		return dqStoreWrite(d->store, (void *)in, n, off);
+	}
+	if (v->c_len > 0 && (off != v->c_off + v->c_len || v->c_len + n > DQ_CKPT_CHUNK)) {
+		int rc = ckpt_flush(v, d);
+		if (rc) return rc;
+	}
+	if (n > DQ_CKPT_CHUNK) return dqStoreWrite(d->store, (void *)in, n, off);
+	if (v->c_len == 0) v->c_off = off;
+	memcpy(v->cbuf + v->c_len, in, (size_t)n);
+	v->c_len += n;
+	return SQLITE_OK;
+}
+
 static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xWrite(p->temp, in, n, off);
@@ -329,7 +386,7 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 		int rc = capture_write(p->db, in, n, off);
 		if (rc) return rc;
 	}
-	if (p->kind == KIND_MAIN && p->db->store) return dqStoreWrite(p->db->store, (void *)in, n, off);
+	if (p->kind == KIND_MAIN && p->db->store) return main_write(p->vfs, p->db, in, n, off);
 	/* A failure here fails the write; SQLite then rolls the transaction
 	 * back (it has not committed: the index header is updated after the
 	 * last frame is written), and end_write sees no commit. */
@@ -340,7 +397,10 @@ static int f_write(sqlite3_file *f, const void *in, int n, sqlite3_int64 off) {
 static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xTruncate(p->temp, size);
-	if (p->kind == KIND_MAIN && p->db->store) return dqStoreTruncate(p->db->store, size);
+	if (p->kind == KIND_MAIN && p->db->store) {
+		int rc = main_settle(p->vfs, p->db);
+		return rc ? rc : dqStoreTruncate(p->db->store, size);
+	}
 	buf *b = file_buf(p);
 	if (size < b->size) b->size = size;
 	/* An emptied WAL (a TRUNCATE checkpoint, which holds the write lock)
@@ -361,14 +421,20 @@ static int f_truncate(sqlite3_file *f, sqlite3_int64 size) {
 static int f_sync(sqlite3_file *f, int flags) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xSync(p->temp, flags);
-	if (p->kind == KIND_MAIN && p->db->store) return dqStoreSync(p->db->store);
+	if (p->kind == KIND_MAIN && p->db->store) {
+		int rc = main_settle(p->vfs, p->db);
+		return rc ? rc : dqStoreSync(p->db->store);
+	}
 	return SQLITE_OK; /* durability comes from the Raft log */
 }
 
 static int f_size(sqlite3_file *f, sqlite3_int64 *out) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xFileSize(p->temp, out);
-	if (p->kind == KIND_MAIN && p->db->store) return dqStoreSize(p->db->store, out);
+	if (p->kind == KIND_MAIN && p->db->store) {
+		int rc = main_settle(p->vfs, p->db);
+		return rc ? rc : dqStoreSize(p->db->store, out);
+	}
 	*out = file_buf(p)->size;
 	return SQLITE_OK;
 }
@@ -414,9 +480,48 @@ static int f_check_reserved(sqlite3_file *f, int *out) {
 	return SQLITE_OK;
 }
 
+/* DQ_FCNTL_CKPT_ERROR takes the failure of a checkpoint's last write (see
+ * dq_ckpt_error). */
+#define DQ_FCNTL_CKPT_ERROR 0x44510001
+
+/* f_control brackets a checkpoint's page writes to a main File (SQLite
+ * sends CKPT_START before the first and CKPT_DONE after the last): they are
+ * coalesced in between. The pages still coalesced at CKPT_DONE are written
+ * then; SQLite ignores what CKPT_DONE returns, so a failure is kept in
+ * ckpt_err: the truncate that comes before a full checkpoint records its
+ * backfill count fails with it (nothing is recorded), and when the
+ * checkpoint lets go of its lock (f_shm_lock) the backfill count it may
+ * have recorded (a partial checkpoint truncates nothing) is put back:
+ * readers then take those frames from the WAL, as after any failed
+ * checkpoint. */
 static int f_control(sqlite3_file *f, int op, void *arg) {
 	dq_file *p = (dq_file *)f;
 	if (p->kind == KIND_TEMP) return p->temp->pMethods->xFileControl(p->temp, op, arg);
+	if (p->kind != KIND_MAIN) return SQLITE_NOTFOUND;
+	dq_vfs *v = p->vfs;
+	dq_db *d = p->db;
+	switch (op) {
+	case SQLITE_FCNTL_CKPT_START:
+		if (!d->store) return SQLITE_NOTFOUND;
+		if (main_settle(v, d) == SQLITE_OK && !v->c_db) {
+			if (!v->cbuf) v->cbuf = dq_malloc(DQ_CKPT_CHUNK); /* none: page by page */
+			if (v->cbuf) v->c_db = d;
+			v->c_len = 0;
+		}
+		if (d->nregions > 0) memcpy(&d->ckpt_backfill, (unsigned char *)d->regions[0] + CKPT_INFO_START, 4);
+		return SQLITE_OK;
+	case SQLITE_FCNTL_CKPT_DONE:
+		if (v->c_db == d) {
+			int rc = ckpt_flush(v, d);
+			v->c_db = NULL;
+			if (rc && !d->ckpt_err) d->ckpt_err = rc;
+		}
+		return d->store ? SQLITE_OK : SQLITE_NOTFOUND;
+	case DQ_FCNTL_CKPT_ERROR:
+		*(int *)arg = d->ckpt_report;
+		d->ckpt_report = 0;
+		return SQLITE_OK;
+	}
 	return SQLITE_NOTFOUND;
 }
 
@@ -644,6 +749,12 @@ static int f_shm_lock(sqlite3_file *f, int ofst, int n, int flags) {
 	unsigned mask = ((1u << n) - 1u) << ofst;
 	if (flags & SQLITE_SHM_UNLOCK) {
 		if ((flags & SQLITE_SHM_EXCLUSIVE) && ofst == 0 && (p->shm_excl_mask & 1u) && d->writing) end_write(d);
+		/* The checkpoint lets go of read slot 0: see f_control. */
+		if (d->ckpt_err && ofst <= 3 && 3 < ofst + n && (p->shm_excl_mask & (1u << 3))) {
+			if (d->nregions > 0) memcpy((unsigned char *)d->regions[0] + CKPT_INFO_START, &d->ckpt_backfill, 4);
+			d->ckpt_report = d->ckpt_err;
+			d->ckpt_err = 0;
+		}
 		for (int i = ofst; i < ofst + n; i++) {
 			if (p->shm_excl_mask & (1u << i)) d->shm_excl[i] = 0;
 			if (p->shm_shared_mask & (1u << i)) d->shm_shared[i]--;
@@ -880,6 +991,7 @@ void dq_vfs_destroy(dq_vfs *v) {
 		v->dbs = d->next;
 		db_free(d);
 	}
+	free(v->cbuf);
 	free(v->name);
 	free(v);
 }
@@ -1298,6 +1410,15 @@ void dq_guard_free(dq_guard_state *g) { free(g); }
  * knows (and records) how far a file may be ahead of its recorded index. */
 int dq_no_checkpoint_on_close(sqlite3 *db) {
 	return sqlite3_db_config(db, 1006 /* SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE */, 1, (int *)0);
+}
+
+/* dq_ckpt_error returns (and clears) the failure of the last checkpoint's
+ * final write to db's main File: the checkpoint then copied nothing, even
+ * where SQLite reported success. */
+int dq_ckpt_error(sqlite3 *db) {
+	int rc = 0;
+	if (sqlite3_file_control(db, "main", DQ_FCNTL_CKPT_ERROR, &rc) != SQLITE_OK) return 0;
+	return rc;
 }
 
 /* dq_cache_used is the memory of db's page cache (SQLITE_DBSTATUS_CACHE_USED). */

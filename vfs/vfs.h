@@ -41,5 +41,6 @@ void dq_guard_trust(dq_guard_state *g, int trusted);
 void dq_guard_free(dq_guard_state *g);
 int dq_no_checkpoint_on_close(sqlite3 *db);
 long long dq_cache_used(sqlite3 *db);
+int dq_ckpt_error(sqlite3 *db);
 int dq_bind_blob(sqlite3_stmt *s, int i, const void *p, int n);
 #endif
