@@ -104,7 +104,9 @@ static int buf_reserve(buf *b, sqlite3_int64 n) {
 	while (cap < n) cap *= 2;
 	unsigned char *d = dq_realloc(b->data, (size_t)cap);
 	if (!d) return SQLITE_NOMEM;
-	memset(d + b->cap, 0, (size_t)(cap - b->cap));
+	/* The new room is not cleared: bytes past size are never read
+	 * (buf_write zeroes a gap it leaves), and room never touched stays
+	 * out of the resident set. */
 	b->data = d;
 	b->cap = cap;
 	return SQLITE_OK;
