@@ -193,7 +193,7 @@ func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
 		return nil, x, nil // replayed after a restart: the file has it
 	}
 	if err := d.vfs.ApplyFrames(x.name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
-		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
+		PageNumbers: f.PageNumbers, Pages: f.Pages, Contiguous: f.raw}); err != nil {
 		return nil, nil, fmt.Errorf("fsm: applying entry %d: %w", e.Index, err)
 	}
 	return nil, x, nil

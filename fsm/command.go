@@ -87,6 +87,9 @@ type Frames struct {
 	// Pages hold PageSize bytes each. Decode returns sub-slices of the
 	// input: the caller must not modify the input while using them.
 	Pages [][]byte
+	// raw, when Decode made Pages, is the input's bytes they lie in one
+	// after another (handed to the VFS as one block).
+	raw []byte
 }
 
 // ValueType is the type of a statement parameter.
@@ -278,6 +281,7 @@ func DecodeFrames(b []byte) (*Frames, error) {
 			d.fail("page number 0")
 		}
 	}
+	f.raw = d.b
 	for i := range f.Pages {
 		f.Pages[i] = d.bytes(int(f.PageSize))
 	}

@@ -589,7 +589,7 @@ func (d *DB) applyDeferred(e raft.Entry, f *Frames) error {
 		return nil
 	}
 	if err := d.vfs.ApplyFrames(name, &vfs.Frames{PageSize: int(f.PageSize), DBSize: f.DBSize,
-		PageNumbers: f.PageNumbers, Pages: f.Pages}); err != nil {
+		PageNumbers: f.PageNumbers, Pages: f.Pages, Contiguous: f.raw}); err != nil {
 		return fmt.Errorf("fsm: replaying entry %d: %w", e.Index, err)
 	}
 	return nil
