@@ -358,7 +358,7 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	}
 	if deferSync && !x.unsynced {
 		x.syncOwed, x.syncIndex = true, d.appliedIndex
-		if err := d.vfs.WriteBackFile(x.name); err != nil {
+		if err := d.vfs.StartSync(x.name); err != nil {
 			return false, d.checkpointError(x, err) // the sync next tick reports the loss
 		}
 		return true, nil
@@ -382,23 +382,31 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	return true, nil
 }
 
-// finishSync syncs x's file after a tick's checkpoint copied the WAL into
-// it (checkpointFileSync), then records F = syncIndex: the file holds every
-// entry up to it (pages written since, of later entries, are covered by
-// the recorded dirty index). A failed sync is a FileSyncError: the node
-// stops, and the file is never trusted again.
+// finishSync completes the sync of x's file that a tick's checkpoint
+// started after copying the WAL into it (checkpointFileSync), then records
+// F = syncIndex: the file holds every entry up to it (pages written since,
+// of later entries, are covered by the recorded dirty index). A file whose
+// writes a goroutine carries out may not be synced yet: the sync stays
+// owed for a later tick. A failed sync (or background write) is a
+// FileSyncError: the node stops, and the file is never trusted again.
 func (d *DB) finishSync(x *database) error {
-	x.syncOwed = false
 	if d.files == nil || x.unsynced {
+		x.syncOwed = false
 		return nil
 	}
 	defer d.enter(PhaseCheckpoint)()
 	if !mutant.On(mutant.FSMRecordBeforeSync) {
-		if err := d.vfs.SyncFile(x.name); err != nil {
+		done, err := d.vfs.FinishSync(x.name)
+		if err != nil {
+			x.syncOwed = false
 			x.unsynced = true
 			return FileSyncError{d.checkpointError(x, err)}
 		}
+		if !done {
+			return nil
+		}
 	}
+	x.syncOwed = false
 	if x.syncIndex <= x.fileIndex {
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/dqlite-go/dqlite/internal/faultfs"
 	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
+	"github.com/dqlite-go/dqlite/wal"
 )
 
 // fileNode is a DB on a faultfs directory, and the log of the entries it
@@ -15,6 +16,7 @@ import (
 type fileNode struct {
 	t    testing.TB
 	disk *faultfs.Disk
+	os   wal.FS // when set, the files are here instead of on disk
 	db   *fsm.DB
 	log  []raft.Entry
 }
@@ -32,7 +34,11 @@ func newFileNode(t *testing.T) *fileNode {
 
 func (n *fileNode) open() {
 	n.t.Helper()
-	db, err := fsm.OpenFiles(n.disk, fmt.Sprintf("files-%d", vfsSeq.Add(1)), 1, "db", 4096, fsm.ModeFrames)
+	var fs wal.FS = n.disk
+	if n.os != nil {
+		fs = n.os
+	}
+	db, err := fsm.OpenFiles(fs, fmt.Sprintf("files-%d", vfsSeq.Add(1)), 1, "db", 4096, fsm.ModeFrames)
 	if err != nil {
 		n.t.Fatal(err)
 	}

@@ -2,8 +2,10 @@ package fsm_test
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/raft"
@@ -248,5 +250,39 @@ func TestCheckpointBeforeWriteBoundsWAL(t *testing.T) {
 	}
 	if got := l.count(); got != 40 {
 		t.Fatalf("%d rows, want 40", got)
+	}
+}
+
+// TestCheckpointOnOSFilesInBackground: on real files a checkpoint's writes
+// and the sync after them are carried out by the file's goroutine; the
+// ticks record F once that sync is done, and the files alone then hold
+// every row (a restart at F replays nothing).
+func TestCheckpointOnOSFilesInBackground(t *testing.T) {
+	fs, err := wal.NewOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &fileNode{t: t, os: fs}
+	l.open()
+	t.Cleanup(func() { l.db.Close() })
+	l.write("CREATE TABLE t(b)")
+	l.write("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 20000) INSERT INTO t SELECT randomblob(1000) FROM n")
+	last := uint64(len(l.log))
+	if l.db.WALSize() != 0 {
+		t.Fatalf("the tick after the write left %d bytes in the WAL", l.db.WALSize())
+	}
+	deadline := time.Now().Add(time.Minute)
+	for ticks := 0; l.db.DurableIndex() < last; ticks++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d ticks the file is recorded at %d, want %d", ticks, l.db.DurableIndex(), last)
+		}
+		if err := l.db.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	l.restart(false, last)
+	if got := l.count(); got != 20000 {
+		t.Fatalf("%d rows from the files alone, want 20000", got)
 	}
 }

@@ -56,6 +56,9 @@ type storeFile struct {
 	f    File
 	// unsynced: written or truncated since its last successful sync.
 	unsynced bool
+	// writes counts the writes; syncGen is the background sync StartSync
+	// asked for (a behindFile's), after syncWrites writes.
+	writes, syncWrites, syncGen uint64
 }
 
 // files is the part of a VFS that the C callbacks reach: the opener, the
@@ -108,6 +111,11 @@ func dqStoreOpen(vh C.uintptr_t, name *C.char, out *C.uintptr_t) C.int {
 		v.files.mu.Unlock()
 		return codeIOErr
 	}
+	if a, ok := f.(Allocator); ok {
+		if bf, err := newBehindFile(f, a); err == nil {
+			f = bf // otherwise written at once, as files that are not Allocators
+		}
+	}
 	s := &storeFile{v: v, name: n, f: f}
 	h := cgo.NewHandle(s)
 	v.files.mu.Lock()
@@ -137,6 +145,7 @@ func dqStoreRead(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int
 func dqStoreWrite(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.int {
 	s := storeOf(h)
 	s.unsynced = true // even a failed write may have changed the file
+	s.writes++
 	if _, err := s.f.WriteAt(unsafe.Slice((*byte)(p), int(n)), int64(off)); err != nil {
 		s.v.noteFileError(s, "write", err)
 		return ioCode(err, codeWrite)
@@ -228,13 +237,18 @@ func (v *VFS) SyncFile(db string) error {
 	return nil
 }
 
-// WriteBackFile starts the kernel writing db's main file's written pages to
-// the disk, without waiting (where the file can: a WriteBack method, as
-// wal.OSFS's files have), so that a later SyncFile has little left to do.
-// It promises no durability.
-func (v *VFS) WriteBackFile(db string) error {
+// StartSync starts making db's main file durable without waiting: a file
+// whose writes a goroutine carries out (see behindFile) is synced by it
+// after them; another starts the kernel writing its pages to the disk
+// (where the file can: a WriteBack method, as wal.OSFS's files have), so
+// that the sync FinishSync then makes has little left to do.
+func (v *VFS) StartSync(db string) error {
 	s := v.storeOf(db)
 	if s == nil {
+		return nil
+	}
+	if bf, ok := s.f.(*behindFile); ok {
+		s.syncGen, s.syncWrites = bf.startSync(), s.writes
 		return nil
 	}
 	wb, ok := s.f.(interface{ WriteBack(off, n int64) error })
@@ -249,6 +263,28 @@ func (v *VFS) WriteBackFile(db string) error {
 		return fmt.Errorf("vfs: write-back of database file %q: %w", db, err)
 	}
 	return nil
+}
+
+// FinishSync completes the sync StartSync started: done is false while a
+// file's goroutine has not carried it out yet (ask again later); otherwise
+// err is its failure. A file without a goroutine is synced now.
+func (v *VFS) FinishSync(db string) (done bool, err error) {
+	s := v.storeOf(db)
+	if s == nil {
+		return true, nil
+	}
+	bf, ok := s.f.(*behindFile)
+	if !ok {
+		return true, v.SyncFile(db)
+	}
+	done, err = bf.syncDone(s.syncGen)
+	if err != nil {
+		return true, fmt.Errorf("vfs: sync of database file %q: %w", db, err)
+	}
+	if done && s.writes == s.syncWrites {
+		s.unsynced = false
+	}
+	return done, nil
 }
 
 // FileUnsynced reports whether db's main file was written since its last

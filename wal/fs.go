@@ -71,6 +71,21 @@ func (f osFile) Sync() error {
 	}
 }
 
+// Allocate reserves the disk space of [off, off+n) (fallocate(2), growing
+// the file to off+n if it is shorter), so that writes into it cannot fail
+// for want of space.
+func (f osFile) Allocate(off, n int64) error {
+	for {
+		err := syscall.Fallocate(int(f.Fd()), 0, off, n)
+		if !errors.Is(err, syscall.EINTR) {
+			if err != nil {
+				return &os.PathError{Op: "fallocate", Path: f.Name(), Err: err}
+			}
+			return nil
+		}
+	}
+}
+
 // WriteBacker is a File that can have a range of its written data sent to
 // the disk without waiting for it (a later Sync then has little left to
 // write), as a receiver of a large file wants so that no single sync is

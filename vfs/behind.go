@@ -1,0 +1,254 @@
+package vfs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// MaxWriteBehindBytes bounds the writes a database file holds queued for
+// its writer goroutine (see behindFile); a write that would pass it waits
+// until the goroutine has written enough.
+const MaxWriteBehindBytes = 32 << 20
+
+// Allocator is a File that can reserve disk space for a range, so that
+// writes into it cannot fail for want of space (fallocate(2); OSFS's files
+// are Allocators). A database file that is one has its writes carried out
+// by a goroutine (see behindFile).
+type Allocator interface {
+	Allocate(off, n int64) error
+}
+
+// ErrWriteBehind wraps the failure of a write or sync that a database
+// file's writer goroutine carried out: the file misses what a checkpoint
+// wrote to it, so every later operation on it fails and the node must not
+// trust it again.
+var ErrWriteBehind = errors.New("vfs: a database file's background write failed")
+
+// behindFile is a main File whose writes and syncs a goroutine carries out,
+// so that a checkpoint (which writes tens of megabytes at a time on a busy
+// disk, 50-100 ms) does not hold the loop: a write reserves its range's
+// space at once (so a full disk fails it while SQLite can still hear of it),
+// copies the bytes and returns. Reads see the queued writes. Sync waits for
+// the queue; startSync and syncDone let the caller sync without waiting.
+// A write or sync the goroutine fails makes every later operation fail.
+type behindFile struct {
+	f     File
+	alloc Allocator
+
+	mu        sync.Mutex
+	cond      *sync.Cond // the queue, the sync counters or closing changed
+	queue     []behindChunk
+	queued    int64
+	size      int64 // the file's size once the queue is written
+	allocated int64 // space reserved up to here
+	// syncAsked counts syncs asked for, syncFinished those carried out (each
+	// after every write queued before it was asked for).
+	syncAsked, syncFinished uint64
+	err                     error // the goroutine's first failure
+	closing                 bool
+	exited                  chan struct{}
+}
+
+type behindChunk struct {
+	off  int64
+	data []byte
+}
+
+// newBehindFile wraps f (an Allocator) and starts its writer goroutine,
+// which Close stops.
+func newBehindFile(f File, a Allocator) (*behindFile, error) {
+	size, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	b := &behindFile{f: f, alloc: a, size: size, allocated: size, exited: make(chan struct{})}
+	b.cond = sync.NewCond(&b.mu)
+	go b.run()
+	return b, nil
+}
+
+// run is the writer goroutine: the queued writes in order, then a sync
+// asked for; it exits when Close asks, after the queue.
+func (b *behindFile) run() {
+	defer close(b.exited)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		switch {
+		case len(b.queue) > 0:
+			c := b.queue[0]
+			failed := b.err != nil
+			b.mu.Unlock()
+			var err error
+			if !failed { // a file already missing a write is not written further
+				_, err = b.f.WriteAt(c.data, c.off)
+			}
+			b.mu.Lock()
+			if err != nil && b.err == nil {
+				b.err = fmt.Errorf("%w: write of %d bytes at %d: %w", ErrWriteBehind, len(c.data), c.off, err)
+			}
+			b.queue[0] = behindChunk{}
+			b.queue = b.queue[1:]
+			b.queued -= int64(len(c.data))
+			b.cond.Broadcast()
+		case b.syncFinished < b.syncAsked:
+			want := b.syncAsked
+			failed := b.err != nil
+			b.mu.Unlock()
+			var err error
+			if !failed {
+				err = b.f.Sync()
+			}
+			b.mu.Lock()
+			if err != nil && b.err == nil {
+				b.err = fmt.Errorf("%w: sync: %w", ErrWriteBehind, err)
+			}
+			b.syncFinished = want
+			b.cond.Broadcast()
+		case b.closing:
+			return
+		default:
+			b.cond.Wait()
+		}
+	}
+}
+
+// WriteAt reserves the range's space (a failure, ENOSPC say, is returned:
+// nothing is queued), then queues a copy of p.
+func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.err == nil && len(b.queue) > 0 && b.queued+int64(len(p)) > MaxWriteBehindBytes {
+		b.cond.Wait()
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	end := off + int64(len(p))
+	if end > b.allocated {
+		if err := b.alloc.Allocate(b.allocated, end-b.allocated); err != nil {
+			return 0, err
+		}
+		b.allocated = end
+	}
+	b.queue = append(b.queue, behindChunk{off: off, data: append([]byte(nil), p...)})
+	b.queued += int64(len(p))
+	b.size = max(b.size, end)
+	b.cond.Broadcast()
+	return len(p), nil
+}
+
+// ReadAt reads the file with the queued writes laid over it.
+func (b *behindFile) ReadAt(p []byte, off int64) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return 0, b.err
+	}
+	valid := min(max(b.size-off, 0), int64(len(p)))
+	n, err := b.f.ReadAt(p[:valid], off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, err
+	}
+	clear(p[n:valid]) // reserved but not written yet: zeros, unless queued
+	for _, c := range b.queue {
+		lo, hi := max(c.off, off), min(c.off+int64(len(c.data)), off+valid)
+		if lo < hi {
+			copy(p[lo-off:hi-off], c.data[lo-c.off:hi-c.off])
+		}
+	}
+	if valid < int64(len(p)) {
+		return int(valid), io.EOF
+	}
+	return len(p), nil
+}
+
+// Size is the file's size once the queued writes are written.
+func (b *behindFile) Size() (int64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return 0, b.err
+	}
+	return b.size, nil
+}
+
+// Truncate to the size the file has (as SQLite does after every full
+// checkpoint) does nothing; growing it extends the file at once; shrinking
+// it waits for the queue first.
+func (b *behindFile) Truncate(size int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
+	if size == b.size {
+		return nil
+	}
+	if size < b.size {
+		for b.err == nil && len(b.queue) > 0 {
+			b.cond.Wait()
+		}
+		if b.err != nil {
+			return b.err
+		}
+		b.allocated = min(b.allocated, size)
+	}
+	if err := b.f.Truncate(size); err != nil {
+		return err
+	}
+	b.size = size
+	return nil
+}
+
+// Sync waits until the queued writes and a sync after them are done.
+func (b *behindFile) Sync() error {
+	return b.waitSync(b.startSync())
+}
+
+// startSync asks for a sync after the writes queued so far and returns its
+// number, for syncDone.
+func (b *behindFile) startSync() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.syncAsked++
+	b.cond.Broadcast()
+	return b.syncAsked
+}
+
+// syncDone reports whether sync number n is done, and its failure (or any
+// earlier one of the goroutine's).
+func (b *behindFile) syncDone(n uint64) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return true, b.err
+	}
+	return b.syncFinished >= n, nil
+}
+
+func (b *behindFile) waitSync(n uint64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.err == nil && b.syncFinished < n {
+		b.cond.Wait()
+	}
+	return b.err
+}
+
+// Close writes the queue out, stops the goroutine and closes the file; it
+// returns the goroutine's failure, if any.
+func (b *behindFile) Close() error {
+	b.mu.Lock()
+	b.closing = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	<-b.exited
+	err := b.f.Close()
+	if b.err != nil {
+		return b.err
+	}
+	return err
+}

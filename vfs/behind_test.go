@@ -1,0 +1,242 @@
+package vfs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// gatedFile is a File whose writes wait at a gate and may fail, and an
+// Allocator that may refuse space.
+type gatedFile struct {
+	mu        sync.Mutex
+	data      []byte
+	gate      chan struct{} // each WriteAt takes one token (nil: no gate)
+	started   chan struct{} // each WriteAt sends one token when it starts
+	writeErr  error
+	allocErr  error
+	allocated int64
+	syncs     int
+}
+
+func (f *gatedFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.started != nil {
+		f.started <- struct{}{}
+	}
+	if f.gate != nil {
+		<-f.gate
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.writeErr != nil {
+		return 0, f.writeErr
+	}
+	if end := off + int64(len(p)); end > int64(len(f.data)) {
+		f.data = append(f.data, make([]byte, end-int64(len(f.data)))...)
+	}
+	copy(f.data[off:], p)
+	return len(p), nil
+}
+
+func (f *gatedFile) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if off >= int64(len(f.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, f.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f *gatedFile) Allocate(off, n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.allocErr != nil {
+		return f.allocErr
+	}
+	f.allocated = max(f.allocated, off+n)
+	if off+n > int64(len(f.data)) { // fallocate grows the file
+		f.data = append(f.data, make([]byte, off+n-int64(len(f.data)))...)
+	}
+	return nil
+}
+
+func (f *gatedFile) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	return nil
+}
+
+func (f *gatedFile) Truncate(size int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if size < int64(len(f.data)) {
+		f.data = f.data[:size]
+	} else {
+		f.data = append(f.data, make([]byte, size-int64(len(f.data)))...)
+	}
+	return nil
+}
+
+func (f *gatedFile) Size() (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return int64(len(f.data)), nil
+}
+
+func (f *gatedFile) Close() error { return nil }
+
+func newBehind(t *testing.T, f *gatedFile) *behindFile {
+	t.Helper()
+	b, err := newBehindFile(f, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if f.gate != nil {
+			close(f.gate)
+		}
+		b.Close()
+	})
+	return b
+}
+
+func readAll(t *testing.T, b *behindFile) []byte {
+	t.Helper()
+	size, err := b.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, size)
+	if n, err := b.ReadAt(p, 0); n != len(p) || err != nil {
+		t.Fatalf("read %d of %d bytes: %v", n, len(p), err)
+	}
+	return p
+}
+
+// TestBehindFileServesQueuedWrites: while the goroutine is held at its
+// first write, reads and the size already show every queued write (the
+// later one over the earlier where they overlap), the space is reserved,
+// and syncDone says the sync is not done; once the writes are let through,
+// the sync completes and the file holds the same bytes.
+func TestBehindFileServesQueuedWrites(t *testing.T) {
+	f := &gatedFile{gate: make(chan struct{}), started: make(chan struct{}, 16)}
+	b := newBehind(t, f)
+	want := make([]byte, 3*4096)
+	for i, w := range []struct {
+		off int64
+		b   byte
+		n   int
+	}{{0, 'a', 8192}, {4096, 'b', 8192}, {2048, 'c', 1024}} {
+		p := bytes.Repeat([]byte{w.b}, w.n)
+		copy(want[w.off:], p)
+		if _, err := b.WriteAt(p, w.off); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	<-f.started // the goroutine holds the first write at the gate
+	if got := readAll(t, b); !bytes.Equal(got, want) {
+		t.Fatalf("reads do not show the queued writes: got %q...", got[:64])
+	}
+	if f.allocated != int64(len(want)) {
+		t.Fatalf("%d bytes reserved, want %d", f.allocated, len(want))
+	}
+	n := b.startSync()
+	if done, err := b.syncDone(n); done || err != nil {
+		t.Fatalf("sync done %v (%v) with writes still queued", done, err)
+	}
+	for range 3 {
+		f.gate <- struct{}{}
+	}
+	if err := b.waitSync(n); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := b.syncDone(n); !done || err != nil {
+		t.Fatalf("sync done %v (%v) after waiting for it", done, err)
+	}
+	if f.syncs != 1 || !bytes.Equal(f.data, want) {
+		t.Fatalf("after the sync the file holds %q... (%d syncs)", f.data[:64], f.syncs)
+	}
+}
+
+// TestBehindFileFullDisk: a write the disk has no space for fails at once
+// (SQLite hears of it: the checkpoint fails and the WAL keeps its frames)
+// and queues nothing; once space returns, writes go through.
+func TestBehindFileFullDisk(t *testing.T) {
+	f := &gatedFile{allocErr: syscall.ENOSPC}
+	b := newBehind(t, f)
+	if _, err := b.WriteAt(make([]byte, 4096), 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write without space: %v, want ENOSPC", err)
+	}
+	if size, _ := b.Size(); size != 0 {
+		t.Fatalf("size %d after the refused write, want 0", size)
+	}
+	f.mu.Lock()
+	f.allocErr = nil
+	f.mu.Unlock()
+	if _, err := b.WriteAt([]byte("page"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if string(f.data) != "page" {
+		t.Fatalf("the file holds %q", f.data)
+	}
+}
+
+// TestBehindFileWriteFailureSticks: a write that fails in the goroutine
+// (after SQLite was told it succeeded) fails the sync asked for after it,
+// and every later read, write and size: nothing is served from a file
+// that misses a checkpoint's pages.
+func TestBehindFileWriteFailureSticks(t *testing.T) {
+	f := &gatedFile{writeErr: syscall.EIO}
+	b := newBehind(t, f)
+	if _, err := b.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatalf("queued write: %v", err)
+	}
+	if err := b.waitSync(b.startSync()); !errors.Is(err, ErrWriteBehind) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("sync after a failed write: %v, want ErrWriteBehind with EIO", err)
+	}
+	if _, err := b.ReadAt(make([]byte, 10), 0); !errors.Is(err, ErrWriteBehind) {
+		t.Fatalf("read after a failed write: %v", err)
+	}
+	if _, err := b.WriteAt(make([]byte, 10), 0); !errors.Is(err, ErrWriteBehind) {
+		t.Fatalf("write after a failed write: %v", err)
+	}
+	if _, err := b.Size(); !errors.Is(err, ErrWriteBehind) {
+		t.Fatalf("size after a failed write: %v", err)
+	}
+}
+
+// TestBehindFileTruncate: truncating to the size the file will have does
+// nothing (SQLite does it after every full checkpoint, and it must not
+// wait for the queue); shrinking waits for the queue and cuts the file.
+func TestBehindFileTruncate(t *testing.T) {
+	f := &gatedFile{gate: make(chan struct{}), started: make(chan struct{}, 16)}
+	b := newBehind(t, f)
+	if _, err := b.WriteAt(bytes.Repeat([]byte{'x'}, 8192), 0); err != nil {
+		t.Fatal(err)
+	}
+	<-f.started
+	if err := b.Truncate(8192); err != nil { // returns with the write held at the gate
+		t.Fatal(err)
+	}
+	f.gate <- struct{}{}
+	if err := b.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	if size, _ := b.Size(); size != 4096 || len(f.data) != 4096 {
+		t.Fatalf("size %d, file %d bytes after truncating to 4096", size, len(f.data))
+	}
+	if got := readAll(t, b); !bytes.Equal(got, bytes.Repeat([]byte{'x'}, 4096)) {
+		t.Fatalf("after the truncate the file reads %q...", got[:16])
+	}
+}
