@@ -12,13 +12,23 @@ import (
 // until the goroutine has written enough.
 const MaxWriteBehindBytes = 32 << 20
 
-// Allocator is a File that can reserve disk space for a range, so that
-// writes into it cannot fail for want of space (fallocate(2); OSFS's files
-// are Allocators). A database file that is one has its writes carried out
-// by a goroutine (see behindFile).
+// Allocator is a File that can reserve disk space for a range without
+// changing its size, so that writes into it cannot fail for want of space
+// (fallocate(2) with FALLOC_FL_KEEP_SIZE; OSFS's files are Allocators). A
+// database file that is one has its writes carried out by a goroutine (see
+// behindFile).
 type Allocator interface {
 	Allocate(off, n int64) error
 }
+
+// Space a growing database file reserves past what its writes need: an
+// eighth of its size, within these bounds. Reserving waits for the
+// file's lock, which a write throttled by a busy disk holds for long: the
+// loop reserves once per this much growth, not at every write.
+const (
+	minReserveAhead = 1 << 20
+	maxReserveAhead = 64 << 20
+)
 
 // ErrWriteBehind wraps the failure of a write or sync that a database
 // file's writer goroutine carried out: the file misses what a checkpoint
@@ -43,12 +53,16 @@ type behindFile struct {
 	queued    int64
 	size      int64 // the file's size once the queue is written
 	allocated int64 // space reserved up to here
-	// syncAsked counts syncs asked for, syncFinished those carried out (each
-	// after every write queued before it was asked for).
-	syncAsked, syncFinished uint64
-	err                     error // the goroutine's first failure
-	closing                 bool
-	exited                  chan struct{}
+	// syncAsked counts syncs asked for, syncFinished those carried out.
+	// A sync comes after every write queued before it was asked for, and
+	// before the writes queued since (so a steady stream of writes does
+	// not hold it back): queuedSeq and writtenSeq count the writes queued
+	// and done, syncAfter is queuedSeq when the last sync was asked for.
+	syncAsked, syncFinished          uint64
+	queuedSeq, writtenSeq, syncAfter uint64
+	err                              error // the goroutine's first failure
+	closing                          bool
+	exited                           chan struct{}
 }
 
 type behindChunk struct {
@@ -77,6 +91,20 @@ func (b *behindFile) run() {
 	defer b.mu.Unlock()
 	for {
 		switch {
+		case b.syncFinished < b.syncAsked && b.writtenSeq >= b.syncAfter:
+			want := b.syncAsked
+			failed := b.err != nil
+			b.mu.Unlock()
+			var err error
+			if !failed {
+				err = b.f.Sync()
+			}
+			b.mu.Lock()
+			if err != nil && b.err == nil {
+				b.err = fmt.Errorf("%w: sync: %w", ErrWriteBehind, err)
+			}
+			b.syncFinished = want
+			b.cond.Broadcast()
 		case len(b.queue) > 0:
 			c := b.queue[0]
 			failed := b.err != nil
@@ -92,20 +120,7 @@ func (b *behindFile) run() {
 			b.queue[0] = behindChunk{}
 			b.queue = b.queue[1:]
 			b.queued -= int64(len(c.data))
-			b.cond.Broadcast()
-		case b.syncFinished < b.syncAsked:
-			want := b.syncAsked
-			failed := b.err != nil
-			b.mu.Unlock()
-			var err error
-			if !failed {
-				err = b.f.Sync()
-			}
-			b.mu.Lock()
-			if err != nil && b.err == nil {
-				b.err = fmt.Errorf("%w: sync: %w", ErrWriteBehind, err)
-			}
-			b.syncFinished = want
+			b.writtenSeq++
 			b.cond.Broadcast()
 		case b.closing:
 			return
@@ -128,13 +143,21 @@ func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	end := off + int64(len(p))
 	if end > b.allocated {
-		if err := b.alloc.Allocate(b.allocated, end-b.allocated); err != nil {
+		// The range, and some room ahead; with no room for that, the
+		// range alone.
+		ahead := min(max(b.size/8, minReserveAhead), maxReserveAhead)
+		from := max(b.allocated, off)
+		if err := b.alloc.Allocate(from, end+ahead-from); err == nil {
+			b.allocated = end + ahead
+		} else if err := b.alloc.Allocate(from, end-from); err != nil {
 			return 0, err
+		} else {
+			b.allocated = end
 		}
-		b.allocated = end
 	}
 	b.queue = append(b.queue, behindChunk{off: off, data: append([]byte(nil), p...)})
 	b.queued += int64(len(p))
+	b.queuedSeq++
 	b.size = max(b.size, end)
 	b.cond.Broadcast()
 	return len(p), nil
@@ -214,6 +237,7 @@ func (b *behindFile) startSync() uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.syncAsked++
+	b.syncAfter = b.queuedSeq
 	b.cond.Broadcast()
 	return b.syncAsked
 }

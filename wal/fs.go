@@ -71,12 +71,13 @@ func (f osFile) Sync() error {
 	}
 }
 
-// Allocate reserves the disk space of [off, off+n) (fallocate(2), growing
-// the file to off+n if it is shorter), so that writes into it cannot fail
-// for want of space.
+// Allocate reserves the disk space of [off, off+n) (fallocate(2) with
+// FALLOC_FL_KEEP_SIZE: the file's size does not change), so that writes
+// into it cannot fail for want of space.
 func (f osFile) Allocate(off, n int64) error {
+	const keepSize = 1 // FALLOC_FL_KEEP_SIZE
 	for {
-		err := syscall.Fallocate(int(f.Fd()), 0, off, n)
+		err := syscall.Fallocate(int(f.Fd()), keepSize, off, n)
 		if !errors.Is(err, syscall.EINTR) {
 			if err != nil {
 				return &os.PathError{Op: "fallocate", Path: f.Name(), Err: err}
