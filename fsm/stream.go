@@ -128,6 +128,12 @@ func (d *DB) OpenView() (uint64, error) {
 				return 0, ErrViewLater
 			}
 		}
+		// The view reads the file on its own: the checkpoints' writes
+		// must be in it, not queued (and none come while it is open).
+		if err := d.vfs.FlushFile(name); err != nil {
+			v.close()
+			return 0, fmt.Errorf("fsm: %q for a snapshot: %w", name, err)
+		}
 		f, err := d.files.fs.Open(fileName(d.files.open[name]))
 		if err != nil {
 			v.close()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/dqlite-go/dqlite/fsm"
+	"github.com/dqlite-go/dqlite/internal/faultfs"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/wal"
 )
@@ -284,5 +285,71 @@ func TestCheckpointOnOSFilesInBackground(t *testing.T) {
 	l.restart(false, last)
 	if got := l.count(); got != 20000 {
 		t.Fatalf("%d rows from the files alone, want 20000", got)
+	}
+}
+
+// slowFS is a real directory whose database files are Allocators (so the
+// VFS writes them from a goroutine) on a slow disk: each write takes
+// 20 ms, so a checkpoint's writes are still queued when a view opens.
+type slowFS struct{ *wal.OSFS }
+
+type slowFile struct{ wal.File }
+
+func (f slowFile) Allocate(off, n int64) error {
+	return f.File.(interface{ Allocate(off, n int64) error }).Allocate(off, n)
+}
+
+func (f slowFile) WriteAt(p []byte, off int64) (int, error) {
+	time.Sleep(20 * time.Millisecond) // the slow disk, not a wait for an event
+	return f.File.WriteAt(p, off)
+}
+
+func (fs slowFS) wrap(name string, f wal.File, err error) (wal.File, error) {
+	if err != nil || !strings.HasSuffix(name, ".db") {
+		return f, err
+	}
+	return slowFile{f}, nil
+}
+
+func (fs slowFS) Create(name string) (wal.File, error) {
+	f, err := fs.OSFS.Create(name)
+	return fs.wrap(name, f, err)
+}
+
+func (fs slowFS) Open(name string) (wal.File, error) {
+	f, err := fs.OSFS.Open(name)
+	return fs.wrap(name, f, err)
+}
+
+// TestViewAfterQueuedCheckpoint: a view opened while the checkpoint's
+// writes are still queued for the file's goroutine streams the database
+// as the checkpoint left it (the view reads the file itself), and the
+// receiver installs every row.
+func TestViewAfterQueuedCheckpoint(t *testing.T) {
+	osfs, err := wal.NewOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &fileNode{t: t, os: slowFS{osfs}}
+	l.open()
+	t.Cleanup(func() { l.db.Close() })
+	l.write("CREATE TABLE t(b)")
+	l.write("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 20000) INSERT INTO t SELECT randomblob(1000) FROM n")
+	idx, err := l.db.OpenView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := fsm.OpenFiles(faultfs.NewDisk(9), fmt.Sprintf("files-%d", vfsSeq.Add(1)), 2, "db", 4096, fsm.ModeFrames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stream(t, l.db, db, idx, 1<<20)
+	if err := db.InstallReceived(idx); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Conn().Query("SELECT count(*), sum(length(b)) FROM t")
+	if err != nil || rows[0][0].(int64) != 20000 || rows[0][1].(int64) != 20_000_000 {
+		t.Fatalf("installed %v (%v), want 20000 rows of 1000 bytes", rows, err)
 	}
 }

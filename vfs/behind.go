@@ -226,6 +226,16 @@ func (b *behindFile) Truncate(size int64) error {
 	return nil
 }
 
+// flush waits until the queued writes are written (not synced).
+func (b *behindFile) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.err == nil && len(b.queue) > 0 {
+		b.cond.Wait()
+	}
+	return b.err
+}
+
 // Sync waits until the queued writes and a sync after them are done.
 func (b *behindFile) Sync() error {
 	return b.waitSync(b.startSync())

@@ -265,6 +265,22 @@ func (v *VFS) StartSync(db string) error {
 	return nil
 }
 
+// FlushFile waits until what SQLite wrote to db's main file is in the file
+// itself (a file whose writes a goroutine carries out may hold them
+// queued), for a reader that opens the file on its own.
+func (v *VFS) FlushFile(db string) error {
+	s := v.storeOf(db)
+	if s == nil {
+		return nil
+	}
+	if bf, ok := s.f.(*behindFile); ok {
+		if err := bf.flush(); err != nil {
+			return fmt.Errorf("vfs: database file %q: %w", db, err)
+		}
+	}
+	return nil
+}
+
 // FinishSync completes the sync StartSync started: done is false while a
 // file's goroutine has not carried it out yet (ask again later); otherwise
 // err is its failure. A file without a goroutine is synced now.
