@@ -22,9 +22,11 @@ type Allocator interface {
 }
 
 // Space a growing database file reserves past what its writes need: an
-// eighth of its size, within these bounds. Reserving waits for the
-// file's lock, which a write throttled by a busy disk holds for long: the
-// loop reserves once per this much growth, not at every write.
+// eighth of its size, within these bounds. Reserving waits for the file's
+// lock (which a write throttled by a busy disk holds) and for the
+// filesystem's journal (100-250 ms when it commits much data): the file's
+// goroutine reserves ahead, and a write reserves only what the goroutine
+// has not.
 const (
 	minReserveAhead = 1 << 20
 	maxReserveAhead = 64 << 20
@@ -53,6 +55,10 @@ type behindFile struct {
 	queued    int64
 	size      int64 // the file's size once the queue is written
 	allocated int64 // space reserved up to here
+	// reserveWant is how far the goroutine is to reserve; reserveFailed
+	// stops it after a failure until a write's own reservation succeeds.
+	reserveWant   int64
+	reserveFailed bool
 	// syncAsked counts syncs asked for, syncFinished those carried out.
 	// A sync comes after every write queued before it was asked for, and
 	// before the writes queued since (so a steady stream of writes does
@@ -91,6 +97,16 @@ func (b *behindFile) run() {
 	defer b.mu.Unlock()
 	for {
 		switch {
+		case b.reserveWant > b.allocated && !b.reserveFailed && b.err == nil:
+			from, n := b.allocated, b.reserveWant-b.allocated
+			b.mu.Unlock()
+			err := b.alloc.Allocate(from, n)
+			b.mu.Lock()
+			if err != nil {
+				b.reserveFailed = true // the writes reserve for themselves
+			} else {
+				b.allocated = max(b.allocated, from+n)
+			}
 		case b.syncFinished < b.syncAsked && b.writtenSeq >= b.syncAfter:
 			want := b.syncAsked
 			failed := b.err != nil
@@ -143,17 +159,14 @@ func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	end := off + int64(len(p))
 	if end > b.allocated {
-		// The range, and some room ahead; with no room for that, the
-		// range alone.
-		ahead := min(max(b.size/8, minReserveAhead), maxReserveAhead)
 		from := max(b.allocated, off)
-		if err := b.alloc.Allocate(from, end+ahead-from); err == nil {
-			b.allocated = end + ahead
-		} else if err := b.alloc.Allocate(from, end-from); err != nil {
+		if err := b.alloc.Allocate(from, end-from); err != nil {
 			return 0, err
-		} else {
-			b.allocated = end
 		}
+		b.allocated, b.reserveFailed = end, false
+	}
+	if ahead := min(max(b.size/8, minReserveAhead), maxReserveAhead); b.allocated < max(b.size, end)+ahead/2 {
+		b.reserveWant = max(b.reserveWant, max(b.size, end)+ahead)
 	}
 	b.queue = append(b.queue, behindChunk{off: off, data: append([]byte(nil), p...)})
 	b.queued += int64(len(p))

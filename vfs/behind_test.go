@@ -165,7 +165,8 @@ func TestBehindFileServesQueuedWrites(t *testing.T) {
 
 // TestBehindFileFullDisk: a write the disk has no space for fails at once
 // (SQLite hears of it: the checkpoint fails and the WAL keeps its frames)
-// and queues nothing; once space returns, writes go through.
+// and queues nothing; once space returns, writes go through, and the
+// goroutine reserves room ahead of them (so the loop need not).
 func TestBehindFileFullDisk(t *testing.T) {
 	f := &gatedFile{allocErr: syscall.ENOSPC}
 	b := newBehind(t, f)
@@ -186,6 +187,12 @@ func TestBehindFileFullDisk(t *testing.T) {
 	}
 	if string(f.data) != "page" {
 		t.Fatalf("the file holds %q", f.data)
+	}
+	f.mu.Lock()
+	allocated := f.allocated
+	f.mu.Unlock()
+	if allocated < 4+minReserveAhead {
+		t.Fatalf("%d bytes reserved after the goroutine ran, want the write's and %d ahead", allocated, minReserveAhead)
 	}
 }
 
