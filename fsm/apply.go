@@ -113,10 +113,18 @@ func (d *DB) checkpointWALBytes(x *database) int64 {
 // (whose read snapshot would stop the checkpoint part way). A failure is
 // left for the next try; Snapshot reports checkpoint errors.
 func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
-	if d.vfs.WALSize(x.name) < d.checkpointWALBytes(x) {
+	wal := d.vfs.WALSize(x.name)
+	if wal < d.checkpointWALBytes(x) {
 		return false, nil
 	}
 	if d.pending || d.txDB == x || x.cursors > 0 {
+		return true, nil
+	}
+	// The file's goroutine is still writing the last checkpoints (the
+	// disk stalls, say, while the filesystem commits): wait for it at a
+	// later tick rather than in this loop event, unless the WAL is so long
+	// that it must not grow further.
+	if wal < 2*heldBackCheckpoints*d.checkpointWALBytes(x) && !d.vfs.FileHasRoom(x.name, wal) {
 		return true, nil
 	}
 	done, err := d.checkpointFileSync(x, d.files != nil)

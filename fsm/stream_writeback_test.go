@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -351,5 +352,104 @@ func TestViewAfterQueuedCheckpoint(t *testing.T) {
 	rows, err := db.Conn().Query("SELECT count(*), sum(length(b)) FROM t")
 	if err != nil || rows[0][0].(int64) != 20000 || rows[0][1].(int64) != 20_000_000 {
 		t.Fatalf("installed %v (%v), want 20000 rows of 1000 bytes", rows, err)
+	}
+}
+
+// gatedFS is slowFS whose database files' writes wait while the gate is
+// shut (a disk stalled while the filesystem commits).
+type gatedFS struct {
+	*wal.OSFS
+	gate *gate
+}
+
+type gate struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	shut bool
+}
+
+func (g *gate) set(shut bool) {
+	g.mu.Lock()
+	g.shut = shut
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+type gatedDBFile struct {
+	slowFile
+	gate *gate
+}
+
+func (f gatedDBFile) WriteAt(p []byte, off int64) (int, error) {
+	f.gate.mu.Lock()
+	for f.gate.shut {
+		f.gate.cond.Wait()
+	}
+	f.gate.mu.Unlock()
+	return f.File.WriteAt(p, off)
+}
+
+func (fs gatedFS) wrap(name string, f wal.File, err error) (wal.File, error) {
+	if err != nil || !strings.HasSuffix(name, ".db") {
+		return f, err
+	}
+	return gatedDBFile{slowFile{f}, fs.gate}, nil
+}
+
+func (fs gatedFS) Create(name string) (wal.File, error) {
+	f, err := fs.OSFS.Create(name)
+	return fs.wrap(name, f, err)
+}
+
+func (fs gatedFS) Open(name string) (wal.File, error) {
+	f, err := fs.OSFS.Open(name)
+	return fs.wrap(name, f, err)
+}
+
+// TestCheckpointWaitsForStalledDiskAtLaterTick: while the file's goroutine
+// cannot write (the disk stalls), a checkpoint that would not fit its queue
+// is left for a later tick instead of waiting in the loop event: here the
+// one a long WAL makes a write run first. Once the disk moves again a tick
+// checkpoints.
+func TestCheckpointWaitsForStalledDiskAtLaterTick(t *testing.T) {
+	osfs, err := wal.NewOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{}
+	g.cond = sync.NewCond(&g.mu)
+	l := &fileNode{t: t, os: gatedFS{osfs, g}}
+	l.open()
+	t.Cleanup(func() {
+		g.set(false) // let the goroutine finish if the test failed
+		l.db.Close()
+	})
+	const rows = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 20000) INSERT INTO t SELECT randomblob(1000) FROM n"
+	l.write("CREATE TABLE t(b)")
+	g.set(true)
+	l.write(rows) // its tick queues 20 MB for the stalled disk
+	if l.db.WALSize() != 0 {
+		t.Fatal("the first checkpoint did not run")
+	}
+	l.write(rows) // its tick waits for the first one's sync
+	// The WAL is long enough for the write to checkpoint first, but 40 MB
+	// would pass the queue's bound: the write must not wait for the disk.
+	l.write(rows)
+	if w := l.db.WALSize(); w < 40_000_000 {
+		t.Fatalf("the WAL holds %d bytes, want the last two writes'", w)
+	}
+	g.set(false)
+	deadline := time.Now().Add(time.Minute)
+	for l.db.WALSize() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the WAL still holds %d bytes a minute after the disk moved again", l.db.WALSize())
+		}
+		if err := l.db.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	if got := l.count(); got != 60000 {
+		t.Fatalf("%d rows, want 60000", got)
 	}
 }

@@ -239,6 +239,13 @@ func (b *behindFile) Truncate(size int64) error {
 	return nil
 }
 
+// hasRoom reports whether n more bytes fit the queue without waiting.
+func (b *behindFile) hasRoom(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.queued == 0 || b.queued+n <= MaxWriteBehindBytes
+}
+
 // flush waits until the queued writes are written (not synced).
 func (b *behindFile) flush() error {
 	b.mu.Lock()

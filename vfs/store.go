@@ -265,6 +265,19 @@ func (v *VFS) StartSync(db string) error {
 	return nil
 }
 
+// FileHasRoom reports whether writing n bytes to db's main file would not
+// wait for its goroutine (always, for a file written at once).
+func (v *VFS) FileHasRoom(db string, n int64) bool {
+	s := v.storeOf(db)
+	if s == nil {
+		return true
+	}
+	if bf, ok := s.f.(*behindFile); ok {
+		return bf.hasRoom(n)
+	}
+	return true
+}
+
 // FlushFile waits until what SQLite wrote to db's main file is in the file
 // itself (a file whose writes a goroutine carries out may hold them
 // queued), for a reader that opens the file on its own.
