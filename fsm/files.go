@@ -205,6 +205,17 @@ func readFile(fs wal.FS, name string) ([]byte, error) {
 	return b, nil
 }
 
+// Spawner lets the VFS write database files from goroutines when the FS
+// can run them (an FS with a Spawn method: the node's; see
+// vfs.behindFile), so that checkpoints do not wait for the disk on the
+// loop.
+func (s *fileStore) Spawner() func(run func()) {
+	if sp, ok := s.fs.(interface{ Spawn(run func()) }); ok {
+		return sp.Spawn
+	}
+	return nil
+}
+
 // OpenDatabase opens name's file, creating a new, empty one for a
 // database that has none (it becomes durable with the next record).
 func (s *fileStore) OpenDatabase(name string) (vfs.File, error) {

@@ -264,7 +264,7 @@ func TestCheckpointOnOSFilesInBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &fileNode{t: t, os: fs}
+	l := &fileNode{t: t, os: spawnFS{fs}}
 	l.open()
 	t.Cleanup(func() { l.db.Close() })
 	l.write("CREATE TABLE t(b)")
@@ -293,6 +293,14 @@ func TestCheckpointOnOSFilesInBackground(t *testing.T) {
 // VFS writes them from a goroutine) on a slow disk: each write takes
 // 20 ms, so a checkpoint's writes are still queued when a view opens.
 type slowFS struct{ *wal.OSFS }
+
+// Spawn runs the database files' writer goroutines (as the node does).
+func (slowFS) Spawn(run func()) { go run() }
+
+// spawnFS is a real directory that runs the files' writer goroutines.
+type spawnFS struct{ *wal.OSFS }
+
+func (spawnFS) Spawn(run func()) { go run() }
 
 type slowFile struct{ wal.File }
 
@@ -361,6 +369,8 @@ type gatedFS struct {
 	*wal.OSFS
 	gate *gate
 }
+
+func (gatedFS) Spawn(run func()) { go run() }
 
 type gate struct {
 	mu   sync.Mutex

@@ -11,9 +11,11 @@
 // read by its connection's goroutine), one sender goroutine per peer (with
 // a watcher reading its link while it is up), the role manager when
 // Config.Roles is on, and, while a request asks for the members' state,
-// one probe per member (joined before it answers). Close stops them all
-// and waits for them. The database files (see package fsm) are read and
-// written on the loop goroutine only.
+// one probe per member (joined before it answers), and one writer per open
+// database file (package vfs's behindFile: it writes and syncs what a
+// checkpoint queued for the file, and stops when the file is closed).
+// Close stops them all and waits for them. The database files (see package
+// fsm) are otherwise read and written on the loop goroutine only.
 package node
 
 import (
@@ -213,7 +215,10 @@ type Node struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
-	members  atomic.Value // raft.Membership
+	// fileWriters are the database files' writer goroutines (waited
+	// for after the databases are closed, which stops them).
+	fileWriters sync.WaitGroup
+	members     atomic.Value // raft.Membership
 }
 
 var vfsSeq atomic.Uint64
@@ -303,6 +308,26 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// spawnFS is the data directory for the databases' files: the VFS has the
+// node run each file's writer goroutine (see vfs.Spawner), which exits
+// when the VFS closes the file.
+type spawnFS struct {
+	*wal.OSFS
+	spawn func(run func())
+}
+
+func (fs spawnFS) Spawn(run func()) { fs.spawn(run) }
+
+// spawnFileWriter runs a database file's writer goroutine; closeResources
+// waits for them.
+func (n *Node) spawnFileWriter(run func()) {
+	n.fileWriters.Add(1)
+	go func() {
+		defer n.fileWriters.Done()
+		run()
+	}()
+}
+
 func (n *Node) open() error {
 	fs, err := wal.NewOSFS(n.cfg.Dir)
 	if err != nil {
@@ -343,7 +368,7 @@ func (n *Node) open() error {
 			return err
 		}
 		db.OwnVFS()
-	} else if db, err = fsm.OpenFiles(fs, vfsName, uint64(n.cfg.ID), DefaultDatabase, n.cfg.PageSize, n.cfg.Mode); err != nil {
+	} else if db, err = fsm.OpenFiles(spawnFS{fs, n.spawnFileWriter}, vfsName, uint64(n.cfg.ID), DefaultDatabase, n.cfg.PageSize, n.cfg.Mode); err != nil {
 		return fmt.Errorf("node %d: opening databases: %w", n.cfg.ID, err)
 	}
 	db.SetCacheBytes(n.cfg.CacheBytes, n.cfg.ReadCacheBytes)
@@ -742,6 +767,7 @@ func (n *Node) closeResources() {
 		n.db.Close() // and its VFS
 		n.db, n.vfs = nil, nil
 	}
+	n.fileWriters.Wait() // each stopped when the VFS closed its file
 	if n.wal != nil {
 		n.wal.Close()
 		n.wal = nil

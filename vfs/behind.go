@@ -32,6 +32,13 @@ const (
 	maxReserveAhead = 64 << 20
 )
 
+// Spawner is Files that can run a database file's writer goroutine (this
+// package starts none: its owner, the node, does). Spawner returns nil
+// when it cannot; then every file is written at once.
+type Spawner interface {
+	Spawner() func(run func())
+}
+
 // ErrWriteBehind wraps the failure of a write or sync that a database
 // file's writer goroutine carried out: the file misses what a checkpoint
 // wrote to it, so every later operation on it fails and the node must not
@@ -76,16 +83,16 @@ type behindChunk struct {
 	data []byte
 }
 
-// newBehindFile wraps f (an Allocator) and starts its writer goroutine,
-// which Close stops.
-func newBehindFile(f File, a Allocator) (*behindFile, error) {
+// newBehindFile wraps f (an Allocator) and has spawn run its writer
+// goroutine, which Close stops.
+func newBehindFile(f File, a Allocator, spawn func(func())) (*behindFile, error) {
 	size, err := f.Size()
 	if err != nil {
 		return nil, err
 	}
 	b := &behindFile{f: f, alloc: a, size: size, allocated: size, exited: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
-	go b.run()
+	spawn(b.run)
 	return b, nil
 }
 

@@ -92,7 +92,7 @@ func (f *gatedFile) Close() error { return nil }
 
 func newBehind(t *testing.T, f *gatedFile) *behindFile {
 	t.Helper()
-	b, err := newBehindFile(f, f)
+	b, err := newBehindFile(f, f, func(run func()) { go run() })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -112,8 +112,12 @@ func dqStoreOpen(vh C.uintptr_t, name *C.char, out *C.uintptr_t) C.int {
 		return codeIOErr
 	}
 	if a, ok := f.(Allocator); ok {
-		if bf, err := newBehindFile(f, a); err == nil {
-			f = bf // otherwise written at once, as files that are not Allocators
+		if sp, ok := v.files.open.(Spawner); ok {
+			if spawn := sp.Spawner(); spawn != nil {
+				if bf, err := newBehindFile(f, a, spawn); err == nil {
+					f = bf // otherwise written at once, as files that are not Allocators
+				}
+			}
 		}
 	}
 	s := &storeFile{v: v, name: n, f: f}
