@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"time"
 
 	"github.com/dqlite-go/dqlite/internal/assert"
 	"github.com/dqlite-go/dqlite/internal/mutant"
@@ -61,13 +60,6 @@ type DurableStateMachine interface {
 	// AppliedTo tells it every entry up to index is applied (entries it
 	// is not given, such as membership changes, included).
 	AppliedTo(index uint64)
-}
-
-func restore(sm StateMachine, index uint64, data []byte) error {
-	if d, ok := sm.(DurableStateMachine); ok {
-		return d.RestoreAt(index, data)
-	}
-	return sm.Restore(data)
 }
 
 // Default limits.
@@ -317,27 +309,6 @@ func New(cfg Config) (*Loop, error) {
 	return l, nil
 }
 
-// DefaultMaxStreamedSnapshotBytes bounds a streamed snapshot this node
-// receives (it goes to disk, not memory): 64 TiB.
-const DefaultMaxStreamedSnapshotBytes = 1 << 46
-
-// readSnapshotChunkBytes is the chunk size used to read a whole snapshot.
-const readSnapshotChunkBytes = 1 << 20
-
-func readSnapshot(s raft.Storage, index uint64) ([]byte, error) {
-	var data []byte
-	for {
-		chunk, last, err := s.SnapshotChunk(index, uint64(len(data)), readSnapshotChunkBytes)
-		if err != nil {
-			return nil, err
-		}
-		data = append(data, chunk...)
-		if last {
-			return data, nil
-		}
-	}
-}
-
 // Raft exposes the state machine for status queries (read only use).
 func (l *Loop) Raft() *raft.Raft { return l.raft }
 
@@ -401,122 +372,6 @@ func (l *Loop) Propose(id uint64, data []byte) Output {
 		l.ackEarly(req, nil)
 	}
 	return l.flush()
-}
-
-// Read submits a linearizable read: fn runs on the state machine once a
-// ReadIndex round confirmed leadership and the read point is applied.
-func (l *Loop) Read(id uint64, fn func() (any, error)) Output { return l.ReadIn(id, 0, fn) }
-
-// ReadIn is Read for a client session (0: none): a session whose
-// transaction the loop rolled back gets ErrTxAborted instead.
-func (l *Loop) ReadIn(id, session uint64, fn func() (any, error)) Output {
-	return l.ReadWith(id, session, ReadOptions{}, fn)
-}
-
-// ReadLevel says where a read may be served and what it promises (see
-// docs/CONSISTENCY.md).
-type ReadLevel uint8
-
-const (
-	// ReadLeader: linearizable, served by the leader only (from its
-	// lease, or after a heartbeat round); any other node refuses with
-	// ErrNotLeader. Clients of the original protocol get this level.
-	ReadLeader ReadLevel = iota
-	// ReadLinearizable: linearizable, served by any node that knows a
-	// leader: a follower or standby asks the leader for a read index and
-	// serves once it applied it.
-	ReadLinearizable
-	// ReadStale: served from this node's state when it is known to
-	// include every write committed more than MaxStaleness ago (on this
-	// node's clock); otherwise as ReadLinearizable, or, with no leader
-	// known, refused with raft.ErrTooStale.
-	ReadStale
-)
-
-// ReadOptions choose a read's level.
-type ReadOptions struct {
-	Level        ReadLevel
-	MaxStaleness time.Duration // ReadStale only
-}
-
-// ReadWith submits a read at the given level. A read in the session's
-// transaction spanning requests is served at ReadLeader whatever it asks
-// (the transaction lives on the leader).
-func (l *Loop) ReadWith(id, session uint64, o ReadOptions, fn func() (any, error)) Output {
-	if err := l.txAborted[session]; err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	if err := l.admit(id); err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	if session != 0 && session == l.tx {
-		o.Level = ReadLeader
-	}
-	var err error
-	switch o.Level {
-	case ReadLinearizable:
-		err = l.raft.ReadIndexAny(id)
-	case ReadStale:
-		err = l.raft.ReadStale(id, int64(o.MaxStaleness))
-	default:
-		err = l.raft.ReadIndex(id)
-	}
-	if err != nil {
-		l.out.Replies = append(l.out.Replies, Reply{ID: id, Err: err})
-		return l.flush()
-	}
-	l.track(&request{id: id, read: fn, session: session})
-	return l.flush()
-}
-
-func (l *Loop) admit(id uint64) error {
-	switch {
-	case l.writeErr != nil:
-		// Never executed, and this node will not lead again before a
-		// restart: "not leader" sends clients to the leader at once
-		// (before, they retried here in a tight loop of failures).
-		return fmt.Errorf("%w: %w: %v", ErrNotLeader, ErrStopped, l.writeErr)
-	case len(l.pending) >= l.cfg.MaxPendingRequests:
-		return fmt.Errorf("%w: %d pending", ErrBusy, len(l.pending))
-	case l.pending[id] != nil:
-		assert.Fail("request id %d reused while pending", id)
-	}
-	return nil
-}
-
-func (l *Loop) track(req *request) {
-	l.pending[req.id] = req
-	l.order = append(l.order, req.id)
-}
-
-func (l *Loop) finish(id uint64, rep Reply) {
-	req := l.pending[id]
-	if req == nil {
-		return
-	}
-	delete(l.pending, id)
-	if req.read == nil && req.index != 0 {
-		ids := l.byIndex[req.index][:0]
-		for _, other := range l.byIndex[req.index] {
-			if other != id {
-				ids = append(ids, other)
-			}
-		}
-		if len(ids) == 0 {
-			// The writer slot stays with the entry, not with its
-			// requests: a client that stopped waiting does not end the
-			// captured transaction (see releaseSlot).
-			delete(l.byIndex, req.index)
-		} else {
-			l.byIndex[req.index] = ids
-		}
-	}
-	if req.acked {
-		return // answered when proposed (mutant.LoopReplyBeforeApply)
-	}
-	l.out.Replies = append(l.out.Replies, rep)
 }
 
 // WriteDone reports that the last WriteJob finished.
@@ -631,35 +486,6 @@ func appendStaged(staged, ents []raft.Entry) []raft.Entry {
 	return append(staged, ents...)
 }
 
-func (l *Loop) installSnapshot(s *raft.Snapshot) {
-	if l.stream != nil && s.Data == nil {
-		// Streamed: the files first (their record is the commit point),
-		// then the log. A crash between leaves files ahead of the log,
-		// which a restart handles as after a checkpoint.
-		if err := l.stream.InstallReceived(s.Meta.Index); err != nil {
-			l.fail(fmt.Errorf("loop: installing streamed snapshot %d: %w", s.Meta.Index, err))
-			return
-		}
-		snap := *s
-		snap.Data = l.stream.Marker()
-		if err := l.storage.InstallSnapshot(snap); err != nil {
-			l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
-			return
-		}
-	} else {
-		if err := l.storage.InstallSnapshot(*s); err != nil {
-			l.fail(fmt.Errorf("loop: installing snapshot %d: %w", s.Meta.Index, err))
-			return
-		}
-		if err := restore(l.fsm, s.Meta.Index, s.Data); err != nil {
-			l.fail(fmt.Errorf("loop: restoring snapshot %d: %w", s.Meta.Index, err))
-			return
-		}
-	}
-	l.applied, l.snapshot = s.Meta.Index, s.Meta.Index
-	l.raft.Persisted(s.Meta.Index, s.Meta.Term)
-}
-
 func (l *Loop) apply(e raft.Entry) {
 	if l.writeErr != nil {
 		return // stopped: nothing more is applied (see fail)
@@ -701,137 +527,4 @@ func (l *Loop) apply(e raft.Entry) {
 		}
 		l.finish(id, Reply{ID: id, Result: res, Err: err, Index: e.Index})
 	}
-}
-
-func (l *Loop) serveReads() {
-	for _, id := range l.order {
-		req := l.pending[id]
-		if req == nil || !req.reading || (req.index > l.applied && !mutant.On(mutant.LoopReadBeforeApply)) {
-			continue
-		}
-		result, err := req.read()
-		l.finish(id, Reply{ID: id, Result: result, Err: err})
-	}
-}
-
-// failLostWrites fails the writes of a term this node no longer leads
-// whose index a snapshot covered (outcome unknown), or below whose index
-// an entry of a later term is committed (they did not happen). The others
-// wait for their index to apply (see apply), bounded by
-// RequestTimeoutTicks.
-func (l *Loop) failLostWrites() {
-	st := l.raft.Basic()
-	for _, id := range l.order {
-		req := l.pending[id]
-		if req == nil || req.read != nil || req.index == 0 {
-			continue
-		}
-		if st.Term != req.term || st.State != raft.StateLeader {
-			// Keep waiting: the apply path resolves the write by the
-			// term of the entry applied at its index. An entry another
-			// leader overwrote here is not lost yet: a node that holds
-			// it may still win an election and commit it (and then it
-			// comes back here); only a different entry committed at its
-			// index settles that it did not happen.
-			if _, err := l.raft.Term(req.index); errors.Is(err, raft.ErrCompacted) {
-				// A snapshot from the new leader covers the index: the
-				// entry there may or may not be ours.
-				l.finish(id, Reply{ID: id, Err: ErrUnknownOutcome})
-				continue
-			}
-			// It is settled, though, once an entry of a later term is
-			// committed at or below its index: a leader holding it
-			// would hold an entry of an earlier term there (log
-			// matching), so it can never commit. Terms grow along the
-			// log: the highest committed entry up to its index tells.
-			if j := min(st.Commit, req.index); j > 0 {
-				if t, err := l.raft.Term(j); err == nil && t > req.term {
-					l.finish(id, Reply{ID: id, Err: ErrLeadershipLost})
-				}
-			}
-		}
-	}
-}
-
-func (l *Loop) maybeSnapshot() {
-	if l.writeErr != nil {
-		return
-	}
-	if l.stream != nil {
-		// A snapshot of files costs a checkpoint, not an image: also
-		// take one every StreamSnapshotBytes of entries, so the log
-		// (and what a new node would be sent of it) stays small.
-		if l.applied-l.snapshot >= l.cfg.SnapshotThreshold || l.sinceSnapshotBytes >= StreamSnapshotBytes {
-			l.compact()
-		}
-		return
-	}
-	if l.applied-l.snapshot < l.cfg.SnapshotThreshold {
-		return
-	}
-	meta, err := l.raft.SnapshotMeta(l.applied)
-	if err != nil {
-		return
-	}
-	data, err := l.fsm.Snapshot()
-	var later interface{ SnapshotLater() bool }
-	if errors.As(err, &later) && later.SnapshotLater() {
-		return // e.g. a write is pending: the next apply tries again
-	}
-	if err == nil {
-		err = l.storage.CreateSnapshot(meta, data)
-	}
-	if err != nil {
-		l.fail(fmt.Errorf("loop: taking snapshot at %d: %w", l.applied, err))
-		return
-	}
-	l.snapshot = l.applied
-}
-
-// fail stops the node for good (until a restart): no more appends, applies
-// or messages, and every waiting request is answered now.
-func (l *Loop) fail(err error) {
-	if l.writeErr != nil {
-		return
-	}
-	l.writeErr = err
-	l.staged = nil
-	l.raft.StepDown()
-	l.failPending(err)
-}
-
-// failPending answers every waiting request of a stopped node: a write
-// already proposed may have committed (unknown outcome); anything else
-// never ran and goes to another node ("not leader").
-func (l *Loop) failPending(err error) {
-	for _, id := range append([]uint64(nil), l.order...) {
-		req := l.pending[id]
-		if req == nil {
-			continue
-		}
-		if req.read == nil && req.index != 0 {
-			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %w: %v", ErrUnknownOutcome, ErrStopped, err)})
-		} else {
-			l.finish(id, Reply{ID: id, Err: fmt.Errorf("%w: %w: %v", ErrNotLeader, ErrStopped, err)})
-		}
-	}
-	l.writeQueue = nil
-}
-
-// Err returns the failure that stopped the node (a storage failure, or
-// ErrApplyFailed), if any.
-func (l *Loop) Err() error { return l.writeErr }
-
-// compactOrder drops finished request ids from the arrival order.
-func (l *Loop) compactOrder() {
-	if len(l.order) <= 2*len(l.pending)+16 {
-		return
-	}
-	kept := l.order[:0]
-	for _, id := range l.order {
-		if l.pending[id] != nil {
-			kept = append(kept, id)
-		}
-	}
-	l.order = kept
 }
