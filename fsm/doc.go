@@ -4,8 +4,9 @@
 // entries to SQLite through package vfs. A DB is a node's set of databases
 // (databases.go, with snapshots and restore): each entry names the database
 // it writes, and snapshots carry every database an entry wrote. The leader
-// executes writes and transactions spanning requests (sqlite.go) and
-// batches of autocommit writes with their deduplication (batch.go); every
+// executes writes (sqlite.go), transactions spanning requests (tx.go) and
+// batches of autocommit writes with their deduplication (batch.go); reads
+// run on cursors (cursors.go); every
 // node applies committed entries (apply.go); a write sent as a query
 // returns its rows (rows.go). With a data directory (OpenFiles) the
 // databases are files with a record of the index each reflects
@@ -13,7 +14,9 @@
 // InspectFiles (inspect.go); without one (Open) they live in memory and
 // snapshots are whole images.
 //
-// Concurrency: none. The node's loop calls it from its one goroutine.
+// Concurrency: none. The node's loop calls it from its one goroutine (the
+// VFS may write a database file from a goroutine the node runs for it: see
+// vfs.Spawner).
 //
 // Invariants: commands are versioned and checksummed (CRC-32C); a command
 // that does not decode is corruption (ErrCorrupt), never applied in part.

@@ -55,7 +55,22 @@
 // # Concurrency
 //
 // One goroutine at a time per VFS instance. The C code has no locks of its
-// own; it runs under SQLite's calls from that goroutine.
+// own; it runs under SQLite's calls from that goroutine. The one exception
+// is a main File that can reserve space (an Allocator) opened through Files
+// that can run goroutines (a Spawner, the node's): its writes and syncs are
+// queued for a goroutine of its own (behind.go; reads see the queue), so
+// that a checkpoint does not wait for the disk. The package starts no
+// goroutine itself.
+//
+// # Checkpoints
+//
+// A checkpoint's page writes to a main File (between SQLite's CKPT_START
+// and CKPT_DONE file controls) are coalesced into writes of up to 1 MiB.
+// The last one happens after SQLite can hear of a failure: it fails the
+// truncate before a full checkpoint's backfill count, a partial
+// checkpoint's recorded count is put back, and Conn.Checkpoint returns
+// ErrCheckpointWrite. A database with a main File keeps the WAL and capture
+// room of its largest recent transaction until Trim finds it idle.
 //
 // # Linking
 //
