@@ -3,6 +3,7 @@ package fsm_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
@@ -156,5 +157,51 @@ func TestViewHoldsCheckpoints(t *testing.T) {
 	}
 	if w := l.db.WALSize(); w > 2*(4096+24)*1000 {
 		t.Fatalf("WAL of %d bytes after the view closed: checkpoints did not resume", w)
+	}
+}
+
+// TestInstallQuickCheckRejectsCorruptSource: a database the leader's file
+// holds corrupt streams with a matching checksum (it is computed over what
+// is sent); the receiver's quick_check, run on databases up to
+// MaxInstallCheckBytes, refuses the install, and the receiver keeps its
+// old state.
+func TestInstallQuickCheckRejectsCorruptSource(t *testing.T) {
+	l := newFileNode(t)
+	l.write("CREATE TABLE t(b)")
+	l.write("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 2000) INSERT INTO t SELECT randomblob(1000) FROM n")
+	if err := l.db.CheckpointAll(); err != nil {
+		t.Fatal(err)
+	}
+	names, err := l.disk.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := 0
+	for _, name := range names {
+		if strings.HasPrefix(name, "sqlite-") && strings.HasSuffix(name, ".db") && l.disk.Size(name) > 64*4096 {
+			for pg := int64(1); pg < 64; pg += 7 { // a page's type byte
+				if err := l.disk.FlipBit(name, pg*4096, 6); err != nil {
+					t.Fatal(err)
+				}
+			}
+			flipped++
+		}
+	}
+	if flipped != 1 {
+		t.Fatalf("corrupted %d database files, want 1 (files %v)", flipped, names)
+	}
+	idx, err := l.db.OpenView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFileNode(t)
+	f.write("CREATE TABLE t(b)")
+	f.write("INSERT INTO t VALUES (1)")
+	stream(t, l.db, f.db, idx, 1<<20) // every chunk accepted: the checksum matches
+	if err := f.db.InstallReceived(idx); !errors.Is(err, fsm.ErrCorrupt) {
+		t.Fatalf("installing a corrupt database: %v, want ErrCorrupt from quick_check", err)
+	}
+	if got := f.count(); got != 1 {
+		t.Fatalf("%d rows after the refused install, want the old 1", got)
 	}
 }
