@@ -722,6 +722,10 @@ func RunLarge(ctx context.Context, cfg LargeConfig) (res *LargeResult, err error
 		if res.JoinRole != "" && res.JoinReachedIndex >= res.JoinTargetIndex {
 			break
 		}
+		if m["dqlite_storage_failed"] > 0 { // stopped for good: do not wait out joinLimit
+			return res, fmt.Errorf("the 4th node's storage failed during the join, applied %d of %d (log %s)",
+				res.JoinReachedIndex, res.JoinTargetIndex, log4)
+		}
 		select {
 		case err := <-wait:
 			wait <- err
