@@ -51,6 +51,16 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 // storage failure (FileSyncError): the node stops.
 func (d *DB) Maintain() error {
 	d.vfs.Trim(walKeepTicks)
+	// A file whose goroutine failed a write (one no sync was asked for
+	// after, say: a snapshot view's passive checkpoint) stops the node
+	// now, as a failed sync does.
+	for _, name := range d.sortedNames() {
+		if err := d.vfs.FileFailed(name); err != nil {
+			x := d.dbs[name]
+			x.unsynced, x.syncOwed = true, false
+			return FileSyncError{d.checkpointError(x, err)}
+		}
+	}
 	synced := false
 	for _, name := range d.sortedNames() {
 		x := d.dbs[name]

@@ -1,10 +1,13 @@
 package fsm_test
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -461,5 +464,71 @@ func TestCheckpointWaitsForStalledDiskAtLaterTick(t *testing.T) {
 	}
 	if got := l.count(); got != 60000 {
 		t.Fatalf("%d rows, want 60000", got)
+	}
+}
+
+// failingFS is a real directory whose database files' writes fail with EIO
+// once failing is set, written from goroutines (as the node's).
+type failingFS struct {
+	*wal.OSFS
+	failing *atomic.Bool
+}
+
+func (failingFS) Spawn(run func()) { go run() }
+
+type failingDBFile struct {
+	slowFile
+	failing *atomic.Bool
+}
+
+func (f failingDBFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.failing.Load() {
+		return 0, syscall.EIO
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (fs failingFS) wrap(name string, f wal.File, err error) (wal.File, error) {
+	if err != nil || !strings.HasSuffix(name, ".db") {
+		return f, err
+	}
+	return failingDBFile{slowFile{f}, fs.failing}, nil
+}
+
+func (fs failingFS) Create(name string) (wal.File, error) {
+	f, err := fs.OSFS.Create(name)
+	return fs.wrap(name, f, err)
+}
+
+func (fs failingFS) Open(name string) (wal.File, error) {
+	f, err := fs.OSFS.Open(name)
+	return fs.wrap(name, f, err)
+}
+
+// TestBackgroundWriteFailureStopsNode: a snapshot view's passive checkpoint
+// queues pages for the file's goroutine with no sync asked for after them;
+// when their write fails, the next tick stops the node (FileSyncError)
+// instead of retrying checkpoints on a file that misses pages.
+func TestBackgroundWriteFailureStopsNode(t *testing.T) {
+	osfs, err := wal.NewOSFS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing := &atomic.Bool{}
+	l := &fileNode{t: t, os: failingFS{osfs, failing}}
+	l.open()
+	t.Cleanup(func() { l.db.Close() })
+	l.write("CREATE TABLE t(b)")
+	l.write("INSERT INTO t SELECT randomblob(1000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 50) SELECT i FROM n)")
+	if l.db.WALSize() == 0 {
+		t.Fatal("the WAL is empty: the view would checkpoint nothing")
+	}
+	failing.Store(true)
+	if _, err := l.db.OpenView(); err == nil {
+		t.Fatal("the view opened on a file whose checkpoint writes failed")
+	}
+	var fe fsm.FileSyncError
+	if err := l.db.Maintain(); !errors.As(err, &fe) {
+		t.Fatalf("the tick after a failed background write: %v, want a FileSyncError (the node stops)", err)
 	}
 }

@@ -90,6 +90,11 @@ func newBehindFile(f File, a Allocator, spawn func(func())) (*behindFile, error)
 	if err != nil {
 		return nil, err
 	}
+	// A filesystem that cannot reserve space (EOPNOTSUPP) gets no
+	// goroutine: its writes go to the file at once, as before.
+	if err := a.Allocate(size, 1); err != nil {
+		return nil, err
+	}
 	b := &behindFile{f: f, alloc: a, size: size, allocated: size, exited: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	spawn(b.run)
@@ -166,7 +171,7 @@ func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	end := off + int64(len(p))
 	if end > b.allocated {
-		from := max(b.allocated, off)
+		from := b.allocated // a gap before off too: it is allocated up to here
 		if err := b.alloc.Allocate(from, end-from); err != nil {
 			return 0, err
 		}
@@ -238,6 +243,7 @@ func (b *behindFile) Truncate(size int64) error {
 			return b.err
 		}
 		b.allocated = min(b.allocated, size)
+		b.reserveWant = min(b.reserveWant, size) // not the freed space again
 	}
 	if err := b.f.Truncate(size); err != nil {
 		return err
@@ -251,6 +257,13 @@ func (b *behindFile) hasRoom(n int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.queued == 0 || b.queued+n <= MaxWriteBehindBytes
+}
+
+// failed returns the goroutine's failure, if any.
+func (b *behindFile) failed() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 // flush waits until the queued writes are written (not synced).

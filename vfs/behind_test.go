@@ -168,8 +168,11 @@ func TestBehindFileServesQueuedWrites(t *testing.T) {
 // and queues nothing; once space returns, writes go through, and the
 // goroutine reserves room ahead of them (so the loop need not).
 func TestBehindFileFullDisk(t *testing.T) {
-	f := &gatedFile{allocErr: syscall.ENOSPC}
+	f := &gatedFile{}
 	b := newBehind(t, f)
+	f.mu.Lock()
+	f.allocErr = syscall.ENOSPC // the disk fills after the file opened
+	f.mu.Unlock()
 	if _, err := b.WriteAt(make([]byte, 4096), 0); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("write without space: %v, want ENOSPC", err)
 	}
@@ -283,5 +286,44 @@ func TestBehindFileSyncNotHeldBackByLaterWrites(t *testing.T) {
 	}
 	if len(f.data) != 5*4096 {
 		t.Fatalf("%d bytes written, want %d", len(f.data), 5*4096)
+	}
+}
+
+// TestBehindFileWithoutReservations: a file whose filesystem cannot
+// reserve space gets no goroutine (its writes then go to it at once).
+func TestBehindFileWithoutReservations(t *testing.T) {
+	f := &gatedFile{allocErr: syscall.EOPNOTSUPP}
+	if _, err := newBehindFile(f, f, func(run func()) { go run() }); !errors.Is(err, syscall.EOPNOTSUPP) {
+		t.Fatalf("wrapping a file that cannot reserve space: %v, want EOPNOTSUPP", err)
+	}
+}
+
+// TestBehindFileShrinkDropsReservation: after a shrink, the goroutine does
+// not reserve the freed space again.
+func TestBehindFileShrinkDropsReservation(t *testing.T) {
+	f := &gatedFile{}
+	b := newBehind(t, f)
+	if _, err := b.WriteAt(make([]byte, 8<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.allocated = 0 // what the shrink freed
+	f.mu.Unlock()
+	if _, err := b.WriteAt(make([]byte, 4096), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.allocated > 8192+maxReserveAhead/8 {
+		t.Fatalf("after shrinking to 4 KiB and writing 4 KiB, %d bytes are reserved again", f.allocated)
 	}
 }

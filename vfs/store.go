@@ -161,6 +161,7 @@ func dqStoreWrite(h C.uintptr_t, p unsafe.Pointer, n C.int, off C.longlong) C.in
 func dqStoreTruncate(h C.uintptr_t, size C.longlong) C.int {
 	s := storeOf(h)
 	s.unsynced = true
+	s.writes++ // a sync asked for before it does not cover it
 	if err := s.f.Truncate(int64(size)); err != nil {
 		s.v.noteFileError(s, "truncate", err)
 		return ioCode(err, codeTruncate)
@@ -265,6 +266,23 @@ func (v *VFS) StartSync(db string) error {
 	}
 	if err := wb.WriteBack(0, size); err != nil {
 		return fmt.Errorf("vfs: write-back of database file %q: %w", db, err)
+	}
+	return nil
+}
+
+// FileFailed returns the failure of a write or sync that db's main file's
+// goroutine carried out (nil if none, or if the file has no goroutine):
+// the file then misses pages SQLite was told it holds, and must not be
+// trusted again.
+func (v *VFS) FileFailed(db string) error {
+	s := v.storeOf(db)
+	if s == nil {
+		return nil
+	}
+	if bf, ok := s.f.(*behindFile); ok {
+		if err := bf.failed(); err != nil {
+			return fmt.Errorf("vfs: database file %q: %w", db, err)
+		}
 	}
 	return nil
 }
