@@ -59,15 +59,12 @@ func newClusterWith(t *testing.T, n int, mode fsm.Mode, snapEvery uint64, opts f
 		m.Servers = append(m.Servers, raft.Server{ID: raft.NodeID(i), Role: raft.Voter})
 	}
 	for i := 1; i <= n; i++ {
-		v, err := vfs.New(fmt.Sprintf("cluster-%d", vfsSeq.Add(1)), uint64(i), false)
+		db, err := openMode(fmt.Sprintf("cluster-%d", vfsSeq.Add(1)), uint64(i), mode)
 		if err != nil {
 			t.Fatal(err)
 		}
+		v := db.VFS()
 		v.SetTime(int64(1_700_000_000_000 + i*3_600_000)) // every node's clock differs
-		db, err := fsm.Open(v, "db", 4096, mode)
-		if err != nil {
-			t.Fatal(err)
-		}
 		s := store{raft.NewMemoryStorage()}
 		if err := s.MemoryStorage.Append([]raft.Entry{raft.BootstrapEntry(m)}); err != nil {
 			t.Fatal(err)
@@ -85,7 +82,7 @@ func newClusterWith(t *testing.T, n int, mode fsm.Mode, snapEvery uint64, opts f
 			t.Fatal(err)
 		}
 		c.nodes = append(c.nodes, &node{id: raft.NodeID(i), v: v, db: db, s: s, l: l})
-		t.Cleanup(func() { db.Close(); v.Close() })
+		t.Cleanup(func() { db.Close() })
 	}
 	return c
 }
@@ -372,9 +369,9 @@ func TestBatchedWritesGroupCommit(t *testing.T) {
 }
 
 // TestLocalCheckpointsBoundTheWAL writes far more frames than the
-// checkpoint threshold (and no snapshot is taken): every node checkpoints
-// on its own, so no WAL grows past the threshold much, and every replica
-// ends with the same rows.
+// checkpoint threshold (and no snapshot is taken), with a tick after each
+// write: every node checkpoints on its own at its ticks, so no WAL grows
+// past the threshold much, and every replica ends with the same rows.
 func TestLocalCheckpointsBoundTheWAL(t *testing.T) {
 	c := newCluster(t, 3, fsm.ModeFrames, 0)
 	l := c.elect()
@@ -383,6 +380,7 @@ func TestLocalCheckpointsBoundTheWAL(t *testing.T) {
 	var peak int64
 	for i := 0; i < 1500; i++ {
 		c.mustExec(l, "INSERT INTO t VALUES (randomblob(1000))")
+		c.tick(1)
 		for _, n := range c.nodes {
 			peak = max(peak, n.db.WALSize())
 		}

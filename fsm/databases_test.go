@@ -12,7 +12,6 @@ import (
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
-	"github.com/dqlite-go/dqlite/vfs"
 )
 
 // solo is one fsm.DB without Raft: writes are executed and applied at once.
@@ -24,15 +23,11 @@ type solo struct {
 
 func newSolo(t *testing.T, mode fsm.Mode) *solo {
 	t.Helper()
-	v, err := vfs.New(fmt.Sprintf("solo-%d", vfsSeq.Add(1)), 1, false)
+	db, err := openMode(fmt.Sprintf("solo-%d", vfsSeq.Add(1)), 1, mode)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := fsm.Open(v, "db", 4096, mode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(); v.Close() })
+	t.Cleanup(func() { db.Close() })
 	return &solo{t: t, db: db}
 }
 
@@ -411,11 +406,7 @@ func TestBatchesStayInOneDatabase(t *testing.T) {
 // FuzzRestore: no snapshot bytes make Restore panic, and one it accepts
 // leaves every database it names readable.
 func FuzzRestore(f *testing.F) {
-	v, err := vfs.New(fmt.Sprintf("fuzz-src-%d", vfsSeq.Add(1)), 1, false)
-	if err != nil {
-		f.Fatal(err)
-	}
-	src, err := fsm.Open(v, "db", 4096, fsm.ModeFrames)
+	src, err := openMode(fmt.Sprintf("fuzz-src-%d", vfsSeq.Add(1)), 1, fsm.ModeFrames)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -436,7 +427,6 @@ func FuzzRestore(f *testing.F) {
 		f.Fatal(err)
 	}
 	src.Close()
-	v.Close()
 	f.Add(snap)
 	f.Add(snap[:40])
 	f.Add([]byte("DQSQLv02\xff\xff\xff\xff"))

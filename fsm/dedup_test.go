@@ -7,7 +7,6 @@ import (
 
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/raft"
-	"github.com/dqlite-go/dqlite/vfs"
 )
 
 // leaderDB executes batches and applies them as a leader would.
@@ -18,12 +17,7 @@ type leaderDB struct {
 }
 
 func newLeaderDB(t *testing.T) *leaderDB {
-	v, err := vfs.New(fmt.Sprintf("dedup-%d", vfsSeq.Add(1)), 1, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(v.Close)
-	db, err := fsm.Open(v, "db", 4096, fsm.ModeFrames)
+	db, err := openMode(fmt.Sprintf("dedup-%d", vfsSeq.Add(1)), 1, fsm.ModeFrames)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,9 @@
 // returns its rows (rows.go). With a data directory (OpenFiles) the
 // databases are files with a record of the index each reflects
 // (files.go), snapshots are streamed from them (stream.go) and checked by
-// InspectFiles (inspect.go); without one (Open) they live in memory and
-// snapshots are whole images.
+// InspectFiles (inspect.go). Frames mode has only this path (tests and the
+// simulator use an in-memory faulty disk); statement mode alone opens its
+// databases in memory (Open), with whole images as snapshots.
 //
 // Concurrency: none. The node's loop calls it from its one goroutine (the
 // VFS may write a database file from a goroutine the node runs for it: see

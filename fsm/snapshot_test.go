@@ -5,19 +5,13 @@ import (
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
-	"github.com/dqlite-go/dqlite/vfs"
 )
 
 // restoreCount restores snap into a fresh database and returns its row
 // count of t, after an integrity check.
 func restoreCount(t *testing.T, snap []byte) int64 {
 	t.Helper()
-	v, err := vfs.New(fmt.Sprintf("restore-%d", vfsSeq.Add(1)), 1, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	db, err := fsm.Open(v, "db", 4096, fsm.ModeFrames)
+	db, err := openMode(fmt.Sprintf("restore-%d", vfsSeq.Add(1)), 1, fsm.ModeFrames)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -95,9 +96,20 @@ type DB struct {
 	phase                 string // see Phase
 }
 
-// Open opens the set of databases on v, with def as its default database
-// (opened, created if need be); databases it creates have pageSize.
+// ErrFramesNeedFiles: frames mode keeps its databases in files (OpenFiles;
+// tests and the simulator use an in-memory faulty disk), never in memory.
+var ErrFramesNeedFiles = errors.New("fsm: frames mode keeps its databases in files: use OpenFiles")
+
+// Open opens the set of databases of statement mode on v, in memory, with
+// def as its default database (opened, created if need be); databases it
+// creates have pageSize. Statement mode replays statements, which is exact
+// only from a state that is exactly an entry's (not from a file a
+// checkpoint left ahead of its recorded index), so its snapshots are whole
+// images. Frames mode is refused (ErrFramesNeedFiles).
 func Open(v *vfs.VFS, def string, pageSize int, mode Mode) (*DB, error) {
+	if mode == ModeFrames {
+		return nil, ErrFramesNeedFiles
+	}
 	if !validPageSize(uint32(pageSize)) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
 	}

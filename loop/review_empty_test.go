@@ -9,7 +9,6 @@ import (
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/internal/faultfs"
 	"github.com/dqlite-go/dqlite/raft"
-	"github.com/dqlite-go/dqlite/vfs"
 )
 
 var reviewVFSSeq atomic.Uint64
@@ -117,15 +116,11 @@ type scratch struct {
 }
 
 func newScratch(t *testing.T) *scratch {
-	v, err := vfs.New(fmt.Sprintf("review-scratch-%d", reviewVFSSeq.Add(1)), 1, false)
+	db, err := fsm.OpenFiles(faultfs.NewDisk(1), fmt.Sprintf("review-scratch-%d", reviewVFSSeq.Add(1)), 1, "db", 4096, fsm.ModeFrames)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := fsm.Open(v, "db", 4096, fsm.ModeFrames)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close(); v.Close() })
+	t.Cleanup(func() { db.Close() })
 	return &scratch{t: t, db: db}
 }
 
