@@ -309,10 +309,28 @@ func (d *DB) Image(name string) ([]byte, error) {
 	if d.pending && d.pendingDB.name == name {
 		return nil, errors.New("fsm: a write is pending, try again")
 	}
+	if n, err := d.vfs.ImageBound(name); err != nil {
+		return nil, err
+	} else if n > imageLimit {
+		return nil, fmt.Errorf("%w: database %q is %d bytes with its WAL, the limit is %d (copy a node's database file instead; see docs/OPERATIONS.md)",
+			ErrImageTooLarge, name, n, imageLimit)
+	}
 	// The committed state whatever the WAL holds: no checkpoint (one
 	// under an open cursor would leave the WAL copied but not truncated).
 	return d.vfs.Image(name)
 }
+
+// MaxImageBytes bounds the database an Image is made of (the DUMP request,
+// ImageHash): the image is built in memory, in C and then in Go, so a
+// DUMP costs twice the database. A client of the original protocol takes
+// responses up to 1 GiB.
+const MaxImageBytes = 256 << 20
+
+// imageLimit is MaxImageBytes; a variable only so tests can lower it.
+var imageLimit int64 = MaxImageBytes
+
+// ErrImageTooLarge: the database is past MaxImageBytes.
+var ErrImageTooLarge = errors.New("fsm: database too large for an in-memory image")
 
 // WALSizes is the size in bytes of each written database's WAL (see
 // Names).

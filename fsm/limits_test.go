@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dqlite-go/dqlite/internal/faultfs"
 	"github.com/dqlite-go/dqlite/raft"
 	"github.com/dqlite-go/dqlite/vfs"
 )
@@ -183,5 +184,33 @@ func TestBatchPastMaxStatements(t *testing.T) {
 	rows, err := db.Conn().Query("SELECT count(*) FROM t")
 	if err != nil || rows[0][0].(int64) != 0 {
 		t.Fatalf("rows after the refused batch: %v %v", rows, err)
+	}
+}
+
+// TestImageLimit: an image (the DUMP request) of a database past the limit
+// is refused before anything is built in memory, with the sizes in the
+// error; one within it is built.
+func TestImageLimit(t *testing.T) {
+	d, err := OpenFiles(faultfs.NewDisk(3), "image-limit", 1, "db", 4096, ModeFrames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	cmd, _, errs := d.ExecuteBatch([]any{&BatchItem{SQL: "CREATE TABLE t(b); INSERT INTO t SELECT randomblob(1000) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 100) SELECT i FROM n)"}})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	d.Proposed(1, 1)
+	if _, err := d.Apply(raft.Entry{Index: 1, Term: 1, Data: cmd}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := d.Image("db")
+	if err != nil || len(img) < 100*1000 {
+		t.Fatalf("image of %d bytes (%v), want the database's", len(img), err)
+	}
+	defer func(old int64) { imageLimit = old }(imageLimit)
+	imageLimit = int64(len(img)) / 2
+	if _, err := d.Image("db"); !errors.Is(err, ErrImageTooLarge) {
+		t.Fatalf("image past the limit: %v, want ErrImageTooLarge", err)
 	}
 }

@@ -1254,6 +1254,18 @@ int dq_wal_size(dq_vfs *v, const char *name, long long *size) {
 	return d ? SQLITE_OK : SQLITE_NOTFOUND;
 }
 
+/* dq_image_bound is at least the size of d's image: its main file's size
+ * plus its WAL's. */
+int dq_image_bound(dq_vfs *v, const char *name, long long *size) {
+	dq_db *d = db_find(v, name, 0);
+	*size = 0;
+	if (!d) return SQLITE_NOTFOUND;
+	sqlite3_int64 m = main_size(d);
+	if (m < 0) return SQLITE_IOERR;
+	*size = m + d->wal.size;
+	return SQLITE_OK;
+}
+
 /* dq_wal_memory is the room a database's WAL buffer and its capture hold
  * allocated. */
 int dq_wal_memory(dq_vfs *v, const char *name, long long *size) {

@@ -255,7 +255,18 @@ func (v *VFS) Image(db string) ([]byte, error) {
 		return nil, fmt.Errorf("vfs: image of %s: out of memory or no such database", db)
 	}
 	defer C.free(unsafe.Pointer(p))
-	return C.GoBytes(unsafe.Pointer(p), C.int(size)), nil
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(p)), int64(size))...), nil
+}
+
+// ImageBound is at least the size of db's image (Image): its main file's
+// size plus its WAL's.
+func (v *VFS) ImageBound(db string) (int64, error) {
+	var size C.longlong
+	rc := withName(db, func(c *C.char) C.int { return C.dq_image_bound(v.c, c, &size) })
+	if rc != 0 {
+		return 0, fmt.Errorf("vfs: size of %s: code %d", db, int(rc))
+	}
+	return int64(size), nil
 }
 
 // WALSize returns the size of db's WAL in bytes.

@@ -31,6 +31,7 @@ unsigned char *dq_image(dq_vfs *v, const char *name, long long *size);
 int dq_wal_size(dq_vfs *v, const char *name, long long *size);
 int dq_wal_memory(dq_vfs *v, const char *name, long long *size);
 long long dq_trim(dq_vfs *v, int idle_ticks);
+int dq_image_bound(dq_vfs *v, const char *name, long long *size);
 int dq_restore(dq_vfs *v, const char *name, const unsigned char *data, long long size);
 int dq_clear(dq_vfs *v, const char *name);
 typedef struct sqlite3_stmt sqlite3_stmt;
