@@ -51,6 +51,7 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 // storage failure (FileSyncError): the node stops.
 func (d *DB) Maintain() error {
 	d.vfs.Trim(walKeepTicks)
+	d.abortLongDumps()
 	// A file whose goroutine failed a write (one no sync was asked for
 	// after, say: a snapshot view's passive checkpoint) stops the node
 	// now, as a failed sync does.

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/dqlite-go/dqlite/internal/mutant"
@@ -73,6 +74,10 @@ type database struct {
 	// syncIndex to the next tick (finishSync).
 	syncOwed  bool
 	syncIndex uint64
+	// dumps are the DUMPs reading its file (see dump.go): its checkpoints
+	// wait for them; dumpAborted tells them to stop.
+	dumps       int
+	dumpAborted *atomic.Bool
 }
 
 // reader is a read connection and whether a query is open on it.

@@ -351,8 +351,8 @@ func (d *DB) checkpointFile(x *database) (bool, error) {
 // finds the kernel has written most of the pages back meanwhile: no tick
 // both copies the WAL and waits for the disk.
 func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
-	if d.view != nil {
-		return false, nil // a view being sent needs the files as they are
+	if d.view != nil || x.dumps > 0 {
+		return false, nil // a view being sent, or a DUMP, needs the file as it is
 	}
 	defer d.enter(PhaseCheckpoint)()
 	if err := d.markDirty(x); err != nil {

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dqlite-go/dqlite/fsm"
@@ -349,6 +351,51 @@ func (b backend) Dump(ctx context.Context, name string) ([]byte, error) {
 		return nil, err
 	}
 	return b.n.Dump(name)
+}
+
+// DumpStream sends a DUMP from the database's file (wire.DumpStreamer): the
+// file is brought up to date and its checkpoints paused on the loop, and
+// the connection's goroutine reads it. A database without a file of its
+// own (statement mode, or never written) has its image sent (Dump).
+func (b backend) DumpStream(ctx context.Context, name string) (int64, io.ReadCloser, error) {
+	// On the leader, a linearizable read point first, as for Dump.
+	if b.n.IsLeader() {
+		if _, err := b.n.request(ctx, func(id uint64) loop.Output {
+			return b.n.loop.Read(id, func() (any, error) { return nil, nil })
+		}); err != nil {
+			return 0, nil, err
+		}
+	}
+	var u *fsm.Dump
+	var err error
+	if !b.n.do(func() { u, err = b.n.db.OpenDump(name) }) {
+		return 0, nil, ErrClosed
+	}
+	if err != nil || u == nil {
+		return 0, nil, err
+	}
+	return u.Size(), &dumpBody{n: b.n, u: u}, nil
+}
+
+// dumpBody reads a DUMP's file; Close resumes the database's checkpoints.
+type dumpBody struct {
+	n    *Node
+	u    *fsm.Dump
+	once sync.Once
+}
+
+func (d *dumpBody) Read(p []byte) (int, error) { return d.u.Read(p) }
+
+func (d *dumpBody) Close() error {
+	err := d.u.Close()
+	d.once.Do(func() {
+		d.n.post(func() {
+			if d.n.db != nil {
+				d.n.db.Release(d.u)
+			}
+		})
+	})
+	return err
 }
 
 func (b backend) Add(ctx context.Context, id uint64, address string) error {

@@ -42,7 +42,7 @@ type Backend interface {
 	// INTERRUPT arrived): they fail and never run.
 	Interrupt(session uint64)
 	Cluster() []ServerInfo
-	// Dump returns the database image.
+	// Dump returns the database image (see also DumpStreamer).
 	Dump(ctx context.Context, name string) ([]byte, error)
 	Add(ctx context.Context, id uint64, address string) error
 	Assign(ctx context.Context, id, role uint64) error
