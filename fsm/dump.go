@@ -20,6 +20,10 @@ import (
 // free): the client may try again.
 var ErrDumpLater = errors.New("fsm: the database is busy, try the DUMP again")
 
+// MaxDumps bounds the DUMPs reading one database's file at once (each
+// holds its checkpoints back).
+const MaxDumps = 4
+
 // ErrDumpAborted: the dump held the database's checkpoints back while its
 // WAL passed MaxHeldWALBytes (the client read it too slowly).
 var ErrDumpAborted = errors.New("fsm: DUMP aborted: it held the database's checkpoints back too long")
@@ -85,6 +89,12 @@ func (d *DB) OpenDump(name string) (*Dump, error) {
 	id, ok := d.files.open[name]
 	if !ok {
 		return nil, nil
+	}
+	// No new dump while the ones open are many, aborted, or have let the
+	// WAL grow long: the checkpoints must get their turn (a client sending
+	// DUMP after DUMP would otherwise hold them back for good).
+	if x.dumps >= MaxDumps || x.dumps > 0 && x.dumpAborted.Load() || d.vfs.WALSize(name) > MaxHeldWALBytes/2 {
+		return nil, ErrDumpLater
 	}
 	if d.vfs.WALSize(name) != 0 {
 		r, err := d.freeReader(x)

@@ -77,3 +77,50 @@ func TestDumpAbortedWhenHeldTooLong(t *testing.T) {
 		t.Fatalf("the WAL holds %d bytes after the aborted dump was released and a tick", w)
 	}
 }
+
+// TestDumpsCannotHoldCheckpointsForever: while a dump is aborted (and not
+// yet released), or MaxDumps are open, a new DUMP is refused, so a client
+// sending DUMP after DUMP cannot keep the database's checkpoints back; once
+// they are released a tick checkpoints.
+func TestDumpsCannotHoldCheckpointsForever(t *testing.T) {
+	l := newFileNode(t)
+	l.write("CREATE TABLE t(b)")
+	l.write("INSERT INTO t VALUES (1)")
+	var open []*fsm.Dump
+	for i := 0; i < fsm.MaxDumps; i++ {
+		u, err := l.db.OpenDump("db")
+		if err != nil || u == nil {
+			t.Fatalf("dump %d: %v, %v", i, u, err)
+		}
+		open = append(open, u)
+	}
+	if _, err := l.db.OpenDump("db"); !errors.Is(err, fsm.ErrDumpLater) {
+		t.Fatalf("dump %d: %v, want ErrDumpLater", fsm.MaxDumps+1, err)
+	}
+	for l.db.WALSize() <= fsm.MaxHeldWALBytes {
+		l.write(dumpInsert) // aborts the open dumps
+	}
+	last := open[len(open)-1]
+	last.Close()
+	l.db.Release(last)
+	open = open[:len(open)-1]
+	if _, err := l.db.OpenDump("db"); !errors.Is(err, fsm.ErrDumpLater) {
+		t.Fatalf("a dump while others are aborted: %v, want ErrDumpLater", err)
+	}
+	for _, u := range open {
+		u.Close()
+		l.db.Release(u)
+	}
+	if err := l.db.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	if w := l.db.WALSize(); w != 0 {
+		t.Fatalf("the WAL holds %d bytes after the dumps were released and a tick", w)
+	}
+	u, err := l.db.OpenDump("db")
+	if err != nil || u == nil {
+		t.Fatalf("a dump after the others were released: %v, %v", u, err)
+	}
+	u.Close()
+	l.db.Release(u)
+}
