@@ -267,7 +267,7 @@ func TestCheckpointOnOSFilesInBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &fileNode{t: t, os: spawnFS{fs}}
+	l := &fileNode{t: t, os: nodeFS{fs, nil}}
 	l.open()
 	t.Cleanup(func() { l.db.Close() })
 	l.write("CREATE TABLE t(b)")
@@ -292,45 +292,56 @@ func TestCheckpointOnOSFilesInBackground(t *testing.T) {
 	}
 }
 
-// slowFS is a real directory whose database files are Allocators (so the
-// VFS writes them from a goroutine) on a slow disk: each write takes
-// 20 ms, so a checkpoint's writes are still queued when a view opens.
-type slowFS struct{ *wal.OSFS }
+// nodeFS is a real directory as the node's: it runs the database files'
+// writer goroutines (vfs.Spawner), and each database file's writes first
+// call before (nil: none), which may wait or fail them.
+type nodeFS struct {
+	*wal.OSFS
+	before func() error
+}
 
-// Spawn runs the database files' writer goroutines (as the node does).
-func (slowFS) Spawn(run func()) { go run() }
+func (nodeFS) Spawn(run func()) { go run() }
 
-// spawnFS is a real directory that runs the files' writer goroutines.
-type spawnFS struct{ *wal.OSFS }
+// hookedFile is a database file whose writes call before first. It keeps
+// the OS file's Allocate, so the VFS writes it from a goroutine.
+type hookedFile struct {
+	wal.File
+	before func() error
+}
 
-func (spawnFS) Spawn(run func()) { go run() }
-
-type slowFile struct{ wal.File }
-
-func (f slowFile) Allocate(off, n int64) error {
+func (f hookedFile) Allocate(off, n int64) error {
 	return f.File.(interface{ Allocate(off, n int64) error }).Allocate(off, n)
 }
 
-func (f slowFile) WriteAt(p []byte, off int64) (int, error) {
-	time.Sleep(20 * time.Millisecond) // the slow disk, not a wait for an event
+func (f hookedFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.before(); err != nil {
+		return 0, err
+	}
 	return f.File.WriteAt(p, off)
 }
 
-func (fs slowFS) wrap(name string, f wal.File, err error) (wal.File, error) {
-	if err != nil || !strings.HasSuffix(name, ".db") {
+func (fs nodeFS) wrap(name string, f wal.File, err error) (wal.File, error) {
+	if err != nil || fs.before == nil || !strings.HasSuffix(name, ".db") {
 		return f, err
 	}
-	return slowFile{f}, nil
+	return hookedFile{f, fs.before}, nil
 }
 
-func (fs slowFS) Create(name string) (wal.File, error) {
+func (fs nodeFS) Create(name string) (wal.File, error) {
 	f, err := fs.OSFS.Create(name)
 	return fs.wrap(name, f, err)
 }
 
-func (fs slowFS) Open(name string) (wal.File, error) {
+func (fs nodeFS) Open(name string) (wal.File, error) {
 	f, err := fs.OSFS.Open(name)
 	return fs.wrap(name, f, err)
+}
+
+// slowDisk is nodeFS's hook for a slow disk: each write takes 20 ms, so a
+// checkpoint's writes are still queued when a view opens.
+func slowDisk() error {
+	time.Sleep(20 * time.Millisecond) // the slow disk, not a wait for an event
+	return nil
 }
 
 // TestViewAfterQueuedCheckpoint: a view opened while the checkpoint's
@@ -342,7 +353,7 @@ func TestViewAfterQueuedCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &fileNode{t: t, os: slowFS{osfs}}
+	l := &fileNode{t: t, os: nodeFS{osfs, slowDisk}}
 	l.open()
 	t.Cleanup(func() { l.db.Close() })
 	l.write("CREATE TABLE t(b)")
@@ -366,15 +377,8 @@ func TestViewAfterQueuedCheckpoint(t *testing.T) {
 	}
 }
 
-// gatedFS is slowFS whose database files' writes wait while the gate is
-// shut (a disk stalled while the filesystem commits).
-type gatedFS struct {
-	*wal.OSFS
-	gate *gate
-}
-
-func (gatedFS) Spawn(run func()) { go run() }
-
+// gate is nodeFS's hook for a disk that stalls (while the filesystem
+// commits, say): writes wait while it is shut.
 type gate struct {
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -388,35 +392,13 @@ func (g *gate) set(shut bool) {
 	g.mu.Unlock()
 }
 
-type gatedDBFile struct {
-	slowFile
-	gate *gate
-}
-
-func (f gatedDBFile) WriteAt(p []byte, off int64) (int, error) {
-	f.gate.mu.Lock()
-	for f.gate.shut {
-		f.gate.cond.Wait()
+func (g *gate) wait() error {
+	g.mu.Lock()
+	for g.shut {
+		g.cond.Wait()
 	}
-	f.gate.mu.Unlock()
-	return f.File.WriteAt(p, off)
-}
-
-func (fs gatedFS) wrap(name string, f wal.File, err error) (wal.File, error) {
-	if err != nil || !strings.HasSuffix(name, ".db") {
-		return f, err
-	}
-	return gatedDBFile{slowFile{f}, fs.gate}, nil
-}
-
-func (fs gatedFS) Create(name string) (wal.File, error) {
-	f, err := fs.OSFS.Create(name)
-	return fs.wrap(name, f, err)
-}
-
-func (fs gatedFS) Open(name string) (wal.File, error) {
-	f, err := fs.OSFS.Open(name)
-	return fs.wrap(name, f, err)
+	g.mu.Unlock()
+	return nil
 }
 
 // TestCheckpointWaitsForStalledDiskAtLaterTick: while the file's goroutine
@@ -431,7 +413,7 @@ func TestCheckpointWaitsForStalledDiskAtLaterTick(t *testing.T) {
 	}
 	g := &gate{}
 	g.cond = sync.NewCond(&g.mu)
-	l := &fileNode{t: t, os: gatedFS{osfs, g}}
+	l := &fileNode{t: t, os: nodeFS{osfs, g.wait}}
 	l.open()
 	t.Cleanup(func() {
 		g.set(false) // let the goroutine finish if the test failed
@@ -467,44 +449,6 @@ func TestCheckpointWaitsForStalledDiskAtLaterTick(t *testing.T) {
 	}
 }
 
-// failingFS is a real directory whose database files' writes fail with EIO
-// once failing is set, written from goroutines (as the node's).
-type failingFS struct {
-	*wal.OSFS
-	failing *atomic.Bool
-}
-
-func (failingFS) Spawn(run func()) { go run() }
-
-type failingDBFile struct {
-	slowFile
-	failing *atomic.Bool
-}
-
-func (f failingDBFile) WriteAt(p []byte, off int64) (int, error) {
-	if f.failing.Load() {
-		return 0, syscall.EIO
-	}
-	return f.File.WriteAt(p, off)
-}
-
-func (fs failingFS) wrap(name string, f wal.File, err error) (wal.File, error) {
-	if err != nil || !strings.HasSuffix(name, ".db") {
-		return f, err
-	}
-	return failingDBFile{slowFile{f}, fs.failing}, nil
-}
-
-func (fs failingFS) Create(name string) (wal.File, error) {
-	f, err := fs.OSFS.Create(name)
-	return fs.wrap(name, f, err)
-}
-
-func (fs failingFS) Open(name string) (wal.File, error) {
-	f, err := fs.OSFS.Open(name)
-	return fs.wrap(name, f, err)
-}
-
 // TestBackgroundWriteFailureStopsNode: a snapshot view's passive checkpoint
 // queues pages for the file's goroutine with no sync asked for after them;
 // when their write fails, the next tick stops the node (FileSyncError)
@@ -515,7 +459,12 @@ func TestBackgroundWriteFailureStopsNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	failing := &atomic.Bool{}
-	l := &fileNode{t: t, os: failingFS{osfs, failing}}
+	l := &fileNode{t: t, os: nodeFS{osfs, func() error {
+		if failing.Load() {
+			return syscall.EIO
+		}
+		return nil
+	}}}
 	l.open()
 	t.Cleanup(func() { l.db.Close() })
 	l.write("CREATE TABLE t(b)")
