@@ -101,16 +101,24 @@ func fromFileOnly(t *testing.T, fs *memFiles) int64 {
 	return count(t, c, "t")
 }
 
-// TestCheckpointWritesCoalesced: a checkpoint of 2,000 rows (about 520
-// pages, appended in page order) reaches the file in a few writes of up to
-// 1 MiB, not one per page, and the file alone then holds every row.
-func TestCheckpointWritesCoalesced(t *testing.T) {
+// newBlobTable is a VFS over memFiles with table t holding rows 1..2000
+// (applied, not checkpointed) and the connection that wrote them.
+func newBlobTable(t *testing.T) (*memFiles, *VFS, *Conn) {
+	t.Helper()
 	fs := &memFiles{}
 	v := newFilesVFS(t, fs)
 	c := open(t, v, "db", 4096)
 	exec(t, c, "CREATE TABLE t (k INTEGER PRIMARY KEY, b BLOB)")
 	commit(t, v, "db")
 	insertBlobs(t, v, c, 1, 2000)
+	return fs, v, c
+}
+
+// TestCheckpointWritesCoalesced: a checkpoint of 2,000 rows (about 520
+// pages, appended in page order) reaches the file in a few writes of up to
+// 1 MiB, not one per page, and the file alone then holds every row.
+func TestCheckpointWritesCoalesced(t *testing.T) {
+	fs, v, c := newBlobTable(t)
 	fs.writes = 0
 	if err := c.Checkpoint(); err != nil {
 		t.Fatal(err)
@@ -131,12 +139,7 @@ func TestCheckpointWritesCoalesced(t *testing.T) {
 // Then the checkpoint fails and records nothing: the WAL keeps its frames,
 // every row reads back, and a later checkpoint completes the file.
 func TestCheckpointLastWriteFails(t *testing.T) {
-	fs := &memFiles{}
-	v := newFilesVFS(t, fs)
-	c := open(t, v, "db", 4096)
-	exec(t, c, "CREATE TABLE t (k INTEGER PRIMARY KEY, b BLOB)")
-	commit(t, v, "db")
-	insertBlobs(t, v, c, 1, 2000)
+	fs, v, c := newBlobTable(t)
 	end := query(t, c, "PRAGMA page_count")[0][0].(int64) * 4096
 	fs.fail = func(off int64, n int) bool { return off+int64(n) == end }
 	if err := c.Checkpoint(); err == nil {
@@ -168,12 +171,7 @@ func TestCheckpointLastWriteFails(t *testing.T) {
 // write fails, the backfill count is put back: readers keep taking those
 // pages from the WAL, never the stale ones from the file.
 func TestPartialCheckpointLastWriteFails(t *testing.T) {
-	fs := &memFiles{}
-	v := newFilesVFS(t, fs)
-	c := open(t, v, "db", 4096)
-	exec(t, c, "CREATE TABLE t (k INTEGER PRIMARY KEY, b BLOB)")
-	commit(t, v, "db")
-	insertBlobs(t, v, c, 1, 2000)
+	fs, v, c := newBlobTable(t)
 	end := query(t, c, "PRAGMA page_count")[0][0].(int64) * 4096
 	old := open(t, v, "db", 4096)
 	exec(t, old, "BEGIN")
