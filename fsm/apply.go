@@ -13,6 +13,7 @@ import (
 // (to the database the entry names, created if this node has none of that
 // name yet).
 func (d *DB) Apply(e raft.Entry) (any, error) {
+	defer d.end(d.begin(WorkApply))
 	kind, err := KindOf(e.Data)
 	if err != nil {
 		return nil, fmt.Errorf("fsm: entry %d: %w", e.Index, err)

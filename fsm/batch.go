@@ -128,6 +128,7 @@ func (x *database) dedupRows(client, seq uint64) (*Rows, error) {
 // batches writes of one group: see loop.WriteRequest.Group); an item of
 // another one fails.
 func (d *DB) ExecuteBatch(items []any) ([]byte, []any, []error) {
+	defer d.end(d.begin(WorkExecute))
 	results := make([]any, len(items))
 	errs := make([]error, len(items))
 	fail := func(err error) ([]byte, []any, []error) {

@@ -392,6 +392,7 @@ type snapshotImage struct {
 // checkpoint part way (the image does not depend on the checkpoint either
 // way).
 func (d *DB) Snapshot() ([]byte, error) {
+	defer d.end(d.begin(WorkSnapshot))
 	if d.pending || d.txDB != nil {
 		return nil, ErrSnapshotBusy
 	}
@@ -505,6 +506,7 @@ func (d *DB) Restore(data []byte) error { return d.RestoreAt(0, data) }
 // (at index) replaces the old one once they are synced, so a crash leaves
 // the old set or the new one.
 func (d *DB) RestoreAt(index uint64, data []byte) error {
+	defer d.end(d.begin(WorkSnapshot))
 	defer d.enter(PhaseRestore)()
 	imgs, err := d.decodeSnapshot(data)
 	if err != nil {

@@ -76,6 +76,7 @@ func (d *DB) Release(u *Dump) {
 // a database without a file of its own (in memory, or never written): its
 // DUMP is the image (Image).
 func (d *DB) OpenDump(name string) (*Dump, error) {
+	defer d.end(d.begin(WorkSnapshot))
 	if err := CheckDatabaseName(name); err != nil {
 		return nil, err
 	}

@@ -358,7 +358,10 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	if err := d.markDirty(x); err != nil {
 		return false, d.checkpointError(x, err)
 	}
-	if err := x.conn.Checkpoint(); err != nil {
+	m := d.begin(WorkCheckpoint)
+	err := x.conn.Checkpoint()
+	d.end(m)
+	if err != nil {
 		return false, d.checkpointError(x, err)
 	}
 	if d.vfs.WALSize(x.name) != 0 {
@@ -369,13 +372,19 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	}
 	if deferSync && !x.unsynced {
 		x.syncOwed, x.syncIndex = true, d.appliedIndex
-		if err := d.vfs.StartSync(x.name); err != nil {
+		m := d.begin(WorkSync)
+		err := d.vfs.StartSync(x.name)
+		d.end(m)
+		if err != nil {
 			return false, d.checkpointError(x, err) // the sync next tick reports the loss
 		}
 		return true, nil
 	}
 	if !mutant.On(mutant.FSMRecordBeforeSync) {
-		if err := d.vfs.SyncFile(x.name); err != nil {
+		m := d.begin(WorkSync)
+		err := d.vfs.SyncFile(x.name)
+		d.end(m)
+		if err != nil {
 			// After a failed sync the kernel may have dropped the dirty
 			// pages and a later sync succeed without them: this file is
 			// never trusted again (F stays; a restart replays the log).
@@ -407,7 +416,9 @@ func (d *DB) finishSync(x *database) error {
 	}
 	defer d.enter(PhaseCheckpoint)()
 	if !mutant.On(mutant.FSMRecordBeforeSync) {
+		m := d.begin(WorkSync)
 		done, err := d.vfs.FinishSync(x.name)
+		d.end(m)
 		if err != nil {
 			x.syncOwed = false
 			x.unsynced = true
@@ -472,7 +483,10 @@ func (d *DB) writeRecordAt(at *database, atIndex uint64) error {
 		dirty = max(dirty, idx, x.dirty)
 		rec.dbs[name] = fileEntry{file: id, pageSize: x.pageSize, index: idx, dirty: dirty}
 	}
-	if err := d.files.write(rec); err != nil {
+	m := d.begin(WorkRecord)
+	err := d.files.write(rec)
+	d.end(m)
+	if err != nil {
 		return err
 	}
 	for name, e := range rec.dbs {

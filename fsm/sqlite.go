@@ -94,6 +94,7 @@ type DB struct {
 	// cacheWrite and cacheRead are the page cache sizes (0: defaults).
 	cacheWrite, cacheRead int64
 	phase                 string // see Phase
+	work                  workTimer
 }
 
 // ErrFramesNeedFiles: frames mode keeps its databases in files (OpenFiles;
@@ -176,6 +177,7 @@ func (d *DB) Mode() Mode { return d.mode }
 // nothing runs until apply. A nil command with a nil error means the
 // statement wrote nothing.
 func (d *DB) Execute(client, seq uint64, sql string, params []Value) ([]byte, Result, error) {
+	defer d.end(d.begin(WorkExecute))
 	if d.pending {
 		return nil, Result{}, fmt.Errorf("fsm: a write is already pending")
 	}

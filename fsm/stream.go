@@ -75,6 +75,7 @@ func (viewLater) SnapshotLater() bool { return true }
 // above) and returns that index. An open view is reused, whatever its
 // index (several replicas may be receiving it).
 func (d *DB) OpenView() (uint64, error) {
+	defer d.end(d.begin(WorkSnapshot))
 	if d.files == nil {
 		return 0, errors.New("fsm: snapshot views need files")
 	}
@@ -187,6 +188,7 @@ func (d *DB) ViewOpen() (uint64, bool) {
 // and whether they end it; raft.ErrSnapshotChanged when no view at index is
 // open.
 func (d *DB) ReadView(index, offset uint64, maxBytes int) ([]byte, bool, error) {
+	defer d.end(d.begin(WorkSnapshot))
 	v := d.view
 	if v == nil || v.index != index {
 		return nil, false, raft.ErrSnapshotChanged
@@ -282,6 +284,7 @@ const MaxInstallCheckBytes = 64 << 20
 
 // WriteSnapshotChunk receives one chunk of a snapshot (raft.SnapshotSink).
 func (d *DB) WriteSnapshotChunk(meta raft.SnapshotMeta, offset uint64, data []byte, done bool) error {
+	defer d.end(d.begin(WorkSnapshot))
 	if d.files == nil {
 		return errors.New("fsm: receiving a streamed snapshot needs files")
 	}
@@ -491,6 +494,7 @@ func (d *DB) dropReceived(in *incoming) {
 // leaves the old set (the new files are removed at the next open), after
 // it the new one.
 func (d *DB) InstallReceived(index uint64) error {
+	defer d.end(d.begin(WorkSnapshot))
 	in := d.ready
 	if in == nil || !in.done || in.meta.Index != index {
 		return fmt.Errorf("fsm: no complete received snapshot at %d to install", index)

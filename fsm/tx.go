@@ -42,6 +42,7 @@ var (
 // rows, sql is one statement whose rows the result carries (see
 // BatchItem.Rows).
 func (d *DB) ExecuteTx(db, sql string, params []Value, rows bool) (cmd []byte, res Result, open bool, err error) {
+	defer d.end(d.begin(WorkExecute))
 	if d.pending {
 		return nil, Result{}, d.txDB != nil, fmt.Errorf("fsm: a write is already pending")
 	}

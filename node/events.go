@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/loop"
 	"github.com/dqlite-go/dqlite/raft"
 )
@@ -61,12 +62,27 @@ func (n *Node) noteEvent(start time.Time) {
 	}
 	kind := n.eventKind
 	n.eventKind = ""
+	var work [fsm.NumWork]int64
+	if n.db != nil {
+		work = n.db.TakeWork()
+	}
 	if d > slowEvent {
 		n.metrics.eventsSlow.Add(1)
 		if kind == "" {
 			kind = "other"
 		}
-		n.log.Warn("slow loop event", "duration", d, "event", kind)
+		// What the databases' work took of it; the rest is Raft, the
+		// log's bookkeeping and the replies.
+		attrs := []any{"duration", d, "event", kind}
+		rest := d
+		for w, ns := range work {
+			if ns > 0 {
+				attrs = append(attrs, fsm.Work(w).String(), time.Duration(ns))
+				rest -= time.Duration(ns)
+			}
+		}
+		attrs = append(attrs, "rest", rest)
+		n.log.Warn("slow loop event", attrs...)
 	}
 }
 

@@ -370,6 +370,7 @@ func (n *Node) open() error {
 		return fmt.Errorf("node %d: opening databases: %w", n.cfg.ID, err)
 	}
 	db.SetCacheBytes(n.cfg.CacheBytes, n.cfg.ReadCacheBytes)
+	db.SetClock(monotonicClock()) // what slow loop events spent their time on
 	n.db, n.vfs = db, db.VFS()
 	n.vfs.SetTime(time.Now().UnixMilli())
 	lc := loop.Config{
