@@ -76,7 +76,23 @@ type behindFile struct {
 	err                              error // the goroutine's first failure
 	closing                          bool
 	exited                           chan struct{}
+	// free are written chunks' buffers kept for later writes: a
+	// checkpoint queues tens of megabytes, and fresh memory for each
+	// costs page faults and garbage collection inside the loop event
+	// (5-45 ms for 20 MB measured under load). Queue and free together
+	// stay within MaxWriteBehindBytes; trim drops them when idle.
+	free      [][]byte
+	wrote     bool // since the last trim
+	idleTrims int
 }
+
+// Queued writes of at least behindPoolMin bytes (a checkpoint's, which the
+// C side coalesces into chunks of behindChunkBytes) are copied into pooled
+// buffers of behindChunkBytes.
+const (
+	behindChunkBytes = 1 << 20
+	behindPoolMin    = 64 << 10
+)
 
 type behindChunk struct {
 	off  int64
@@ -148,6 +164,9 @@ func (b *behindFile) run() {
 			b.queue[0] = behindChunk{}
 			b.queue = b.queue[1:]
 			b.queued -= int64(len(c.data))
+			if cap(c.data) == behindChunkBytes && b.queued+int64(len(b.free)+1)*behindChunkBytes <= MaxWriteBehindBytes {
+				b.free = append(b.free, c.data[:0])
+			}
 			b.writtenSeq++
 			b.cond.Broadcast()
 		case b.closing:
@@ -180,12 +199,44 @@ func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
 	if ahead := min(max(b.size/8, minReserveAhead), maxReserveAhead); b.allocated < max(b.size, end)+ahead/2 {
 		b.reserveWant = max(b.reserveWant, max(b.size, end)+ahead)
 	}
-	b.queue = append(b.queue, behindChunk{off: off, data: append([]byte(nil), p...)})
+	b.queue = append(b.queue, behindChunk{off: off, data: b.copyOf(p)})
+	b.wrote = true
 	b.queued += int64(len(p))
 	b.queuedSeq++
 	b.size = max(b.size, end)
 	b.cond.Broadcast()
 	return len(p), nil
+}
+
+// copyOf copies p for the queue, into a pooled buffer if it is a
+// checkpoint's chunk.
+func (b *behindFile) copyOf(p []byte) []byte {
+	if len(p) < behindPoolMin || len(p) > behindChunkBytes {
+		return append([]byte(nil), p...)
+	}
+	var buf []byte
+	if k := len(b.free); k > 0 {
+		buf, b.free[k-1] = b.free[k-1][:len(p)], nil
+		b.free = b.free[:k-1]
+	} else {
+		buf = make([]byte, len(p), behindChunkBytes)
+	}
+	copy(buf, p)
+	return buf
+}
+
+// trim drops the pooled buffers once idleTicks calls in a row (one a
+// tick: VFS.Trim) found no write since the last.
+func (b *behindFile) trim(idleTicks int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.wrote {
+		b.wrote, b.idleTrims = false, 0
+		return
+	}
+	if b.idleTrims++; b.idleTrims >= idleTicks {
+		b.free = nil
+	}
 }
 
 // ReadAt reads the file with the queued writes laid over it.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -325,5 +326,53 @@ func TestBehindFileShrinkDropsReservation(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.allocated > 8192+maxReserveAhead/8 {
 		t.Fatalf("after shrinking to 4 KiB and writing 4 KiB, %d bytes are reserved again", f.allocated)
+	}
+}
+
+// TestBehindFileReusesChunkBuffers: a checkpoint's chunk, once written,
+// leaves its buffer for the next one (no fresh megabyte a chunk), the
+// file holds every chunk's bytes, and idle ticks give the buffers back.
+func TestBehindFileReusesChunkBuffers(t *testing.T) {
+	f := &gatedFile{data: make([]byte, 4*behindChunkBytes)}
+	b := newBehind(t, f)
+	chunk := make([]byte, behindChunkBytes)
+	n := 0
+	write := func() {
+		off := int64(n%4) * behindChunkBytes
+		chunk[0], chunk[len(chunk)-1] = byte(n), byte(n)+1
+		if _, err := b.WriteAt(chunk, off); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.flush(); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	write()
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	for i := 0; i < 20; i++ {
+		write()
+	}
+	runtime.ReadMemStats(&ms1)
+	if grown := ms1.TotalAlloc - ms0.TotalAlloc; grown > behindChunkBytes {
+		t.Errorf("20 chunks of 1 MiB allocated %d bytes: their buffers were not reused", grown)
+	}
+	got := readAll(t, b)
+	for i := n - 4; i < n; i++ {
+		off := (i % 4) * behindChunkBytes
+		if got[off] != byte(i) || got[off+behindChunkBytes-1] != byte(i)+1 {
+			t.Fatalf("chunk %d: %d..%d", i, got[off], got[off+behindChunkBytes-1])
+		}
+	}
+	b.trim(3) // a tick after writes: not idle yet
+	if b.free == nil {
+		t.Fatal("the buffers dropped at a tick after writes")
+	}
+	for i := 0; i < 3; i++ {
+		b.trim(3)
+	}
+	if b.free != nil {
+		t.Errorf("%d buffers kept after 3 idle ticks", len(b.free))
 	}
 }

@@ -290,8 +290,20 @@ func (v *VFS) WALMemory(db string) int64 {
 // Trim gives back the WAL and capture room that databases with a main
 // File have kept (see WALMemory) once idleTicks calls in a row found no
 // write and no replicated frames on them; an emptied WAL keeps at most
-// 4 MiB. The node calls it once a tick. It returns the bytes freed.
-func (v *VFS) Trim(idleTicks int) int64 { return int64(C.dq_trim(v.c, C.int(idleTicks))) }
+// 4 MiB. Files written by a goroutine drop their pooled buffers the same
+// way. The node calls it once a tick. It returns the WAL bytes freed.
+func (v *VFS) Trim(idleTicks int) int64 {
+	if v.files != nil {
+		v.files.mu.Lock()
+		for _, s := range v.files.live {
+			if bf, ok := s.f.(*behindFile); ok {
+				bf.trim(idleTicks)
+			}
+		}
+		v.files.mu.Unlock()
+	}
+	return int64(C.dq_trim(v.c, C.int(idleTicks)))
+}
 
 // Restore replaces db with an image. No connection may be inside a
 // transaction; connections should be reopened afterwards.
