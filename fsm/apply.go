@@ -154,17 +154,49 @@ const heldBackCheckpoints = 4
 // checkpointBeforeWrite checkpoints x before a write is executed on it when
 // the ticks' checkpoints have been held back long enough (see
 // heldBackCheckpoints). Only a failed sync (FileSyncError) is returned.
+// The loop runs these checkpoints in an event of their own first
+// (RunHeldCheckpoints); this is for callers that do not.
 func (d *DB) checkpointBeforeWrite(x *database) error {
-	if d.files == nil || !x.checkpointDue || d.pending || d.txDB != nil || x.cursors > 0 {
-		return nil
-	}
-	if d.vfs.WALSize(x.name) < heldBackCheckpoints*d.checkpointWALBytes(x) {
+	if !d.heldBack(x) {
 		return nil
 	}
 	due, err := d.maybeCheckpoint(x)
 	x.checkpointDue = due
 	return err
 }
+
+// heldBack reports whether x's checkpoint has been held back long enough
+// to run before the next write.
+func (d *DB) heldBack(x *database) bool {
+	return d.files != nil && x.checkpointDue && !d.pending && d.txDB == nil && x.cursors == 0 &&
+		d.vfs.WALSize(x.name) >= heldBackCheckpoints*d.checkpointWALBytes(x)
+}
+
+// RunHeldCheckpoints runs the checkpoints the ticks have held back long
+// enough (see heldBackCheckpoints), and reports whether it copied any WAL:
+// the loop calls it before it starts a write and, when it did, starts the
+// write at its next event, so that no loop event both copies a WAL of tens
+// of megabytes and executes a write. Only a failed sync (FileSyncError) is
+// returned.
+func (d *DB) RunHeldCheckpoints() (bool, error) {
+	if d.files == nil || d.pending || d.txDB != nil {
+		return false, nil
+	}
+	before := d.checkpoints
+	for _, name := range d.sortedNames() {
+		if x := d.dbs[name]; d.heldBack(x) {
+			due, err := d.maybeCheckpoint(x)
+			x.checkpointDue = due
+			if err != nil {
+				return d.checkpoints != before, err
+			}
+		}
+	}
+	return d.checkpoints != before, nil
+}
+
+// Checkpoints counts the checkpoints that copied a WAL into its file.
+func (d *DB) Checkpoints() uint64 { return d.checkpoints }
 
 // noteCheckpoint keeps a checkpoint's failure for CheckpointStats and
 // returns it if the node must stop (a FileSyncError); other failures are

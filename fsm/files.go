@@ -364,6 +364,7 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	if err != nil {
 		return false, d.checkpointError(x, err)
 	}
+	d.checkpoints++
 	if d.vfs.WALSize(x.name) != 0 {
 		return false, nil
 	}

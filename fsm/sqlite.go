@@ -74,6 +74,7 @@ type DB struct {
 	// ErrCheckpoint); lastCheckpointErr is the latest failure.
 	checkpointFailures uint64
 	lastCheckpointErr  error
+	checkpoints        uint64 // see Checkpoints
 	// view is the snapshot view being sent (stream.go), in the snapshot
 	// being received; viewsOpened and viewsOverrun count views.
 	view                      *view

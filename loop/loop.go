@@ -162,6 +162,9 @@ type Output struct {
 	Messages []raft.Message
 	Write    *WriteJob
 	Replies  []Reply
+	// Again asks for another event soon (Continue): this one left work
+	// for it (a write that waits for the checkpoint it ran to be done).
+	Again bool
 }
 
 // request is a client request waiting in the loop.
@@ -208,6 +211,10 @@ type Loop struct {
 	// stream is the state machine when it streams snapshots (nil: whole
 	// snapshots); viewIdle counts ticks since its view was last read.
 	stream   StreamingStateMachine
+	// pumpLater: this event copied a WAL (a tick's checkpoint), so it
+	// starts no write; the next event does. heldRan: the next write's
+	// held-back checkpoints ran (see pumpWrites).
+	pumpLater, heldRan bool
 	viewIdle int
 	// sinceSnapshotBytes is the entry data applied since the last
 	// snapshot (streaming state machines snapshot by size too).
@@ -374,6 +381,10 @@ func (l *Loop) Propose(id uint64, data []byte) Output {
 	return l.flush()
 }
 
+// Continue is the event an Output with Again asked for: it carries on
+// with the work the last event left (the next write).
+func (l *Loop) Continue() Output { return l.flush() }
+
 // WriteDone reports that the last WriteJob finished.
 func (l *Loop) WriteDone(job *WriteJob, err error) Output {
 	assert.That(l.writing, "WriteDone without a write in flight")
@@ -400,6 +411,7 @@ func (l *Loop) flush() Output {
 		l.handleUpdate(u)
 	}
 	l.pumpWrites()
+	l.pumpLater = false
 	for l.raft.HasUpdate() {
 		u := l.raft.Update()
 		l.handleUpdate(u)

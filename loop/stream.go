@@ -30,6 +30,12 @@ type StreamingStateMachine interface {
 	// tick, so that no write's reply waits for one); an error stops the
 	// node.
 	Maintain() error
+	// RunHeldCheckpoints runs, before a write starts, the checkpoints
+	// that writes have held back too long, and reports whether it ran
+	// any; an error stops the node.
+	RunHeldCheckpoints() (bool, error)
+	// Checkpoints counts the checkpoints run.
+	Checkpoints() uint64
 	// OpenView opens a view of the state at the last applied index and
 	// returns that index (an error with SnapshotLater() true: not now).
 	OpenView() (uint64, error)
@@ -110,10 +116,13 @@ func (l *Loop) tickView() {
 		return
 	}
 	if l.writeErr == nil {
+		before := l.stream.Checkpoints()
 		if err := l.stream.Maintain(); err != nil {
 			l.fail(fmt.Errorf("loop: database file failed: %w", err))
 			return
 		}
+		// A tick that copied a WAL starts no write (see pumpWrites).
+		l.pumpLater = l.stream.Checkpoints() != before
 	}
 	if _, open := l.stream.ViewOpen(); !open {
 		l.viewIdle = 0

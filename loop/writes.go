@@ -213,6 +213,27 @@ func (l *Loop) pumpWrites() {
 		if t, _ := l.raft.Term(b.Commit); t != b.Term || l.applied < b.Commit {
 			return // barrier: not everything committed is applied yet
 		}
+		// One loop event copies a WAL or executes a write, not both
+		// (each can take tens of milliseconds): a checkpoint this event
+		// ran, or one the writes have held back too long, goes first,
+		// and the write waits for the next event.
+		if l.pumpLater {
+			l.out.Again = true
+			return
+		}
+		if l.stream != nil && !l.heldRan {
+			ran, err := l.stream.RunHeldCheckpoints()
+			if err != nil {
+				l.fail(fmt.Errorf("loop: database file failed: %w", err))
+				return
+			}
+			if ran {
+				l.heldRan = true // once a write: a checkpoint cut short
+				l.out.Again = true
+				return
+			}
+		}
+		l.heldRan = false
 		l.assertSlotFree()
 		var batch []*request
 		for len(l.writeQueue) > 0 && len(batch) < l.cfg.MaxBatch {

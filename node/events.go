@@ -103,6 +103,15 @@ func (n *Node) handle(out loop.Output) {
 			ch <- r
 		}
 	}
+	if out.Again {
+		// The loop left work for another event (a write waiting for the
+		// checkpoint this one ran). When the queue is full, the events
+		// in it carry on instead (as does the next tick).
+		select {
+		case n.events <- n.continueEvent:
+		default:
+		}
+	}
 	// The membership changes with its entry's index (or, when an entry is
 	// overwritten at the same index, with the term).
 	if ci, t := n.loop.Raft().ConfigIndex(), n.loop.Raft().Basic().Term; ci != n.seenConfigIndex || t != n.seenConfigTerm || n.members.Load() == nil {

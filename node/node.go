@@ -186,6 +186,8 @@ type Node struct {
 	// eventKind names the loop event being handled, for the slow-event
 	// log (owned by the loop goroutine).
 	eventKind string
+	// continueEvent is the event an Output with Again asks for.
+	continueEvent func()
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
@@ -262,6 +264,10 @@ func New(cfg Config) (*Node, error) {
 		disk: make(chan *loop.WriteJob, 1), peers: map[raft.NodeID]*peer{}, waiters: map[uint64]chan loop.Reply{},
 		stop: make(chan struct{}), changed: make(chan struct{}), rolesKick: make(chan struct{}, 1),
 		addrHints: map[raft.NodeID]string{}}
+	n.continueEvent = func() {
+		n.eventKind = "continue"
+		n.handle(n.loop.Continue())
+	}
 	if cfg.ClusterKey == nil && cfg.PeerCAs == nil {
 		n.log.Warn("peer links are open: anything that reaches the port can act as a member "+
 			"(set a cluster key or peer certificates; see docs/OPERATIONS.md)", "address", cfg.Address)

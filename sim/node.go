@@ -214,6 +214,10 @@ func (s *Sim) take(n *node, out loop.Output) {
 	for _, r := range out.Replies {
 		s.reply(n, r)
 	}
+	if out.Again {
+		// As the node posts itself an event: after what is queued now.
+		s.after(0, &event{kind: evContinue, node: n.id, inc: n.inc})
+	}
 }
 
 func (s *Sim) deliver(m raft.Message) {

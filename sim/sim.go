@@ -160,6 +160,7 @@ const (
 	evWriteDone
 	evClient
 	evFault
+	evContinue // an Output asked for another event (Again)
 )
 
 type event struct {
@@ -450,6 +451,13 @@ func (s *Sim) handle(e *event) {
 			// the log, and the next append stops the node).
 			_ = n.disk.RemoveCompacted()
 		}
+	case evContinue:
+		n := s.nodes[e.node]
+		if n == nil || !n.up || n.inc != e.inc || n.paused || n.stalled {
+			return // a later event (a tick, a message) carries on
+		}
+		s.count("event-continued")
+		s.take(n, n.loop.Continue())
 	case evClient, evFault:
 		e.fn()
 	}

@@ -386,5 +386,9 @@ func (h sqlHook) ReplayBound() uint64  { return h.n.db.ReplayBound() }
 func (h sqlHook) FinishReplay() error  { return h.n.db.FinishReplay() }
 func (h sqlHook) Maintain() error      { return h.n.db.Maintain() }
 func (h sqlHook) CheckpointAll() error { return h.n.db.CheckpointAll() }
+func (h sqlHook) Checkpoints() uint64  { return h.n.db.Checkpoints() }
+func (h sqlHook) RunHeldCheckpoints() (bool, error) {
+	return h.n.db.RunHeldCheckpoints()
+}
 
 var _ loop.StreamingStateMachine = sqlHook{}
