@@ -210,12 +210,12 @@ type Loop struct {
 	snapshot uint64 // index of the last snapshot taken
 	// stream is the state machine when it streams snapshots (nil: whole
 	// snapshots); viewIdle counts ticks since its view was last read.
-	stream StreamingStateMachine
+	stream   StreamingStateMachine
+	viewIdle int
 	// pumpLater: this event copied a WAL (a tick's checkpoint), so it
 	// starts no write; the next event does. heldRan: the next write's
 	// held-back checkpoints ran (see pumpWrites).
 	pumpLater, heldRan bool
-	viewIdle           int
 	// sinceSnapshotBytes is the entry data applied since the last
 	// snapshot (streaming state machines snapshot by size too).
 	sinceSnapshotBytes int64
