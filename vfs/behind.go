@@ -51,10 +51,13 @@ var ErrWriteBehind = errors.New("vfs: a database file's background write failed"
 // space at once (so a full disk fails it while SQLite can still hear of it),
 // copies the bytes and returns. Reads see the queued writes. Sync waits for
 // the queue; startSync and syncDone let the caller sync without waiting.
-// A write or sync the goroutine fails makes every later operation fail.
+// Writes to the file's mark file (see Marked) go through the same queue,
+// in order. A write or sync the goroutine fails makes every later
+// operation fail.
 type behindFile struct {
 	f     File
 	alloc Allocator
+	mark  File // the mark file (nil: none)
 
 	mu        sync.Mutex
 	cond      *sync.Cond // the queue, the sync counters or closing changed
@@ -67,15 +70,13 @@ type behindFile struct {
 	reserveWant   int64
 	reserveFailed bool
 	// syncAsked counts syncs asked for, syncFinished those carried out.
-	// A sync comes after every write queued before it was asked for, and
-	// before the writes queued since (so a steady stream of writes does
-	// not hold it back): queuedSeq and writtenSeq count the writes queued
-	// and done, syncAfter is queuedSeq when the last sync was asked for.
-	syncAsked, syncFinished          uint64
-	queuedSeq, writtenSeq, syncAfter uint64
-	err                              error // the goroutine's first failure
-	closing                          bool
-	exited                           chan struct{}
+	// A sync is a queue item: it comes after every write queued before it
+	// and before the writes queued since (so a steady stream of writes
+	// does not hold it back).
+	syncAsked, syncFinished uint64
+	err                     error // the goroutine's first failure
+	closing                 bool
+	exited                  chan struct{}
 	// free are written chunks' buffers kept for later writes: a
 	// checkpoint queues tens of megabytes, and fresh memory for each
 	// costs page faults and garbage collection inside the loop event
@@ -94,14 +95,19 @@ const (
 	behindPoolMin    = 64 << 10
 )
 
+// behindChunk is a queue item: a write of data at off; with mark, a write
+// of data at off to the mark file, then its sync; with sync (number n), a
+// sync of the file, then (data not nil) the mark write and its sync.
 type behindChunk struct {
-	off  int64
-	data []byte
+	off        int64
+	data       []byte
+	mark, sync bool
+	n          uint64
 }
 
 // newBehindFile wraps f (an Allocator) and has spawn run its writer
 // goroutine, which Close stops.
-func newBehindFile(f File, a Allocator, spawn func(func())) (*behindFile, error) {
+func newBehindFile(f File, a Allocator, mark File, spawn func(func())) (*behindFile, error) {
 	size, err := f.Size()
 	if err != nil {
 		return nil, err
@@ -111,7 +117,7 @@ func newBehindFile(f File, a Allocator, spawn func(func())) (*behindFile, error)
 	if err := a.Allocate(size, 1); err != nil {
 		return nil, err
 	}
-	b := &behindFile{f: f, alloc: a, size: size, allocated: size, exited: make(chan struct{})}
+	b := &behindFile{f: f, alloc: a, mark: mark, size: size, allocated: size, exited: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	spawn(b.run)
 	return b, nil
@@ -135,39 +141,28 @@ func (b *behindFile) run() {
 			} else {
 				b.allocated = max(b.allocated, from+n)
 			}
-		case b.syncFinished < b.syncAsked && b.writtenSeq >= b.syncAfter:
-			want := b.syncAsked
-			failed := b.err != nil
-			b.mu.Unlock()
-			var err error
-			if !failed {
-				err = b.f.Sync()
-			}
-			b.mu.Lock()
-			if err != nil && b.err == nil {
-				b.err = fmt.Errorf("%w: sync: %w", ErrWriteBehind, err)
-			}
-			b.syncFinished = want
-			b.cond.Broadcast()
 		case len(b.queue) > 0:
 			c := b.queue[0]
 			failed := b.err != nil
 			b.mu.Unlock()
 			var err error
 			if !failed { // a file already missing a write is not written further
-				_, err = b.f.WriteAt(c.data, c.off)
+				err = b.carryOut(c)
 			}
 			b.mu.Lock()
 			if err != nil && b.err == nil {
-				b.err = fmt.Errorf("%w: write of %d bytes at %d: %w", ErrWriteBehind, len(c.data), c.off, err)
+				b.err = err
 			}
 			b.queue[0] = behindChunk{}
 			b.queue = b.queue[1:]
-			b.queued -= int64(len(c.data))
-			if cap(c.data) == behindChunkBytes && b.queued+int64(len(b.free)+1)*behindChunkBytes <= MaxWriteBehindBytes {
-				b.free = append(b.free, c.data[:0])
+			if c.sync {
+				b.syncFinished = c.n
+			} else if !c.mark {
+				b.queued -= int64(len(c.data))
+				if cap(c.data) == behindChunkBytes && b.queued+int64(len(b.free)+1)*behindChunkBytes <= MaxWriteBehindBytes {
+					b.free = append(b.free, c.data[:0])
+				}
 			}
-			b.writtenSeq++
 			b.cond.Broadcast()
 		case b.closing:
 			return
@@ -175,6 +170,59 @@ func (b *behindFile) run() {
 			b.cond.Wait()
 		}
 	}
+}
+
+// carryOut carries out one queue item (on the goroutine, unlocked).
+func (b *behindFile) carryOut(c behindChunk) error {
+	if c.sync {
+		if err := b.f.Sync(); err != nil {
+			return fmt.Errorf("%w: sync: %w", ErrWriteBehind, err)
+		}
+		if c.data == nil {
+			return nil
+		}
+	} else if !c.mark {
+		if _, err := b.f.WriteAt(c.data, c.off); err != nil {
+			return fmt.Errorf("%w: write of %d bytes at %d: %w", ErrWriteBehind, len(c.data), c.off, err)
+		}
+		return nil
+	}
+	if err := writeMark(b.mark, c.off, c.data); err != nil {
+		return fmt.Errorf("%w: %w", ErrWriteBehind, err)
+	}
+	return nil
+}
+
+// writeMark writes p at off of the mark file m and syncs it.
+func writeMark(m File, off int64, p []byte) error {
+	if m == nil {
+		return errors.New("mark write: the database file has no mark file")
+	}
+	if _, err := m.WriteAt(p, off); err != nil {
+		return fmt.Errorf("mark write of %d bytes at %d: %w", len(p), off, err)
+	}
+	if err := m.Sync(); err != nil {
+		return fmt.Errorf("mark sync: %w", err)
+	}
+	return nil
+}
+
+// queueMark queues a write of p at off to the mark file and its sync:
+// after every write queued before, and durable before any queued after
+// reaches the file.
+func (b *behindFile) queueMark(off int64, p []byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return b.err
+	}
+	if b.mark == nil {
+		return errors.New("vfs: mark write: the database file has no mark file")
+	}
+	b.queue = append(b.queue, behindChunk{off: off, data: append([]byte(nil), p...), mark: true})
+	b.wrote = true
+	b.cond.Broadcast()
+	return nil
 }
 
 // WriteAt reserves the range's space (a failure, ENOSPC say, is returned:
@@ -202,7 +250,6 @@ func (b *behindFile) WriteAt(p []byte, off int64) (int, error) {
 	b.queue = append(b.queue, behindChunk{off: off, data: b.copyOf(p)})
 	b.wrote = true
 	b.queued += int64(len(p))
-	b.queuedSeq++
 	b.size = max(b.size, end)
 	b.cond.Broadcast()
 	return len(p), nil
@@ -253,6 +300,9 @@ func (b *behindFile) ReadAt(p []byte, off int64) (int, error) {
 	}
 	clear(p[n:valid]) // reserved but not written yet: zeros, unless queued
 	for _, c := range b.queue {
+		if c.mark || c.sync {
+			continue
+		}
 		lo, hi := max(c.off, off), min(c.off+int64(len(c.data)), off+valid)
 		if lo < hi {
 			copy(p[lo-off:hi-off], c.data[lo-c.off:hi-c.off])
@@ -329,16 +379,21 @@ func (b *behindFile) flush() error {
 
 // Sync waits until the queued writes and a sync after them are done.
 func (b *behindFile) Sync() error {
-	return b.waitSync(b.startSync())
+	return b.waitSync(b.startSync(0, nil))
 }
 
 // startSync asks for a sync after the writes queued so far and returns its
-// number, for syncDone.
-func (b *behindFile) startSync() uint64 {
+// number, for syncDone; with mark, the sync is followed by a write of mark
+// at off to the mark file and its sync (both before syncDone says done).
+func (b *behindFile) startSync(off int64, mark []byte) uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.syncAsked++
-	b.syncAfter = b.queuedSeq
+	c := behindChunk{sync: true, n: b.syncAsked, off: off}
+	if mark != nil {
+		c.data = append([]byte(nil), mark...)
+	}
+	b.queue = append(b.queue, c)
 	b.cond.Broadcast()
 	return b.syncAsked
 }

@@ -93,7 +93,7 @@ func (f *gatedFile) Close() error { return nil }
 
 func newBehind(t *testing.T, f *gatedFile) *behindFile {
 	t.Helper()
-	b, err := newBehindFile(f, f, func(run func()) { go run() })
+	b, err := newBehindFile(f, f, nil, func(run func()) { go run() })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestBehindFileServesQueuedWrites(t *testing.T) {
 	if f.allocated < int64(len(want)) || len(f.data) > 8192 {
 		t.Fatalf("%d bytes reserved, file of %d bytes with two writes held: want at least %d reserved", f.allocated, len(f.data), len(want))
 	}
-	n := b.startSync()
+	n := b.startSync(0, nil)
 	if done, err := b.syncDone(n); done || err != nil {
 		t.Fatalf("sync done %v (%v) with writes still queued", done, err)
 	}
@@ -210,7 +210,7 @@ func TestBehindFileWriteFailureSticks(t *testing.T) {
 	if _, err := b.WriteAt(make([]byte, 4096), 0); err != nil {
 		t.Fatalf("queued write: %v", err)
 	}
-	if err := b.waitSync(b.startSync()); !errors.Is(err, ErrWriteBehind) || !errors.Is(err, syscall.EIO) {
+	if err := b.waitSync(b.startSync(0, nil)); !errors.Is(err, ErrWriteBehind) || !errors.Is(err, syscall.EIO) {
 		t.Fatalf("sync after a failed write: %v, want ErrWriteBehind with EIO", err)
 	}
 	if _, err := b.ReadAt(make([]byte, 10), 0); !errors.Is(err, ErrWriteBehind) {
@@ -262,7 +262,7 @@ func TestBehindFileSyncNotHeldBackByLaterWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n := b.startSync()
+	n := b.startSync(0, nil)
 	for i := 2; i < 5; i++ {
 		if _, err := b.WriteAt(page, int64(i)*4096); err != nil {
 			t.Fatal(err)
@@ -294,7 +294,7 @@ func TestBehindFileSyncNotHeldBackByLaterWrites(t *testing.T) {
 // reserve space gets no goroutine (its writes then go to it at once).
 func TestBehindFileWithoutReservations(t *testing.T) {
 	f := &gatedFile{allocErr: syscall.EOPNOTSUPP}
-	if _, err := newBehindFile(f, f, func(run func()) { go run() }); !errors.Is(err, syscall.EOPNOTSUPP) {
+	if _, err := newBehindFile(f, f, nil, func(run func()) { go run() }); !errors.Is(err, syscall.EOPNOTSUPP) {
 		t.Fatalf("wrapping a file that cannot reserve space: %v, want EOPNOTSUPP", err)
 	}
 }

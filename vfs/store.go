@@ -29,6 +29,14 @@ type File interface {
 	Close() error
 }
 
+// Marked is a main File with a mark file: a small file of the caller's
+// (package fsm keeps there how far the main file goes) that WriteMark and
+// StartSync write in order with the main file's own writes. The main
+// File's Close closes it too.
+type Marked interface {
+	MarkFile() File
+}
+
 // Files opens databases' main files for a VFS. OpenDatabase is called from
 // inside SQLite (on the goroutine that opened a connection) the first time a
 // database's main file is needed, and after Detach.
@@ -59,6 +67,12 @@ type storeFile struct {
 	// writes counts the writes; syncGen is the background sync StartSync
 	// asked for (a behindFile's), after syncWrites writes.
 	writes, syncWrites, syncGen uint64
+	// mark is the file's mark file (see Marked; nil: none), and
+	// syncMark the mark a file without a goroutine writes after its
+	// next FinishSync's sync.
+	mark        File
+	syncMark    []byte
+	syncMarkOff int64
 }
 
 // files is the part of a VFS that the C callbacks reach: the opener, the
@@ -111,16 +125,20 @@ func dqStoreOpen(vh C.uintptr_t, name *C.char, out *C.uintptr_t) C.int {
 		v.files.mu.Unlock()
 		return codeIOErr
 	}
+	var mark File
+	if m, ok := f.(Marked); ok {
+		mark = m.MarkFile()
+	}
 	if a, ok := f.(Allocator); ok {
 		if sp, ok := v.files.open.(Spawner); ok {
 			if spawn := sp.Spawner(); spawn != nil {
-				if bf, err := newBehindFile(f, a, spawn); err == nil {
+				if bf, err := newBehindFile(f, a, mark, spawn); err == nil {
 					f = bf // otherwise written at once, as files that are not Allocators
 				}
 			}
 		}
 	}
-	s := &storeFile{v: v, name: n, f: f}
+	s := &storeFile{v: v, name: n, f: f, mark: mark}
 	h := cgo.NewHandle(s)
 	v.files.mu.Lock()
 	v.files.live[h] = s
@@ -242,19 +260,62 @@ func (v *VFS) SyncFile(db string) error {
 	return nil
 }
 
+// WriteMark writes p at off of db's mark file (see Marked) and syncs it,
+// after every write SQLite made to the main file so far and before any
+// later one reaches it: a file whose writes a goroutine carries out queues
+// it (a failure then stops the file, as a failed write does; FileFailed),
+// another is written now.
+func (v *VFS) WriteMark(db string, off int64, p []byte) error {
+	s := v.storeOf(db)
+	if s == nil {
+		return fmt.Errorf("vfs: mark of database %q: its file is not open", db)
+	}
+	if bf, ok := s.f.(*behindFile); ok {
+		return bf.queueMark(off, p)
+	}
+	if s.syncMark != nil {
+		// A sync StartSync asked for, with its mark, comes first (as a
+		// file's goroutine would carry them out): marks are durable in
+		// the order they were asked for.
+		if _, err := v.FinishSync(db); err != nil {
+			return err
+		}
+	}
+	if err := writeMark(s.mark, off, p); err != nil {
+		return fmt.Errorf("vfs: database file %q: %w", db, err)
+	}
+	return nil
+}
+
 // StartSync starts making db's main file durable without waiting: a file
 // whose writes a goroutine carries out (see behindFile) is synced by it
 // after them; another starts the kernel writing its pages to the disk
 // (where the file can: a WriteBack method, as wal.OSFS's files have), so
-// that the sync FinishSync then makes has little left to do.
-func (v *VFS) StartSync(db string) error {
+// that the sync FinishSync then makes has little left to do. With mark,
+// the sync is followed by WriteMark(db, markOff, mark), and FinishSync
+// says done only once that is durable too.
+func (v *VFS) StartSync(db string, markOff int64, mark []byte) error {
 	s := v.storeOf(db)
 	if s == nil {
 		return nil
 	}
+	if mark != nil && s.mark == nil {
+		return fmt.Errorf("vfs: mark of database %q: its file has no mark file", db)
+	}
 	if bf, ok := s.f.(*behindFile); ok {
-		s.syncGen, s.syncWrites = bf.startSync(), s.writes
+		s.syncGen, s.syncWrites = bf.startSync(markOff, mark), s.writes
 		return nil
+	}
+	if s.syncMark != nil {
+		// The mark of a sync asked for before is written first, never
+		// dropped: marks are durable in the order they were asked for.
+		if _, err := v.FinishSync(db); err != nil {
+			return err
+		}
+	}
+	s.syncMark, s.syncMarkOff = nil, markOff
+	if mark != nil {
+		s.syncMark = append([]byte(nil), mark...)
 	}
 	wb, ok := s.f.(interface{ WriteBack(off, n int64) error })
 	if !ok {
@@ -326,7 +387,16 @@ func (v *VFS) FinishSync(db string) (done bool, err error) {
 	}
 	bf, ok := s.f.(*behindFile)
 	if !ok {
-		return true, v.SyncFile(db)
+		if err := v.SyncFile(db); err != nil {
+			return true, err
+		}
+		if mark := s.syncMark; mark != nil {
+			s.syncMark = nil
+			if err := writeMark(s.mark, s.syncMarkOff, mark); err != nil {
+				return true, fmt.Errorf("vfs: database file %q: %w", db, err)
+			}
+		}
+		return true, nil
 	}
 	done, err = bf.syncDone(s.syncGen)
 	if err != nil {
