@@ -234,7 +234,7 @@ func (d *DB) applyFrames(e raft.Entry) (any, *database, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if d.deferred != nil {
+	if d.deferred[d.resolve(f.Database)] != nil {
 		return nil, nil, d.applyDeferred(e, f)
 	}
 	x, err := d.applied(f.Database, int(f.PageSize))

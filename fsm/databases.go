@@ -74,6 +74,11 @@ type database struct {
 	// syncIndex to the next tick (finishSync).
 	syncOwed  bool
 	syncIndex uint64
+	// syncMarked: the owed sync writes F's mark after it (marks.go);
+	// markIndex is the largest F a mark was queued for, markedDirty the
+	// largest dirty index recorded or queued in a mark.
+	syncMarked             bool
+	markIndex, markedDirty uint64
 	// dumps are the DUMPs reading its file (see dump.go): its checkpoints
 	// wait for them; dumpAborted tells them to stop.
 	dumps       int
@@ -590,6 +595,7 @@ func (d *DB) RestoreAt(index uint64, data []byte) error {
 	d.appliedIndex = max(d.appliedIndex, index)
 	for _, x := range d.dbs {
 		x.fileIndex, x.unsynced, x.dirty, x.syncOwed = index, false, index, false
+		x.markIndex, x.markedDirty = 0, 0
 	}
 	d.replayBound, d.appliedBefore = 0, 0
 	return d.writeRecord()

@@ -140,12 +140,15 @@ type fileStore struct {
 	next uint64
 	// dropped are files no record names that no database uses any more.
 	dropped []uint64
+	// markSeq is, by file id, the number of the last mark written (see
+	// marks.go).
+	markSeq map[uint64]uint64
 }
 
 // openFileStore reads the record (none: an empty set) and removes the
 // database files it does not name.
 func openFileStore(fs wal.FS) (*fileStore, error) {
-	s := &fileStore{fs: fs, durable: &record{dbs: map[string]fileEntry{}}, open: map[string]uint64{}}
+	s := &fileStore{fs: fs, durable: &record{dbs: map[string]fileEntry{}}, open: map[string]uint64{}, markSeq: map[uint64]uint64{}}
 	names, err := fs.List()
 	if err != nil {
 		return nil, fmt.Errorf("fsm: listing data directory: %w", err)
@@ -164,13 +167,22 @@ func openFileStore(fs wal.FS) (*fileStore, error) {
 	}
 	named := map[string]bool{}
 	for name, e := range s.durable.dbs {
-		named[fileName(e.file)] = true
+		named[fileName(e.file)], named[markName(e.file)] = true, true
 		s.open[name] = e.file
+		// The file's mark goes further than the record, or as far.
+		m, err := readMark(fs, e.file)
+		if err != nil {
+			return nil, err
+		}
+		s.markSeq[e.file] = m.seq
+		e.index = max(e.index, m.index)
+		e.dirty = max(e.dirty, m.dirty, e.index)
+		s.durable.dbs[name] = e
 	}
 	s.next = s.durable.next
 	removed := false
 	for _, n := range names {
-		if strings.HasPrefix(n, filePrefix) && strings.HasSuffix(n, fileSuffix) && !named[n] {
+		if strings.HasPrefix(n, filePrefix) && (strings.HasSuffix(n, fileSuffix) || strings.HasSuffix(n, markSuffix)) && !named[n] {
 			if err := fs.Remove(n); err != nil {
 				return nil, fmt.Errorf("fsm: removing unrecorded database file %s: %w", n, err)
 			}
@@ -217,12 +229,13 @@ func (s *fileStore) Spawner() func(run func()) {
 }
 
 // OpenDatabase opens name's file, creating a new, empty one for a
-// database that has none (it becomes durable with the next record).
+// database that has none (it becomes durable with the next record), with
+// its mark file (marks.go).
 func (s *fileStore) OpenDatabase(name string) (vfs.File, error) {
 	if id, ok := s.open[name]; ok {
 		f, err := s.fs.Open(fileName(id))
 		if err == nil {
-			return f, nil
+			return s.withMark(f, id)
 		}
 		if _, recorded := s.durable.dbs[name]; recorded {
 			return nil, err
@@ -240,7 +253,17 @@ func (s *fileStore) create(name string) (vfs.File, error) {
 		return nil, err
 	}
 	s.open[name] = id
-	return f, nil
+	return s.withMark(f, id)
+}
+
+// withMark gives file id's f its mark file.
+func (s *fileStore) withMark(f wal.File, id uint64) (vfs.File, error) {
+	m, err := openMark(s.fs, id)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return markedFile{File: f, mark: m}, nil
 }
 
 // replace gives name a new, empty file (for an install: the old one stays
@@ -285,6 +308,10 @@ func (s *fileStore) write(rec *record) error {
 			if err := s.fs.Remove(fileName(id)); err == nil {
 				removed = true
 			}
+			if err := s.fs.Remove(markName(id)); err == nil {
+				removed = true
+			}
+			delete(s.markSeq, id)
 		}
 	}
 	if removed {
@@ -373,11 +400,35 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	}
 	if deferSync && !x.unsynced {
 		x.syncOwed, x.syncIndex = true, d.appliedIndex
+		// A file the record names gets F in its mark, after the sync
+		// (marks.go); another, in the record at finishSync.
+		var off int64
+		var mk []byte
+		if x.syncMarked = d.marked(x); x.syncMarked {
+			off, mk = d.nextMark(x, x.syncIndex, max(x.dirty, x.syncIndex))
+			if mutant.On(mutant.FSMRecordBeforeSync) {
+				// The deliberate bug: F's mark written before the
+				// file's sync.
+				if err := d.vfs.WriteMark(x.name, off, mk); err != nil {
+					d.dropMark(x)
+					x.unsynced = true
+					return false, FileSyncError{d.checkpointError(x, err)}
+				}
+				off, mk = 0, nil
+			}
+		}
 		m := d.begin(WorkSync)
-		err := d.vfs.StartSync(x.name)
+		err := d.vfs.StartSync(x.name, off, mk)
 		d.end(m)
 		if err != nil {
+			if mk != nil {
+				d.dropMark(x) // not written: F goes in the record
+			}
+			x.syncMarked = false
 			return false, d.checkpointError(x, err) // the sync next tick reports the loss
+		}
+		if x.syncMarked {
+			x.markIndex = max(x.markIndex, x.syncIndex) // durable after the sync, in order
 		}
 		return true, nil
 	}
@@ -433,6 +484,10 @@ func (d *DB) finishSync(x *database) error {
 	if x.syncIndex <= x.fileIndex {
 		return nil
 	}
+	if x.syncMarked {
+		x.fileIndex = x.syncIndex // its mark is durable
+		return nil
+	}
 	if err := d.writeRecordAt(x, x.syncIndex); err != nil {
 		return d.checkpointError(x, err)
 	}
@@ -469,6 +524,8 @@ func (d *DB) writeRecordAt(at *database, atIndex uint64) error {
 		idx, dirty := e.index, e.dirty
 		if !recorded || e.file != id {
 			idx, dirty = x.fileIndex, x.fileIndex // a new or replaced file
+		} else {
+			idx = max(idx, x.fileIndex) // its marks may have gone further
 		}
 		// All of it is in its synced file: nothing in the WAL (and no
 		// write waiting to commit), nothing written to the file since
@@ -497,16 +554,33 @@ func (d *DB) writeRecordAt(at *database, atIndex uint64) error {
 }
 
 // markDirty records, before a checkpoint writes x's file, that the file
-// may hold pages of entries up to the last applied one.
+// may hold pages of entries up to the last applied one: in its mark, which
+// its writer makes durable before the checkpoint's pages reach the file
+// (marks.go), or for a file the record does not name yet, in the record.
 func (d *DB) markDirty(x *database) error {
-	if d.files == nil {
+	if d.files == nil || x.markedDirty >= d.appliedIndex {
 		return nil
 	}
-	if e, ok := d.files.durable.dbs[x.name]; ok && e.file == d.files.open[x.name] && e.dirty >= d.appliedIndex {
+	dirty := max(x.dirty, d.appliedIndex)
+	if d.marked(x) {
+		off, mk := d.nextMark(x, max(x.fileIndex, x.markIndex), dirty)
+		if err := d.vfs.WriteMark(x.name, off, mk); err != nil {
+			// A mark file whose write or sync failed is not trusted
+			// again (as a database file whose sync failed): the node
+			// stops, and starts again from the marks on disk.
+			d.dropMark(x)
+			x.unsynced = true
+			return FileSyncError{err}
+		}
+		x.dirty, x.markedDirty = dirty, dirty
 		return nil
 	}
-	x.dirty = max(x.dirty, d.appliedIndex)
-	return d.writeRecord()
+	x.dirty = dirty
+	if err := d.writeRecord(); err != nil {
+		return err
+	}
+	x.markedDirty = dirty
+	return nil
 }
 
 // DurableIndex is the index the databases' files reflect, all of them: the
@@ -560,11 +634,24 @@ func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int,
 	d.deferred = map[string]*deferredDB{}
 	for _, name := range sortedKeys(store.durable.dbs) {
 		e := store.durable.dbs[name]
-		if err := extendToHeader(fs, fileName(e.file)); err != nil {
+		size, err := extendToHeader(fs, fileName(e.file))
+		if err != nil {
 			d.Close()
 			return nil, err
 		}
-		d.deferred[name] = &deferredDB{pageSize: e.pageSize, fileIndex: e.index, dirty: e.dirty, recorded: true}
+		dd := &deferredDB{pageSize: e.pageSize, fileIndex: e.index, dirty: e.dirty, recorded: true}
+		if size == 0 {
+			// An empty file holds no page a checkpoint left, and SQLite
+			// deletes the WAL of an empty database file when it opens
+			// one, so a WAL the replay built would be lost: its
+			// connection opens now, and the replay applies to it.
+			if err := d.openDeferred(name, dd); err != nil {
+				d.Close()
+				return nil, err
+			}
+			continue
+		}
+		d.deferred[name] = dd
 		if e.dirty > e.index {
 			d.replayBound = max(d.replayBound, e.dirty)
 		}
@@ -597,28 +684,36 @@ func (d *DB) FinishReplay() error {
 		return nil
 	}
 	for _, name := range sortedKeys(d.deferred) {
-		dd := d.deferred[name]
-		x, err := d.openDatabase(name, dd.pageSize)
-		if err != nil {
-			return fmt.Errorf("fsm: opening database %q: %w", name, err)
+		if err := d.openDeferred(name, d.deferred[name]); err != nil {
+			return err
 		}
-		x.written, x.fileIndex, x.dirty = true, dd.fileIndex, dd.dirty
 	}
 	d.deferred = nil
 	_, err := d.database(d.def, true)
 	return err
 }
 
+// openDeferred opens the connections of a database opened from disk.
+func (d *DB) openDeferred(name string, dd *deferredDB) error {
+	x, err := d.openDatabase(name, dd.pageSize)
+	if err != nil {
+		return fmt.Errorf("fsm: opening database %q: %w", name, err)
+	}
+	x.written, x.fileIndex, x.dirty = true, dd.fileIndex, dd.dirty
+	x.markIndex, x.markedDirty = dd.fileIndex, dd.dirty
+	return nil
+}
+
 // applyDeferred applies a frames entry during the replay (FinishReplay):
-// to the WAL only.
+// to the WAL only, for a database whose recorded file it waits for (a
+// database the record does not name has a new, empty file: no checkpoint
+// can have left pages in it, and it is applied to as usual; deferred, its
+// WAL would be lost, as SQLite deletes the WAL of an empty database file
+// when it opens one).
 func (d *DB) applyDeferred(e raft.Entry, f *Frames) error {
 	defer d.enter(PhaseReplay)()
 	name := d.resolve(f.Database)
 	dd := d.deferred[name]
-	if dd == nil {
-		dd = &deferredDB{pageSize: int(f.PageSize)}
-		d.deferred[name] = dd
-	}
 	if e.Index <= dd.fileIndex {
 		return nil
 	}
@@ -682,25 +777,25 @@ func (d *DB) Covers(index uint64) bool {
 // grown database did not. SQLite refuses such a file as corrupt, but every
 // page past the recorded state comes from an entry after F, which the
 // replay rewrites before anything reads it.
-func extendToHeader(fs wal.FS, name string) error {
+func extendToHeader(fs wal.FS, name string) (int64, error) {
 	f, err := fs.Open(name)
 	if err != nil {
-		return fmt.Errorf("fsm: opening database file %s: %w", name, err)
+		return 0, fmt.Errorf("fsm: opening database file %s: %w", name, err)
 	}
 	defer f.Close()
 	size, err := f.Size()
 	if err != nil {
-		return fmt.Errorf("fsm: database file %s: %w", name, err)
+		return 0, fmt.Errorf("fsm: database file %s: %w", name, err)
 	}
 	h := make([]byte, 100)
 	if size < int64(len(h)) {
-		return nil
+		return size, nil
 	}
 	if _, err := f.ReadAt(h, 0); err != nil {
-		return fmt.Errorf("fsm: reading database file %s: %w", name, err)
+		return 0, fmt.Errorf("fsm: reading database file %s: %w", name, err)
 	}
 	if string(h[:16]) != "SQLite format 3\x00" {
-		return nil
+		return size, nil
 	}
 	ps := int64(binary.BigEndian.Uint16(h[16:]))
 	if ps == 1 {
@@ -708,12 +803,12 @@ func extendToHeader(fs wal.FS, name string) error {
 	}
 	want := int64(binary.BigEndian.Uint32(h[28:])) * ps
 	if !validPageSize(uint32(ps)) || want <= size {
-		return nil
+		return size, nil
 	}
 	if err := f.Truncate(want); err != nil {
-		return fmt.Errorf("fsm: extending database file %s to its header's %d bytes: %w", name, want, err)
+		return 0, fmt.Errorf("fsm: extending database file %s to its header's %d bytes: %w", name, want, err)
 	}
-	return nil
+	return want, nil
 }
 
 // Phases of work on the database files, for fault accounting (Phase).

@@ -15,7 +15,8 @@ import (
 type FileInfo struct {
 	Name, File   string
 	PageSize     int
-	Index, Dirty uint64 // F and dirty (see files.go)
+	Index, Dirty uint64 // F and dirty (see files.go), the record's or its mark's
+	Mark         uint64 // the number of its mark (0: none; see marks.go)
 	Bytes        int64
 	Pages        uint32 // the header's page count
 	Problem      string // "" when the file checks out
@@ -61,15 +62,24 @@ func InspectFiles(fs wal.FS) (*Inspection, error) {
 	for _, name := range sortedKeys(rec.dbs) {
 		e := rec.dbs[name]
 		fi := FileInfo{Name: name, File: fileName(e.file), PageSize: e.pageSize, Index: e.index, Dirty: e.dirty}
-		named[fi.File] = true
-		fi.Bytes, fi.Pages, fi.Problem = checkFile(fs, fi.File, e.pageSize)
+		named[fi.File], named[markName(e.file)] = true, true
+		if m, err := readMark(fs, e.file); err != nil {
+			fi.Problem = err.Error()
+		} else {
+			fi.Mark, fi.Index, fi.Dirty = m.seq, max(fi.Index, m.index), max(fi.Dirty, m.dirty, m.index)
+		}
+		var problem string
+		fi.Bytes, fi.Pages, problem = checkFile(fs, fi.File, e.pageSize)
+		if fi.Problem == "" {
+			fi.Problem = problem
+		}
 		if fi.Problem == "" && fi.Bytes > 0 {
 			fi.Problem = quickCheck(fs, name, fi.File, e.pageSize)
 		}
 		ins.Databases = append(ins.Databases, fi)
 	}
 	for _, n := range names {
-		if strings.HasPrefix(n, filePrefix) && strings.HasSuffix(n, fileSuffix) && !named[n] {
+		if strings.HasPrefix(n, filePrefix) && (strings.HasSuffix(n, fileSuffix) || strings.HasSuffix(n, markSuffix)) && !named[n] {
 			ins.Unrecorded = append(ins.Unrecorded, n)
 		}
 	}

@@ -559,6 +559,7 @@ func (d *DB) InstallReceived(index uint64) error {
 			return err
 		}
 		x.written, x.fileIndex, x.dirty, x.syncOwed = true, index, index, false
+		x.markIndex, x.markedDirty = 0, 0
 	}
 	d.replayBound, d.appliedBefore = 0, 0
 	if err := d.writeRecord(); err != nil {

@@ -278,12 +278,14 @@ func (s *Sim) restartLater(n *node, d time.Duration) {
 }
 
 // noteDiskFault counts the faults that strike the database files, their
-// record and the snapshot records, and the phase of the database work a
+// marks, their record and the snapshot records, and the phase of the database work a
 // crash cut short (checkpoint, view, receive, install, restore, replay).
 func (s *Sim) noteDiskFault(n *node, kind, name string) {
 	switch {
 	case strings.HasSuffix(name, faultfs.SectorFileSuffix):
 		s.count("dbfile-" + kind)
+	case strings.HasPrefix(name, "sqlite-") && strings.HasSuffix(name, ".mark"):
+		s.count("dbmark-" + kind)
 	case strings.HasPrefix(name, "fsm-databases"):
 		s.count("dbrecord-" + kind)
 	case strings.HasPrefix(name, "snap-"):

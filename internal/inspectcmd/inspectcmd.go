@@ -81,8 +81,8 @@ func Run(out io.Writer, dir string, repair bool) int {
 			status = "BAD: " + d.Problem
 			corrupt = append(corrupt, fmt.Sprintf("database %q (%s): %s", d.Name, d.File, d.Problem))
 		}
-		fmt.Fprintf(out, "database %q: %s, page size %d, %d pages (%d bytes), reflects entries up to %d (may hold pages up to %d): %s\n",
-			d.Name, d.File, d.PageSize, d.Pages, d.Bytes, d.Index, d.Dirty, status)
+		fmt.Fprintf(out, "database %q: %s, page size %d, %d pages (%d bytes), reflects entries up to %d (may hold pages up to %d; mark %d): %s\n",
+			d.Name, d.File, d.PageSize, d.Pages, d.Bytes, d.Index, d.Dirty, d.Mark, status)
 	}
 	for _, f := range files.Unrecorded {
 		fmt.Fprintf(out, "database file %s is not in the record (an interrupted install or creation; removed at start)\n", f)
