@@ -9,8 +9,9 @@
 // run on cursors (cursors.go); every
 // node applies committed entries (apply.go); a write sent as a query
 // returns its rows (rows.go). With a data directory (OpenFiles) the
-// databases are files with a record of the index each reflects
-// (files.go), snapshots are streamed from them (stream.go) and checked by
+// databases are files with a record naming them (files.go) and, beside
+// each, a mark file of the index it reflects, which checkpoints write in
+// order with the file's own writes (marks.go); snapshots are streamed from them (stream.go) and checked by
 // InspectFiles (inspect.go). Frames mode has only this path (tests and the
 // simulator use an in-memory faulty disk); statement mode alone opens its
 // databases in memory (Open), with whole images as snapshots.

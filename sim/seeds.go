@@ -108,8 +108,11 @@ var RequiredFaults = []string{"drop", "duplicate", "reorder", "partition-isolate
 	"membership-crash-leader", "membership-partial", "heal-partial-change", "heal-partial-join"}
 
 // RequiredSQLiteFaults are required on top of RequiredFaults in SQLite
-// mode: the bank and counter workloads' checks and retries.
-var RequiredSQLiteFaults = []string{"bank-check", "bank-tx-commit", "dedup-check", "dedup-retry", "dedup-resend"}
+// mode: the bank and counter workloads' checks and retries, crashes and
+// torn writes on the database files' mark files, and a write started at
+// the event after the checkpoint that held it (loop.Output.Again).
+var RequiredSQLiteFaults = []string{"bank-check", "bank-tx-commit", "dedup-check", "dedup-retry", "dedup-resend",
+	"dbmark-crash", "dbmark-torn", "event-continued"}
 
 // Missing returns the required fault kinds never injected (with the SQLite
 // ones when sqlite).

@@ -60,7 +60,9 @@
 // that can run goroutines (a Spawner, the node's): its writes and syncs are
 // queued for a goroutine of its own (behind.go; reads see the queue), so
 // that a checkpoint does not wait for the disk. The package starts no
-// goroutine itself.
+// goroutine itself. A main File that is Marked has a small mark file the
+// caller writes through WriteMark and StartSync, in order with the main
+// File's own writes and syncs (the goroutine's queue carries them).
 //
 // # Checkpoints
 //
