@@ -126,7 +126,10 @@ func (d *DB) checkpointWALBytes(x *database) int64 {
 // left for the next try; Snapshot reports checkpoint errors.
 func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
 	wal := d.vfs.WALSize(x.name)
-	if wal < d.checkpointWALBytes(x) {
+	if x.soon && x.fileIndex >= d.appliedIndex {
+		x.soon = false
+	}
+	if wal < d.checkpointWALBytes(x) && !x.soon {
 		return false, nil
 	}
 	if d.pending || d.txDB == x || x.cursors > 0 {
@@ -140,7 +143,23 @@ func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
 		return true, nil
 	}
 	done, err := d.checkpointFileSync(x, d.files != nil)
+	if done {
+		x.soon = false
+	}
 	return !done, d.noteCheckpoint(err)
+}
+
+// CheckpointSoon makes every written database's checkpoint due at the next
+// ticks whatever the length of its WAL (loop.StreamingStateMachine): the
+// log's compaction waits for the files to reflect an index past its last
+// snapshot, which a database written too little to reach the threshold
+// would hold back for good.
+func (d *DB) CheckpointSoon() {
+	for _, x := range d.dbs {
+		if x.written {
+			x.checkpointDue, x.soon = true, true
+		}
+	}
 }
 
 // heldBackCheckpoints is how many checkpoints' worth of WAL a database may

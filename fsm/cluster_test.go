@@ -318,6 +318,8 @@ func TestSnapshotCatchUp(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		c.mustExec(l, fmt.Sprintf("INSERT INTO t VALUES (%d)", i))
 	}
+	c.tick(3) // the compaction waits for the ticks' checkpoints (CheckpointSoon)
+	c.mustExec(l, "INSERT INTO t VALUES (40)")
 	if l.s.Snapshot().Index == 0 {
 		t.Fatal("leader took no snapshot")
 	}

@@ -79,6 +79,9 @@ type database struct {
 	// largest dirty index recorded or queued in a mark.
 	syncMarked             bool
 	markIndex, markedDirty uint64
+	// soon: a checkpoint is due whatever the WAL's length
+	// (CheckpointSoon).
+	soon bool
 	// dumps are the DUMPs reading its file (see dump.go): its checkpoints
 	// wait for them; dumpAborted tells them to stop.
 	dumps       int

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
@@ -66,5 +67,47 @@ func TestHeldCheckpointRunsInAnEventOfItsOwn(t *testing.T) {
 	}
 	if got, _ := rows[0][0].(int64); got != 21 {
 		t.Fatalf("%d rows, want 21", got)
+	}
+}
+
+// TestCompactionWaitsForTheTicks: when the log is due for compaction but
+// the files do not reflect an index past its last snapshot (a database
+// written too little to reach the checkpoint threshold), the apply that
+// finds it checkpoints nothing (no sync on the loop) and asks the ticks to
+// checkpoint every database; once they did, a later apply compacts.
+func TestCompactionWaitsForTheTicks(t *testing.T) {
+	n, s := newReviewNode(t)
+	const thresh = 10
+	if err := n.start(thresh); err != nil {
+		t.Fatal(err)
+	}
+	defer n.db.Close()
+	n.elect()
+	sc := newScratch(t)
+	id := uint64(0)
+	propose := func(sql string) {
+		id++
+		n.take(n.l.Propose(id, sc.cmd("db", sql)))
+	}
+	propose("CREATE TABLE t(x)")
+	before := n.db.Checkpoints()
+	for i := 0; i < 2*thresh; i++ {
+		propose(fmt.Sprintf("INSERT INTO t VALUES (%d)", i))
+	}
+	if got := n.db.Checkpoints(); got != before {
+		t.Fatalf("%d checkpoints ran in apply events (the WAL is short of the threshold)", got-before)
+	}
+	if snap := s.Snapshot().Index; snap != 0 {
+		t.Fatalf("compacted to %d with no checkpoint", snap)
+	}
+	for i := 0; i < 3; i++ {
+		n.take(n.l.Tick())
+	}
+	if n.db.Checkpoints() == before {
+		t.Fatal("the ticks did not checkpoint the short WAL the compaction waits for")
+	}
+	propose("INSERT INTO t VALUES (-1)")
+	if snap := s.Snapshot().Index; snap < 2*thresh {
+		t.Fatalf("log compacted to %d after the ticks' checkpoints, want at least %d", snap, 2*thresh)
 	}
 }

@@ -164,6 +164,11 @@ func TestReviewRestartWithUncheckpointedNewDatabase(t *testing.T) {
 	for i := 0; i < 2*thresh; i++ {
 		propose("db", fmt.Sprintf("INSERT INTO t VALUES (%d)", i))
 	}
+	// The compaction waits for the ticks' checkpoints (CheckpointSoon),
+	// then the next apply compacts.
+	n.take(n.l.Tick())
+	n.take(n.l.Tick())
+	propose("db", "INSERT INTO t VALUES (-1)")
 	snap := s.Snapshot().Index
 	if snap == 0 {
 		t.Fatal("no compaction")
@@ -180,6 +185,9 @@ func TestReviewRestartWithUncheckpointedNewDatabase(t *testing.T) {
 	for i := 0; i < thresh; i++ { // the next compaction checkpoints db, not z
 		propose("db", fmt.Sprintf("INSERT INTO t VALUES (%d)", 100+i))
 	}
+	n.take(n.l.Tick())
+	n.take(n.l.Tick())
+	propose("db", "INSERT INTO t VALUES (-2)")
 	t.Logf("log snapshot %d (was %d); durable index %d", s.Snapshot().Index, snap, n.db.DurableIndex())
 	n.db.CloseCursor(cur)
 	n.db.Close()

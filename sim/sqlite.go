@@ -382,11 +382,11 @@ func sqlState(n *node) (uint64, error) {
 	return h.Sum64(), nil
 }
 
-func (h sqlHook) ReplayBound() uint64  { return h.n.db.ReplayBound() }
-func (h sqlHook) FinishReplay() error  { return h.n.db.FinishReplay() }
-func (h sqlHook) Maintain() error      { return h.n.db.Maintain() }
-func (h sqlHook) CheckpointAll() error { return h.n.db.CheckpointAll() }
-func (h sqlHook) Checkpoints() uint64  { return h.n.db.Checkpoints() }
+func (h sqlHook) ReplayBound() uint64 { return h.n.db.ReplayBound() }
+func (h sqlHook) FinishReplay() error { return h.n.db.FinishReplay() }
+func (h sqlHook) Maintain() error     { return h.n.db.Maintain() }
+func (h sqlHook) CheckpointSoon()     { h.n.db.CheckpointSoon() }
+func (h sqlHook) Checkpoints() uint64 { return h.n.db.Checkpoints() }
 func (h sqlHook) RunHeldCheckpoints() (bool, error) {
 	return h.n.db.RunHeldCheckpoints()
 }
