@@ -51,7 +51,9 @@ func (d *DB) Apply(e raft.Entry) (any, error) {
 // it at each tick; loop.StreamingStateMachine). An error is a
 // storage failure (FileSyncError): the node stops.
 func (d *DB) Maintain() error {
+	m := d.begin(WorkTrim)
 	d.vfs.Trim(walKeepTicks)
+	d.end(m)
 	d.abortLongDumps()
 	// A file whose goroutine failed a write (one no sync was asked for
 	// after, say: a snapshot view's passive checkpoint) stops the node

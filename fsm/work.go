@@ -16,10 +16,11 @@ const (
 	WorkSync                   // waiting for a file's writes and sync
 	WorkRecord                 // the record of the files replaced
 	WorkSnapshot               // snapshot views, chunks, installs, DUMPs
+	WorkTrim                   // idle databases' WAL memory given back
 	NumWork
 )
 
-var workNames = [NumWork]string{"execute", "apply", "checkpoint", "sync", "record", "snapshot"}
+var workNames = [NumWork]string{"execute", "apply", "checkpoint", "sync", "record", "snapshot", "trim"}
 
 // String is the part's name in logs.
 func (w Work) String() string {

@@ -66,6 +66,8 @@ func (n *Node) noteEvent(start time.Time) {
 	if n.db != nil {
 		work = n.db.TakeWork()
 	}
+	handled := time.Duration(n.handleNanos)
+	n.handleNanos = 0
 	if d > slowEvent {
 		n.metrics.eventsSlow.Add(1)
 		if kind == "" {
@@ -81,13 +83,16 @@ func (n *Node) noteEvent(start time.Time) {
 				rest -= time.Duration(ns)
 			}
 		}
-		attrs = append(attrs, "rest", rest)
+		// handle: sending the messages, answering the clients, logging.
+		attrs = append(attrs, "handle", handled, "rest", rest-handled)
 		n.log.Warn("slow loop event", attrs...)
 	}
 }
 
 // handle carries out a loop output.
 func (n *Node) handle(out loop.Output) {
+	start := time.Now()
+	defer func() { n.handleNanos += int64(time.Since(start)) }()
 	for _, m := range out.Messages {
 		n.send(m)
 	}

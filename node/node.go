@@ -186,8 +186,11 @@ type Node struct {
 	// eventKind names the loop event being handled, for the slow-event
 	// log (owned by the loop goroutine).
 	eventKind string
-	// continueEvent is the event an Output with Again asks for.
+	// continueEvent is the event an Output with Again asks for;
+	// handleNanos is the time handle took in the current event (loop
+	// goroutine only).
 	continueEvent func()
+	handleNanos   int64
 	// progressFrom and progressLogged track a long catch-up (loop
 	// goroutine only).
 	progressFrom, progressLogged uint64
