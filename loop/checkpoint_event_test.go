@@ -74,7 +74,7 @@ func TestHeldCheckpointRunsInAnEventOfItsOwn(t *testing.T) {
 // the files do not reflect an index past its last snapshot (a database
 // written too little to reach the checkpoint threshold), the apply that
 // finds it checkpoints nothing (no sync on the loop) and asks the ticks to
-// checkpoint every database; once they did, a later apply compacts.
+// checkpoint every database; once they did, a tick or an apply compacts.
 func TestCompactionWaitsForTheTicks(t *testing.T) {
 	n, s := newReviewNode(t)
 	const thresh = 10
