@@ -89,6 +89,10 @@ func (n *Node) IsLeaderLocked() bool {
 // AppliedLocked is Applied for use inside WaitFor conditions.
 func (n *Node) AppliedLocked() uint64 { return n.loop.Applied() }
 
+// SnapshotsTaken counts the snapshots the node took (Metrics.Snapshots);
+// it may be called inside WaitFor conditions.
+func (n *Node) SnapshotsTaken() uint64 { return n.metrics.snapshots.Load() }
+
 // QueuedWritesLocked is the number of writes waiting for the writer slot,
 // for use inside WaitFor conditions.
 func (n *Node) QueuedWritesLocked() int { return n.loop.QueuedWrites() }
