@@ -216,7 +216,8 @@ func (d *DB) RunHeldCheckpoints() (bool, error) {
 	return d.checkpoints != before, nil
 }
 
-// Checkpoints counts the checkpoints that copied a WAL into its file.
+// Checkpoints counts the checkpoints that copied a WAL (not an empty one)
+// into its file.
 func (d *DB) Checkpoints() uint64 { return d.checkpoints }
 
 // noteCheckpoint keeps a checkpoint's failure for CheckpointStats and

@@ -386,12 +386,15 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 		return false, d.checkpointError(x, err)
 	}
 	m := d.begin(WorkCheckpoint)
+	copied := d.vfs.WALSize(x.name) > 0
 	err := x.conn.Checkpoint()
 	d.end(m)
 	if err != nil {
 		return false, d.checkpointError(x, err)
 	}
-	d.checkpoints++
+	if copied {
+		d.checkpoints++
+	}
 	if d.vfs.WALSize(x.name) != 0 {
 		return false, nil
 	}

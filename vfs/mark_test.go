@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -152,3 +153,82 @@ type markedLogged struct {
 }
 
 func (m markedLogged) MarkFile() File { return m.mark }
+
+// failOnceFile is a loggedFile whose next Sync fails (then succeeds again,
+// as Linux reports a write-back error once).
+type failOnceFile struct {
+	*loggedFile
+	fail bool
+}
+
+func (f *failOnceFile) Sync() error {
+	if f.fail {
+		f.fail = false
+		f.log.add(f.name + " sync failed")
+		return errors.New("EIO")
+	}
+	return f.loggedFile.Sync()
+}
+
+type failOnceFiles struct {
+	main *failOnceFile
+	mark *loggedFile
+}
+
+func (m failOnceFiles) OpenDatabase(name string) (File, error) {
+	return markedFailOnce{m.main, m.mark}, nil
+}
+
+type markedFailOnce struct {
+	*failOnceFile
+	mark *loggedFile
+}
+
+func (m markedFailOnce) MarkFile() File { return m.mark }
+
+// TestFailedSyncNeverMarked: on a file written at once, a sync that fails
+// leaves the file untrusted for good: the mark asked for after that sync
+// is never written (a later sync succeeding, with the pages the failed one
+// may have dropped, must not make it true), every later mark and sync
+// fails, and FileFailed reports it, so the node stops at its next tick.
+// The review of the marks found the mark written at the next successful
+// sync instead.
+func TestFailedSyncNeverMarked(t *testing.T) {
+	log := &opLog{}
+	main := &failOnceFile{loggedFile: &loggedFile{name: "db", log: log}}
+	mark := &loggedFile{name: "mark", log: log}
+	v, err := NewFiles(fmt.Sprintf("marks-fail-%p", log), 1, failOnceFiles{main: main, mark: mark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	c, err := v.Open("db", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Exec("CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.StartSync("db", 0, []byte("index")); err != nil {
+		t.Fatal(err)
+	}
+	main.fail = true
+	if err := v.WriteMark("db", 4096, []byte("dirty")); err == nil {
+		t.Fatal("a mark after a failed sync was written")
+	}
+	if done, err := v.FinishSync("db"); err == nil {
+		t.Fatalf("FinishSync after a failed sync: done %v, no error", done)
+	}
+	if err := v.StartSync("db", 4096, []byte("later")); err == nil {
+		t.Fatal("StartSync after a failed sync succeeded")
+	}
+	if v.FileFailed("db") == nil {
+		t.Fatal("FileFailed does not report the failed sync")
+	}
+	for _, op := range log.all() {
+		if op == "mark write 0" || op == "mark write 4096" {
+			t.Fatalf("the mark file was written after the failed sync: %q", log.all())
+		}
+	}
+}

@@ -73,6 +73,11 @@ type storeFile struct {
 	mark        File
 	syncMark    []byte
 	syncMarkOff int64
+	// failed is the first failed sync, write-back or mark write of a
+	// file written at once: as for a goroutine's failure (behindFile),
+	// the file is not trusted again, and every later sync and mark fails
+	// with it (FileFailed reports it).
+	failed error
 }
 
 // files is the part of a VFS that the C callbacks reach: the opener, the
@@ -253,8 +258,15 @@ func (v *VFS) SyncFile(db string) error {
 	if s == nil {
 		return nil
 	}
+	if s.failed != nil {
+		return s.failed
+	}
 	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("vfs: sync of database file %q: %w", db, err)
+		err = fmt.Errorf("vfs: sync of database file %q: %w", db, err)
+		if _, ok := s.f.(*behindFile); !ok {
+			s.failed, s.syncMark = err, nil
+		}
+		return err
 	}
 	s.unsynced = false
 	return nil
@@ -273,6 +285,9 @@ func (v *VFS) WriteMark(db string, off int64, p []byte) error {
 	if bf, ok := s.f.(*behindFile); ok {
 		return bf.queueMark(off, p)
 	}
+	if s.failed != nil {
+		return s.failed
+	}
 	if s.syncMark != nil {
 		// A sync StartSync asked for, with its mark, comes first (as a
 		// file's goroutine would carry them out): marks are durable in
@@ -282,7 +297,8 @@ func (v *VFS) WriteMark(db string, off int64, p []byte) error {
 		}
 	}
 	if err := writeMark(s.mark, off, p); err != nil {
-		return fmt.Errorf("vfs: database file %q: %w", db, err)
+		s.failed = fmt.Errorf("vfs: database file %q: %w", db, err)
+		return s.failed
 	}
 	return nil
 }
@@ -306,6 +322,9 @@ func (v *VFS) StartSync(db string, markOff int64, mark []byte) error {
 		s.syncGen, s.syncWrites = bf.startSync(markOff, mark), s.writes
 		return nil
 	}
+	if s.failed != nil {
+		return s.failed
+	}
 	if s.syncMark != nil {
 		// The mark of a sync asked for before is written first, never
 		// dropped: marks are durable in the order they were asked for.
@@ -313,28 +332,27 @@ func (v *VFS) StartSync(db string, markOff int64, mark []byte) error {
 			return err
 		}
 	}
+	if wb, ok := s.f.(interface{ WriteBack(off, n int64) error }); ok {
+		size, err := s.f.Size()
+		if err != nil {
+			return fmt.Errorf("vfs: size of database file %q: %w", db, err)
+		}
+		if err := wb.WriteBack(0, size); err != nil {
+			s.failed = fmt.Errorf("vfs: write-back of database file %q: %w", db, err)
+			return s.failed
+		}
+	}
 	s.syncMark, s.syncMarkOff = nil, markOff
 	if mark != nil {
 		s.syncMark = append([]byte(nil), mark...)
-	}
-	wb, ok := s.f.(interface{ WriteBack(off, n int64) error })
-	if !ok {
-		return nil
-	}
-	size, err := s.f.Size()
-	if err != nil {
-		return fmt.Errorf("vfs: size of database file %q: %w", db, err)
-	}
-	if err := wb.WriteBack(0, size); err != nil {
-		return fmt.Errorf("vfs: write-back of database file %q: %w", db, err)
 	}
 	return nil
 }
 
 // FileFailed returns the failure of a write or sync that db's main file's
-// goroutine carried out (nil if none, or if the file has no goroutine):
-// the file then misses pages SQLite was told it holds, and must not be
-// trusted again.
+// goroutine carried out, or of a sync, write-back or mark write of a file
+// written at once (nil if none): the file then may miss pages SQLite was
+// told it holds, and must not be trusted again.
 func (v *VFS) FileFailed(db string) error {
 	s := v.storeOf(db)
 	if s == nil {
@@ -345,7 +363,7 @@ func (v *VFS) FileFailed(db string) error {
 			return fmt.Errorf("vfs: database file %q: %w", db, err)
 		}
 	}
-	return nil
+	return s.failed
 }
 
 // FileHasRoom reports whether writing n bytes to db's main file would not
@@ -393,7 +411,8 @@ func (v *VFS) FinishSync(db string) (done bool, err error) {
 		if mark := s.syncMark; mark != nil {
 			s.syncMark = nil
 			if err := writeMark(s.mark, s.syncMarkOff, mark); err != nil {
-				return true, fmt.Errorf("vfs: database file %q: %w", db, err)
+				s.failed = fmt.Errorf("vfs: database file %q: %w", db, err)
+				return true, s.failed
 			}
 		}
 		return true, nil
