@@ -158,7 +158,7 @@ func (d *DB) maybeCheckpoint(x *database) (due bool, err error) {
 // would hold back for good.
 func (d *DB) CheckpointSoon() {
 	for _, x := range d.dbs {
-		if x.written {
+		if x.written && !x.syncOwed { // one owed moves F on when it is done
 			x.checkpointDue, x.soon = true, true
 		}
 	}
