@@ -198,7 +198,9 @@ func run(parent context.Context, args []string, errOut io.Writer) int {
 		fmt.Fprintln(errOut, "dqlited: -log-level:", err)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: level}))
+	logOut := newLogWriter(errOut) // the loop never waits for the log's output
+	defer logOut.Close()
+	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level}))
 	tlsCfg, peerCAs, err := loadTLS(o)
 	if err != nil {
 		log.Error("loading TLS files", "err", err)
