@@ -45,20 +45,11 @@ func (n *fileNode) open() {
 	n.db = db
 }
 
-// write runs sql as one batch and applies its entry.
+// write runs sql on the default database as one batch, applies its entry
+// and runs the loop's next tick.
 func (n *fileNode) write(sql string) {
 	n.t.Helper()
-	cmd, _, errs := n.db.ExecuteBatch([]any{&fsm.BatchItem{SQL: sql}})
-	if errs[0] != nil {
-		n.t.Fatal(errs[0])
-	}
-	e := raft.Entry{Index: uint64(len(n.log) + 1), Term: 1, Data: cmd}
-	n.log = append(n.log, e)
-	n.db.Proposed(e.Index, e.Term)
-	if _, err := n.db.Apply(e); err != nil {
-		n.t.Fatal(err)
-	}
-	n.db.AppliedTo(e.Index)
+	n.applyTo("", sql)
 	if err := n.db.Maintain(); err != nil { // the loop's next tick
 		n.t.Fatal(err)
 	}

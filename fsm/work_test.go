@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
-	"github.com/dqlite-go/dqlite/raft"
 )
 
 // TestWorkTimedByPart: with a clock, the DB counts the time of each part
@@ -21,17 +20,7 @@ func TestWorkTimedByPart(t *testing.T) {
 	const insert = "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40) INSERT INTO t SELECT randomblob(3000) FROM s"
 	// A write applied with no tick after it: its checkpoint is due, and
 	// its WAL long enough that the next write makes it first.
-	cmd, _, errs := n.db.ExecuteBatch([]any{&fsm.BatchItem{SQL: insert}})
-	if errs[0] != nil {
-		t.Fatal(errs[0])
-	}
-	e := raft.Entry{Index: uint64(len(n.log) + 1), Term: 1, Data: cmd}
-	n.log = append(n.log, e)
-	n.db.Proposed(e.Index, e.Term)
-	if _, err := n.db.Apply(e); err != nil {
-		t.Fatal(err)
-	}
-	n.db.AppliedTo(e.Index)
+	n.applyTo("", insert)
 	if w := n.db.TakeWork(); w[fsm.WorkExecute] <= 0 || w[fsm.WorkApply] <= 0 || w[fsm.WorkCheckpoint] != 0 {
 		t.Fatalf("a write and its apply counted as %v", w)
 	}
