@@ -29,10 +29,11 @@ func (l *opLog) all() []string {
 // loggedFile is an in-memory File (and Allocator) that logs its writes and
 // syncs under its name.
 type loggedFile struct {
-	name string
-	log  *opLog
-	mu   sync.Mutex
-	data []byte
+	name     string
+	log      *opLog
+	mu       sync.Mutex
+	data     []byte
+	failSync bool // the next Sync fails, the one after succeeds (as Linux reports a write-back error once)
 }
 
 func (f *loggedFile) WriteAt(p []byte, off int64) (int, error) {
@@ -52,7 +53,15 @@ func (f *loggedFile) ReadAt(p []byte, off int64) (int, error) {
 	return copy(p, f.data[min(off, int64(len(f.data))):]), nil
 }
 
-func (f *loggedFile) Sync() error               { f.log.add(f.name + " sync"); return nil }
+func (f *loggedFile) Sync() error {
+	if f.failSync {
+		f.failSync = false
+		f.log.add(f.name + " sync failed")
+		return errors.New("EIO")
+	}
+	f.log.add(f.name + " sync")
+	return nil
+}
 func (f *loggedFile) Truncate(size int64) error { return nil }
 func (f *loggedFile) Size() (int64, error) {
 	f.mu.Lock()
@@ -107,20 +116,7 @@ func TestBehindFileMarksInOrder(t *testing.T) {
 // seed 339: a restarted node skipped entries its file did not have).
 func TestMarkWaitsForAskedSync(t *testing.T) {
 	log := &opLog{}
-	main, mark := &loggedFile{name: "db", log: log}, &loggedFile{name: "mark", log: log}
-	v, err := NewFiles(fmt.Sprintf("marks-%p", log), 1, markedFiles{main: main, mark: mark})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	c, err := v.Open("db", 4096)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Exec("CREATE TABLE t (x)"); err != nil {
-		t.Fatal(err)
-	}
+	v := openMarked(t, &loggedFile{name: "db", log: log}, &loggedFile{name: "mark", log: log})
 	if err := v.StartSync("db", 0, []byte("first")); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +136,27 @@ func TestMarkWaitsForAskedSync(t *testing.T) {
 	}
 }
 
+// openMarked opens a VFS whose database "db" is main, with mark as its mark
+// file, and writes a table into it (its file written at once: no
+// goroutine).
+func openMarked(t *testing.T, main, mark *loggedFile) *VFS {
+	t.Helper()
+	v, err := NewFiles(fmt.Sprintf("marks-%p", main), 1, markedFiles{main: main, mark: mark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	c, err := v.Open("db", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Exec("CREATE TABLE t (x)"); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 // markedFiles opens main, with mark as its mark file, for every database.
 type markedFiles struct{ main, mark *loggedFile }
 
@@ -154,38 +171,6 @@ type markedLogged struct {
 
 func (m markedLogged) MarkFile() File { return m.mark }
 
-// failOnceFile is a loggedFile whose next Sync fails (then succeeds again,
-// as Linux reports a write-back error once).
-type failOnceFile struct {
-	*loggedFile
-	fail bool
-}
-
-func (f *failOnceFile) Sync() error {
-	if f.fail {
-		f.fail = false
-		f.log.add(f.name + " sync failed")
-		return errors.New("EIO")
-	}
-	return f.loggedFile.Sync()
-}
-
-type failOnceFiles struct {
-	main *failOnceFile
-	mark *loggedFile
-}
-
-func (m failOnceFiles) OpenDatabase(name string) (File, error) {
-	return markedFailOnce{m.main, m.mark}, nil
-}
-
-type markedFailOnce struct {
-	*failOnceFile
-	mark *loggedFile
-}
-
-func (m markedFailOnce) MarkFile() File { return m.mark }
-
 // TestFailedSyncNeverMarked: on a file written at once, a sync that fails
 // leaves the file untrusted for good: the mark asked for after that sync
 // is never written (a later sync succeeding, with the pages the failed one
@@ -195,25 +180,12 @@ func (m markedFailOnce) MarkFile() File { return m.mark }
 // sync instead.
 func TestFailedSyncNeverMarked(t *testing.T) {
 	log := &opLog{}
-	main := &failOnceFile{loggedFile: &loggedFile{name: "db", log: log}}
-	mark := &loggedFile{name: "mark", log: log}
-	v, err := NewFiles(fmt.Sprintf("marks-fail-%p", log), 1, failOnceFiles{main: main, mark: mark})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	c, err := v.Open("db", 4096)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Exec("CREATE TABLE t (x)"); err != nil {
-		t.Fatal(err)
-	}
+	main := &loggedFile{name: "db", log: log}
+	v := openMarked(t, main, &loggedFile{name: "mark", log: log})
 	if err := v.StartSync("db", 0, []byte("index")); err != nil {
 		t.Fatal(err)
 	}
-	main.fail = true
+	main.failSync = true
 	if err := v.WriteMark("db", 4096, []byte("dirty")); err == nil {
 		t.Fatal("a mark after a failed sync was written")
 	}
