@@ -10,8 +10,9 @@ import (
 // logWriter hands the log's lines to a goroutine of its own, so that the
 // node's loop, which logs, never waits for the log's file or pipe: a
 // write() into a file on a disk busy with writeback can be throttled by
-// the kernel for hundreds of milliseconds (seen on the 2 GiB large run:
-// five loop events of 129-278 ms on three nodes at once as a node joined).
+// the kernel for hundreds of milliseconds (the suspected cause, not
+// proven, of five loop events of 129-278 ms on three nodes at once as a
+// node joined in one 2 GiB large run).
 // At most logQueueBytes wait; past that, lines are dropped and counted,
 // and the next line written says how many. Close writes out what waits,
 // for at most logCloseWait.
