@@ -43,9 +43,11 @@
 // Queries are served by the leader by default (read=leader: linearizable).
 // With read=any (Connector.Read ReadAny) they stay linearizable but may be
 // served by any node: each connection keeps, besides its connection to
-// the leader, a connection to one node chosen round-robin over the known
-// nodes, and a follower serving a query first asks the leader for a read
-// index. With read=stale&max_staleness=100ms (ReadStale and
+// the leader, a connection to one follower chosen round-robin over the
+// known nodes other than the leader (the leader only when no follower
+// accepts; read_nodes=all, Connector.ReadNodes ReadAllNodes, rotates over
+// every node), and a follower serving a query first asks the leader for a
+// read index. With read=stale&max_staleness=100ms (ReadStale and
 // Connector.MaxStaleness) a node serves the query from its own state when
 // that includes every write committed more than the bound ago, and
 // otherwise as read=any. WithRead chooses the level of one query through
@@ -131,7 +133,8 @@ func (d *Driver) Open(dsn string) (driver.Conn, error) {
 
 // OpenConnector parses dsn: host:port[,host:port...]/database, with
 // optional parameters ?read=leader|any|stale&max_staleness=DURATION (a Go
-// duration such as 100ms; required with read=stale).
+// duration such as 100ms; required with read=stale) and
+// read_nodes=followers|all (Connector.ReadNodes).
 func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 	dsn, query, _ := strings.Cut(dsn, "?")
 	addrs, name, ok := strings.Cut(dsn, "/")
@@ -149,13 +152,17 @@ func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
 			if c.Read, err = ParseReadLevel(v[len(v)-1]); err != nil {
 				return nil, err
 			}
+		case "read_nodes":
+			if c.ReadNodes, err = ParseReadNodes(v[len(v)-1]); err != nil {
+				return nil, err
+			}
 		case "max_staleness":
 			if c.MaxStaleness, err = time.ParseDuration(v[len(v)-1]); err != nil || c.MaxStaleness <= 0 ||
 				c.MaxStaleness > wire.MaxStalenessUs*time.Microsecond {
 				return nil, fmt.Errorf("dqlite: max_staleness %q: want a positive duration up to 1h, such as 100ms", v[len(v)-1])
 			}
 		default:
-			return nil, fmt.Errorf("dqlite: unknown data source name parameter %q (read, max_staleness)", k)
+			return nil, fmt.Errorf("dqlite: unknown data source name parameter %q (read, max_staleness, read_nodes)", k)
 		}
 	}
 	if c.Read == ReadStale && c.MaxStaleness == 0 {
@@ -204,6 +211,9 @@ type Connector struct {
 	// MaxStaleness the bound of ReadStale.
 	Read         ReadLevel
 	MaxStaleness time.Duration
+	// ReadNodes is where the read connection of ReadAny and ReadStale
+	// queries goes: ReadFollowers (the default) or ReadAllNodes.
+	ReadNodes ReadNodes
 
 	reconnects, writeRetries atomic.Uint64
 	// readNext picks each connection's read node round-robin.
@@ -219,13 +229,48 @@ const (
 	// what clients of the original protocol get).
 	ReadLeader ReadLevel = iota
 	// ReadAny: linearizable, served by any node; queries go to one node
-	// per connection, chosen round-robin, and writes to the leader.
+	// per connection, chosen round-robin (see ReadNodes), and writes to
+	// the leader.
 	ReadAny
 	// ReadStale: served by any node from its own state, which includes
 	// every write committed more than MaxStaleness before the query (on
 	// the serving node's clock).
 	ReadStale
 )
+
+// ReadNodes chooses the nodes a connection's read connection (of ReadAny
+// and ReadStale queries) goes to, one per connection, round-robin.
+type ReadNodes uint8
+
+const (
+	// ReadFollowers: the nodes other than the leader the connection
+	// found, and the leader only when none of them accepts. The leader
+	// already runs every write and answers every follower's read index
+	// request (one small message for a batch of reads), so a read it
+	// serves itself costs it a whole query where one a follower serves
+	// costs it a fraction of a message.
+	ReadFollowers ReadNodes = iota
+	// ReadAllNodes: every known node, the leader too.
+	ReadAllNodes
+)
+
+// ParseReadNodes parses "followers" or "all".
+func ParseReadNodes(s string) (ReadNodes, error) {
+	switch s {
+	case "followers", "":
+		return ReadFollowers, nil
+	case "all":
+		return ReadAllNodes, nil
+	}
+	return 0, fmt.Errorf("dqlite: unknown read_nodes %q (followers or all)", s)
+}
+
+func (r ReadNodes) String() string {
+	if r == ReadAllNodes {
+		return "all"
+	}
+	return "followers"
+}
 
 // ParseReadLevel parses "leader", "any" or "stale".
 func ParseReadLevel(s string) (ReadLevel, error) {
@@ -402,6 +447,10 @@ func (cn *conn) tryConnect(ctx context.Context) error {
 		cn.c.Store.Set(append(voters, others...))
 	}
 	cn.w, cn.db = w, db
+	if cn.r != nil && cn.c.ReadNodes == ReadFollowers && cn.r.Address == w.Address {
+		// The read node became the leader: move the reads to a follower.
+		cn.dropRead()
+	}
 	return nil
 }
 
@@ -610,34 +659,64 @@ func (cn *conn) sendRead(ctx context.Context, call func(w *wire.Conn, db uint32)
 }
 
 // connectRead opens the read connection: to the connection's read node,
-// or, when it fails, to each next known node in turn.
+// or, when it fails, to each next candidate in turn (readCandidates), then
+// to the leader when the candidates left it out.
 func (cn *conn) connectRead(ctx context.Context) error {
 	addrs := cn.c.Store.Get()
 	if len(addrs) == 0 {
 		return errors.New("dqlite: no node addresses")
 	}
+	cands, last := cn.readCandidates(addrs)
 	if !cn.rpicked {
 		cn.rnode, cn.rpicked = cn.c.readNext.Add(1)-1, true
 	}
 	var errs []error
-	for range addrs {
-		addr := addrs[cn.rnode%uint64(len(addrs))]
+	try := func(addr string) bool {
 		w, err := wire.Dial(ctx, addr, cn.c.TLS)
 		if err == nil {
 			var db uint32
 			if db, err = w.OpenAny(ctx, cn.c.Name); err == nil {
 				cn.r, cn.rdb = w, db
-				return nil
+				return true
 			}
 			w.Close()
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		return false
+	}
+	for range cands {
+		if try(cands[cn.rnode%uint64(len(cands))]) {
+			return nil
+		}
 		cn.rnode++
 		if ctx.Err() != nil {
 			break
 		}
 	}
+	if last != "" && ctx.Err() == nil && try(last) {
+		return nil
+	}
 	return fmt.Errorf("dqlite: no node accepted a read connection: %w", errors.Join(errs...))
+}
+
+// readCandidates are the addresses the read connection rotates over, and
+// last, one to try when none of them accepts ("": none). With
+// ReadFollowers they are the known nodes but the leader of the
+// connection's leader connection, which is last; with ReadAllNodes, or
+// when no other node is known, every known node.
+func (cn *conn) readCandidates(addrs []string) (cands []string, last string) {
+	if cn.c.ReadNodes == ReadAllNodes || cn.w == nil {
+		return addrs, ""
+	}
+	for _, a := range addrs {
+		if a != cn.w.Address {
+			cands = append(cands, a)
+		}
+	}
+	if len(cands) == 0 || len(cands) == len(addrs) {
+		return addrs, "" // the leader alone, or not among them
+	}
+	return cands, cn.w.Address
 }
 
 // dropRead closes the read connection; the next one goes to the next node.

@@ -234,6 +234,7 @@ func TestReadLevelDSN(t *testing.T) {
 		"127.0.0.1:1/test?read=stale&max_staleness=-1s",
 		"127.0.0.1:1/test?read=any&max_staleness=soon",
 		"127.0.0.1:1/test?read=%zz",
+		"127.0.0.1:1/test?read=any&read_nodes=leader",
 	} {
 		if db, err := sql.Open("dqlite", dsn); err == nil {
 			db.Close()
@@ -259,8 +260,19 @@ func TestReadLevelDSN(t *testing.T) {
 			t.Errorf("OpenConnector(%q): %v", dsn, err)
 			continue
 		}
-		if cn := c.(*driver.Connector); cn.Read != want.level || cn.MaxStaleness != want.max {
-			t.Errorf("OpenConnector(%q): read %v, max_staleness %v; want %v, %v", dsn, cn.Read, cn.MaxStaleness, want.level, want.max)
+		if cn := c.(*driver.Connector); cn.Read != want.level || cn.MaxStaleness != want.max || cn.ReadNodes != driver.ReadFollowers {
+			t.Errorf("OpenConnector(%q): read %v, max_staleness %v, read_nodes %v; want %v, %v, followers", dsn, cn.Read, cn.MaxStaleness, cn.ReadNodes, want.level, want.max)
+		}
+	}
+	for dsn, want := range map[string]driver.ReadNodes{
+		"127.0.0.1:1/test?read=any&read_nodes=all":       driver.ReadAllNodes,
+		"127.0.0.1:1/test?read=any&read_nodes=followers": driver.ReadFollowers,
+	} {
+		c, err := (&driver.Driver{}).OpenConnector(dsn)
+		if err != nil {
+			t.Errorf("OpenConnector(%q): %v", dsn, err)
+		} else if got := c.(*driver.Connector).ReadNodes; got != want {
+			t.Errorf("OpenConnector(%q): read_nodes %v, want %v", dsn, got, want)
 		}
 	}
 }
@@ -393,5 +405,93 @@ func TestTxReadsKeepTransactionAlive(t *testing.T) {
 	}
 	if err := tx.Commit(); err != nil {
 		t.Fatalf("commit after reads spanning %v: %v", time.Second, err)
+	}
+}
+
+// ownReads is how many reads node i served from its own state (not
+// counting the read index requests it answered for others).
+func ownReads(st raft.ReadStats) uint64 { return st.Lease + st.Rounds + st.Forwarded + st.Stale }
+
+// TestReadNodes: at read=any the read connections go to the followers
+// alone by default (the leader serves none of their reads, and answers
+// their read index requests), and to every node, the leader too, with
+// read_nodes=all. When the read node becomes the leader, the connection's
+// reads move to a follower once it reconnects to the new leader.
+func TestReadNodes(t *testing.T) {
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	leader := c.Leader(t, ctx)
+	writer := openDB(t, c.Addrs)
+	if _, err := writer.ExecContext(ctx, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.ExecContext(ctx, "INSERT INTO kv VALUES (1, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	readAll := func(conns []*sql.Conn) {
+		t.Helper()
+		for i := 0; i < 5; i++ {
+			for j, sc := range conns {
+				var v int
+				if err := sc.QueryRowContext(ctx, "SELECT v FROM kv WHERE k = 1").Scan(&v); err != nil || v != 1 {
+					t.Fatalf("connection %d: %d %v", j, v, err)
+				}
+			}
+		}
+	}
+	for _, nodes := range []driver.ReadNodes{driver.ReadFollowers, driver.ReadAllNodes} {
+		reader, cn := readerDB(t, c.Addrs, driver.ReadAny, 0)
+		cn.ReadNodes = nodes
+		before := readStats(c)
+		conns := pinConns(t, ctx, reader, 2*len(c.Nodes))
+		readAll(conns)
+		after := readStats(c)
+		if l := c.Leader(t, ctx); l != leader {
+			t.Skipf("leadership moved from node %d to %d during the test", leader+1, l+1)
+		}
+		onLeader := ownReads(after[leader]) - ownReads(before[leader])
+		answered := after[leader].Answered - before[leader].Answered
+		switch {
+		case nodes == driver.ReadFollowers && (onLeader != 0 || answered == 0):
+			t.Fatalf("read_nodes=%v: the leader served %d reads and answered %d read index requests, want 0 and some", nodes, onLeader, answered)
+		case nodes == driver.ReadAllNodes && onLeader < 2*5:
+			t.Fatalf("read_nodes=%v: the leader served %d reads, want its share (at least %d)", nodes, onLeader, 2*5)
+		}
+		if got := followerReads(before, after, leader); got < 4*5 {
+			t.Fatalf("read_nodes=%v: the followers served %d reads, want at least %d", nodes, got, 4*5)
+		}
+	}
+
+	// One connection reading on a follower, which then becomes the leader.
+	reader, _ := readerDB(t, c.Addrs, driver.ReadAny, 0)
+	sc := pinConns(t, ctx, reader, 1)[0]
+	before := readStats(c)
+	readAll([]*sql.Conn{sc})
+	after := readStats(c)
+	target := -1
+	for i := range c.Nodes {
+		if ownReads(after[i]) > ownReads(before[i]) {
+			target = i
+		}
+	}
+	if target < 0 || target == leader {
+		t.Fatalf("the read node is %d, want a follower (leader %d)", target+1, leader+1)
+	}
+	if err := c.Nodes[leader].Transfer(ctx, raft.NodeID(target+1)); err != nil {
+		t.Fatal(err)
+	}
+	// A write reconnects the connection to the new leader.
+	if _, err := sc.ExecContext(ctx, "UPDATE kv SET v = 1 WHERE k = 1"); err != nil {
+		t.Fatal(err)
+	}
+	before = readStats(c)
+	readAll([]*sql.Conn{sc})
+	after = readStats(c)
+	if got := ownReads(after[target]) - ownReads(before[target]); got != 0 {
+		t.Fatalf("node %d, now the leader, still served %d of the connection's reads", target+1, got)
+	}
+	if got := followerReads(before, after, target); got < 5 {
+		t.Fatalf("the followers of the new leader served %d reads, want 5", got)
 	}
 }

@@ -193,13 +193,15 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	defer db.Close()
 	db.SetMaxOpenConns(32)
 	// The register workload reads at the linearizable any-node level:
-	// each connection reads from one node (chosen round-robin), writes go
-	// to the leader. At least one client per node, and every connection
-	// kept, so every node gets a share.
+	// each connection reads from one node (chosen round-robin over every
+	// node, the leader too: read_nodes=all), writes go to the leader. At
+	// least one client per node, and every connection kept, so every node
+	// gets a share.
 	regClients := max(4, cfg.Nodes+1)
 	regCn := driver.NewConnector(c.addrs(), "jepsen")
 	regCn.RetryTimeout = 10 * time.Second
 	regCn.Read = driver.ReadAny
+	regCn.ReadNodes = driver.ReadAllNodes
 	regDB := sql.OpenDB(regCn)
 	defer regDB.Close()
 	regDB.SetMaxOpenConns(regClients)
