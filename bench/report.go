@@ -80,7 +80,7 @@ func (r *Report) resultsMarkdown(w io.Writer) {
 			rss = append(rss, fmt.Sprint(b))
 		}
 		for _, c := range x.CPUMsPer {
-			cpu = append(cpu, fmt.Sprintf("%.2f", c))
+			cpu = append(cpu, fmt.Sprintf("%.3f", c))
 		}
 		for _, f := range x.ReadShare {
 			share = append(share, fmt.Sprintf("%.0f%%", 100*f))
@@ -90,10 +90,35 @@ func (r *Report) resultsMarkdown(w io.Writer) {
 			perNode(cpu, x.LeaderFirst), perNode(share, x.LeaderFirst), perNode(rss, x.LeaderFirst))
 	}
 	fmt.Fprintln(w, "\nvs frames: throughput relative to frame replication in the same run (above 1: faster than frames).")
-	fmt.Fprintln(w, "frames-any: the frames cluster (same processes) through a connector reading at level any (`Connector.Read = driver.ReadAny`: linearizable reads served by every node, one node per connection chosen round-robin; writes to the leader); measured on the read workloads only.")
+	fmt.Fprintln(w, "frames-any: the frames cluster (same processes) through a connector reading at level any (`Connector.Read = driver.ReadAny`: linearizable reads served by the followers, one per connection chosen round-robin, each asking the leader for a read index per batch of reads; writes to the leader); measured on the read workloads only.")
+	if lines := r.leaderCPULines(); len(lines) > 0 {
+		fmt.Fprintln(w, "\nleader CPU per read, frames-any against frames (reads on the followers against reads on the leader, same processes, same run):")
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintln(w, "per node (CPU, reads served, RSS): the clusters' lists start with the leader, marked *, then the followers (a list without * is in process order: the leader was not known, or changed during the workload). CPU ms/op: each process's CPU time over the workload's operations.")
 	fmt.Fprintln(w, "reads served per node: each node's share of the reads it served from its own state during the workload (dqlite_reads_total lease + round + forwarded + stale deltas).")
 	fmt.Fprintln(w, "written B/op: for the clusters, log entry bytes appended plus snapshot bytes, all nodes; for sqlite, the kernel's write_bytes of the benchmark process.")
+}
+
+// leaderCPULines compares, per read workload, the leader's CPU per read
+// of frames-any with that of frames (both with the leader known first).
+func (r *Report) leaderCPULines() []string {
+	var out []string
+	for _, x := range r.Results {
+		if x.System != "frames-any" || !x.LeaderFirst || len(x.CPUMsPer) == 0 {
+			continue
+		}
+		f := r.find(x.Workload, x.Clients, "frames")
+		if f == nil || !f.LeaderFirst || len(f.CPUMsPer) == 0 || f.CPUMsPer[0] <= 0 {
+			continue
+		}
+		out = append(out, fmt.Sprintf("- %s/%d: %.4f against %.4f ms, a ratio of %.2f",
+			x.Workload, x.Clients, x.CPUMsPer[0], f.CPUMsPer[0], x.CPUMsPer[0]/f.CPUMsPer[0]))
+	}
+	return out
 }
 
 // perNode joins a per-node list, the first figure marked * when it is the
