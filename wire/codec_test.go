@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -180,4 +181,25 @@ func FuzzDecoders(f *testing.F) {
 		NewDecoder(b).Text("x")
 		NewDecoder(b).Blob("x")
 	})
+}
+
+// TestValueErrorNamesItsPosition: a tuple cut short in its second value
+// fails as malformed, naming that value; the first decodes.
+func TestValueErrorNamesItsPosition(t *testing.T) {
+	var e Encoder
+	if err := EncodeParams(&e, 0, []Value{{Type: Integer, V: int64(7)}, {Type: Text, V: "hello"}}); err != nil {
+		t.Fatal(err)
+	}
+	body := e.B[:len(e.B)-4] // the text's NUL and padding gone
+	d := NewDecoder(body)
+	if vals := DecodeParams(d, 0); vals != nil {
+		t.Fatalf("decoded %v from a cut tuple", vals)
+	}
+	if err := d.Err(); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "(value 2)") {
+		t.Fatalf("error %v, want malformed naming value 2", err)
+	}
+	d = NewDecoder(e.B)
+	if vals := DecodeParams(d, 0); d.Err() != nil || len(vals) != 2 || vals[0].V != int64(7) || vals[1].V != "hello" {
+		t.Fatalf("whole tuple: %v %v", vals, d.Err())
+	}
 }

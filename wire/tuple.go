@@ -111,23 +111,34 @@ func DecodeParams(d *Decoder, schema uint8) []Value {
 	return vals
 }
 
+// decodeValue reads value i (from 1) of type typ. Its position goes into
+// the error only when it fails (formatting it for every value cost a
+// Sprintf per parameter and per column).
 func decodeValue(d *Decoder, typ uint8, i int) Value {
-	what := fmt.Sprintf("value %d", i)
+	if d.err != nil {
+		return Value{}
+	}
+	var v Value
 	switch typ {
 	case Integer, UnixTime, Boolean:
-		return Value{typ, d.I64(what)}
+		v = Value{typ, d.I64("value")}
 	case Float:
-		return Value{typ, d.Double(what)}
+		v = Value{typ, d.Double("value")}
 	case Text, ISO8601:
-		return Value{typ, d.Text(what)}
+		v = Value{typ, d.Text("value")}
 	case Blob:
-		return Value{typ, d.Blob(what)}
+		v = Value{typ, d.Blob("value")}
 	case Null:
-		d.U64(what)
-		return Value{typ, nil}
+		d.U64("value")
+		v = Value{typ, nil}
+	default:
+		d.fail("value: unknown type %d", typ)
 	}
-	d.fail("%s: unknown type %d", what, typ)
-	return Value{}
+	if d.err != nil {
+		d.err = fmt.Errorf("%w (value %d)", d.err, i)
+		return Value{}
+	}
+	return v
 }
 
 // EncodeRow appends a row tuple: one 4-bit type code per column (the low
