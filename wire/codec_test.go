@@ -203,3 +203,23 @@ func TestValueErrorNamesItsPosition(t *testing.T) {
 		t.Fatalf("whole tuple: %v %v", vals, d.Err())
 	}
 }
+
+// BenchmarkDecodeParams10k: the parameters of the large workload's load
+// request (10,000 blobs of 1,000 bytes).
+func BenchmarkDecodeParams10k(b *testing.B) {
+	vals := make([]Value, 10_000)
+	for i := range vals {
+		vals[i] = Value{Type: Blob, V: make([]byte, 1000)}
+	}
+	var e Encoder
+	if err := EncodeParams(&e, 1, vals); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(e.B)))
+	for b.Loop() {
+		d := NewDecoder(e.B)
+		if got := DecodeParams(d, 1); len(got) != len(vals) {
+			b.Fatal(d.Err())
+		}
+	}
+}
