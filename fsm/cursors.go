@@ -25,14 +25,33 @@ func (d *DB) OpenCursor(db, sql string, args ...any) (*vfs.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openCursor(r.conn, sql, args)
-	if err != nil {
+	var s *vfs.Stmt
+	if s = r.takeStmt(sql); s != nil {
+		// Compiled and checked by an earlier query of the same SQL.
+		if err := bindArgs(s, args); err != nil {
+			s.Finalize()
+			return nil, err
+		}
+	} else if s, err = openCursor(r.conn, sql, args); err != nil {
 		return nil, err
+	} else {
+		d.queryCompiles++
 	}
-	d.cursors[s] = openQuery{x, r}
+	d.cursors[s] = openQuery{x, r, sql}
 	r.busy = true
 	x.cursors++
 	return s, nil
+}
+
+// bindArgs binds args to s's parameters. Parameters past the statement's
+// own are ignored, as the C server does (it binds as many as both have).
+func bindArgs(s *vfs.Stmt, args []any) error {
+	for i, a := range args[:min(len(args), s.ParamCount())] {
+		if err := s.Bind(i+1, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // OpenTxCursor prepares a read-only query inside the open transaction (on
@@ -71,13 +90,9 @@ func openCursor(c *vfs.Conn, sql string, args []any) (*vfs.Stmt, error) {
 		s.Finalize()
 		return nil, fmt.Errorf("%w: %q", ErrNonemptyTail, tail)
 	}
-	// Parameters past the statement's own are ignored, as the C server
-	// does (it binds as many as both have).
-	for i, a := range args[:min(len(args), s.ParamCount())] {
-		if err := s.Bind(i+1, a); err != nil {
-			s.Finalize()
-			return nil, err
-		}
+	if err := bindArgs(s, args); err != nil {
+		s.Finalize()
+		return nil, err
 	}
 	return s, nil
 }
@@ -122,19 +137,30 @@ func (d *DB) PrepareCheck(db, sql string, inTx bool) (params, tail int, err erro
 
 // openQuery is an open cursor's database and read connection.
 type openQuery struct {
-	x *database
-	r *reader
+	x   *database
+	r   *reader
+	sql string
 }
+
+// QueryCompiles counts the statements OpenCursor compiled (the others
+// came kept from an earlier query of the same SQL on the connection).
+func (d *DB) QueryCompiles() uint64 { return d.queryCompiles }
 
 // OpenCursors is the number of open cursors (queries not yet closed).
 func (d *DB) OpenCursors() int { return len(d.cursors) + len(d.txCursors) }
 
-// CloseCursor finalizes a cursor.
+// CloseCursor closes a cursor: s is finalized, or, for a query on a read
+// connection, its statement is kept for the connection's next query of the
+// same SQL (under a new handle: s can step nothing any more).
 func (d *DB) CloseCursor(s *vfs.Stmt) {
 	if q, ok := d.cursors[s]; ok {
 		q.x.cursors--
 		q.r.busy = false
 		delete(d.cursors, s)
+		if kept := s.Recycle(); kept != nil {
+			q.r.keepStmt(q.sql, kept)
+		}
+		return
 	}
 	delete(d.txCursors, s)
 	s.Finalize()

@@ -16,12 +16,12 @@ import (
 
 // solo is one fsm.DB without Raft: writes are executed and applied at once.
 type solo struct {
-	t     *testing.T
+	t     testing.TB
 	db    *fsm.DB
 	index uint64
 }
 
-func newSolo(t *testing.T, mode fsm.Mode) *solo {
+func newSolo(t testing.TB, mode fsm.Mode) *solo {
 	t.Helper()
 	db, err := openMode(fmt.Sprintf("solo-%d", vfsSeq.Add(1)), 1, mode)
 	if err != nil {

@@ -96,3 +96,88 @@ func TestPrepareSeesSchemaWhileQueryStreams(t *testing.T) {
 		t.Fatalf("PrepareCheck of a table created after the streaming query began: %d params, %v", n, err)
 	}
 }
+
+// queryArgs runs sql with args on a read connection and returns its rows.
+func queryArgs(t *testing.T, d *fsm.DB, sql string, args ...any) [][]any {
+	t.Helper()
+	cur, err := d.OpenCursor("", sql, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.CloseCursor(cur)
+	var rows [][]any
+	for {
+		more, err := cur.Step()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more {
+			return rows
+		}
+		row := make([]any, cur.ColumnCount())
+		for i := range row {
+			row[i] = cur.Column(i)
+		}
+		rows = append(rows, row)
+	}
+}
+
+// TestQueryStatementsKept: a query's statement is compiled once per read
+// connection and kept for the next query of the same SQL, which binds its
+// own parameters (none left over from the last one), reads the schema as it
+// is now, and cannot be stepped through the closed query's handle; a
+// connection keeps at most 16 statements.
+func TestQueryStatementsKept(t *testing.T) {
+	s := newSolo(t, fsm.ModeFrames)
+	s.exec("", "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+	s.exec("", "INSERT INTO t VALUES (1, 'one'), (2, 'two')")
+	base := s.db.QueryCompiles()
+	const q = "SELECT v FROM t WHERE k = ?"
+	if rows := queryArgs(t, s.db, q, int64(1)); fmt.Sprint(rows) != "[[one]]" {
+		t.Fatalf("first query: %v", rows)
+	}
+	if rows := queryArgs(t, s.db, q, int64(2)); fmt.Sprint(rows) != "[[two]]" {
+		t.Fatalf("second query: %v", rows)
+	}
+	if got := s.db.QueryCompiles() - base; got != 1 {
+		t.Fatalf("%d compiles for two queries of one SQL, want 1", got)
+	}
+	// A parameter the next query does not bind is NULL, not the last one's.
+	const n = "SELECT ?1 IS NULL"
+	if rows := queryArgs(t, s.db, n, int64(5)); fmt.Sprint(rows) != "[[0]]" {
+		t.Fatalf("bound: %v", rows)
+	}
+	if rows := queryArgs(t, s.db, n); fmt.Sprint(rows) != "[[1]]" {
+		t.Fatalf("unbound after a bound one: %v, want [[1]] (NULL)", rows)
+	}
+	// The closed query's handle steps nothing.
+	cur, err := s.db.OpenCursor("", q, int64(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db.CloseCursor(cur)
+	if more, err := cur.Step(); err == nil || more {
+		t.Fatalf("step after close: %v %v, want an error", more, err)
+	}
+	if rows := queryArgs(t, s.db, q, int64(1)); fmt.Sprint(rows) != "[[one]]" {
+		t.Fatalf("query after a stale step: %v", rows)
+	}
+	// A kept statement reads the schema of now.
+	const all = "SELECT * FROM t WHERE k = 1"
+	if rows := queryArgs(t, s.db, all); fmt.Sprint(rows) != "[[1 one]]" {
+		t.Fatalf("before ALTER: %v", rows)
+	}
+	s.exec("", "ALTER TABLE t ADD COLUMN w INTEGER DEFAULT 7")
+	if rows := queryArgs(t, s.db, all); fmt.Sprint(rows) != "[[1 one 7]]" {
+		t.Fatalf("after ALTER: %v", rows)
+	}
+	// Bounded: 17 other statements push the first one out.
+	before := s.db.QueryCompiles()
+	for i := 0; i < 17; i++ {
+		queryArgs(t, s.db, fmt.Sprintf("SELECT %d", i))
+	}
+	queryArgs(t, s.db, q, int64(1))
+	if got := s.db.QueryCompiles() - before; got != 18 {
+		t.Fatalf("%d compiles, want 18 (the first statement was pushed out)", got)
+	}
+}

@@ -53,6 +53,8 @@ type DB struct {
 	// which step across several loop events, isolated from the writes
 	// made meanwhile.
 	cursors map[*vfs.Stmt]openQuery
+	// queryCompiles counts the statements OpenCursor compiled.
+	queryCompiles uint64
 	// txDB holds a client's transaction spanning requests, open on its
 	// write connection (see ExecuteTx); txCursors are its queries.
 	txDB      *database

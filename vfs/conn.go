@@ -320,6 +320,24 @@ func (s *Stmt) Reset() error {
 	return nil
 }
 
+// Recycle resets the statement and clears its bindings for another use,
+// and returns it under a new handle: s itself no longer refers to it (its
+// later use fails as after Finalize), so whoever kept s cannot step the
+// statement's next user. When the reset fails, the statement is finalized
+// and Recycle returns nil.
+func (s *Stmt) Recycle() *Stmt {
+	if s.s == nil {
+		return nil
+	}
+	if C.sqlite3_reset(s.s) != C.SQLITE_OK || C.sqlite3_clear_bindings(s.s) != C.SQLITE_OK {
+		s.Finalize()
+		return nil
+	}
+	n := &Stmt{s: s.s, conn: s.conn}
+	s.s = nil
+	return n
+}
+
 // Finalize releases the statement.
 func (s *Stmt) Finalize() error {
 	if s.s == nil {
