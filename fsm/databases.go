@@ -105,8 +105,15 @@ type cachedStmt struct {
 
 // readerStmtsMax bounds the statements a read connection keeps compiled
 // (a query's statement is compiled once per connection, not per query:
-// about 5% of a leader's CPU at one client doing point reads).
-const readerStmtsMax = 16
+// about 5% of a leader's CPU at one client doing point reads), and
+// keptStmtBytesMax the memory of one, its SQL text included (a point query
+// takes about 3 KiB, a join 6): a larger statement (long SQL, a query over
+// a large view) is finalized when its query closes, so kept statements
+// hold at most readerStmtsMax*keptStmtBytesMax (256 KiB) a connection.
+const (
+	readerStmtsMax   = 16
+	keptStmtBytesMax = 16 << 10
+)
 
 // takeStmt removes and returns the kept statement of sql (nil: none).
 func (r *reader) takeStmt(sql string) *vfs.Stmt {
@@ -121,8 +128,13 @@ func (r *reader) takeStmt(sql string) *vfs.Stmt {
 }
 
 // keepStmt keeps s, a closed query's statement of sql, finalizing the
-// least recently used one past readerStmtsMax.
+// least recently used one past readerStmtsMax (and s itself when it is
+// over keptStmtBytesMax).
 func (r *reader) keepStmt(sql string, s *vfs.Stmt) {
+	if int64(len(sql))+s.MemUsed() > keptStmtBytesMax {
+		s.Finalize()
+		return
+	}
 	if len(r.stmts) >= readerStmtsMax {
 		r.stmts[0].s.Finalize()
 		r.stmts = append(r.stmts[:0], r.stmts[1:]...)

@@ -3,6 +3,7 @@ package fsm_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/dqlite-go/dqlite/fsm"
@@ -179,5 +180,36 @@ func TestQueryStatementsKept(t *testing.T) {
 	queryArgs(t, s.db, q, int64(1))
 	if got := s.db.QueryCompiles() - before; got != 18 {
 		t.Fatalf("%d compiles, want 18 (the first statement was pushed out)", got)
+	}
+}
+
+// TestLargeQueryStatementsNotKept: a statement over 16 KiB (here its SQL
+// alone) is finalized when its query closes, so each query of it compiles
+// again; the statements kept are finalized when the databases close (DB.Close
+// reports a connection closed with statements left).
+func TestLargeQueryStatementsNotKept(t *testing.T) {
+	s := newSolo(t, fsm.ModeFrames)
+	s.exec("", "CREATE TABLE t (k INTEGER PRIMARY KEY)")
+	s.exec("", "INSERT INTO t VALUES (1), (2)")
+	var sql strings.Builder
+	sql.WriteString("SELECT k FROM t WHERE k IN (0")
+	for i := 1; sql.Len() < 70_000; i++ {
+		fmt.Fprintf(&sql, ",%d", i+2)
+	}
+	sql.WriteString(") OR k = 2")
+	before := s.db.QueryCompiles()
+	for i := 0; i < 3; i++ {
+		if rows := queryArgs(t, s.db, sql.String()); fmt.Sprint(rows) != "[[2]]" {
+			t.Fatalf("large query: %v", rows)
+		}
+	}
+	if got := s.db.QueryCompiles() - before; got != 3 {
+		t.Fatalf("%d compiles of three queries of a 70 KB statement, want 3 (none kept)", got)
+	}
+	for i := 0; i < 3; i++ {
+		queryArgs(t, s.db, fmt.Sprintf("SELECT k FROM t WHERE k = %d", i))
+	}
+	if err := s.db.Close(); err != nil {
+		t.Fatalf("closing with kept statements: %v", err)
 	}
 }

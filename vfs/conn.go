@@ -20,6 +20,9 @@ type Conn struct {
 	// replicates the database; the node's own statements run trusted (see
 	// dq_guard in vfs.c).
 	guard *C.dq_guard_state
+	// live counts the statements prepared on the connection and not yet
+	// finalized (Close reports any left).
+	live int
 }
 
 // Open opens (creating if needed) database name on the VFS, in WAL mode with
@@ -79,6 +82,7 @@ func (c *Conn) Close() error {
 	}
 	rc := C.sqlite3_close_v2(c.db)
 	c.db = nil
+	live := c.live
 	if c.guard != nil {
 		C.dq_guard_free(c.guard)
 		c.guard = nil
@@ -86,8 +90,16 @@ func (c *Conn) Close() error {
 	if rc != C.SQLITE_OK {
 		return &Error{Code: int(rc), Msg: "closing connection"}
 	}
+	if live > 0 {
+		// SQLite keeps the connection until they are finalized: a leak.
+		return fmt.Errorf("vfs: connection closed with %d statements not finalized", live)
+	}
 	return nil
 }
+
+// Statements is the number of statements prepared on the connection and
+// not yet finalized.
+func (c *Conn) Statements() int { return c.live }
 
 // Exec runs every statement in sql, discarding rows.
 func (c *Conn) Exec(sql string) error {
@@ -210,7 +222,16 @@ func (c *Conn) Prepare(sql string) (*Stmt, string, error) {
 	if s == nil {
 		return nil, rest, nil
 	}
+	c.live++
 	return &Stmt{s: s, conn: c}, rest, nil
+}
+
+// MemUsed is the memory SQLite holds for the compiled statement, in bytes.
+func (s *Stmt) MemUsed() int64 {
+	if s.s == nil {
+		return 0
+	}
+	return int64(C.sqlite3_stmt_status(s.s, C.SQLITE_STMTSTATUS_MEMUSED, 0))
 }
 
 // ParamCount is the number of parameters (the highest index).
@@ -345,6 +366,7 @@ func (s *Stmt) Finalize() error {
 	}
 	rc := C.sqlite3_finalize(s.s)
 	s.s = nil
+	s.conn.live--
 	if rc != C.SQLITE_OK {
 		return &Error{Code: int(rc), Msg: "finalizing statement"}
 	}

@@ -155,6 +155,8 @@ int sqlite3_extended_errcode(sqlite3 *db);
 int sqlite3_wal_autocheckpoint(sqlite3 *db, int N);
 int sqlite3_get_autocommit(sqlite3 *);
 int sqlite3_stmt_readonly(sqlite3_stmt *);
+int sqlite3_stmt_status(sqlite3_stmt *, int op, int resetFlg);
+#define SQLITE_STMTSTATUS_MEMUSED 99
 int sqlite3_set_authorizer(sqlite3 *, int (*)(void *, int, const char *, const char *, const char *, const char *),
                            void *);
 int sqlite3_stricmp(const char *, const char *);

@@ -471,3 +471,43 @@ func TestStaleSnapshotWriteKeepsAppliedFrames(t *testing.T) {
 		t.Fatalf("follower has %d rows after applying 2", n)
 	}
 }
+
+// TestCloseReportsUnfinalizedStatements: closing a connection with a
+// statement not finalized (SQLite keeps such a connection alive until it is)
+// is an error; a statement recycled under a new handle is still counted
+// once, and finalized, none is.
+func TestCloseReportsUnfinalizedStatements(t *testing.T) {
+	v := newVFS(t)
+	c, err := v.Open("leak", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _, err := c.Prepare("SELECT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := s.Recycle()
+	if kept == nil || c.Statements() != 1 {
+		t.Fatalf("recycled: %v, %d statements, want 1", kept, c.Statements())
+	}
+	if err := c.Close(); err == nil || !strings.Contains(err.Error(), "1 statements not finalized") {
+		t.Fatalf("close with a statement left: %v", err)
+	}
+	kept.Finalize() // the zombie connection goes with it
+
+	c2, err := v.Open("leak", 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, _, err := c2.Prepare("SELECT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.MemUsed() <= 0 {
+		t.Fatalf("MemUsed %d", s2.MemUsed())
+	}
+	s2.Recycle().Finalize()
+	if err := c2.Close(); err != nil || c2.Statements() != 0 {
+		t.Fatalf("close with every statement finalized: %v (%d left)", err, c2.Statements())
+	}
+}
