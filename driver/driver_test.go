@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -409,5 +410,59 @@ func TestTransactionClientGone(t *testing.T) {
 	var sum int
 	if err := db.QueryRowContext(ctx, "SELECT sum(x) FROM t").Scan(&sum); err != nil || sum != 2 {
 		t.Fatalf("sum %d (%v): the abandoned transaction's row must not be there", sum, err)
+	}
+}
+
+// TestColumnsAfterAlterTable: a query after ALTER TABLE names the columns
+// the table has now, on a read connection whose schema (and kept
+// statement) predates the change.
+func TestColumnsAfterAlterTable(t *testing.T) {
+	c := testcluster.Start(t, 1, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := openDB(t, c.Addrs)
+	db.SetMaxOpenConns(1)
+	for _, q := range []string{"CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO t VALUES (1, 'one')"} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func() ([]string, []any) {
+		t.Helper()
+		rows, err := db.QueryContext(ctx, "SELECT * FROM t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		cols, err := rows.Columns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if !rows.Next() {
+			t.Fatalf("no row: %v", rows.Err())
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		if rows.Next() || rows.Err() != nil {
+			t.Fatalf("a second row, or %v", rows.Err())
+		}
+		return cols, vals
+	}
+	if cols, vals := read(); fmt.Sprint(cols, vals) != "[k v] [1 one]" {
+		t.Fatalf("before: %v %v", cols, vals)
+	}
+	for _, q := range []string{"ALTER TABLE t ADD COLUMN w INTEGER DEFAULT 7", "ALTER TABLE t RENAME COLUMN v TO vv"} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cols, vals := read(); fmt.Sprint(cols, vals) != "[k vv w] [1 one 7]" {
+		t.Fatalf("after ALTER TABLE: columns %v, values %v; want [k vv w] [1 one 7]", cols, vals)
 	}
 }

@@ -129,10 +129,7 @@ func (b backend) Query(ctx context.Context, w *wire.Write) (wire.Cursor, error) 
 			if err != nil {
 				return nil, err
 			}
-			c := &cursor{n: n, session: session, st: st, cols: make([]string, st.ColumnCount()), decl: make([]string, st.ColumnCount())}
-			for i := range c.cols {
-				c.cols[i], c.decl[i] = st.ColumnName(i), st.ColumnDeclType(i)
-			}
+			c := &cursor{n: n, session: session, st: st}
 			c.prefetch()
 			return c, nil
 		})
@@ -220,6 +217,15 @@ func (c *cursor) prefetch() {
 	start := time.Now()
 	for k := 0; k < queryBatchRows && size < prefetchBytes && (k == 0 || time.Since(start) < prefetchTime); k++ {
 		more, e := c.st.Step()
+		if k == 0 {
+			// The columns as of the first step: a statement compiled
+			// before a schema change (ALTER TABLE) is compiled again by
+			// it, and names its columns as it then reads them.
+			c.cols, c.decl = make([]string, c.st.ColumnCount()), make([]string, c.st.ColumnCount())
+			for i := range c.cols {
+				c.cols[i], c.decl[i] = c.st.ColumnName(i), c.st.ColumnDeclType(i)
+			}
+		}
 		if e != nil || !more {
 			c.done, c.err = true, c.n.txStepErr(c.session, e)
 			c.closed = true
