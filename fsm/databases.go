@@ -169,7 +169,7 @@ func (d *DB) freeReader(x *database) (*reader, error) {
 	if len(x.readers) >= MaxReadConnections {
 		return nil, fmt.Errorf("%w (%d, the limit)", ErrTooManyQueries, MaxReadConnections)
 	}
-	c, err := d.openConn(x.name, x.pageSize, d.readCacheBytes())
+	c, err := d.openReadConn(x.name, x.pageSize)
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +214,22 @@ func (d *DB) openConn(name string, pageSize int, cache int64) (*vfs.Conn, error)
 		return nil, err
 	}
 	if err := c.SetCacheBytes(cache); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// openReadConn opens a read connection of database name: it can write
+// nothing (a query SQLite calls read-only that still tries, such as PRAGMA
+// optimize running ANALYZE, would otherwise take the write lock and make
+// the next write fail busy, or write outside replication).
+func (d *DB) openReadConn(name string, pageSize int) (*vfs.Conn, error) {
+	c, err := d.openConn(name, pageSize, d.readCacheBytes())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetQueryOnly(); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -337,7 +353,7 @@ func (d *DB) openDatabase(name string, pageSize int) (*database, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := d.openConn(name, pageSize, d.readCacheBytes())
+	r, err := d.openReadConn(name, pageSize)
 	if err != nil {
 		c.Close()
 		return nil, err

@@ -213,3 +213,28 @@ func TestLargeQueryStatementsNotKept(t *testing.T) {
 		t.Fatalf("closing with kept statements: %v", err)
 	}
 }
+
+// TestReadConnectionsWriteNothing: a query SQLite calls read-only that
+// still tries to write (PRAGMA optimize runs ANALYZE) fails on the read
+// connection without taking the write lock: the next write succeeds. A
+// client query cannot turn the read connection's query_only off.
+func TestReadConnectionsWriteNothing(t *testing.T) {
+	s := newSolo(t, fsm.ModeFrames)
+	s.exec("", "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+	s.exec("", "CREATE INDEX tv ON t(v)")
+	for i := 0; i < 20; i++ {
+		s.exec("", fmt.Sprintf("INSERT INTO t (v) VALUES ('%d')", i))
+	}
+	if _, err := queryDB(t, s.db, "", "PRAGMA optimize(0x10002)"); err == nil || !strings.Contains(err.Error(), "readonly") {
+		t.Fatalf("PRAGMA optimize as a query: %v, want a read-only error", err)
+	}
+	if _, errs := s.batch(&fsm.BatchItem{SQL: "INSERT INTO t (v) VALUES ('x')"}); errs[0] != nil {
+		t.Fatalf("the write after it: %v", errs[0])
+	}
+	if _, err := queryDB(t, s.db, "", "PRAGMA query_only=0"); err == nil {
+		t.Fatal("a query turned query_only off")
+	}
+	if rows, err := queryDB(t, s.db, "", "PRAGMA query_only"); err != nil || fmt.Sprint(rows) != "[[1]]" {
+		t.Fatalf("query_only on the read connection: %v %v", rows, err)
+	}
+}

@@ -166,6 +166,16 @@ func (c *Conn) SetCacheBytes(n int64) error {
 	return c.Exec(fmt.Sprintf("PRAGMA cache_size=-%d", max(n/1024, 1)))
 }
 
+// SetQueryOnly makes every later attempt of the connection to write fail
+// with SQLITE_READONLY before it takes a lock (PRAGMA query_only, which
+// client SQL cannot turn off: see the guard). A statement SQLite calls
+// read-only may still try to write: PRAGMA optimize runs ANALYZE.
+func (c *Conn) SetQueryOnly() error {
+	c.trust(true)
+	defer c.trust(false)
+	return c.Exec("PRAGMA query_only=1")
+}
+
 // CacheUsed is the memory the connection's page cache uses.
 func (c *Conn) CacheUsed() int64 { return int64(C.dq_cache_used(c.db)) }
 
