@@ -59,6 +59,25 @@ func pinConns(t *testing.T, ctx context.Context, db *sql.DB, n int) []*sql.Conn 
 	return conns
 }
 
+// kvCluster starts 3 nodes with table kv holding the row (1, v), and
+// returns the cluster, a context for the test (90 s), the leader's index
+// and a database/sql handle at the default level.
+func kvCluster(t *testing.T, v int) (*testcluster.Cluster, context.Context, int, *sql.DB) {
+	t.Helper()
+	c := testcluster.Start(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	leader := c.Leader(t, ctx)
+	writer := openDB(t, c.Addrs)
+	if _, err := writer.ExecContext(ctx, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.ExecContext(ctx, "INSERT INTO kv VALUES (1, ?)", v); err != nil {
+		t.Fatal(err)
+	}
+	return c, ctx, leader, writer
+}
+
 func readerDB(t *testing.T, addrs []string, level driver.ReadLevel, maxStale time.Duration) (*sql.DB, *driver.Connector) {
 	cn := driver.NewConnector(addrs, "test")
 	cn.Read, cn.MaxStaleness = level, maxStale
@@ -75,17 +94,7 @@ func readerDB(t *testing.T, addrs []string, level driver.ReadLevel, maxStale tim
 // none. Queries that may write and queries inside a transaction still go
 // to the leader.
 func TestReadLevelAnyLinearizable(t *testing.T) {
-	c := testcluster.Start(t, 3, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	leader := c.Leader(t, ctx)
-	writer := openDB(t, c.Addrs)
-	if _, err := writer.ExecContext(ctx, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writer.ExecContext(ctx, "INSERT INTO kv VALUES (1, -1)"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, leader, writer := kvCluster(t, -1)
 	reader, _ := readerDB(t, c.Addrs, driver.ReadAny, 0)
 	conns := pinConns(t, ctx, reader, len(c.Nodes))
 	before := readStats(c)
@@ -281,17 +290,7 @@ func TestReadLevelDSN(t *testing.T) {
 // of every connection still succeed and stay linearizable: the connection
 // whose read node was the follower moves to another node.
 func TestReadLevelFollowerStopped(t *testing.T) {
-	c := testcluster.Start(t, 3, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	leader := c.Leader(t, ctx)
-	writer := openDB(t, c.Addrs)
-	if _, err := writer.ExecContext(ctx, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writer.ExecContext(ctx, "INSERT INTO kv VALUES (1, 0)"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, leader, writer := kvCluster(t, 0)
 	reader, cn := readerDB(t, c.Addrs, driver.ReadAny, 0)
 	cn.NotIdempotent = true // schema 3 without a session id works too
 	conns := pinConns(t, ctx, reader, len(c.Nodes))
@@ -418,17 +417,7 @@ func ownReads(st raft.ReadStats) uint64 { return st.Lease + st.Rounds + st.Forwa
 // read_nodes=all. When the read node becomes the leader, the connection's
 // reads move to a follower once it reconnects to the new leader.
 func TestReadNodes(t *testing.T) {
-	c := testcluster.Start(t, 3, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	leader := c.Leader(t, ctx)
-	writer := openDB(t, c.Addrs)
-	if _, err := writer.ExecContext(ctx, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writer.ExecContext(ctx, "INSERT INTO kv VALUES (1, 1)"); err != nil {
-		t.Fatal(err)
-	}
+	c, ctx, leader, _ := kvCluster(t, 1)
 	readAll := func(conns []*sql.Conn) {
 		t.Helper()
 		for i := 0; i < 5; i++ {
