@@ -1248,6 +1248,26 @@ unsigned char *dq_image(dq_vfs *v, const char *name, long long *size) {
 	return c;
 }
 
+/* dq_wal_copy copies d's WAL as SQLite wrote it (its committed frames,
+ * maybe followed by frames of an older generation, which carry other
+ * salts) into *out, which the caller frees: a redo journal of what a
+ * checkpoint is about to copy into the main file. *out is NULL when the
+ * WAL is empty. */
+int dq_wal_copy(dq_vfs *v, const char *name, unsigned char **out, long long *size) {
+	dq_db *d = db_find(v, name, 0);
+	*out = NULL;
+	*size = 0;
+	if (!d) return SQLITE_NOTFOUND;
+	if (d->pending || d->writing) return SQLITE_BUSY;
+	if (d->wal.size == 0) return SQLITE_OK;
+	unsigned char *c = dq_malloc((size_t)d->wal.size);
+	if (!c) return SQLITE_NOMEM;
+	memcpy(c, d->wal.data, (size_t)d->wal.size);
+	*out = c;
+	*size = d->wal.size;
+	return SQLITE_OK;
+}
+
 int dq_wal_size(dq_vfs *v, const char *name, long long *size) {
 	dq_db *d = db_find(v, name, 0);
 	*size = d ? d->wal.size : 0;

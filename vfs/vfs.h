@@ -29,6 +29,7 @@ int dq_apply_frames(dq_vfs *v, const char *name, int page_size, int count, const
                     const unsigned char *pages, uint32_t db_size);
 unsigned char *dq_image(dq_vfs *v, const char *name, long long *size);
 int dq_wal_size(dq_vfs *v, const char *name, long long *size);
+int dq_wal_copy(dq_vfs *v, const char *name, unsigned char **out, long long *size);
 int dq_wal_memory(dq_vfs *v, const char *name, long long *size);
 long long dq_trim(dq_vfs *v, int idle_ticks);
 int dq_image_bound(dq_vfs *v, const char *name, long long *size);
