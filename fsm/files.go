@@ -143,12 +143,16 @@ type fileStore struct {
 	// markSeq is, by file id, the number of the last mark written (see
 	// marks.go).
 	markSeq map[uint64]uint64
+	// redos are the files of the record with a redo journal when the set
+	// was opened (redo.go).
+	redos map[uint64]bool
 }
 
 // openFileStore reads the record (none: an empty set) and removes the
 // database files it does not name.
 func openFileStore(fs wal.FS) (*fileStore, error) {
-	s := &fileStore{fs: fs, durable: &record{dbs: map[string]fileEntry{}}, open: map[string]uint64{}, markSeq: map[uint64]uint64{}}
+	s := &fileStore{fs: fs, durable: &record{dbs: map[string]fileEntry{}}, open: map[string]uint64{}, markSeq: map[uint64]uint64{},
+		redos: map[uint64]bool{}}
 	names, err := fs.List()
 	if err != nil {
 		return nil, fmt.Errorf("fsm: listing data directory: %w", err)
@@ -166,8 +170,15 @@ func openFileStore(fs wal.FS) (*fileStore, error) {
 		}
 	}
 	named := map[string]bool{}
+	have := map[string]bool{}
+	for _, n := range names {
+		have[n] = true
+	}
 	for name, e := range s.durable.dbs {
 		named[fileName(e.file)], named[markName(e.file)] = true, true
+		if have[redoName(e.file)] {
+			named[redoName(e.file)], s.redos[e.file] = true, true
+		}
 		s.open[name] = e.file
 		// The file's mark goes further than the record, or as far.
 		m, err := readMark(fs, e.file)
@@ -182,7 +193,8 @@ func openFileStore(fs wal.FS) (*fileStore, error) {
 	s.next = s.durable.next
 	removed := false
 	for _, n := range names {
-		if strings.HasPrefix(n, filePrefix) && (strings.HasSuffix(n, fileSuffix) || strings.HasSuffix(n, markSuffix)) && !named[n] {
+		if strings.HasPrefix(n, filePrefix) && !named[n] && (strings.HasSuffix(n, fileSuffix) || strings.HasSuffix(n, markSuffix) ||
+			strings.HasSuffix(n, redoSuffix) || strings.HasSuffix(n, redoSuffix+".tmp")) {
 			if err := fs.Remove(n); err != nil {
 				return nil, fmt.Errorf("fsm: removing unrecorded database file %s: %w", n, err)
 			}
@@ -385,8 +397,23 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 	if err := d.markDirty(x); err != nil {
 		return false, d.checkpointError(x, err)
 	}
-	m := d.begin(WorkCheckpoint)
 	copied := d.vfs.WALSize(x.name) > 0
+	if d.mode == ModeStatements && d.files != nil {
+		// The WAL goes to the redo journal before the file gets any of
+		// it, and the checkpoint is synced and recorded at once: a
+		// journal is replaced only once its checkpoint is recorded or
+		// by one that holds its frames (redo.go).
+		deferSync = false
+		if copied && !mutant.On(mutant.FSMNoRedo) {
+			m := d.begin(WorkSync)
+			err := d.writeRedo(x)
+			d.end(m)
+			if err != nil {
+				return false, d.checkpointError(x, err)
+			}
+		}
+	}
+	m := d.begin(WorkCheckpoint)
 	err := x.conn.Checkpoint()
 	d.end(m)
 	if err != nil {
@@ -616,13 +643,6 @@ func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int,
 	if !validPageSize(uint32(pageSize)) {
 		return nil, fmt.Errorf("fsm: invalid page size %d", pageSize)
 	}
-	if mode != ModeFrames {
-		// A checkpoint cut short leaves a file ahead of its recorded
-		// index; replaying frames on it is exact, re-running statements
-		// is not. Statement mode (for comparison only) keeps its
-		// databases in memory (Open) with whole snapshots.
-		return nil, errors.New("fsm: databases in files need frames mode (statement mode keeps them in memory)")
-	}
 	store, err := openFileStore(fs)
 	if err != nil {
 		return nil, err
@@ -647,11 +667,27 @@ func OpenFiles(fs wal.FS, vfsName string, seed uint64, def string, pageSize int,
 			// An empty file holds no page a checkpoint left, and SQLite
 			// deletes the WAL of an empty database file when it opens
 			// one, so a WAL the replay built would be lost: its
-			// connection opens now, and the replay applies to it.
+			// connection opens now, and the replay applies to it. (Nor
+			// does it need a redo journal: it is at its index.)
+			if err := d.dropRedo(e.file); err != nil {
+				d.Close()
+				return nil, err
+			}
 			if err := d.openDeferred(name, dd); err != nil {
 				d.Close()
 				return nil, err
 			}
+			continue
+		}
+		if mode == ModeStatements {
+			// Re-running statements needs the file at its index
+			// exactly: its redo journal brings it there (redo.go).
+			if err := d.redo(name, e.file, dd); err != nil {
+				d.Close()
+				return nil, err
+			}
+			d.deferred[name] = dd
+			d.appliedBefore = max(d.appliedBefore, dd.fileIndex)
 			continue
 		}
 		d.deferred[name] = dd

@@ -360,22 +360,12 @@ func (n *Node) open() error {
 			return err
 		}
 	}
-	// The databases' files share the log's directory (and its FS). The
-	// statement-replication comparison mode keeps them in memory, with
-	// whole snapshots in the log (fsm.OpenFiles says why).
+	// The databases' files share the log's directory (and its FS), in
+	// either mode (statement mode journals each WAL before a checkpoint
+	// copies it: fsm/redo.go).
 	vfsName := fmt.Sprintf("dqlite-node-%d-%d", n.cfg.ID, vfsSeq.Add(1))
-	var db *fsm.DB
-	if n.cfg.Mode == fsm.ModeStatements {
-		v, verr := vfs.New(vfsName, uint64(n.cfg.ID), false)
-		if verr != nil {
-			return verr
-		}
-		if db, err = fsm.Open(v, DefaultDatabase, n.cfg.PageSize, n.cfg.Mode); err != nil {
-			v.Close()
-			return err
-		}
-		db.OwnVFS()
-	} else if db, err = fsm.OpenFiles(spawnFS{fs, n.spawnFileWriter}, vfsName, uint64(n.cfg.ID), DefaultDatabase, n.cfg.PageSize, n.cfg.Mode); err != nil {
+	db, err := fsm.OpenFiles(spawnFS{fs, n.spawnFileWriter}, vfsName, uint64(n.cfg.ID), DefaultDatabase, n.cfg.PageSize, n.cfg.Mode)
+	if err != nil {
 		return fmt.Errorf("node %d: opening databases: %w", n.cfg.ID, err)
 	}
 	db.SetCacheBytes(n.cfg.CacheBytes, n.cfg.ReadCacheBytes)
