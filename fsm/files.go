@@ -404,7 +404,7 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 		// journal is replaced only once its checkpoint is recorded or
 		// by one that holds its frames (redo.go).
 		deferSync = false
-		if copied && !mutant.On(mutant.FSMNoRedo) {
+		if copied && !skipRedo {
 			m := d.begin(WorkSync)
 			err := d.writeRedo(x)
 			d.end(m)

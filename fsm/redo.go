@@ -39,6 +39,10 @@ const (
 
 func redoName(id uint64) string { return fmt.Sprintf("%s%016x%s", filePrefix, id, redoSuffix) }
 
+// skipRedo is a deliberate bug for a test (TestStatementModeNoRedoIsCaught):
+// checkpoints write no redo journal.
+var skipRedo bool
+
 // maxRedoBytes bounds a redo journal read back: the WAL it holds was in
 // memory when it was written.
 const maxRedoBytes = 1 << 31

@@ -6,7 +6,6 @@ import (
 
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/internal/faultfs"
-	"github.com/dqlite-go/dqlite/internal/mutant"
 	"github.com/dqlite-go/dqlite/raft"
 )
 
@@ -28,7 +27,8 @@ func TestStatementModeCrashInCheckpoint(t *testing.T) {
 // prevents (a checkpoint that writes none) and checks the sweep above
 // catches it.
 func TestStatementModeNoRedoIsCaught(t *testing.T) {
-	mutant.Use(t, mutant.FSMNoRedo)
+	*fsm.SkipRedo = true
+	defer func() { *fsm.SkipRedo = false }()
 	ft := &failT{}
 	statementCrashSweep(ft)
 	if !ft.failed {

@@ -58,7 +58,6 @@ const (
 	FSMDedupIgnored     // a retried request already applied applies again
 	FSMRestoreKeepsOld  // restoring a snapshot keeps the rows written after it
 	FSMRecordBeforeSync // a checkpoint records its file's index before syncing the file
-	FSMNoRedo           // statement mode's checkpoint writes no redo journal first
 
 	// vfs
 	VFSCaptureDropsPage // the capture of a write transaction omits one of its pages
@@ -108,7 +107,6 @@ var Catalogue = []Info{
 	{FSMDedupIgnored, "fsm-dedup-ignored", "fsm", "a retried request applies once"},
 	{FSMRestoreKeepsOld, "fsm-restore-keeps-old", "fsm", "restoring a snapshot replaces the whole database"},
 	{FSMRecordBeforeSync, "fsm-record-before-sync", "fsm", "a checkpoint records the index its file reflects only after syncing the file"},
-	{FSMNoRedo, "fsm-no-redo", "fsm", "statement mode journals a WAL before a checkpoint copies it into the file (redo.go)"},
 	{VFSCaptureDropsPage, "vfs-capture-drops-page", "vfs", "the capture of a transaction holds every page it wrote"},
 	{VFSCaptureNoSize, "vfs-capture-no-size", "vfs", "the capture carries the database size of the commit frame"},
 	{WirePeerDropsCommit, "wire-peer-drops-commit", "wire", "the peer codec carries every field of a message"},

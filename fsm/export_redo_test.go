@@ -1,0 +1,4 @@
+package fsm
+
+// SkipRedo switches the deliberate bug skipRedo (for the external tests).
+var SkipRedo = &skipRedo
