@@ -12,9 +12,12 @@
 // databases are files with a record naming them (files.go) and, beside
 // each, a mark file of the index it reflects, which checkpoints write in
 // order with the file's own writes (marks.go); snapshots are streamed from them (stream.go) and checked by
-// InspectFiles (inspect.go). Frames mode has only this path (tests and the
-// simulator use an in-memory faulty disk); statement mode alone opens its
-// databases in memory (Open), with whole images as snapshots.
+// InspectFiles (inspect.go). Statement mode uses the same files, and
+// journals each WAL before a checkpoint copies it (redo.go), since
+// re-running statements over a file a checkpoint cut short is not exact.
+// Frames mode has only this path (tests and the simulator use an in-memory
+// faulty disk); Open (in memory, whole images as snapshots) takes
+// statement mode only, for this package's tests.
 //
 // Concurrency: none. The node's loop calls it from its one goroutine (the
 // VFS may write a database file from a goroutine the node runs for it: see

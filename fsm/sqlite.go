@@ -106,12 +106,12 @@ type DB struct {
 // tests and the simulator use an in-memory faulty disk), never in memory.
 var ErrFramesNeedFiles = errors.New("fsm: frames mode keeps its databases in files: use OpenFiles")
 
-// Open opens the set of databases of statement mode on v, in memory, with
-// def as its default database (opened, created if need be); databases it
-// creates have pageSize. Statement mode replays statements, which is exact
-// only from a state that is exactly an entry's (not from a file a
-// checkpoint left ahead of its recorded index), so its snapshots are whole
-// images. Frames mode is refused (ErrFramesNeedFiles).
+// Open opens a set of statement-mode databases on v, in memory, with def
+// as its default database (opened, created if need be); databases it
+// creates have pageSize. Its snapshots are whole images. Only this
+// package's tests use it: nodes open both modes in files (OpenFiles, with
+// redo journals in statement mode). Frames mode is refused
+// (ErrFramesNeedFiles).
 func Open(v *vfs.VFS, def string, pageSize int, mode Mode) (*DB, error) {
 	if mode == ModeFrames {
 		return nil, ErrFramesNeedFiles
