@@ -105,12 +105,18 @@ func (d *DB) OpenDump(name string) (*Dump, error) {
 		if err := d.markDirty(x); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrDumpLater, d.checkpointError(x, err))
 		}
+		if err := d.journal(x); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrDumpLater, d.checkpointError(x, err))
+		}
 		frames, copied, err := r.conn.CheckpointPassive()
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrDumpLater, d.checkpointError(x, err))
 		}
 		if frames != copied {
 			return nil, ErrDumpLater
+		}
+		if err := d.syncPassive(x); err != nil {
+			return nil, err
 		}
 	}
 	if err := d.vfs.FlushFile(name); err != nil {

@@ -404,11 +404,8 @@ func (d *DB) checkpointFileSync(x *database, deferSync bool) (bool, error) {
 		// journal is replaced only once its checkpoint is recorded or
 		// by one that holds its frames (redo.go).
 		deferSync = false
-		if copied && !skipRedo {
-			m := d.begin(WorkSync)
-			err := d.writeRedo(x)
-			d.end(m)
-			if err != nil {
+		if copied {
+			if err := d.journal(x); err != nil {
 				return false, d.checkpointError(x, err)
 			}
 		}

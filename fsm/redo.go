@@ -47,6 +47,45 @@ var skipRedo bool
 // memory when it was written.
 const maxRedoBytes = 1 << 31
 
+// journal writes x's redo journal before a checkpoint (full, or a view's
+// or a DUMP's passive one) copies its WAL into its file: in statement mode
+// with files only.
+func (d *DB) journal(x *database) error {
+	if d.mode != ModeStatements || d.files == nil || skipRedo {
+		return nil
+	}
+	if x.unsynced {
+		// A failed sync: pages the journal on disk covers may be lost
+		// from the file, so it is never replaced (the node stops).
+		return FileSyncError{fmt.Errorf("fsm: database %q: its file failed a sync", x.name)}
+	}
+	m := d.begin(WorkSync)
+	defer d.end(m)
+	return d.writeRedo(x)
+}
+
+// syncPassive follows a passive checkpoint (a view's, a DUMP's) that
+// copied x's whole WAL into its file, in statement mode: the WAL may now
+// restart, and the next journal would hold only the frames after it, so
+// the file is synced (and recorded) first. A failed sync is a
+// FileSyncError: the node stops.
+func (d *DB) syncPassive(x *database) error {
+	if d.mode != ModeStatements || d.files == nil {
+		return nil
+	}
+	m := d.begin(WorkSync)
+	err := d.vfs.SyncFile(x.name)
+	d.end(m)
+	if err != nil {
+		x.unsynced = true
+		return FileSyncError{d.checkpointError(x, err)}
+	}
+	if err := d.writeRecordAt(x, d.appliedIndex); err != nil {
+		d.lastCheckpointErr = d.checkpointError(x, err) // the file is synced: a later record will do
+	}
+	return nil
+}
+
 // writeRedo writes x's WAL to its file's redo journal, at the last applied
 // index, before a checkpoint copies it (statement mode only).
 func (d *DB) writeRedo(x *database) error {

@@ -120,6 +120,11 @@ func (d *DB) OpenView() (uint64, error) {
 				v.close()
 				return 0, ErrViewLater
 			}
+			if err := d.journal(x); err != nil {
+				d.lastCheckpointErr = d.checkpointError(x, err)
+				v.close()
+				return 0, ErrViewLater
+			}
 			frames, copied, err := r.conn.CheckpointPassive()
 			if err != nil || frames != copied {
 				if err != nil {
@@ -127,6 +132,10 @@ func (d *DB) OpenView() (uint64, error) {
 				}
 				v.close()
 				return 0, ErrViewLater
+			}
+			if err := d.syncPassive(x); err != nil {
+				v.close()
+				return 0, err
 			}
 		}
 		// The view reads the file on its own: the checkpoints' writes

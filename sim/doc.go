@@ -16,7 +16,10 @@
 // SQLite the real fsm.DB on the real VFS with its database files on the
 // node's simulated disk beside the log (frames replication; a bank
 // workload in transactions spanning requests; a counter workload, in a
-// database of its own, retried through the state machine's deduplication).
+// database of its own, retried through the state machine's deduplication;
+// Options.Statements replicates statements instead, the comparison mode,
+// whose database files carry redo journals and which promises a retried
+// increment only "at least once").
 // With SQLite, snapshots are the database files: checkpoints record the
 // index each file reflects, the log compacts to it, a restart replays
 // what a checkpoint cut short by a crash may have left, and a lagging node

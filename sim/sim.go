@@ -73,6 +73,9 @@ type Options struct {
 	// key-value workload over SQL, plus a bank workload whose total must
 	// never change) instead of the in-memory key-value map.
 	SQLite bool
+	// Statements (with SQLite) replicates statements instead of frames
+	// (the comparison mode: its databases' files with redo journals).
+	Statements bool
 	// NoFaults turns off every injected fault (for benchmarks).
 	NoFaults bool
 	// NoTraceHash skips hashing the event trace (benchmarks); TraceHash is

@@ -92,7 +92,11 @@ func (h sqlHook) AbortSnapshot() { h.n.db.AbortSnapshot() }
 // loop replays the log after it.
 func (s *Sim) openSQL(n *node) error {
 	s.closeSQL(n)
-	db, err := fsm.OpenFiles(n.fs, fmt.Sprintf("sim-%d-%d", simVFSSeq.Add(1), n.id), s.opts.Seed, "db", 4096, fsm.ModeFrames)
+	mode := fsm.ModeFrames
+	if s.opts.Statements {
+		mode = fsm.ModeStatements
+	}
+	db, err := fsm.OpenFiles(n.fs, fmt.Sprintf("sim-%d-%d", simVFSSeq.Add(1), n.id), s.opts.Seed, "db", 4096, mode)
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,7 @@ func main() {
 	verbose := flag.Bool("v", false, "print the trace of every event (with -seed)")
 	workers := flag.Int("workers", runtime.NumCPU(), "seeds run in parallel")
 	sqlite := flag.Bool("sqlite", false, "run the replicated SQLite state machine (key-value over SQL plus a bank workload)")
+	statements := flag.Bool("statements", false, "with -sqlite: replicate statements, not frames (the comparison mode)")
 	bug := flag.String("testing-bug", "", "activate one catalogued bug (internal/mutant) to see the checker fail, e.g. raft-figure8")
 	mutants := flag.Bool("mutants", false, "run every catalogued bug in turn with a budget of -seeds seeds each")
 	flag.Parse()
@@ -66,7 +67,7 @@ func main() {
 		}
 		o.FaultPhase, o.HealPhase = *faultPhase, *healPhase
 		o.DropRate, o.DupRate, o.ReorderRate, o.FaultInterval = *drop, *dup, *reorder, *faultInterval
-		o.OutDir, o.Mutant, o.SQLite = *out, bugs, *sqlite
+		o.OutDir, o.Mutant, o.SQLite, o.Statements = *out, bugs, *sqlite, *sqlite && *statements
 		if *verbose && *seed != 0 {
 			o.Trace = os.Stdout
 		}
