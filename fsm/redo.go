@@ -99,11 +99,7 @@ func (d *DB) writeRedo(x *database) error {
 	out = binary.LittleEndian.AppendUint64(out, uint64(len(b)))
 	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(b, castagnoli))
 	out = append(out, b...)
-	if err := writeAtomic(d.files.fs, redoName(d.files.open[x.name]), out); err != nil {
-		return err
-	}
-	d.redos++
-	return nil
+	return writeAtomic(d.files.fs, redoName(d.files.open[x.name]), out)
 }
 
 // readRedo reads file id's redo journal, which exists: ok false when it
@@ -142,9 +138,6 @@ func readRedo(fs wal.FS, id uint64) (index uint64, f *vfs.Frames, ok bool, err e
 	}
 	return index, f, true, nil
 }
-
-// Redos counts the redo journals written (statement mode's checkpoints).
-func (d *DB) Redos() uint64 { return d.redos }
 
 // redo brings database name, opened from its file id at dd.fileIndex, to
 // the index of the file's redo journal when that is later (statement mode;

@@ -6,7 +6,6 @@ import (
 
 	"github.com/dqlite-go/dqlite/fsm"
 	"github.com/dqlite-go/dqlite/internal/faultfs"
-	"github.com/dqlite-go/dqlite/raft"
 )
 
 // TestStatementModeCrashInCheckpoint crashes a statement-mode node at
@@ -76,7 +75,7 @@ func statementCrashSweep(t tb) (crashes, redone int) {
 	}
 	for at := 1; ; at++ {
 		disk := faultfs.NewDisk(uint64(at))
-		n := &crashNode{t: t, fs: disk}
+		n := &crashNode{reviewNode{t: t, fs: &armFS{Disk: disk}, mode: fsm.ModeStatements}}
 		n.open()
 		n.write("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER, b BLOB)")
 		for i := 0; i < 30; i++ {
@@ -120,37 +119,10 @@ func statementCrashSweep(t tb) (crashes, redone int) {
 	}
 }
 
-// crashNode is one statement-mode node's databases, written and applied
-// as a leader does, with its log.
+// crashNode is a statement-mode reviewNode (its armFS unarmed) that
+// replays its whole log after a restart.
 type crashNode struct {
-	t   tb
-	fs  *faultfs.Disk
-	db  *fsm.DB
-	log []raft.Entry
-}
-
-func (n *crashNode) open() {
-	n.t.Helper()
-	db, err := fsm.OpenFiles(n.fs, fmt.Sprintf("redo-%d", vfsSeq.Add(1)), 1, "db", 4096, fsm.ModeStatements)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	n.db = db
-}
-
-func (n *crashNode) write(sql string) {
-	n.t.Helper()
-	cmd, _, errs := n.db.ExecuteBatch([]any{&fsm.BatchItem{SQL: sql}})
-	if errs[0] != nil {
-		n.t.Fatal(errs[0])
-	}
-	e := raft.Entry{Index: uint64(len(n.log) + 1), Term: 1, Data: cmd}
-	n.log = append(n.log, e)
-	n.db.Proposed(e.Index, e.Term)
-	if _, err := n.db.Apply(e); err != nil {
-		n.t.Fatal(err)
-	}
-	n.db.AppliedTo(e.Index)
+	reviewNode
 }
 
 func (n *crashNode) replay() {

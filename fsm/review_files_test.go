@@ -32,7 +32,7 @@ func (a *armFS) Create(name string) (wal.File, error) {
 }
 
 type reviewNode struct {
-	t    *testing.T
+	t    tb
 	fs   *armFS
 	mode fsm.Mode
 	db   *fsm.DB

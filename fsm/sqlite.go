@@ -77,7 +77,6 @@ type DB struct {
 	checkpointFailures uint64
 	lastCheckpointErr  error
 	checkpoints        uint64 // see Checkpoints
-	redos              uint64 // see Redos
 	redone             uint64 // see Redone
 	// view is the snapshot view being sent (stream.go), in the snapshot
 	// being received; viewsOpened and viewsOverrun count views.
