@@ -89,16 +89,16 @@ func (d *DB) syncPassive(x *database) error {
 // writeRedo writes x's WAL to its file's redo journal, at the last applied
 // index, before a checkpoint copies it (statement mode only).
 func (d *DB) writeRedo(x *database) error {
-	b, err := d.vfs.WAL(x.name)
-	if err != nil || len(b) == 0 {
+	const hdr = len(redoMagic) + 20
+	out := make([]byte, hdr, hdr+int(d.vfs.WALSize(x.name)))
+	out, err := d.vfs.AppendWAL(out, x.name)
+	if err != nil || len(out) == hdr {
 		return err
 	}
-	out := make([]byte, 0, len(redoMagic)+20+len(b))
-	out = append(out, redoMagic...)
-	out = binary.LittleEndian.AppendUint64(out, d.appliedIndex)
-	out = binary.LittleEndian.AppendUint64(out, uint64(len(b)))
-	out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(b, castagnoli))
-	out = append(out, b...)
+	copy(out, redoMagic)
+	binary.LittleEndian.PutUint64(out[8:], d.appliedIndex)
+	binary.LittleEndian.PutUint64(out[16:], uint64(len(out)-hdr))
+	binary.LittleEndian.PutUint32(out[24:], crc32.Checksum(out[hdr:], castagnoli))
 	return writeAtomic(d.files.fs, redoName(d.files.open[x.name]), out)
 }
 

@@ -258,21 +258,21 @@ func (v *VFS) Image(db string) ([]byte, error) {
 	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(p)), int64(size))...), nil
 }
 
-// WAL returns a copy of db's WAL as SQLite wrote it (nil when empty): a
-// redo journal of what the next checkpoint copies into the main file.
-// ParseWAL reads it back. It fails while a write is pending.
-func (v *VFS) WAL(db string) ([]byte, error) {
+// AppendWAL appends db's WAL as SQLite wrote it to dst (nothing when it is
+// empty): a redo journal of what the next checkpoint copies into the main
+// file. ParseWAL reads it back. It fails while a write is pending.
+func (v *VFS) AppendWAL(dst []byte, db string) ([]byte, error) {
 	var p *C.uchar
 	var size C.longlong
 	rc := withName(db, func(c *C.char) C.int { return C.dq_wal_copy(v.c, c, &p, &size) })
 	if rc != 0 {
-		return nil, &Error{Code: int(rc), Msg: "copying the WAL of " + db}
+		return dst, &Error{Code: int(rc), Msg: "copying the WAL of " + db}
 	}
 	if p == nil {
-		return nil, nil
+		return dst, nil
 	}
 	defer C.free(unsafe.Pointer(p))
-	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(p)), int64(size))...), nil
+	return append(dst, unsafe.Slice((*byte)(unsafe.Pointer(p)), int64(size))...), nil
 }
 
 // ImageBound is at least the size of db's image (Image): its main file's

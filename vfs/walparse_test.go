@@ -22,7 +22,7 @@ func TestWALRedo(t *testing.T) {
 	}
 	exec(t, w, "DELETE FROM t WHERE rowid % 2 = 0")
 	commit(t, v, "db")
-	b, err := v.WAL("db")
+	b, err := v.AppendWAL(nil, "db")
 	if err != nil || len(b) == 0 {
 		t.Fatalf("WAL: %d bytes, %v", len(b), err)
 	}
